@@ -1,0 +1,924 @@
+//! Typed requests and responses for the KCR actions kcr-housekeeper uses:
+//! the instance, token, namespace and repository/image groups of the reference.
+//!
+//! Requests know how to write their parameters; responses decode tolerantly
+//! (see [`super::decode`]).
+
+use super::decode::{self, KcrTime};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The API version every request carries.
+pub const API_VERSION: &str = "2021-11-09";
+/// The largest page the API serves.
+pub const MAX_PAGE: u32 = 99;
+
+/// Request parameters in the order they were added (the signer sorts them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.0.push((key.to_owned(), value.into()));
+        self
+    }
+    pub fn set_opt(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        if let Some(v) = value {
+            self.set(key, v);
+        }
+        self
+    }
+    /// Booleans are `True`/`False` on the wire.
+    pub fn set_bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.set(key, if value { "True" } else { "False" })
+    }
+    /// Lists are `Key.1`, `Key.2`, … (N from 1).
+    pub fn set_list<S: AsRef<str>>(&mut self, key: &str, values: &[S]) -> &mut Self {
+        for (i, v) in values.iter().enumerate() {
+            self.set(&format!("{key}.{}", i + 1), v.as_ref());
+        }
+        self
+    }
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Whether a failed request may be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Reads and mutations whose repetition is harmless.
+    Idempotent,
+    /// Creations: repeat only when the request was surely not applied
+    /// (a blind retry of CreateInstanceToken would leak a token).
+    OnlyIfNotApplied,
+}
+
+/// One KCR action.
+pub trait Action: Send + Sync {
+    const NAME: &'static str;
+    const RETRY: RetryClass = RetryClass::Idempotent;
+    /// Reads go as GET; everything else as a signed form POST.
+    const READ_ONLY: bool = false;
+    type Output: DeserializeOwned + Send + 'static;
+    fn write_params(&self, p: &mut Params);
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+    /// The next offset, or 0 at the end, as the API reports it.
+    pub next_marker: u64,
+}
+
+/// A listing action with `Marker`/`MaxResults` offset pagination.
+pub trait Paginated: Action + Clone {
+    type Item: Send + 'static;
+    fn set_page(&mut self, marker: u64, max_results: u32);
+    fn into_page(out: Self::Output) -> Page<Self::Item>;
+}
+
+fn write_page(p: &mut Params, marker: Option<u64>, max: Option<u32>) {
+    if let Some(m) = marker {
+        p.set("Marker", m.to_string());
+    }
+    if let Some(m) = max {
+        p.set("MaxResults", m.to_string());
+    }
+}
+
+/// The response of actions that only acknowledge.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Ack {
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+// ---------------------------------------------------------------- instances
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Instance {
+    #[serde(rename = "InstanceId", deserialize_with = "decode::id")]
+    pub instance_id: String,
+    #[serde(rename = "InstanceName", default, deserialize_with = "decode::null_default")]
+    pub instance_name: String,
+    #[serde(rename = "InstanceType", default, deserialize_with = "decode::null_default")]
+    pub instance_type: String,
+    #[serde(rename = "InstanceStatus", default, deserialize_with = "decode::null_default")]
+    pub instance_status: String,
+    #[serde(rename = "InternalEndpoint", default)]
+    pub internal_endpoint: Option<String>,
+    #[serde(rename = "CreateTime", default, deserialize_with = "decode::opt_time")]
+    pub create_time: Option<KcrTime>,
+    #[serde(rename = "ExpiredTime", default, deserialize_with = "decode::opt_time")]
+    pub expired_time: Option<KcrTime>,
+    #[serde(rename = "ChargeType", default)]
+    pub charge_type: Option<String>,
+    #[serde(rename = "ProjectId", default, deserialize_with = "decode::opt_id")]
+    pub project_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateInstance {
+    pub instance_name: String,
+    pub instance_type: String,
+    pub charge_type: Option<String>,
+    pub purchase_time: Option<u32>,
+    pub project_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CreateInstanceOutput {
+    #[serde(rename = "InstanceId", alias = "instanceId", deserialize_with = "decode::id")]
+    pub instance_id: String,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for CreateInstance {
+    const NAME: &'static str = "CreateInstance";
+    const RETRY: RetryClass = RetryClass::OnlyIfNotApplied;
+    type Output = CreateInstanceOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceName", &self.instance_name)
+            .set("InstanceType", &self.instance_type)
+            .set_opt("ChargeType", self.charge_type.as_deref())
+            .set_opt("ProjectId", self.project_id.as_deref());
+        if let Some(t) = self.purchase_time {
+            p.set("PurchaseTime", t.to_string());
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DescribeInstance {
+    pub instance_ids: Vec<String>,
+    pub project_ids: Vec<String>,
+    pub instance_name: Option<String>,
+    pub marker: Option<u64>,
+    pub max_results: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DescribeInstanceOutput {
+    #[serde(rename = "InstanceSet", default, deserialize_with = "decode::null_default")]
+    pub instances: Vec<Instance>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
+    pub marker: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeInstance {
+    const NAME: &'static str = "DescribeInstance";
+    const READ_ONLY: bool = true;
+    type Output = DescribeInstanceOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set_list("InstanceId", &self.instance_ids)
+            .set_list("ProjectId", &self.project_ids)
+            .set_opt("InstanceName", self.instance_name.as_deref());
+        write_page(p, self.marker, self.max_results);
+    }
+}
+
+impl Paginated for DescribeInstance {
+    type Item = Instance;
+    fn set_page(&mut self, marker: u64, max_results: u32) {
+        self.marker = Some(marker);
+        self.max_results = Some(max_results);
+    }
+    fn into_page(out: Self::Output) -> Page<Instance> {
+        Page { items: out.instances, total: out.total_count, next_marker: out.marker }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeInstanceUsage {
+    pub instance_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct InstanceUsage {
+    #[serde(rename = "NamespaceQuota", default, deserialize_with = "decode::count")]
+    pub namespace_quota: u64,
+    #[serde(rename = "NamespaceUsage", default, deserialize_with = "decode::count")]
+    pub namespace_usage: u64,
+    #[serde(rename = "RepoQuota", default, deserialize_with = "decode::count")]
+    pub repo_quota: u64,
+    #[serde(rename = "RepoUsage", default, deserialize_with = "decode::count")]
+    pub repo_usage: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default, skip_serializing)]
+    pub request_id: String,
+}
+
+impl Action for DescribeInstanceUsage {
+    const NAME: &'static str = "DescribeInstanceUsage";
+    const READ_ONLY: bool = true;
+    type Output = InstanceUsage;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeleteInstance {
+    pub instance_id: String,
+    pub delete_bucket: Option<bool>,
+}
+
+impl Action for DeleteInstance {
+    const NAME: &'static str = "DeleteInstance";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id);
+        if let Some(b) = self.delete_bucket {
+            p.set_bool("DeleteBucket", b);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tokens
+
+/// How long a new token lives, as the API expresses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenLifetime {
+    Hours(u32),
+    Days(u32),
+    NeverExpire,
+}
+
+impl TokenLifetime {
+    fn write(&self, p: &mut Params) {
+        match self {
+            TokenLifetime::Hours(h) => p.set("TokenType", "Hour").set("TokenTime", h.to_string()),
+            TokenLifetime::Days(d) => p.set("TokenType", "Day").set("TokenTime", d.to_string()),
+            // TokenTime is required even though it has no effect here.
+            TokenLifetime::NeverExpire => p.set("TokenType", "NeverExpire").set("TokenTime", "0"),
+        };
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CreateInstanceToken {
+    pub instance_id: String,
+    pub lifetime: TokenLifetime,
+    pub desc: Option<String>,
+}
+
+/// The only response that carries a token's secret. `Debug` redacts it.
+#[derive(Debug, Deserialize)]
+pub struct CreatedToken {
+    #[serde(rename = "TokenId", alias = "tokenId", deserialize_with = "decode::id")]
+    pub token_id: String,
+    #[serde(rename = "Username", alias = "username", default, deserialize_with = "decode::null_default")]
+    pub username: String,
+    #[serde(rename = "Token", alias = "token")]
+    pub token: SecretString,
+    #[serde(rename = "ExpireTime", alias = "expireTime", default, deserialize_with = "decode::opt_time")]
+    pub expire_time: Option<KcrTime>,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for CreateInstanceToken {
+    const NAME: &'static str = "CreateInstanceToken";
+    const RETRY: RetryClass = RetryClass::OnlyIfNotApplied;
+    type Output = CreatedToken;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id);
+        self.lifetime.write(p);
+        p.set_opt("Desc", self.desc.as_deref());
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModifyInstanceTokenStatus {
+    pub instance_id: String,
+    pub token_id: String,
+    pub enable: bool,
+}
+
+impl Action for ModifyInstanceTokenStatus {
+    const NAME: &'static str = "ModifyInstanceTokenStatus";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("TokenId", &self.token_id)
+            .set_bool("Enable", self.enable);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModifyInstanceTokenInformation {
+    pub instance_id: String,
+    pub token_id: String,
+    pub lifetime: Option<TokenLifetime>,
+    pub desc: Option<String>,
+}
+
+impl Action for ModifyInstanceTokenInformation {
+    const NAME: &'static str = "ModifyInstanceTokenInformation";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id).set("TokenId", &self.token_id);
+        if let Some(l) = &self.lifetime {
+            l.write(p);
+        }
+        p.set_opt("Desc", self.desc.as_deref());
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct TokenInfo {
+    #[serde(rename = "TokenId", alias = "tokenId", deserialize_with = "decode::id")]
+    pub token_id: String,
+    #[serde(rename = "Enable", default, deserialize_with = "decode::flag")]
+    pub enable: bool,
+    #[serde(rename = "Desc", default)]
+    pub desc: Option<String>,
+    #[serde(rename = "CreateTime", default, deserialize_with = "decode::opt_time")]
+    pub create_time: Option<KcrTime>,
+    /// `None`: the token never expires.
+    #[serde(rename = "ExpireTime", default, deserialize_with = "decode::opt_time")]
+    pub expire_time: Option<KcrTime>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeInstanceToken {
+    pub instance_id: String,
+    pub marker: Option<u64>,
+    pub max_results: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DescribeInstanceTokenOutput {
+    #[serde(rename = "TokenSet", default, deserialize_with = "decode::null_default")]
+    pub tokens: Vec<TokenInfo>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
+    pub marker: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeInstanceToken {
+    const NAME: &'static str = "DescribeInstanceToken";
+    const READ_ONLY: bool = true;
+    type Output = DescribeInstanceTokenOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id);
+        write_page(p, self.marker, self.max_results);
+    }
+}
+
+impl Paginated for DescribeInstanceToken {
+    type Item = TokenInfo;
+    fn set_page(&mut self, marker: u64, max_results: u32) {
+        self.marker = Some(marker);
+        self.max_results = Some(max_results);
+    }
+    fn into_page(out: Self::Output) -> Page<TokenInfo> {
+        Page { items: out.tokens, total: out.total_count, next_marker: out.marker }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeleteInstanceToken {
+    pub instance_id: String,
+    pub token_id: String,
+}
+
+impl Action for DeleteInstanceToken {
+    const NAME: &'static str = "DeleteInstanceToken";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id).set("TokenId", &self.token_id);
+    }
+}
+
+// ---------------------------------------------------------------- namespaces
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Namespace {
+    #[serde(rename = "Namespace")]
+    pub namespace: String,
+    #[serde(rename = "Public", default, deserialize_with = "decode::flag")]
+    pub public: bool,
+    #[serde(rename = "RepoCount", default, deserialize_with = "decode::count")]
+    pub repo_count: u64,
+    #[serde(rename = "CreateTime", default, deserialize_with = "decode::opt_time")]
+    pub create_time: Option<KcrTime>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CreateNamespace {
+    pub instance_id: String,
+    pub namespace: String,
+    pub public: bool,
+}
+
+impl Action for CreateNamespace {
+    const NAME: &'static str = "CreateNamespace";
+    const RETRY: RetryClass = RetryClass::OnlyIfNotApplied;
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set_bool("Public", self.public);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeNamespace {
+    pub instance_id: String,
+    pub namespace: Option<String>,
+    pub public: Option<bool>,
+    pub marker: Option<u64>,
+    pub max_results: Option<u32>,
+}
+
+impl DescribeNamespace {
+    pub fn all(instance_id: &str) -> Self {
+        DescribeNamespace {
+            instance_id: instance_id.to_owned(),
+            namespace: None,
+            public: None,
+            marker: None,
+            max_results: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DescribeNamespaceOutput {
+    #[serde(rename = "NamespaceSet", default, deserialize_with = "decode::null_default")]
+    pub namespaces: Vec<Namespace>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
+    pub marker: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeNamespace {
+    const NAME: &'static str = "DescribeNamespace";
+    const READ_ONLY: bool = true;
+    type Output = DescribeNamespaceOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set_opt("Namespace", self.namespace.as_deref());
+        if let Some(b) = self.public {
+            p.set_bool("Public", b);
+        }
+        write_page(p, self.marker, self.max_results);
+    }
+}
+
+impl Paginated for DescribeNamespace {
+    type Item = Namespace;
+    fn set_page(&mut self, marker: u64, max_results: u32) {
+        self.marker = Some(marker);
+        self.max_results = Some(max_results);
+    }
+    fn into_page(out: Self::Output) -> Page<Namespace> {
+        Page { items: out.namespaces, total: out.total_count, next_marker: out.marker }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModifyNamespaceType {
+    pub instance_id: String,
+    pub namespace: String,
+    pub public: bool,
+}
+
+impl Action for ModifyNamespaceType {
+    const NAME: &'static str = "ModifyNamespaceType";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set_bool("Public", self.public);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeNamespaceExist {
+    pub instance_id: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NamespaceExist {
+    #[serde(rename = "Exist", default, deserialize_with = "decode::flag")]
+    pub exist: bool,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeNamespaceExist {
+    const NAME: &'static str = "DescribeNamespaceExist";
+    const READ_ONLY: bool = true;
+    type Output = NamespaceExist;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id).set("Namespace", &self.namespace);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeleteNamespace {
+    pub instance_id: String,
+    pub namespace: String,
+}
+
+impl Action for DeleteNamespace {
+    const NAME: &'static str = "DeleteNamespace";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id).set("Namespace", &self.namespace);
+    }
+}
+
+// ---------------------------------------------------------------- repositories
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Repo {
+    #[serde(rename = "RepoName")]
+    pub repo_name: String,
+    #[serde(rename = "Public", default, deserialize_with = "decode::opt_flag")]
+    pub public: Option<bool>,
+    #[serde(rename = "CreateTime", default, deserialize_with = "decode::opt_time")]
+    pub create_time: Option<KcrTime>,
+    #[serde(rename = "UpdateTime", default, deserialize_with = "decode::opt_time")]
+    pub update_time: Option<KcrTime>,
+    #[serde(rename = "Desc", default)]
+    pub desc: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeRepository {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: Option<String>,
+    pub marker: Option<u64>,
+    pub max_results: Option<u32>,
+}
+
+impl DescribeRepository {
+    pub fn all(instance_id: &str, namespace: &str) -> Self {
+        DescribeRepository {
+            instance_id: instance_id.to_owned(),
+            namespace: namespace.to_owned(),
+            repo_name: None,
+            marker: None,
+            max_results: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DescribeRepositoryOutput {
+    #[serde(rename = "RepoSet", default, deserialize_with = "decode::null_default")]
+    pub repos: Vec<Repo>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
+    pub marker: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeRepository {
+    const NAME: &'static str = "DescribeRepository";
+    const READ_ONLY: bool = true;
+    type Output = DescribeRepositoryOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set_opt("RepoName", self.repo_name.as_deref());
+        write_page(p, self.marker, self.max_results);
+    }
+}
+
+impl Paginated for DescribeRepository {
+    type Item = Repo;
+    fn set_page(&mut self, marker: u64, max_results: u32) {
+        self.marker = Some(marker);
+        self.max_results = Some(max_results);
+    }
+    fn into_page(out: Self::Output) -> Page<Repo> {
+        Page { items: out.repos, total: out.total_count, next_marker: out.marker }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeleteRepository {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+}
+
+impl Action for DeleteRepository {
+    const NAME: &'static str = "DeleteRepository";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModifyRepoDesc {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+    pub desc: String,
+}
+
+impl Action for ModifyRepoDesc {
+    const NAME: &'static str = "ModifyRepoDesc";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name)
+            .set("Desc", &self.desc);
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Image {
+    /// The digest, `sha256:…`.
+    #[serde(rename = "ImageId", deserialize_with = "decode::id")]
+    pub image_id: String,
+    #[serde(rename = "Size", default, deserialize_with = "decode::count")]
+    pub size: u64,
+    #[serde(rename = "CreateTime", default, deserialize_with = "decode::opt_time")]
+    pub create_time: Option<KcrTime>,
+    #[serde(rename = "TagNames", default, deserialize_with = "decode::null_default")]
+    pub tag_names: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeImages {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+    pub image_id: Option<String>,
+    pub marker: Option<u64>,
+    pub max_results: Option<u32>,
+}
+
+impl DescribeImages {
+    pub fn all(instance_id: &str, namespace: &str, repo_name: &str) -> Self {
+        DescribeImages {
+            instance_id: instance_id.to_owned(),
+            namespace: namespace.to_owned(),
+            repo_name: repo_name.to_owned(),
+            image_id: None,
+            marker: None,
+            max_results: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DescribeImagesOutput {
+    #[serde(rename = "ImageSet", default, deserialize_with = "decode::null_default")]
+    pub images: Vec<Image>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
+    pub marker: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeImages {
+    const NAME: &'static str = "DescribeImages";
+    const READ_ONLY: bool = true;
+    type Output = DescribeImagesOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name)
+            .set_opt("ImageId", self.image_id.as_deref());
+        write_page(p, self.marker, self.max_results);
+    }
+}
+
+impl Paginated for DescribeImages {
+    type Item = Image;
+    fn set_page(&mut self, marker: u64, max_results: u32) {
+        self.marker = Some(marker);
+        self.max_results = Some(max_results);
+    }
+    fn into_page(out: Self::Output) -> Page<Image> {
+        Page { items: out.images, total: out.total_count, next_marker: out.marker }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeleteImages {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+    pub image_id: String,
+}
+
+impl Action for DeleteImages {
+    const NAME: &'static str = "DeleteImages";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name)
+            .set("ImageId", &self.image_id);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeleteRepoTag {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+    pub tag_name: String,
+}
+
+impl Action for DeleteRepoTag {
+    const NAME: &'static str = "DeleteRepoTag";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name)
+            .set("TagName", &self.tag_name);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StartImageScan {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+    pub image_id: String,
+}
+
+impl Action for StartImageScan {
+    const NAME: &'static str = "StartImageScan";
+    type Output = Ack;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name)
+            .set("ImageId", &self.image_id);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DescribeImageScan {
+    pub instance_id: String,
+    pub namespace: String,
+    pub repo_name: String,
+    pub image_id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ScanSummary {
+    #[serde(rename = "High", default, deserialize_with = "decode::count")]
+    pub high: u64,
+    #[serde(rename = "Medium", default, deserialize_with = "decode::count")]
+    pub medium: u64,
+    #[serde(rename = "Low", default, deserialize_with = "decode::count")]
+    pub low: u64,
+    #[serde(rename = "Negligible", default, deserialize_with = "decode::count")]
+    pub negligible: u64,
+    #[serde(rename = "Unknown", default, deserialize_with = "decode::count")]
+    pub unknown: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Vulnerability {
+    #[serde(rename = "CveName", default)]
+    pub cve_name: Option<String>,
+    #[serde(rename = "CveLink", default)]
+    pub cve_link: Option<String>,
+    #[serde(rename = "Description", default)]
+    pub description: Option<String>,
+    #[serde(rename = "Severity", default)]
+    pub severity: Option<String>,
+    #[serde(rename = "Feature", default)]
+    pub feature: Option<String>,
+    #[serde(rename = "CurrentVersion", default)]
+    pub current_version: Option<String>,
+    #[serde(rename = "RepairedVersion", default)]
+    pub repaired_version: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ImageScan {
+    #[serde(rename = "Status", default)]
+    pub status: Option<String>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "FinishTime", default, deserialize_with = "decode::opt_time")]
+    pub finish_time: Option<KcrTime>,
+    #[serde(rename = "Summary", default, deserialize_with = "decode::null_default")]
+    pub summary: ScanSummary,
+    #[serde(rename = "VulnerabilitySet", default, deserialize_with = "decode::null_default")]
+    pub vulnerabilities: Vec<Vulnerability>,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for DescribeImageScan {
+    const NAME: &'static str = "DescribeImageScan";
+    const READ_ONLY: bool = true;
+    type Output = ImageScan;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace)
+            .set("RepoName", &self.repo_name)
+            .set("ImageId", &self.image_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn create_token_response_with_lower_camel_id_decodes_and_redacts() {
+        // The reference's example: `tokenId` in lower camel case.
+        let body = r#"{"Username":"u1","tokenId":"7da2318d-2f12","Token":"s3cr3t-value",
+                       "ExpireTime":"2022-07-26 11:21:49","RequestId":"dd3f"}"#;
+        let t: CreatedToken = serde_json::from_str(body).unwrap();
+        assert_eq!(t.token_id, "7da2318d-2f12");
+        assert_eq!(t.token.expose_secret(), "s3cr3t-value");
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn namespace_repo_count_as_string() {
+        let body = r#"{"RequestId":"x","MaxResults":20,"Marker":0,"TotalCount":"1",
+            "NamespaceSet":[{"Namespace":"a","Public":true,"RepoCount":"3","CreateTime":"2022-05-31 20:10:29"}]}"#;
+        let out: DescribeNamespaceOutput = serde_json::from_str(body).unwrap();
+        assert_eq!(out.total_count, 1);
+        assert_eq!(out.namespaces[0].repo_count, 3);
+        assert!(out.namespaces[0].public);
+    }
+
+    #[test]
+    fn nulls_for_desc_expire_and_lists() {
+        let body = r#"{"RequestId":"x","TotalCount":1,"Marker":0,"TokenSet":[
+            {"TokenId":"e40c","Enable":true,"Desc":null,"CreateTime":"2022-06-16 16:55:49","ExpireTime":null}]}"#;
+        let out: DescribeInstanceTokenOutput = serde_json::from_str(body).unwrap();
+        assert_eq!(out.tokens[0].desc, None);
+        assert_eq!(out.tokens[0].expire_time, None);
+        let body = r#"{"RequestId":"x","TotalCount":0,"Marker":0,"ImageSet":null}"#;
+        let out: DescribeImagesOutput = serde_json::from_str(body).unwrap();
+        assert!(out.images.is_empty());
+        let body = r#"{"RequestId":"x","TotalCount":1,"ImageSet":[{"ImageId":"sha256:a","Size":"12","CreateTime":"2022-06-27 12:03:37","TagNames":null}]}"#;
+        let out: DescribeImagesOutput = serde_json::from_str(body).unwrap();
+        assert_eq!(out.images[0].size, 12);
+        assert!(out.images[0].tag_names.is_empty());
+    }
+
+    #[test]
+    fn ids_as_numbers_and_unknown_fields() {
+        let body = r#"{"InstanceSet":[{"InstanceId":123,"InstanceName":"a","ProjectId":0,
+            "ExpiredTime":null,"NewField":{"x":[1,2]}}],"TotalCount":1,"RequestId":"r"}"#;
+        let out: DescribeInstanceOutput = serde_json::from_str(body).unwrap();
+        assert_eq!(out.instances[0].instance_id, "123");
+        assert_eq!(out.instances[0].project_id.as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn params_are_written_as_the_reference_says() {
+        let mut p = Params::default();
+        CreateInstanceToken {
+            instance_id: "i".into(),
+            lifetime: TokenLifetime::Days(30),
+            desc: Some("kcr-housekeeper/ci/r1".into()),
+        }
+        .write_params(&mut p);
+        assert_eq!(p.get("TokenType"), Some("Day"));
+        assert_eq!(p.get("TokenTime"), Some("30"));
+        let mut p = Params::default();
+        ModifyNamespaceType { instance_id: "i".into(), namespace: "n".into(), public: false }.write_params(&mut p);
+        assert_eq!(p.get("Public"), Some("False"));
+        let mut p = Params::default();
+        DescribeInstance { instance_ids: vec!["a".into(), "b".into()], ..Default::default() }.write_params(&mut p);
+        assert_eq!(p.get("InstanceId.1"), Some("a"));
+        assert_eq!(p.get("InstanceId.2"), Some("b"));
+    }
+}

@@ -1,0 +1,4 @@
+//! kcr-housekeeper: keeps a Kingsoft Cloud Container Registry tidy and safe.
+#![forbid(unsafe_code)]
+
+pub mod kcr;
