@@ -5,7 +5,7 @@
 use super::error::{Error, TransportKind};
 use super::ratelimit::RateLimiter;
 use super::signer::{self, CanonicalInput};
-use super::types::{Action, MAX_PAGE, Page, Paginated, Params, RetryClass, API_VERSION};
+use super::types::{API_VERSION, Action, MAX_PAGE, Page, Paginated, Params, RetryClass};
 use chrono::Utc;
 use chrono_tz::Tz;
 use futures::Stream;
@@ -62,13 +62,20 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 5, base: Duration::from_millis(200), cap: Duration::from_secs(10) }
+        RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(10),
+        }
     }
 }
 
 impl RetryPolicy {
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.cap);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.cap);
         let nanos = exp.as_nanos() as u64;
         if nanos == 0 {
             return Duration::ZERO;
@@ -168,16 +175,27 @@ impl Client {
         Self::with_observer(config, None)
     }
 
-    pub fn with_observer(config: ClientConfig, observer: Option<Arc<dyn ApiObserver>>) -> Result<Self, Error> {
+    pub fn with_observer(
+        config: ClientConfig,
+        observer: Option<Arc<dyn ApiObserver>>,
+    ) -> Result<Self, Error> {
         let url = reqwest::Url::parse(&config.endpoint)
             .map_err(|e| Error::Config(format!("endpoint {:?}: {e}", config.endpoint)))?;
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(Error::Config(format!("endpoint {:?} has no host", config.endpoint))),
+            (None, _) => {
+                return Err(Error::Config(format!(
+                    "endpoint {:?} has no host",
+                    config.endpoint
+                )));
+            }
         };
         if !matches!(url.scheme(), "https" | "http") {
-            return Err(Error::Config(format!("endpoint {:?}: scheme must be https", config.endpoint)));
+            return Err(Error::Config(format!(
+                "endpoint {:?}: scheme must be https",
+                config.endpoint
+            )));
         }
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -220,7 +238,12 @@ impl Client {
         loop {
             attempt += 1;
             let result = {
-                let _permit = self.inner.in_flight.acquire().await.expect("semaphore never closed");
+                let _permit = self
+                    .inner
+                    .in_flight
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 self.inner.limiter.acquire().await;
                 let started = Instant::now();
                 let r = self.send_once::<A>(&params).await;
@@ -249,7 +272,13 @@ impl Client {
                 return Err(err);
             }
             let pause = self.inner.retry.backoff(attempt);
-            tracing::debug!(action = A::NAME, attempt, code = err.code(), ?pause, "retrying");
+            tracing::debug!(
+                action = A::NAME,
+                attempt,
+                code = err.code(),
+                ?pause,
+                "retrying"
+            );
             tokio::time::sleep(pause).await;
         }
     }
@@ -267,7 +296,12 @@ impl Client {
         let (method, query, body, content_type) = if A::READ_ONLY {
             ("GET", encoded, String::new(), None)
         } else {
-            ("POST", String::new(), encoded, Some("application/x-www-form-urlencoded; charset=utf-8"))
+            (
+                "POST",
+                String::new(),
+                encoded,
+                Some("application/x-www-form-urlencoded; charset=utf-8"),
+            )
         };
         let payload_hash = signer::sha256_hex(body.as_bytes());
         let mut headers: Vec<(&str, &str)> = vec![("host", &inner.host), ("x-amz-date", &amz_date)];
@@ -281,11 +315,21 @@ impl Client {
             &inner.region,
             SERVICE,
             now,
-            &CanonicalInput { method, path, query: &query, headers: &headers, payload_hash: &payload_hash },
+            &CanonicalInput {
+                method,
+                path,
+                query: &query,
+                headers: &headers,
+                payload_hash: &payload_hash,
+            },
         );
         let mut url = inner.url.clone();
         url.set_query(if query.is_empty() { None } else { Some(&query) });
-        let mut rb = if method == "GET" { inner.http.get(url) } else { inner.http.post(url).body(body) };
+        let mut rb = if method == "GET" {
+            inner.http.get(url)
+        } else {
+            inner.http.post(url).body(body)
+        };
         rb = rb
             .header("x-amz-date", amz_date)
             .header("authorization", authorization)
@@ -293,12 +337,18 @@ impl Client {
         if let Some(ct) = content_type {
             rb = rb.header("content-type", ct);
         }
-        rb.build().map_err(|e| Error::Config(format!("request: {e}")))
+        rb.build()
+            .map_err(|e| Error::Config(format!("request: {e}")))
     }
 
     async fn send_once<A: Action>(&self, params: &Params) -> Result<A::Output, Error> {
         let request = self.build_request::<A>(params)?;
-        let response = self.inner.http.execute(request).await.map_err(|e| transport::<A>(&e))?;
+        let response = self
+            .inner
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| transport::<A>(&e))?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| transport::<A>(&e))?;
         decode_response::<A>(status, &body)
@@ -306,7 +356,10 @@ impl Client {
 
     /// A stream of pages of `MaxResults=99`, checking that `TotalCount`
     /// stays put and that the listing delivers all it announced.
-    pub fn pages<P: Paginated + 'static>(&self, request: P) -> impl Stream<Item = Result<Page<P::Item>, Error>> + Send + 'static {
+    pub fn pages<P: Paginated + 'static>(
+        &self,
+        request: P,
+    ) -> impl Stream<Item = Result<Page<P::Item>, Error>> + Send + 'static {
         struct Cursor<P> {
             client: Client,
             request: P,
@@ -314,7 +367,13 @@ impl Client {
             total: Option<u64>,
             done: bool,
         }
-        let cursor = Cursor { client: self.clone(), request, offset: 0, total: None, done: false };
+        let cursor = Cursor {
+            client: self.clone(),
+            request,
+            offset: 0,
+            total: None,
+            done: false,
+        };
         futures::stream::try_unfold(cursor, |mut c| async move {
             if c.done {
                 return Ok(None);
@@ -324,7 +383,11 @@ impl Client {
             if let Some(before) = c.total
                 && before != page.total
             {
-                return Err(Error::ListingChanged { action: P::NAME, before, after: page.total });
+                return Err(Error::ListingChanged {
+                    action: P::NAME,
+                    before,
+                    after: page.total,
+                });
             }
             c.total = Some(page.total);
             let got = page.items.len() as u64;
@@ -332,20 +395,31 @@ impl Client {
             if c.offset >= page.total {
                 c.done = true;
             } else if got == 0 {
-                return Err(Error::ListingShort { action: P::NAME, seen: c.offset, total: page.total });
+                return Err(Error::ListingShort {
+                    action: P::NAME,
+                    seen: c.offset,
+                    total: page.total,
+                });
             }
             Ok(Some((page, c)))
         })
     }
 
     /// Every item of a listing, or an error: never a partial list.
-    pub async fn list_all<P: Paginated + 'static>(&self, request: P) -> Result<Vec<P::Item>, Error> {
+    pub async fn list_all<P: Paginated + 'static>(
+        &self,
+        request: P,
+    ) -> Result<Vec<P::Item>, Error> {
         use futures::TryStreamExt;
         let pages: Vec<Page<P::Item>> = self.pages(request).try_collect().await?;
         let total = pages.first().map_or(0, |p| p.total);
         let items: Vec<P::Item> = pages.into_iter().flat_map(|p| p.items).collect();
         if items.len() as u64 != total {
-            return Err(Error::ListingShort { action: P::NAME, seen: items.len() as u64, total });
+            return Err(Error::ListingShort {
+                action: P::NAME,
+                seen: items.len() as u64,
+                total,
+            });
         }
         Ok(items)
     }
@@ -362,7 +436,11 @@ fn transport<A: Action>(e: &reqwest::Error) -> Error {
     // reqwest errors name the URL; ours carries only query parameters that are not secret,
     // but strip it anyway to keep messages short.
     let detail = e.without_url_ref().to_string();
-    Error::Transport { action: A::NAME, kind, detail }
+    Error::Transport {
+        action: A::NAME,
+        kind,
+        detail,
+    }
 }
 
 trait WithoutUrl {
@@ -401,23 +479,37 @@ pub fn decode_response<A: Action>(status: u16, body: &[u8]) -> Result<A::Output,
     let has_error_key = body.windows(7).any(|w| w == b"\"Error\"");
     if status != 200 || has_error_key {
         match serde_json::from_slice::<ErrorDocument>(body) {
-            Ok(ErrorDocument { request_id, error: Some(err) }) => {
+            Ok(ErrorDocument {
+                request_id,
+                error: Some(err),
+            }) => {
                 return Err(Error::Api {
                     action: A::NAME,
                     status,
-                    code: if err.code.is_empty() { "Unknown".into() } else { err.code },
+                    code: if err.code.is_empty() {
+                        "Unknown".into()
+                    } else {
+                        err.code
+                    },
                     message: err.message,
                     request_id,
                 });
             }
-            _ if status != 200 => return Err(Error::Http { action: A::NAME, status }),
+            _ if status != 200 => {
+                return Err(Error::Http {
+                    action: A::NAME,
+                    status,
+                });
+            }
             _ => {}
         }
     }
     serde_json::from_slice::<A::Output>(body).map_err(|e| Error::Decode {
         action: A::NAME,
         detail: json_defect(&e),
-        request_id: serde_json::from_slice::<RequestIdOnly>(body).map(|r| r.request_id).unwrap_or_default(),
+        request_id: serde_json::from_slice::<RequestIdOnly>(body)
+            .map(|r| r.request_id)
+            .unwrap_or_default(),
     })
 }
 
@@ -431,7 +523,10 @@ mod tests {
         let body = br#"{"RequestId":"r-9","Error":{"Type":"Sender","Code":"InvalidParameterValue","Message":"bad MaxResults"}}"#;
         let e = decode_response::<DescribeImages>(400, body).unwrap_err();
         assert_eq!(e.code(), "InvalidParameterValue");
-        assert_eq!(e.to_string(), "DescribeImages: HTTP 400 InvalidParameterValue: bad MaxResults (request id r-9)");
+        assert_eq!(
+            e.to_string(),
+            "DescribeImages: HTTP 400 InvalidParameterValue: bad MaxResults (request id r-9)"
+        );
     }
 
     #[test]
@@ -440,7 +535,8 @@ mod tests {
         let e = decode_response::<CreateInstanceToken>(200, body).unwrap_err();
         assert_eq!(e.code(), "DecodeError");
         assert!(!e.to_string().contains("12345678901"), "{e}");
-        let e = decode_response::<DescribeImages>(200, br#"{"ImageSet":[{"ImageId":"sha"#).unwrap_err();
+        let e =
+            decode_response::<DescribeImages>(200, br#"{"ImageSet":[{"ImageId":"sha"#).unwrap_err();
         assert!(e.to_string().contains("truncated JSON"), "{e}");
     }
 
@@ -455,12 +551,19 @@ mod tests {
     fn credentials_debug_is_redacted() {
         let c = Credentials::new("AKLTabcdefgh", "very-secret-key");
         let s = format!("{c:?}");
-        assert!(!s.contains("very-secret-key") && !s.contains("abcdefgh"), "{s}");
+        assert!(
+            !s.contains("very-secret-key") && !s.contains("abcdefgh"),
+            "{s}"
+        );
     }
 
     #[test]
     fn backoff_is_bounded_by_cap() {
-        let p = RetryPolicy { max_attempts: 5, base: Duration::from_millis(100), cap: Duration::from_millis(300) };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(300),
+        };
         for attempt in 0..20 {
             assert!(p.backoff(attempt) <= Duration::from_millis(300));
         }

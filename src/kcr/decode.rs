@@ -43,7 +43,9 @@ impl KcrTime {
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
             return Some(KcrTime::Zoned(t));
         }
-        NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").ok().map(KcrTime::Local)
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+            .ok()
+            .map(KcrTime::Local)
     }
 }
 
@@ -114,7 +116,9 @@ impl<'de> Visitor<'de> for Count {
         Ok(Some(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        u64::try_from(v).map(Some).map_err(|_| E::custom("negative count"))
+        u64::try_from(v)
+            .map(Some)
+            .map_err(|_| E::custom("negative count"))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
         if v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53) {
@@ -128,7 +132,9 @@ impl<'de> Visitor<'de> for Count {
         if v.is_empty() {
             return Ok(None);
         }
-        v.parse().map(Some).map_err(|_| E::custom("count string is not a number"))
+        v.parse()
+            .map(Some)
+            .map_err(|_| E::custom("count string is not a number"))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -248,7 +254,14 @@ mod tests {
 
     #[test]
     fn booleans_in_every_form() {
-        for (j, want) in [("true", true), ("\"True\"", true), ("\"false\"", false), ("0", false), ("1", true), ("null", false)] {
+        for (j, want) in [
+            ("true", true),
+            ("\"True\"", true),
+            ("\"false\"", false),
+            ("0", false),
+            ("1", true),
+            ("null", false),
+        ] {
             assert_eq!(probe(&format!(r#"{{"b": {j}}}"#)).b, want, "{j}");
         }
     }
@@ -269,7 +282,10 @@ mod tests {
         assert!(probe(r#"{"t": null}"#).t.is_none());
         assert!(probe(r#"{"t": ""}"#).t.is_none());
         let zoned = probe(r#"{"t": "2022-06-20T16:02:09+08:00"}"#).t.unwrap();
-        assert_eq!(zoned.to_utc(&chrono_tz::UTC).to_rfc3339(), "2022-06-20T08:02:09+00:00");
+        assert_eq!(
+            zoned.to_utc(&chrono_tz::UTC).to_rfc3339(),
+            "2022-06-20T08:02:09+00:00"
+        );
         assert!(serde_json::from_str::<Probe>(r#"{"t": "yesterday"}"#).is_err());
     }
 }

@@ -65,9 +65,18 @@ impl Error {
             Error::Api { code, .. } => code,
             Error::Http { status, .. } if *status >= 500 => "HttpServerError",
             Error::Http { .. } => "HttpClientError",
-            Error::Transport { kind: TransportKind::Connect, .. } => "ConnectError",
-            Error::Transport { kind: TransportKind::Timeout, .. } => "Timeout",
-            Error::Transport { kind: TransportKind::Reset, .. } => "ConnectionReset",
+            Error::Transport {
+                kind: TransportKind::Connect,
+                ..
+            } => "ConnectError",
+            Error::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            } => "Timeout",
+            Error::Transport {
+                kind: TransportKind::Reset,
+                ..
+            } => "ConnectionReset",
             Error::Decode { .. } => "DecodeError",
             Error::ListingChanged { .. } => "ListingChanged",
             Error::ListingShort { .. } => "ListingShort",
@@ -101,8 +110,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Api { code, status, .. } => {
-                matches!(code.as_str(), "LimitExceeded" | "ServiceUnavailable" | "ServiceTimeout")
-                    || (*status >= 500 && !matches!(code.as_str(), "InvalidParameterValue" | "MissingParameter"))
+                matches!(
+                    code.as_str(),
+                    "LimitExceeded" | "ServiceUnavailable" | "ServiceTimeout"
+                ) || (*status >= 500
+                    && !matches!(code.as_str(), "InvalidParameterValue" | "MissingParameter"))
             }
             Error::Http { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             Error::Transport { .. } => true,
@@ -116,7 +128,13 @@ impl Error {
     /// request may be sent again.
     pub fn surely_not_applied(&self) -> bool {
         self.is_rate_limited()
-            || matches!(self, Error::Transport { kind: TransportKind::Connect, .. })
+            || matches!(
+                self,
+                Error::Transport {
+                    kind: TransportKind::Connect,
+                    ..
+                }
+            )
             || matches!(self, Error::Api { status, .. } if (400..500).contains(status))
     }
 
@@ -152,8 +170,15 @@ mod tests {
         assert!(!api(403, "SignatureDoesNotMatch").is_retryable());
         assert!(!api(400, "InvalidParameterValue").is_retryable());
         assert!(!api(400, "MissingParameter").is_retryable());
-        assert_eq!(api(403, "SignatureDoesNotMatch").code(), "SignatureDoesNotMatch");
-        let t = Error::Transport { action: "X", kind: TransportKind::Timeout, detail: "d".into() };
+        assert_eq!(
+            api(403, "SignatureDoesNotMatch").code(),
+            "SignatureDoesNotMatch"
+        );
+        let t = Error::Transport {
+            action: "X",
+            kind: TransportKind::Timeout,
+            detail: "d".into(),
+        };
         assert!(t.is_retryable() && !t.surely_not_applied());
         assert_eq!(t.code(), "Timeout");
     }
@@ -161,6 +186,9 @@ mod tests {
     #[test]
     fn display_names_action_status_code_and_request_id() {
         let s = api(403, "SignatureDoesNotMatch").to_string();
-        assert_eq!(s, "DescribeImages: HTTP 403 SignatureDoesNotMatch: m (request id r-1)");
+        assert_eq!(
+            s,
+            "DescribeImages: HTTP 403 SignatureDoesNotMatch: m (request id r-1)"
+        );
     }
 }

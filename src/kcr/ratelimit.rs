@@ -30,7 +30,11 @@ impl RateLimiter {
         let now = Instant::now();
         RateLimiter {
             ceiling: per_second,
-            state: Mutex::new(State { rate: per_second, next_slot: now, last_update: now }),
+            state: Mutex::new(State {
+                rate: per_second,
+                next_slot: now,
+                last_update: now,
+            }),
         }
     }
 
@@ -101,7 +105,11 @@ mod tests {
         assert!((rl.current_rate() - 2.5).abs() < 1e-9);
         tokio::time::advance(Duration::from_secs(2)).await;
         // +10% of the ceiling per second.
-        assert!((rl.current_rate() - 4.5).abs() < 1e-6, "{}", rl.current_rate());
+        assert!(
+            (rl.current_rate() - 4.5).abs() < 1e-6,
+            "{}",
+            rl.current_rate()
+        );
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!((rl.current_rate() - 10.0).abs() < 1e-9);
     }

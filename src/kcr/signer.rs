@@ -201,7 +201,9 @@ pub fn authorization(
     let (creq, signed_headers) = canonical_request(input);
     let sts = string_to_sign(&amz_date, &scope, &creq);
     let sig = signature(secret, date, region, service, &sts);
-    format!("{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders={signed_headers}, Signature={sig}")
+    format!(
+        "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders={signed_headers}, Signature={sig}"
+    )
 }
 
 /// Parsed `Authorization: AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`.
@@ -251,8 +253,8 @@ pub fn parse_authorization(header: &str) -> Result<ParsedAuthorization<'_>, Auth
     })
 }
 
-/// Constant-time comparison of two signatures (hex strings).
-pub fn signatures_equal(a: &str, b: &str) -> bool {
+/// Constant-time comparison, for signatures and secrets.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;
@@ -283,7 +285,13 @@ mod tests {
             "us-east-1",
             "service",
             suite_time(),
-            &CanonicalInput { method, path: "/", query: &cq, headers, payload_hash: &hash },
+            &CanonicalInput {
+                method,
+                path: "/",
+                query: &cq,
+                headers,
+                payload_hash: &hash,
+            },
         )
     }
 
@@ -322,7 +330,11 @@ mod tests {
 
     #[test]
     fn aws_suite_post_x_www_form_urlencoded() {
-        let headers = [("Content-Type", "application/x-www-form-urlencoded"), HOST, DATE];
+        let headers = [
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            HOST,
+            DATE,
+        ];
         assert_eq!(
             sign_suite("POST", "", &headers, b"Param1=value1"),
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
@@ -348,7 +360,10 @@ mod tests {
             "Action=DescribeNamespace&InstanceId=eb1d0d73-4845-4283-a736-000000000000\
              &MaxResults=99&Namespace=a%20b%2Bc&Version=2021-11-09"
         );
-        let headers = [("host", "kcrs.api.ksyun.com"), ("x-amz-date", "20221108T080000Z")];
+        let headers = [
+            ("host", "kcrs.api.ksyun.com"),
+            ("x-amz-date", "20221108T080000Z"),
+        ];
         let hash = sha256_hex(b"");
         let input = CanonicalInput {
             method: "GET",
@@ -366,8 +381,14 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKLTtest/20221108/cn-beijing-6/kcrs/aws4_request, SignedHeaders=host;x-amz-date, Signature="
         ));
         // Same input, same signature; another secret, another signature.
-        assert_eq!(auth, authorization("AKLTtest", "secret", "cn-beijing-6", "kcrs", t, &input));
-        assert_ne!(auth, authorization("AKLTtest", "secreT", "cn-beijing-6", "kcrs", t, &input));
+        assert_eq!(
+            auth,
+            authorization("AKLTtest", "secret", "cn-beijing-6", "kcrs", t, &input)
+        );
+        assert_ne!(
+            auth,
+            authorization("AKLTtest", "secreT", "cn-beijing-6", "kcrs", t, &input)
+        );
     }
 
     #[test]
@@ -387,29 +408,54 @@ mod tests {
             parse_authorization("AWS4-HMAC-SHA256 Credential=x, Signature=y").unwrap_err(),
             AuthorizationDefect::MissingSignedHeaders
         );
-        assert_eq!(parse_authorization("garbage").unwrap_err(), AuthorizationDefect::Format);
+        assert_eq!(
+            parse_authorization("garbage").unwrap_err(),
+            AuthorizationDefect::Format
+        );
     }
 
     #[test]
     fn header_values_are_folded_and_duplicates_joined() {
-        let headers = [("My-Header1", "  a   b  "), ("my-header1", "c"), ("Host", "h")];
-        let input = CanonicalInput { method: "get", path: "", query: "", headers: &headers, payload_hash: "x" };
+        let headers = [
+            ("My-Header1", "  a   b  "),
+            ("my-header1", "c"),
+            ("Host", "h"),
+        ];
+        let input = CanonicalInput {
+            method: "get",
+            path: "",
+            query: "",
+            headers: &headers,
+            payload_hash: "x",
+        };
         let (creq, signed) = canonical_request(&input);
         assert_eq!(signed, "host;my-header1");
-        assert_eq!(creq, "GET\n/\n\nhost:h\nmy-header1:a b,c\n\nhost;my-header1\nx");
+        assert_eq!(
+            creq,
+            "GET\n/\n\nhost:h\nmy-header1:a b,c\n\nhost;my-header1\nx"
+        );
     }
 
     #[test]
     fn plus_decoding_modes() {
-        assert_eq!(decode_query("a=x+y", PlusIs::Literal), vec![("a".into(), "x+y".into())]);
-        assert_eq!(decode_query("a=x+y", PlusIs::Space), vec![("a".into(), "x y".into())]);
-        assert_eq!(decode_query("a=%2B&b", PlusIs::Space), vec![("a".into(), "+".into()), ("b".into(), "".into())]);
+        assert_eq!(
+            decode_query("a=x+y", PlusIs::Literal),
+            vec![("a".into(), "x+y".into())]
+        );
+        assert_eq!(
+            decode_query("a=x+y", PlusIs::Space),
+            vec![("a".into(), "x y".into())]
+        );
+        assert_eq!(
+            decode_query("a=%2B&b", PlusIs::Space),
+            vec![("a".into(), "+".into()), ("b".into(), "".into())]
+        );
     }
 
     #[test]
     fn constant_time_compare() {
-        assert!(signatures_equal("abcd", "abcd"));
-        assert!(!signatures_equal("abcd", "abce"));
-        assert!(!signatures_equal("abcd", "abc"));
+        assert!(constant_time_eq("abcd", "abcd"));
+        assert!(!constant_time_eq("abcd", "abce"));
+        assert!(!constant_time_eq("abcd", "abc"));
     }
 }

@@ -41,7 +41,10 @@ impl Params {
         self
     }
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -103,11 +106,23 @@ pub struct Ack {
 pub struct Instance {
     #[serde(rename = "InstanceId", deserialize_with = "decode::id")]
     pub instance_id: String,
-    #[serde(rename = "InstanceName", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "InstanceName",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub instance_name: String,
-    #[serde(rename = "InstanceType", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "InstanceType",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub instance_type: String,
-    #[serde(rename = "InstanceStatus", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "InstanceStatus",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub instance_status: String,
     #[serde(rename = "InternalEndpoint", default)]
     pub internal_endpoint: Option<String>,
@@ -132,7 +147,11 @@ pub struct CreateInstance {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct CreateInstanceOutput {
-    #[serde(rename = "InstanceId", alias = "instanceId", deserialize_with = "decode::id")]
+    #[serde(
+        rename = "InstanceId",
+        alias = "instanceId",
+        deserialize_with = "decode::id"
+    )]
     pub instance_id: String,
     #[serde(rename = "RequestId", alias = "requestId", default)]
     pub request_id: String,
@@ -164,7 +183,11 @@ pub struct DescribeInstance {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct DescribeInstanceOutput {
-    #[serde(rename = "InstanceSet", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "InstanceSet",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub instances: Vec<Instance>,
     #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
     pub total_count: u64,
@@ -193,7 +216,11 @@ impl Paginated for DescribeInstance {
         self.max_results = Some(max_results);
     }
     fn into_page(out: Self::Output) -> Page<Instance> {
-        Page { items: out.instances, total: out.total_count, next_marker: out.marker }
+        Page {
+            items: out.instances,
+            total: out.total_count,
+            next_marker: out.marker,
+        }
     }
 }
 
@@ -275,11 +302,21 @@ pub struct CreateInstanceToken {
 pub struct CreatedToken {
     #[serde(rename = "TokenId", alias = "tokenId", deserialize_with = "decode::id")]
     pub token_id: String,
-    #[serde(rename = "Username", alias = "username", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "Username",
+        alias = "username",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub username: String,
     #[serde(rename = "Token", alias = "token")]
     pub token: SecretString,
-    #[serde(rename = "ExpireTime", alias = "expireTime", default, deserialize_with = "decode::opt_time")]
+    #[serde(
+        rename = "ExpireTime",
+        alias = "expireTime",
+        default,
+        deserialize_with = "decode::opt_time"
+    )]
     pub expire_time: Option<KcrTime>,
     #[serde(rename = "RequestId", alias = "requestId", default)]
     pub request_id: String,
@@ -325,7 +362,8 @@ impl Action for ModifyInstanceTokenInformation {
     const NAME: &'static str = "ModifyInstanceTokenInformation";
     type Output = Ack;
     fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id).set("TokenId", &self.token_id);
+        p.set("InstanceId", &self.instance_id)
+            .set("TokenId", &self.token_id);
         if let Some(l) = &self.lifetime {
             l.write(p);
         }
@@ -357,7 +395,11 @@ pub struct DescribeInstanceToken {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct DescribeInstanceTokenOutput {
-    #[serde(rename = "TokenSet", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "TokenSet",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub tokens: Vec<TokenInfo>,
     #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
     pub total_count: u64,
@@ -384,7 +426,11 @@ impl Paginated for DescribeInstanceToken {
         self.max_results = Some(max_results);
     }
     fn into_page(out: Self::Output) -> Page<TokenInfo> {
-        Page { items: out.tokens, total: out.total_count, next_marker: out.marker }
+        Page {
+            items: out.tokens,
+            total: out.total_count,
+            next_marker: out.marker,
+        }
     }
 }
 
@@ -398,7 +444,8 @@ impl Action for DeleteInstanceToken {
     const NAME: &'static str = "DeleteInstanceToken";
     type Output = Ack;
     fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id).set("TokenId", &self.token_id);
+        p.set("InstanceId", &self.instance_id)
+            .set("TokenId", &self.token_id);
     }
 }
 
@@ -457,7 +504,11 @@ impl DescribeNamespace {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct DescribeNamespaceOutput {
-    #[serde(rename = "NamespaceSet", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "NamespaceSet",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub namespaces: Vec<Namespace>,
     #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
     pub total_count: u64,
@@ -488,7 +539,11 @@ impl Paginated for DescribeNamespace {
         self.max_results = Some(max_results);
     }
     fn into_page(out: Self::Output) -> Page<Namespace> {
-        Page { items: out.namespaces, total: out.total_count, next_marker: out.marker }
+        Page {
+            items: out.namespaces,
+            total: out.total_count,
+            next_marker: out.marker,
+        }
     }
 }
 
@@ -528,7 +583,8 @@ impl Action for DescribeNamespaceExist {
     const READ_ONLY: bool = true;
     type Output = NamespaceExist;
     fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id).set("Namespace", &self.namespace);
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace);
     }
 }
 
@@ -542,7 +598,8 @@ impl Action for DeleteNamespace {
     const NAME: &'static str = "DeleteNamespace";
     type Output = Ack;
     fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id).set("Namespace", &self.namespace);
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace);
     }
 }
 
@@ -614,7 +671,11 @@ impl Paginated for DescribeRepository {
         self.max_results = Some(max_results);
     }
     fn into_page(out: Self::Output) -> Page<Repo> {
-        Page { items: out.repos, total: out.total_count, next_marker: out.marker }
+        Page {
+            items: out.repos,
+            total: out.total_count,
+            next_marker: out.marker,
+        }
     }
 }
 
@@ -663,7 +724,11 @@ pub struct Image {
     pub size: u64,
     #[serde(rename = "CreateTime", default, deserialize_with = "decode::opt_time")]
     pub create_time: Option<KcrTime>,
-    #[serde(rename = "TagNames", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "TagNames",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub tag_names: Vec<String>,
 }
 
@@ -692,7 +757,11 @@ impl DescribeImages {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct DescribeImagesOutput {
-    #[serde(rename = "ImageSet", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "ImageSet",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub images: Vec<Image>,
     #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
     pub total_count: u64,
@@ -722,7 +791,11 @@ impl Paginated for DescribeImages {
         self.max_results = Some(max_results);
     }
     fn into_page(out: Self::Output) -> Page<Image> {
-        Page { items: out.images, total: out.total_count, next_marker: out.marker }
+        Page {
+            items: out.images,
+            total: out.total_count,
+            next_marker: out.marker,
+        }
     }
 }
 
@@ -833,7 +906,11 @@ pub struct ImageScan {
     pub finish_time: Option<KcrTime>,
     #[serde(rename = "Summary", default, deserialize_with = "decode::null_default")]
     pub summary: ScanSummary,
-    #[serde(rename = "VulnerabilitySet", default, deserialize_with = "decode::null_default")]
+    #[serde(
+        rename = "VulnerabilitySet",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
     pub vulnerabilities: Vec<Vulnerability>,
     #[serde(rename = "RequestId", alias = "requestId", default)]
     pub request_id: String,
@@ -914,10 +991,19 @@ mod tests {
         assert_eq!(p.get("TokenType"), Some("Day"));
         assert_eq!(p.get("TokenTime"), Some("30"));
         let mut p = Params::default();
-        ModifyNamespaceType { instance_id: "i".into(), namespace: "n".into(), public: false }.write_params(&mut p);
+        ModifyNamespaceType {
+            instance_id: "i".into(),
+            namespace: "n".into(),
+            public: false,
+        }
+        .write_params(&mut p);
         assert_eq!(p.get("Public"), Some("False"));
         let mut p = Params::default();
-        DescribeInstance { instance_ids: vec!["a".into(), "b".into()], ..Default::default() }.write_params(&mut p);
+        DescribeInstance {
+            instance_ids: vec!["a".into(), "b".into()],
+            ..Default::default()
+        }
+        .write_params(&mut p);
         assert_eq!(p.get("InstanceId.1"), Some("a"));
         assert_eq!(p.get("InstanceId.2"), Some("b"));
     }
