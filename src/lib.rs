@@ -1,6 +1,9 @@
 //! kcr-housekeeper: keeps a Kingsoft Cloud Container Registry tidy and safe.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod duration;
 pub mod kcr;
+pub mod pattern;
+pub mod schedule;
 pub mod sim;

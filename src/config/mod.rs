@@ -1,0 +1,412 @@
+//! Configuration: TOML read in two phases, as cargo-deny does. Phase one
+//! ([`raw`]) deserialises with `deny_unknown_fields`, one section (and one
+//! rule) at a time so that every problem is found; phase two ([`validate`])
+//! checks meaning and resolves secrets. Every error names the file, line,
+//! column and key path, and all of them are reported together.
+//!
+//! Every key is documented, with its default, in `config/example.toml`.
+
+mod locate;
+pub mod raw;
+mod validate;
+
+use crate::kcr::Credentials;
+use crate::pattern::Pattern;
+use crate::schedule::Schedule;
+use chrono_tz::Tz;
+use secrecy::SecretString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use locate::KeyPath;
+
+/// Where the config is read from when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/kcr-housekeeper/config.toml";
+/// Overrides [`DEFAULT_PATH`].
+pub const PATH_ENV: &str = "KCR_HOUSEKEEPER_CONFIG";
+
+/// One problem, pointed at the config text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Key path such as `retention.rules[1].older_than`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: ", self.file)?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "{e}")?;
+        }
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} error{} in configuration",
+            if n == 1 { "" } else { "s" }
+        )
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// How the process reaches KCR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A real (or external simulator) endpoint URL.
+    Url(String),
+    /// `sim:demo`: the simulator runs in-process with the demo scenario.
+    SimDemo,
+}
+
+#[derive(Clone, Debug)]
+pub struct KcrConfig {
+    pub endpoint: Endpoint,
+    pub region: String,
+    /// `None` only for `sim:demo`, whose simulator makes its own.
+    pub credentials: Option<Credentials>,
+    pub timezone: Tz,
+    pub requests_per_second: f64,
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub id: String,
+    pub name: String,
+    pub registry: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_token: Option<SecretString>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub timezone: Tz,
+    pub jitter: Duration,
+    pub run_on_start: bool,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct InventoryConfig {
+    pub max_age: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    DryRun,
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry-run",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    Delete,
+    Keep,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetentionRule {
+    pub name: String,
+    pub action: RuleAction,
+    /// Empty = all.
+    pub namespaces: Vec<Pattern>,
+    /// Empty = all.
+    pub repositories: Vec<Pattern>,
+    pub exclude_repositories: Vec<Pattern>,
+    /// `None` = every tagged image.
+    pub tags: Option<Vec<Pattern>>,
+    pub untagged: bool,
+    pub older_than: Option<Duration>,
+    pub keep_latest: Option<u32>,
+    pub newer_than: Option<Duration>,
+    pub group_by: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Protect {
+    pub tags: Vec<Pattern>,
+    pub newest_images_per_repository: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    pub schedule: Schedule,
+    pub mode: Mode,
+    pub min_age: Duration,
+    pub grace: Duration,
+    pub max_deletions_per_run: u64,
+    pub max_deletion_ratio: f64,
+    pub verify_before_delete: bool,
+    pub protect: Protect,
+    pub rules: Vec<RetentionRule>,
+}
+
+/// A lifetime as CreateInstanceToken can express it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenLifetime {
+    Hours(u32),
+    Days(u32),
+}
+
+impl TokenLifetime {
+    pub fn duration(self) -> Duration {
+        match self {
+            TokenLifetime::Hours(h) => Duration::from_secs(u64::from(h) * 3600),
+            TokenLifetime::Days(d) => Duration::from_secs(u64::from(d) * 86_400),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Env,
+    Json,
+    Raw,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sink {
+    DockerConfig {
+        path: PathBuf,
+    },
+    File {
+        path: PathBuf,
+        format: FileFormat,
+    },
+    Exec {
+        command: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct ManagedToken {
+    pub name: String,
+    /// The `[[instances]]` entry by name.
+    pub instance: String,
+    pub lifetime: TokenLifetime,
+    pub rotate_before: Duration,
+    pub overlap: Duration,
+    pub delete_after: Duration,
+    pub verify: bool,
+    pub sinks: Vec<Sink>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokensConfig {
+    pub schedule: Schedule,
+    pub mode: Mode,
+    pub managed: Vec<ManagedToken>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    Public,
+    Private,
+    Ignore,
+}
+
+#[derive(Clone, Debug)]
+pub struct NamespaceRule {
+    pub pattern: Pattern,
+    pub visibility: Visibility,
+}
+
+#[derive(Clone, Debug)]
+pub struct NamespacesConfig {
+    pub schedule: Schedule,
+    pub mode: Mode,
+    pub default: Visibility,
+    pub allow_make_public: bool,
+    pub max_changes_per_run: u32,
+    pub rules: Vec<NamespaceRule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageGranularity {
+    None,
+    Namespace,
+    Repository,
+}
+
+#[derive(Clone, Debug)]
+pub struct QuotaConfig {
+    pub schedule: Schedule,
+    pub storage: StorageGranularity,
+}
+
+/// A checked configuration; everything in it has been validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: String,
+    pub kcr: KcrConfig,
+    pub instances: Vec<InstanceConfig>,
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub scheduler: SchedulerConfig,
+    pub log: LogConfig,
+    pub inventory: InventoryConfig,
+    pub retention: Option<RetentionConfig>,
+    pub tokens: Option<TokensConfig>,
+    pub namespaces: Option<NamespacesConfig>,
+    pub quota: Option<QuotaConfig>,
+}
+
+/// A job that is switched on, with its schedule.
+#[derive(Clone, Debug)]
+pub struct JobSchedule<'a> {
+    pub job: &'static str,
+    pub schedule: &'a Schedule,
+    pub mode: Option<Mode>,
+}
+
+impl Config {
+    /// The jobs switched on, in a fixed order.
+    pub fn jobs(&self) -> Vec<JobSchedule<'_>> {
+        let mut out = Vec::new();
+        if let Some(r) = &self.retention {
+            out.push(JobSchedule {
+                job: "retention",
+                schedule: &r.schedule,
+                mode: Some(r.mode),
+            });
+        }
+        if let Some(t) = &self.tokens {
+            out.push(JobSchedule {
+                job: "tokens",
+                schedule: &t.schedule,
+                mode: Some(t.mode),
+            });
+        }
+        if let Some(n) = &self.namespaces {
+            out.push(JobSchedule {
+                job: "namespaces",
+                schedule: &n.schedule,
+                mode: Some(n.mode),
+            });
+        }
+        if let Some(q) = &self.quota {
+            out.push(JobSchedule {
+                job: "quota",
+                schedule: &q.schedule,
+                mode: None,
+            });
+        }
+        out
+    }
+
+    pub fn instance_by_name(&self, name: &str) -> Option<&InstanceConfig> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+}
+
+/// Reads environment variables for `{ env = … }` secrets; injectable for tests.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Environment for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// The config path: `--config`, else `$KCR_HOUSEKEEPER_CONFIG`, else the default.
+pub fn resolve_path(flag: Option<&Path>, env: &dyn Environment) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            env.var(PATH_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Read and check a config file.
+pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read config: {e}"),
+        }])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &name, base, env)
+}
+
+/// Check config text. Relative `{ file = … }` secrets are read from `base`.
+pub fn parse(
+    text: &str,
+    file_name: &str,
+    base: &Path,
+    env: &dyn Environment,
+) -> Result<Config, ConfigErrors> {
+    validate::parse(text, file_name, base, env)
+}

@@ -1,0 +1,213 @@
+//! Phase one: the file as written. Every table refuses unknown keys; values
+//! stay as text where phase two (validate.rs) must explain what is wrong.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use std::fmt;
+
+/// Where a secret comes from. A literal is recorded without its value so
+/// that no error message can ever repeat it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawSecret {
+    Env(String),
+    File(String),
+    Literal,
+}
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("{ env = \"VARIABLE\" } or { file = \"/path\" }")
+            }
+            fn visit_str<E: de::Error>(self, _v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret::Literal)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {
+                let mut found: Option<RawSecret> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    let this = match key.as_str() {
+                        "env" => RawSecret::Env(value),
+                        "file" => RawSecret::File(value),
+                        other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                    };
+                    if found.is_some() {
+                        return Err(de::Error::custom("give exactly one of `env` or `file`"));
+                    }
+                    found = Some(this);
+                }
+                found.ok_or_else(|| de::Error::custom("give exactly one of `env` or `file`"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKcr {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<RawAccessKeyId>,
+    pub secret_access_key: Option<RawSecret>,
+    pub timezone: Option<String>,
+    pub requests_per_second: Option<f64>,
+    pub max_in_flight: Option<i64>,
+    pub timeout: Option<String>,
+}
+
+/// The access key id is an identifier sent in clear in every request, so a
+/// literal is allowed; a reference works too.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RawAccessKeyId {
+    Literal(String),
+    Reference(RawSecret),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    pub id: String,
+    pub name: String,
+    pub registry: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_token: Option<RawSecret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduler {
+    pub timezone: Option<String>,
+    pub jitter: Option<String>,
+    pub run_on_start: Option<bool>,
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub schedule: Option<String>,
+    pub mode: Option<String>,
+    pub min_age: Option<String>,
+    pub grace: Option<String>,
+    pub max_deletions_per_run: Option<i64>,
+    pub max_deletion_ratio: Option<f64>,
+    pub verify_before_delete: Option<bool>,
+    #[serde(default)]
+    pub protect: RawProtect,
+    /// Each rule is read on its own so that one bad rule does not hide another.
+    #[serde(default)]
+    pub rules: Vec<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtect {
+    pub tags: Option<Vec<String>>,
+    pub newest_images_per_repository: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub action: Option<String>,
+    pub namespaces: Option<Vec<String>>,
+    pub repositories: Option<Vec<String>>,
+    pub exclude_repositories: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub untagged: Option<bool>,
+    pub older_than: Option<String>,
+    pub keep_latest: Option<i64>,
+    pub newer_than: Option<String>,
+    pub group_by: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub schedule: Option<String>,
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub managed: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManagedToken {
+    pub name: String,
+    pub instance: String,
+    pub lifetime: Option<String>,
+    pub rotate_before: Option<String>,
+    pub overlap: Option<String>,
+    pub delete_after: Option<String>,
+    pub verify: Option<bool>,
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+}
+
+/// All sink kinds' keys; validation checks which belong to the `kind` given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub kind: String,
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespaces {
+    pub schedule: Option<String>,
+    pub mode: Option<String>,
+    pub default: Option<String>,
+    pub allow_make_public: Option<bool>,
+    pub max_changes_per_run: Option<i64>,
+    #[serde(default)]
+    pub rules: Vec<RawNamespaceRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespaceRule {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub visibility: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub schedule: Option<String>,
+    pub storage: Option<String>,
+}

@@ -1,0 +1,1113 @@
+//! Phase two: check meaning, resolve secrets, collect every error.
+
+use super::locate::{self, KeyPath, Seg};
+use super::raw::*;
+use super::*;
+use crate::duration;
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+
+const KNOWN_SECTIONS: [&str; 11] = [
+    "kcr",
+    "instances",
+    "server",
+    "state",
+    "scheduler",
+    "log",
+    "inventory",
+    "retention",
+    "tokens",
+    "namespaces",
+    "quota",
+];
+
+struct Validator<'a> {
+    errors: Vec<(KeyPath, String)>,
+    base: &'a Path,
+    env: &'a dyn Environment,
+}
+
+pub(super) fn parse(
+    text: &str,
+    file: &str,
+    base: &Path,
+    env: &dyn Environment,
+) -> Result<Config, ConfigErrors> {
+    let at = |offset: usize, key: String, message: String| {
+        let (line, column) = locate::line_col(text, offset);
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let doc = match toml_edit::Document::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim().to_owned();
+            return Err(ConfigErrors(vec![at(
+                offset,
+                String::new(),
+                format!("TOML syntax error: {message}"),
+            )]));
+        }
+    };
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            return Err(ConfigErrors(vec![at(
+                offset,
+                String::new(),
+                format!("TOML error: {}", e.message().trim()),
+            )]));
+        }
+    };
+    let mut v = Validator {
+        errors: Vec::new(),
+        base,
+        env,
+    };
+    let config = v.config(table, file);
+    if v.errors.is_empty() {
+        if let Some(c) = config {
+            return Ok(c);
+        }
+        v.errors
+            .push((KeyPath::root(), "configuration incomplete".into()));
+    }
+    let mut errors: Vec<ConfigError> = v
+        .errors
+        .into_iter()
+        .map(|(path, message)| at(locate::locate(&doc, &path), path.to_string(), message))
+        .collect();
+    errors.sort_by(|a, b| (a.line, a.column, &a.key).cmp(&(b.line, b.column, &b.key)));
+    errors.dedup();
+    Err(ConfigErrors(errors))
+}
+
+fn convert_path(p: &serde_path_to_error::Path) -> KeyPath {
+    use serde_path_to_error::Segment;
+    KeyPath(
+        p.iter()
+            .filter_map(|s| match s {
+                Segment::Seq { index } => Some(Seg::Index(*index)),
+                Segment::Map { key } => Some(Seg::Key(key.clone())),
+                Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+                Segment::Unknown => None,
+            })
+            .collect(),
+    )
+}
+
+/// Take the key at `path` out of `value`; false if it is not there.
+fn remove_at(value: &mut toml::Value, path: &KeyPath) -> bool {
+    let Some((Seg::Key(last), parents)) = path.0.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        let next = match (seg, cur) {
+            (Seg::Key(k), toml::Value::Table(t)) => t.get_mut(k),
+            (Seg::Index(i), toml::Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match cur {
+        toml::Value::Table(t) => t.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: KeyPath, msg: impl Into<String>) {
+        self.errors.push((path, msg.into()));
+    }
+
+    /// Deserialise one value, recording (not returning) what went wrong. A
+    /// bad key is reported, taken out and the rest read again, so one mistake
+    /// does not hide the next.
+    fn de<T: DeserializeOwned>(&mut self, path: &KeyPath, mut value: toml::Value) -> Option<T> {
+        let mut removed: Vec<String> = Vec::new();
+        loop {
+            let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let mut inner = convert_path(e.path());
+            let msg = e.inner().to_string().trim().to_owned();
+            if let Some(rest) = msg.strip_prefix("unknown field `")
+                && let Some(name) = rest.split('`').next()
+                && inner.0.last() != Some(&Seg::Key(name.to_owned()))
+            {
+                inner.0.push(Seg::Key(name.to_owned()));
+            }
+            // "missing field" for a key we took out ourselves is not news.
+            let echo = msg
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+                .is_some_and(|name| removed.iter().any(|r| r == name));
+            if !echo {
+                self.err(path.join(&inner), msg);
+            }
+            match inner.0.last() {
+                Some(Seg::Key(k)) if remove_at(&mut value, &inner) && removed.len() < 64 => {
+                    removed.push(k.clone())
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn duration(&mut self, path: KeyPath, raw: Option<&str>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(s) => duration::parse(s).unwrap_or_else(|e| {
+                self.err(path, e.to_string());
+                default
+            }),
+        }
+    }
+
+    fn opt_duration(&mut self, path: KeyPath, raw: Option<&str>) -> Option<Duration> {
+        let s = raw?;
+        match duration::parse(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn timezone(&mut self, path: KeyPath, raw: Option<&str>, default: Tz) -> Tz {
+        match raw {
+            None => default,
+            Some(s) => s.parse::<Tz>().unwrap_or_else(|_| {
+                self.err(path, format!("unknown time zone {s:?}; use an IANA name such as \"UTC\" or \"Asia/Shanghai\""));
+                default
+            }),
+        }
+    }
+
+    fn schedule(&mut self, path: KeyPath, raw: Option<&str>, default: &str) -> Option<Schedule> {
+        match Schedule::parse(raw.unwrap_or(default)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    fn mode(&mut self, path: KeyPath, raw: Option<&str>, default: Mode) -> Mode {
+        match raw {
+            None => default,
+            Some("dry-run") => Mode::DryRun,
+            Some("enforce") => Mode::Enforce,
+            Some(other) => {
+                self.err(
+                    path,
+                    format!("unknown mode {other:?}; expected \"dry-run\" or \"enforce\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, path: KeyPath, raw: Option<i64>, default: u64, min: u64, max: u64) -> u64 {
+        match raw {
+            None => default,
+            Some(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => n as u64,
+            Some(n) => {
+                self.err(
+                    path,
+                    format!("{n} is out of range; expected {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn patterns(&mut self, path: &KeyPath, raw: &[String]) -> Vec<Pattern> {
+        let mut out = Vec::new();
+        for (i, p) in raw.iter().enumerate() {
+            match Pattern::parse(p) {
+                Ok(p) => out.push(p),
+                Err(e) => self.err(path.index(i), e),
+            }
+        }
+        out
+    }
+
+    fn secret(&mut self, path: KeyPath, raw: &RawSecret) -> Option<String> {
+        match raw {
+            RawSecret::Literal => {
+                self.err(path, "literal secrets are refused; use { env = \"VARIABLE\" } or { file = \"/path\" }");
+                None
+            }
+            RawSecret::Env(name) => {
+                if name.is_empty() {
+                    self.err(path, "empty environment variable name");
+                    return None;
+                }
+                match self.env.var(name) {
+                    Some(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+                    Some(_) => {
+                        self.err(path, format!("environment variable {name} is empty"));
+                        None
+                    }
+                    None => {
+                        self.err(path, format!("environment variable {name} is not set"));
+                        None
+                    }
+                }
+            }
+            RawSecret::File(file) => {
+                let full = self.base.join(file);
+                match std::fs::read_to_string(&full) {
+                    Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+                    Ok(_) => {
+                        self.err(path, format!("secret file {} is empty", full.display()));
+                        None
+                    }
+                    Err(e) => {
+                        self.err(
+                            path,
+                            format!("cannot read secret file {}: {e}", full.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn config(&mut self, mut table: toml::Table, file: &str) -> Option<Config> {
+        let root = KeyPath::root();
+        for key in table.keys() {
+            if !KNOWN_SECTIONS.contains(&key.as_str()) {
+                self.errors.push((
+                    root.key(key),
+                    format!(
+                        "unknown section `{key}`; expected one of {}",
+                        KNOWN_SECTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut take = |name: &str| table.remove(name);
+        let kcr_raw = take("kcr");
+        let instances_raw = take("instances");
+        let server_raw = take("server");
+        let state_raw = take("state");
+        let scheduler_raw = take("scheduler");
+        let log_raw = take("log");
+        let inventory_raw = take("inventory");
+        let retention_raw = take("retention");
+        let tokens_raw = take("tokens");
+        let namespaces_raw = take("namespaces");
+        let quota_raw = take("quota");
+
+        let kcr = self.kcr(kcr_raw);
+        let instances = self.instances(instances_raw);
+        let server = self.server(server_raw);
+        let state = self
+            .section::<RawState>("state", state_raw)
+            .map(|s| StateConfig {
+                path: PathBuf::from(
+                    s.path
+                        .unwrap_or_else(|| "/var/lib/kcr-housekeeper/state.db".into()),
+                ),
+            });
+        let scheduler = self.scheduler(scheduler_raw);
+        let log = self.log(log_raw);
+        let inventory = self
+            .section::<RawInventory>("inventory", inventory_raw)
+            .map(|i| InventoryConfig {
+                max_age: self.duration(
+                    root.key("inventory").key("max_age"),
+                    i.max_age.as_deref(),
+                    Duration::from_secs(300),
+                ),
+            });
+        let retention = retention_raw.map(|v| self.retention(v));
+        let tokens = tokens_raw.map(|v| self.tokens(v, &instances));
+        let namespaces = namespaces_raw.map(|v| self.namespaces(v));
+        let quota = quota_raw.map(|v| self.quota(v));
+
+        Some(Config {
+            source: file.to_owned(),
+            kcr: kcr?,
+            instances,
+            server: server?,
+            state: state?,
+            scheduler: scheduler?,
+            log: log?,
+            inventory: inventory?,
+            retention: retention.transpose_none()?,
+            tokens: tokens.transpose_none()?,
+            namespaces: namespaces.transpose_none()?,
+            quota: quota.transpose_none()?,
+        })
+    }
+
+    /// A table section that may be absent (then: defaults).
+    fn section<T: DeserializeOwned + Default>(
+        &mut self,
+        name: &str,
+        value: Option<toml::Value>,
+    ) -> Option<T> {
+        match value {
+            None => Some(T::default()),
+            Some(v) => self.de(&KeyPath::root().key(name), v),
+        }
+    }
+
+    fn kcr(&mut self, value: Option<toml::Value>) -> Option<KcrConfig> {
+        let p = KeyPath::root().key("kcr");
+        let raw: RawKcr = self.section("kcr", value)?;
+        let endpoint_text = raw
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "https://kcrs.api.ksyun.com".into());
+        let endpoint = if let Some(name) = endpoint_text.strip_prefix("sim:") {
+            if name != "demo" {
+                self.err(
+                    p.key("endpoint"),
+                    format!(
+                        "unknown built-in simulator {endpoint_text:?}; only \"sim:demo\" exists"
+                    ),
+                );
+            }
+            Endpoint::SimDemo
+        } else {
+            match reqwest::Url::parse(&endpoint_text) {
+                Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
+                Ok(u) if u.scheme() == "http" && u.host_str().is_some_and(is_loopback_host) => {}
+                Ok(u) if u.scheme() == "http" => self.err(
+                    p.key("endpoint"),
+                    "plain http is allowed only to a loopback address; use https",
+                ),
+                Ok(_) => self.err(
+                    p.key("endpoint"),
+                    format!("endpoint {endpoint_text:?} must be an https URL or \"sim:demo\""),
+                ),
+                Err(e) => self.err(
+                    p.key("endpoint"),
+                    format!("invalid endpoint URL {endpoint_text:?}: {e}"),
+                ),
+            }
+            Endpoint::Url(endpoint_text)
+        };
+        let credentials = if endpoint == Endpoint::SimDemo {
+            None
+        } else {
+            let key_id = match &raw.access_key_id {
+                None => {
+                    self.err(
+                        p.key("access_key_id"),
+                        "required (e.g. access_key_id = { env = \"KSYUN_ACCESS_KEY_ID\" })",
+                    );
+                    None
+                }
+                Some(RawAccessKeyId::Literal(s)) if s.trim().is_empty() => {
+                    self.err(p.key("access_key_id"), "empty access key id");
+                    None
+                }
+                Some(RawAccessKeyId::Literal(s)) => Some(s.trim().to_owned()),
+                Some(RawAccessKeyId::Reference(r)) => self.secret(p.key("access_key_id"), r),
+            };
+            let secret = match &raw.secret_access_key {
+                None => {
+                    self.err(
+                        p.key("secret_access_key"),
+                        "required (e.g. secret_access_key = { env = \"KSYUN_SECRET_ACCESS_KEY\" })",
+                    );
+                    None
+                }
+                Some(r) => self.secret(p.key("secret_access_key"), r),
+            };
+            match (key_id, secret) {
+                (Some(k), Some(s)) => Some(Credentials::new(k, s)),
+                _ => None,
+            }
+        };
+        let region = raw.region.unwrap_or_else(|| "cn-beijing-6".into());
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            self.err(p.key("region"), format!("invalid region {region:?}"));
+        }
+        let rps = raw.requests_per_second.unwrap_or(10.0);
+        if !(rps > 0.0 && rps <= 1000.0) {
+            self.err(
+                p.key("requests_per_second"),
+                format!("{rps} is out of range; expected more than 0 and at most 1000"),
+            );
+        }
+        let timeout = self.duration(
+            p.key("timeout"),
+            raw.timeout.as_deref(),
+            Duration::from_secs(30),
+        );
+        if timeout.is_zero() {
+            self.err(p.key("timeout"), "must be more than 0s");
+        }
+        Some(KcrConfig {
+            endpoint,
+            region,
+            credentials,
+            timezone: self.timezone(
+                p.key("timezone"),
+                raw.timezone.as_deref(),
+                chrono_tz::Asia::Shanghai,
+            ),
+            requests_per_second: rps,
+            max_in_flight: self.count(p.key("max_in_flight"), raw.max_in_flight, 8, 1, 256)
+                as usize,
+            timeout,
+        })
+    }
+
+    fn instances(&mut self, value: Option<toml::Value>) -> Vec<InstanceConfig> {
+        let p = KeyPath::root().key("instances");
+        let items = match value {
+            None => {
+                self.err(p, "at least one [[instances]] entry is required");
+                return Vec::new();
+            }
+            Some(toml::Value::Array(items)) => items,
+            Some(_) => {
+                self.err(p, "expected an array of tables ([[instances]])");
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<InstanceConfig> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let ip = p.index(i);
+            let Some(raw) = self.de::<RawInstance>(&ip, item) else {
+                continue;
+            };
+            if raw.id.trim().is_empty() {
+                self.err(ip.key("id"), "empty instance id");
+            }
+            if raw.name.is_empty()
+                || !raw
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                self.err(
+                    ip.key("name"),
+                    format!(
+                        "invalid name {:?}: use lowercase letters, digits, '-' and '_'",
+                        raw.name
+                    ),
+                );
+            }
+            if raw.registry.is_empty() || raw.registry.contains("://") || raw.registry.contains('/')
+            {
+                self.err(
+                    ip.key("registry"),
+                    format!(
+                        "registry {:?} must be a host name (and port), without scheme or path",
+                        raw.registry
+                    ),
+                );
+            }
+            if out.iter().any(|o| o.name == raw.name) {
+                self.err(
+                    ip.key("name"),
+                    format!("duplicate instance name {:?}", raw.name),
+                );
+            }
+            if out.iter().any(|o| o.id == raw.id) {
+                self.err(ip.key("id"), format!("duplicate instance id {:?}", raw.id));
+            }
+            out.push(InstanceConfig {
+                id: raw.id,
+                name: raw.name,
+                registry: raw.registry,
+            });
+        }
+        if out.is_empty()
+            && !self
+                .errors
+                .iter()
+                .any(|(k, _)| k.0.first() == Some(&Seg::Key("instances".into())))
+        {
+            self.err(p, "at least one [[instances]] entry is required");
+        }
+        out
+    }
+
+    fn server(&mut self, value: Option<toml::Value>) -> Option<ServerConfig> {
+        let p = KeyPath::root().key("server");
+        let raw: RawServer = self.section("server", value)?;
+        let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9187".into());
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            self.err(
+                p.key("listen"),
+                format!("{listen_text:?} is not an address:port such as \"127.0.0.1:9187\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 9187))
+        });
+        let admin_token = match &raw.admin_token {
+            None => None,
+            Some(r) => {
+                let t = self.secret(p.key("admin_token"), r);
+                if let Some(t) = &t
+                    && t.len() < 16
+                {
+                    self.err(
+                        p.key("admin_token"),
+                        "admin token is shorter than 16 characters",
+                    );
+                }
+                t.map(SecretString::from)
+            }
+        };
+        Some(ServerConfig {
+            listen,
+            admin_token,
+        })
+    }
+
+    fn scheduler(&mut self, value: Option<toml::Value>) -> Option<SchedulerConfig> {
+        let p = KeyPath::root().key("scheduler");
+        let raw: RawScheduler = self.section("scheduler", value)?;
+        Some(SchedulerConfig {
+            timezone: self.timezone(p.key("timezone"), raw.timezone.as_deref(), chrono_tz::UTC),
+            jitter: self.duration(
+                p.key("jitter"),
+                raw.jitter.as_deref(),
+                Duration::from_secs(30),
+            ),
+            run_on_start: raw.run_on_start.unwrap_or(false),
+            shutdown_timeout: self.duration(
+                p.key("shutdown_timeout"),
+                raw.shutdown_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+        })
+    }
+
+    fn log(&mut self, value: Option<toml::Value>) -> Option<LogConfig> {
+        let p = KeyPath::root().key("log");
+        let raw: RawLog = self.section("log", value)?;
+        let format = match raw.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.err(
+                    p.key("format"),
+                    format!("unknown log format {other:?}; expected \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+            self.err(p.key("level"), format!("invalid log level {level:?}: {e}"));
+        }
+        Some(LogConfig { format, level })
+    }
+
+    fn retention(&mut self, value: toml::Value) -> Option<RetentionConfig> {
+        let p = KeyPath::root().key("retention");
+        let raw: RawRetention = self.de(&p, value)?;
+        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 30 3 * * *");
+        let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::DryRun);
+        let min_age = self.duration(
+            p.key("min_age"),
+            raw.min_age.as_deref(),
+            Duration::from_secs(3600),
+        );
+        let grace = self.duration(p.key("grace"), raw.grace.as_deref(), Duration::ZERO);
+        let max_deletions_per_run = self.count(
+            p.key("max_deletions_per_run"),
+            raw.max_deletions_per_run,
+            1000,
+            0,
+            u32::MAX.into(),
+        );
+        let max_deletion_ratio = raw.max_deletion_ratio.unwrap_or(0.9);
+        if !(max_deletion_ratio > 0.0 && max_deletion_ratio <= 1.0) {
+            self.err(
+                p.key("max_deletion_ratio"),
+                format!("{max_deletion_ratio} is out of range; expected more than 0 and at most 1"),
+            );
+        }
+        let pp = p.key("protect");
+        let protect = Protect {
+            tags: self.patterns(
+                &pp.key("tags"),
+                raw.protect.tags.as_deref().unwrap_or_default(),
+            ),
+            newest_images_per_repository: self.count(
+                pp.key("newest_images_per_repository"),
+                raw.protect.newest_images_per_repository,
+                1,
+                0,
+                u32::MAX.into(),
+            ) as u32,
+        };
+        let mut rules: Vec<RetentionRule> = Vec::new();
+        let mut names = HashSet::new();
+        for (i, item) in raw.rules.into_iter().enumerate() {
+            let rp = p.key("rules").index(i);
+            let Some(r) = self.de::<RawRule>(&rp, item) else {
+                continue;
+            };
+            if r.name.trim().is_empty() {
+                self.err(rp.key("name"), "empty rule name");
+            } else if !names.insert(r.name.clone()) {
+                self.err(rp.key("name"), format!("duplicate rule name {:?}", r.name));
+            }
+            if let Some(rule) = self.rule(&rp, r) {
+                rules.push(rule);
+            }
+        }
+        Some(RetentionConfig {
+            schedule: schedule?,
+            mode,
+            min_age,
+            grace,
+            max_deletions_per_run,
+            max_deletion_ratio,
+            verify_before_delete: raw.verify_before_delete.unwrap_or(true),
+            protect,
+            rules,
+        })
+    }
+
+    fn rule(&mut self, rp: &KeyPath, r: RawRule) -> Option<RetentionRule> {
+        let before = self.errors.len();
+        let action = match r.action.as_deref() {
+            None | Some("delete") => RuleAction::Delete,
+            Some("keep") => RuleAction::Keep,
+            Some(other) => {
+                self.err(
+                    rp.key("action"),
+                    format!("unknown action {other:?}; expected \"delete\" or \"keep\""),
+                );
+                RuleAction::Delete
+            }
+        };
+        let namespaces = self.patterns(
+            &rp.key("namespaces"),
+            r.namespaces.as_deref().unwrap_or_default(),
+        );
+        let repositories = self.patterns(
+            &rp.key("repositories"),
+            r.repositories.as_deref().unwrap_or_default(),
+        );
+        let exclude_repositories = self.patterns(
+            &rp.key("exclude_repositories"),
+            r.exclude_repositories.as_deref().unwrap_or_default(),
+        );
+        let tags = r.tags.as_ref().map(|t| self.patterns(&rp.key("tags"), t));
+        let untagged = r.untagged.unwrap_or(false);
+        let older_than = self.opt_duration(rp.key("older_than"), r.older_than.as_deref());
+        let newer_than = self.opt_duration(rp.key("newer_than"), r.newer_than.as_deref());
+        let keep_latest = match r.keep_latest {
+            None => None,
+            Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                self.err(
+                    rp.key("keep_latest"),
+                    format!("{n} is out of range; expected 0 or more"),
+                );
+                None
+            }
+        };
+        if untagged && r.tags.is_some() {
+            self.err(
+                rp.key("untagged"),
+                "`untagged = true` matches images without tags; it cannot be combined with `tags`",
+            );
+        }
+        if let Some(t) = &r.tags
+            && t.is_empty()
+        {
+            self.err(
+                rp.key("tags"),
+                "empty list matches nothing; remove `tags` to match every tagged image",
+            );
+        }
+        match action {
+            RuleAction::Delete => {
+                if r.older_than.is_none() && r.keep_latest.is_none() {
+                    self.err(
+                        rp.clone(),
+                        "a delete rule needs a bound: `older_than`, `keep_latest` or both",
+                    );
+                }
+                if r.newer_than.is_some() {
+                    self.err(
+                        rp.key("newer_than"),
+                        "`newer_than` belongs to keep rules; delete rules use `older_than`",
+                    );
+                }
+            }
+            RuleAction::Keep => {
+                if r.older_than.is_some() {
+                    self.err(
+                        rp.key("older_than"),
+                        "`older_than` belongs to delete rules; keep rules use `newer_than`",
+                    );
+                }
+            }
+        }
+        if let Some(g) = &r.group_by {
+            if untagged {
+                self.err(
+                    rp.key("group_by"),
+                    "`group_by` needs tag patterns; untagged images have no tags to group",
+                );
+            } else {
+                match &tags {
+                    None => self.err(rp.key("group_by"), format!("`group_by = {g:?}` needs `tags` with a regex that has a (?P<{g}>…) group")),
+                    Some(ts) => {
+                        for (i, t) in ts.iter().enumerate() {
+                            if !t.has_group(g) {
+                                self.err(rp.key("tags").index(i), format!("pattern {:?} has no capture group named {g:?} (needed by group_by)", t.as_str()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(RetentionRule {
+            name: r.name,
+            action,
+            namespaces,
+            repositories,
+            exclude_repositories,
+            tags,
+            untagged,
+            older_than,
+            keep_latest,
+            newer_than,
+            group_by: r.group_by,
+        })
+    }
+
+    fn tokens(&mut self, value: toml::Value, instances: &[InstanceConfig]) -> Option<TokensConfig> {
+        let p = KeyPath::root().key("tokens");
+        let raw: RawTokens = self.de(&p, value)?;
+        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
+        let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::Enforce);
+        let mut managed: Vec<ManagedToken> = Vec::new();
+        for (i, item) in raw.managed.into_iter().enumerate() {
+            let mp = p.key("managed").index(i);
+            let Some(m) = self.de::<RawManagedToken>(&mp, item) else {
+                continue;
+            };
+            let before = self.errors.len();
+            if m.name.is_empty()
+                || !m
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                self.err(mp.key("name"), format!("invalid name {:?}: use lowercase letters, digits and '-' (it is written into the token's Desc)", m.name));
+            }
+            if managed.iter().any(|o| o.name == m.name) {
+                self.err(
+                    mp.key("name"),
+                    format!("duplicate managed token name {:?}", m.name),
+                );
+            }
+            if !instances.iter().any(|i| i.name == m.instance) {
+                let known: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
+                self.err(
+                    mp.key("instance"),
+                    format!(
+                        "unknown instance {:?}; known: {}",
+                        m.instance,
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            let lifetime_d = self.duration(
+                mp.key("lifetime"),
+                m.lifetime.as_deref(),
+                Duration::from_secs(30 * 86_400),
+            );
+            let secs = lifetime_d.as_secs();
+            let lifetime = if lifetime_d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
+                Some(TokenLifetime::Days((secs / 86_400) as u32))
+            } else if lifetime_d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(3600) {
+                Some(TokenLifetime::Hours((secs / 3600) as u32))
+            } else {
+                self.err(mp.key("lifetime"), format!("{} cannot be expressed by the API: use whole hours or whole days (at least 1h)", duration::format(lifetime_d)));
+                None
+            };
+            let rotate_before = self.duration(
+                mp.key("rotate_before"),
+                m.rotate_before.as_deref(),
+                Duration::from_secs(10 * 86_400),
+            );
+            let overlap = self.duration(
+                mp.key("overlap"),
+                m.overlap.as_deref(),
+                Duration::from_secs(86_400),
+            );
+            let delete_after = self.duration(
+                mp.key("delete_after"),
+                m.delete_after.as_deref(),
+                Duration::from_secs(7 * 86_400),
+            );
+            if rotate_before >= lifetime_d {
+                self.err(mp.key("rotate_before"), format!("rotate_before ({}) must be shorter than lifetime ({}), or every run would rotate", duration::format(rotate_before), duration::format(lifetime_d)));
+            }
+            if overlap >= lifetime_d {
+                self.err(
+                    mp.key("overlap"),
+                    format!(
+                        "overlap ({}) must be shorter than lifetime ({})",
+                        duration::format(overlap),
+                        duration::format(lifetime_d)
+                    ),
+                );
+            }
+            if m.sinks.is_empty() {
+                self.err(
+                    mp.key("sinks"),
+                    "at least one sink is required: a new secret nobody receives is useless",
+                );
+            }
+            let mut sinks = Vec::new();
+            for (si, s) in m.sinks.iter().enumerate() {
+                if let Some(sink) = self.sink(&mp.key("sinks").index(si), s) {
+                    if sinks.contains(&sink) {
+                        self.err(mp.key("sinks").index(si), "duplicate sink");
+                    }
+                    sinks.push(sink);
+                }
+            }
+            if self.errors.len() > before {
+                continue;
+            }
+            managed.push(ManagedToken {
+                name: m.name,
+                instance: m.instance,
+                lifetime: lifetime?,
+                rotate_before,
+                overlap,
+                delete_after,
+                verify: m.verify.unwrap_or(true),
+                sinks,
+            });
+        }
+        Some(TokensConfig {
+            schedule: schedule?,
+            mode,
+            managed,
+        })
+    }
+
+    fn sink(&mut self, sp: &KeyPath, s: &RawSink) -> Option<Sink> {
+        let before = self.errors.len();
+        let not_for = |this: &mut Self, key: &str, present: bool| {
+            if present {
+                this.err(
+                    sp.key(key),
+                    format!("`{key}` does not apply to kind {:?}", s.kind),
+                );
+            }
+        };
+        let path = |this: &mut Self| -> Option<PathBuf> {
+            match &s.path {
+                None => {
+                    this.err(sp.key("path"), format!("kind {:?} needs `path`", s.kind));
+                    None
+                }
+                Some(p) if !Path::new(p).is_absolute() => {
+                    this.err(sp.key("path"), format!("{p:?} is not an absolute path"));
+                    None
+                }
+                Some(p) => Some(PathBuf::from(p)),
+            }
+        };
+        let sink = match s.kind.as_str() {
+            "docker-config" => {
+                not_for(self, "format", s.format.is_some());
+                not_for(self, "command", s.command.is_some());
+                not_for(self, "timeout", s.timeout.is_some());
+                path(self).map(|path| Sink::DockerConfig { path })
+            }
+            "file" => {
+                not_for(self, "command", s.command.is_some());
+                not_for(self, "timeout", s.timeout.is_some());
+                let format = match s.format.as_deref() {
+                    None | Some("env") => FileFormat::Env,
+                    Some("json") => FileFormat::Json,
+                    Some("raw") => FileFormat::Raw,
+                    Some(other) => {
+                        self.err(
+                            sp.key("format"),
+                            format!(
+                                "unknown format {other:?}; expected \"env\", \"json\" or \"raw\""
+                            ),
+                        );
+                        FileFormat::Env
+                    }
+                };
+                path(self).map(|path| Sink::File { path, format })
+            }
+            "exec" => {
+                not_for(self, "path", s.path.is_some());
+                not_for(self, "format", s.format.is_some());
+                let timeout = self.duration(
+                    sp.key("timeout"),
+                    s.timeout.as_deref(),
+                    Duration::from_secs(30),
+                );
+                match &s.command {
+                    Some(c) if !c.is_empty() && !c[0].is_empty() => Some(Sink::Exec {
+                        command: c.clone(),
+                        timeout,
+                    }),
+                    _ => {
+                        self.err(sp.key("command"), "kind \"exec\" needs `command`, a non-empty list such as [\"/usr/local/bin/publish\", \"arg\"]");
+                        None
+                    }
+                }
+            }
+            other => {
+                self.err(sp.key("kind"), format!("unknown sink kind {other:?}; expected \"docker-config\", \"file\" or \"exec\""));
+                None
+            }
+        };
+        if self.errors.len() > before {
+            None
+        } else {
+            sink
+        }
+    }
+
+    fn visibility(&mut self, path: KeyPath, raw: &str) -> Visibility {
+        match raw {
+            "public" => Visibility::Public,
+            "private" => Visibility::Private,
+            "ignore" => Visibility::Ignore,
+            other => {
+                self.err(path, format!("unknown visibility {other:?}; expected \"public\", \"private\" or \"ignore\""));
+                Visibility::Ignore
+            }
+        }
+    }
+
+    fn namespaces(&mut self, value: toml::Value) -> Option<NamespacesConfig> {
+        let p = KeyPath::root().key("namespaces");
+        let raw: RawNamespaces = self.de(&p, value)?;
+        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
+        let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::DryRun);
+        let default = self.visibility(
+            p.key("default"),
+            raw.default.as_deref().unwrap_or("private"),
+        );
+        let max_changes_per_run = self.count(
+            p.key("max_changes_per_run"),
+            raw.max_changes_per_run,
+            10,
+            0,
+            u32::MAX.into(),
+        ) as u32;
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.iter().enumerate() {
+            let rp = p.key("rules").index(i);
+            let visibility = self.visibility(rp.key("visibility"), &r.visibility);
+            if !r.pattern.starts_with("re:")
+                && !r.pattern.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"*?[]!-^".contains(&b)
+                })
+            {
+                self.err(
+                    rp.key("match"),
+                    format!(
+                        "{:?} can never match: namespace names are lowercase letters and digits",
+                        r.pattern
+                    ),
+                );
+                continue;
+            }
+            match Pattern::parse(&r.pattern) {
+                Ok(pattern) => rules.push(NamespaceRule {
+                    pattern,
+                    visibility,
+                }),
+                Err(e) => self.err(rp.key("match"), e),
+            }
+        }
+        Some(NamespacesConfig {
+            schedule: schedule?,
+            mode,
+            default,
+            allow_make_public: raw.allow_make_public.unwrap_or(false),
+            max_changes_per_run,
+            rules,
+        })
+    }
+
+    fn quota(&mut self, value: toml::Value) -> Option<QuotaConfig> {
+        let p = KeyPath::root().key("quota");
+        let raw: RawQuota = self.de(&p, value)?;
+        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */5 * * * *");
+        let storage = match raw.storage.as_deref() {
+            None | Some("namespace") => StorageGranularity::Namespace,
+            Some("repository") => StorageGranularity::Repository,
+            Some("none") => StorageGranularity::None,
+            Some(other) => {
+                self.err(p.key("storage"), format!("unknown storage granularity {other:?}; expected \"none\", \"namespace\" or \"repository\""));
+                StorageGranularity::Namespace
+            }
+        };
+        Some(QuotaConfig {
+            schedule: schedule?,
+            storage,
+        })
+    }
+}
+
+/// `Option<Option<T>>` for an optional section: absent → `Some(None)`,
+/// present and valid → `Some(Some(t))`, present and invalid → `None`.
+trait TransposeNone<T> {
+    fn transpose_none(self) -> Option<Option<T>>;
+}
+
+impl<T> TransposeNone<T> for Option<Option<T>> {
+    fn transpose_none(self) -> Option<Option<T>> {
+        match self {
+            None => Some(None),
+            Some(Some(t)) => Some(Some(t)),
+            Some(None) => None,
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Config: the shipped examples parse; bad input is reported all at once with
+//! file, line, column and key (messages are snapshotted).
+
+use kcr_housekeeper::config::{self, Endpoint, FileFormat, Mode, RuleAction, Sink, TokenLifetime};
+use std::path::Path;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "KSYUN_ACCESS_KEY_ID" => Some("AKLTexample".into()),
+        "KSYUN_SECRET_ACCESS_KEY" => Some("example-secret".into()),
+        "EMPTY" => Some("  ".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<config::Config, config::ConfigErrors> {
+    config::parse(text, "test.toml", Path::new("."), &env)
+}
+
+fn errors(text: &str) -> String {
+    parse(text)
+        .expect_err("config should be refused")
+        .to_string()
+}
+
+#[test]
+fn example_config_parses_and_documents_defaults() {
+    let c = config::load(Path::new("config/example.toml"), &env).unwrap();
+    assert_eq!(
+        c.kcr.endpoint,
+        Endpoint::Url("https://kcrs.api.ksyun.com".into())
+    );
+    assert_eq!(c.kcr.region, "cn-beijing-6");
+    assert_eq!(c.kcr.requests_per_second, 10.0);
+    assert_eq!(c.kcr.max_in_flight, 8);
+    assert_eq!(c.kcr.timezone, chrono_tz::Asia::Shanghai);
+    let creds = c.kcr.credentials.as_ref().unwrap();
+    assert_eq!(creds.access_key_id, "AKLTexample");
+    assert!(
+        !format!("{c:?}").contains("example-secret"),
+        "Debug never shows secrets"
+    );
+    assert_eq!(c.instances.len(), 1);
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9187");
+    let r = c.retention.as_ref().unwrap();
+    assert_eq!(r.mode, Mode::DryRun);
+    assert_eq!(r.rules.len(), 4);
+    assert_eq!(r.rules[2].action, RuleAction::Keep);
+    assert_eq!(r.rules[1].group_by.as_deref(), Some("group"));
+    assert_eq!(r.max_deletions_per_run, 1000);
+    assert_eq!(r.protect.tags.len(), 3);
+    let t = c.tokens.as_ref().unwrap();
+    assert_eq!(t.managed[0].lifetime, TokenLifetime::Days(30));
+    assert_eq!(t.managed[0].sinks.len(), 3);
+    assert!(matches!(
+        t.managed[0].sinks[1],
+        Sink::File {
+            format: FileFormat::Env,
+            ..
+        }
+    ));
+    assert_eq!(
+        c.jobs().iter().map(|j| j.job).collect::<Vec<_>>(),
+        ["retention", "tokens", "namespaces", "quota"]
+    );
+}
+
+#[test]
+fn every_documented_default_equals_the_built_in_default() {
+    // A config with only the required keys must mean the same as example.toml's documented values.
+    let minimal = r#"
+        [kcr]
+        access_key_id = { env = "KSYUN_ACCESS_KEY_ID" }
+        secret_access_key = { env = "KSYUN_SECRET_ACCESS_KEY" }
+        [[instances]]
+        id = "i"
+        name = "prod"
+        registry = "prod.ksyunkcr.com"
+        [retention]
+        [tokens]
+        [namespaces]
+        [quota]
+    "#;
+    let m = parse(minimal).unwrap();
+    let e = config::load(Path::new("config/example.toml"), &env).unwrap();
+    assert_eq!(format!("{:?}", m.kcr), format!("{:?}", e.kcr));
+    assert_eq!(format!("{:?}", m.server), format!("{:?}", e.server));
+    assert_eq!(format!("{:?}", m.state), format!("{:?}", e.state));
+    assert_eq!(format!("{:?}", m.scheduler), format!("{:?}", e.scheduler));
+    assert_eq!(format!("{:?}", m.log), format!("{:?}", e.log));
+    assert_eq!(format!("{:?}", m.inventory), format!("{:?}", e.inventory));
+    let (mr, er) = (m.retention.unwrap(), e.retention.unwrap());
+    assert_eq!(
+        (
+            mr.schedule.as_str(),
+            mr.mode,
+            mr.min_age,
+            mr.grace,
+            mr.max_deletions_per_run,
+            mr.max_deletion_ratio,
+            mr.verify_before_delete
+        ),
+        (
+            er.schedule.as_str(),
+            er.mode,
+            er.min_age,
+            er.grace,
+            er.max_deletions_per_run,
+            er.max_deletion_ratio,
+            er.verify_before_delete
+        )
+    );
+    assert_eq!(
+        mr.protect.newest_images_per_repository,
+        er.protect.newest_images_per_repository
+    );
+    assert!(mr.protect.tags.is_empty(), "protect.tags defaults to empty");
+    let (mt, et) = (m.tokens.unwrap(), e.tokens.unwrap());
+    assert_eq!(
+        (mt.schedule.as_str(), mt.mode),
+        (et.schedule.as_str(), et.mode)
+    );
+    let (mn, en) = (m.namespaces.unwrap(), e.namespaces.unwrap());
+    assert_eq!(
+        (
+            mn.schedule.as_str(),
+            mn.mode,
+            mn.default,
+            mn.allow_make_public,
+            mn.max_changes_per_run
+        ),
+        (
+            en.schedule.as_str(),
+            en.mode,
+            en.default,
+            en.allow_make_public,
+            en.max_changes_per_run
+        )
+    );
+    let (mq, eq) = (m.quota.unwrap(), e.quota.unwrap());
+    assert_eq!(
+        (mq.schedule.as_str(), mq.storage),
+        (eq.schedule.as_str(), eq.storage)
+    );
+}
+
+#[test]
+fn managed_token_defaults_match_the_example() {
+    let text = r#"
+        [kcr]
+        endpoint = "sim:demo"
+        [[instances]]
+        id = "i"
+        name = "prod"
+        registry = "r"
+        [tokens]
+        [[tokens.managed]]
+        name = "ci-pull"
+        instance = "prod"
+        sinks = [{ kind = "raw-nothing-else", path = "/x" }]
+    "#;
+    assert!(errors(text).contains("unknown sink kind \"raw-nothing-else\""));
+    let text = text.replace("raw-nothing-else", "file");
+    let c = parse(&text).unwrap();
+    let m = &c.tokens.unwrap().managed[0];
+    let e = config::load(Path::new("config/example.toml"), &env).unwrap();
+    let em = &e.tokens.unwrap().managed[0];
+    assert_eq!(
+        (
+            m.lifetime,
+            m.rotate_before,
+            m.overlap,
+            m.delete_after,
+            m.verify
+        ),
+        (
+            em.lifetime,
+            em.rotate_before,
+            em.overlap,
+            em.delete_after,
+            em.verify
+        )
+    );
+}
+
+#[test]
+fn demo_config_needs_no_credentials() {
+    let c = config::load(Path::new("config/demo.toml"), &|_: &str| None).unwrap();
+    assert_eq!(c.kcr.endpoint, Endpoint::SimDemo);
+    assert!(c.kcr.credentials.is_none());
+}
+
+#[test]
+fn all_errors_reported_at_once_with_line_and_key() {
+    let text = r#"[kcr]
+endpoint = "http://kcrs.example.com"
+secret_access_key = "plain-text-secret"
+timeout = "30x"
+colour = "blue"
+
+[[instances]]
+id = "i1"
+name = "prod"
+registry = "https://prod.ksyunkcr.com"
+
+[[instances]]
+id = "i2"
+name = "prod"
+registry = "b"
+
+[retention]
+schedule = "0 30 3 * *"
+mode = "yes"
+max_deletion_ratio = 1.5
+
+[retention.protect]
+tags = ["[unclosed"]
+
+[[retention.rules]]
+name = "no-bound"
+tags = ["pr-*"]
+
+[[retention.rules]]
+name = "no-bound"
+older_than = "14d"
+group_by = "branch"
+tags = ["re:^(?P<group>.+)$", "main-*"]
+
+[[retention.rules]]
+name = "keep-wrong"
+action = "keep"
+older_than = "1d"
+unknown_key = 1
+
+[tokens]
+[[tokens.managed]]
+name = "ci/pull"
+instance = "staging"
+lifetime = "90m"
+rotate_before = "40d"
+sinks = []
+
+[namespaces]
+default = "secret"
+rules = [ { match = "Public*", visibility = "public" } ]
+
+[quota]
+storage = "everything"
+
+[surprise]
+x = 1
+"#;
+    let msg = errors(text);
+    insta::assert_snapshot!(msg);
+    // Every line names file:line:column: key.
+    for line in msg.lines().filter(|l| l.starts_with("test.toml")) {
+        let mut parts = line.splitn(4, ':');
+        let (_, l, c) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            l.parse::<usize>().unwrap() > 0 && c.parse::<usize>().unwrap() > 0,
+            "{line}"
+        );
+    }
+    assert!(
+        !msg.contains("plain-text-secret"),
+        "a literal secret is never repeated"
+    );
+}
+
+#[test]
+fn syntax_error_points_at_the_line() {
+    let msg = errors("[kcr]\nregion = \"cn-beijing-6\nmax_in_flight = 3\n");
+    assert!(msg.starts_with("test.toml:2:"), "{msg}");
+    assert!(msg.contains("TOML syntax error"), "{msg}");
+}
+
+#[test]
+fn missing_credentials_name_the_variable_or_file() {
+    let text = r#"
+        [kcr]
+        access_key_id = { env = "NOT_SET_ANYWHERE" }
+        secret_access_key = { file = "does/not/exist" }
+        [[instances]]
+        id = "i"
+        name = "prod"
+        registry = "r"
+    "#;
+    let msg = errors(text);
+    assert!(
+        msg.contains("kcr.access_key_id: environment variable NOT_SET_ANYWHERE is not set"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("kcr.secret_access_key: cannot read secret file ./does/not/exist"),
+        "{msg}"
+    );
+    let msg = errors(&text.replace("NOT_SET_ANYWHERE", "EMPTY"));
+    assert!(msg.contains("environment variable EMPTY is empty"), "{msg}");
+    let msg = errors("[[instances]]\nid = \"i\"\nname = \"p\"\nregistry = \"r\"\n");
+    assert!(msg.contains("kcr.access_key_id: required"), "{msg}");
+}
+
+#[test]
+fn secrets_from_files_are_read_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sk"), "from-file\n").unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[kcr]\naccess_key_id = \"AKLTx\"\nsecret_access_key = { file = \"sk\" }\n[[instances]]\nid = \"i\"\nname = \"p\"\nregistry = \"r\"\n",
+    )
+    .unwrap();
+    let c = config::load(&path, &|_: &str| None).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        c.kcr.credentials.unwrap().secret_access_key.expose_secret(),
+        "from-file"
+    );
+}
+
+#[test]
+fn unreadable_config_names_the_file() {
+    let msg = config::load(Path::new("/nonexistent/kcr.toml"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("/nonexistent/kcr.toml: cannot read config"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn config_path_resolution() {
+    let none = |_: &str| None;
+    assert_eq!(
+        config::resolve_path(None, &none),
+        Path::new(config::DEFAULT_PATH)
+    );
+    let set = |n: &str| (n == config::PATH_ENV).then(|| "/tmp/x.toml".to_string());
+    assert_eq!(config::resolve_path(None, &set), Path::new("/tmp/x.toml"));
+    assert_eq!(
+        config::resolve_path(Some(Path::new("a.toml")), &set),
+        Path::new("a.toml")
+    );
+}
