@@ -7,3 +7,6 @@ pub mod kcr;
 pub mod pattern;
 pub mod schedule;
 pub mod sim;
+pub mod app;
+pub mod cli;
+pub mod quota;

@@ -1,0 +1,50 @@
+//! Wiring shared by the CLI commands and (later) the daemon: a client for the
+//! configured endpoint, with the built-in simulator started when the config
+//! says `endpoint = "sim:demo"`.
+
+use crate::config::{Config, Endpoint};
+use crate::kcr::{Client, ClientConfig};
+use crate::sim::{SimOptions, Simulator, WorldSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot start the built-in simulator: {0}")]
+    Simulator(#[from] crate::sim::SimError),
+    #[error("cannot build the KCR client: {0}")]
+    Client(#[from] crate::kcr::Error),
+    #[error("configuration has no credentials for {0}")]
+    NoCredentials(String),
+}
+
+/// A client, and the embedded simulator it talks to (kept alive as long as the client is used).
+pub struct Connection {
+    pub client: Client,
+    pub simulator: Option<Simulator>,
+}
+
+pub async fn connect(config: &Config) -> Result<Connection, AppError> {
+    let k = &config.kcr;
+    let (endpoint, credentials, simulator) = match &k.endpoint {
+        Endpoint::SimDemo => {
+            let sim = Simulator::start(SimOptions {
+                source: WorldSource::Demo,
+                region: k.region.clone(),
+                log_in_memory: false,
+                ..Default::default()
+            })
+            .await?;
+            (sim.endpoint(), sim.credentials(), Some(sim))
+        }
+        Endpoint::Url(url) => {
+            let creds = k.credentials.clone().ok_or_else(|| AppError::NoCredentials(url.clone()))?;
+            (url.clone(), creds, None)
+        }
+    };
+    let mut cc = ClientConfig::new(endpoint, credentials);
+    cc.region = k.region.clone();
+    cc.timezone = k.timezone;
+    cc.requests_per_second = k.requests_per_second;
+    cc.max_in_flight = k.max_in_flight;
+    cc.timeout = k.timeout;
+    Ok(Connection { client: Client::new(cc)?, simulator })
+}

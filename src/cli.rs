@@ -1,0 +1,269 @@
+//! Command-line interface (clap) and the commands themselves. `main.rs` only
+//! parses, calls [`run`], and turns the outcome into an exit code.
+
+use crate::config::{self, Config, ConfigErrors, Endpoint, ProcessEnv};
+use crate::kcr::Credentials;
+use crate::sim::{FaultKind, Faults, GenerateSpec, Scenario, SimOptions, Simulator, WorldSource};
+use crate::{app, duration, quota};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "kcr-housekeeper", version, about = "Keeps a Kingsoft Cloud Container Registry tidy and safe")]
+pub struct Cli {
+    /// Config file [default: $KCR_HOUSEKEEPER_CONFIG, else /etc/kcr-housekeeper/config.toml]
+    #[arg(long, short, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config; print the jobs and their next three fire times
+    Check,
+    /// Show quota usage per instance: namespaces and repositories used / limit
+    Quota(QuotaArgs),
+    /// Run the KCR simulator (for tests, demos and benchmarks)
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on (port 0 picks a free one)
+    #[arg(long, default_value = "127.0.0.1:9188")]
+    pub listen: SocketAddr,
+    /// Scenario JSON file (DESIGN §10 format) [default: the built-in demo]
+    #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+    pub scenario: Option<PathBuf>,
+    /// Generate a scenario, e.g. namespaces=20,repos=20,images=60,seed=7
+    #[arg(long, value_name = "SPEC")]
+    pub generate: Option<String>,
+    /// Print the scenario as JSON and exit instead of serving it
+    #[arg(long)]
+    pub print_scenario: bool,
+    #[arg(long, env = "KSYUN_ACCESS_KEY_ID", requires = "secret_access_key", hide_env_values = true)]
+    pub access_key_id: Option<String>,
+    #[arg(long, env = "KSYUN_SECRET_ACCESS_KEY", requires = "access_key_id", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+    #[arg(long, default_value = "cn-beijing-6")]
+    pub region: String,
+    /// Latency added to every API answer, e.g. 20ms
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub latency: Duration,
+    /// Requests per second served; the excess gets 409 LimitExceeded
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Share (0-1) of API requests answered with an injected fault
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub fault_rate: f64,
+    /// Faults to draw from: 5xx, 409 (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "5xx,409")]
+    pub fault_kinds: Vec<FaultKind>,
+    /// Seed for faults and generated ids (replayable runs)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Append one JSON line per request to this file
+    #[arg(long, value_name = "FILE")]
+    pub request_log: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
+
+/// How a command ended, and so the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Exit 2: bad usage or config.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// Exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit 1: the work failed.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+    /// Exit 3: a safety limit blocked the whole run.
+    #[error("{0}")]
+    Blocked(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 1,
+            CliError::Config(_) | CliError::Usage(_) => 2,
+            CliError::Blocked(_) => 3,
+        }
+    }
+}
+
+fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
+    let path = config::resolve_path(flag, &ProcessEnv);
+    config::load(&path, &ProcessEnv).map_err(CliError::Config)
+}
+
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match cli.command {
+        Command::Check => check(&load_config(cli.config.as_deref())?, out),
+        Command::Quota(args) => quota_cmd(&load_config(cli.config.as_deref())?, &args, out).await,
+        Command::Sim(args) => sim(args, out).await,
+    }
+}
+
+fn io(e: std::io::Error) -> CliError {
+    CliError::Failed(anyhow::Error::new(e).context("writing output"))
+}
+
+fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
+    let endpoint = match &c.kcr.endpoint {
+        Endpoint::Url(u) => u.clone(),
+        Endpoint::SimDemo => "sim:demo (built-in simulator)".into(),
+    };
+    let mut s = format!("{}: OK\nendpoint: {endpoint} (region {})\n", c.source, c.kcr.region);
+    if let Some(creds) = &c.kcr.credentials {
+        s.push_str(&format!("access key: {}\n", crate::kcr::client::redact_key_id(&creds.access_key_id)));
+    }
+    s.push_str("instances:\n");
+    for i in &c.instances {
+        s.push_str(&format!("  {} ({}), registry {}\n", i.name, i.id, i.registry));
+    }
+    let tz = c.scheduler.timezone;
+    let jobs = c.jobs();
+    if jobs.is_empty() {
+        s.push_str("jobs: none enabled\n");
+    } else {
+        s.push_str(&format!("jobs (cron read in {tz}):\n"));
+        let now = Utc::now();
+        for j in jobs {
+            let next: Vec<String> =
+                j.schedule.next_times(now, &tz, 3).iter().map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string()).collect();
+            let mode = j.mode.map_or("-", |m| m.as_str());
+            s.push_str(&format!(
+                "  {:<11} {:<8} {:<16} next: {}\n",
+                j.job,
+                mode,
+                format!("\"{}\"", j.schedule),
+                next.join(", ")
+            ));
+        }
+    }
+    out.write_all(s.as_bytes()).map_err(io)
+}
+
+async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let conn = app::connect(c).await.map_err(|e| CliError::Failed(e.into()))?;
+    let rows = quota::measure(&conn.client, &c.instances)
+        .await
+        .map_err(|e| CliError::Failed(anyhow::Error::new(e).context("quota")))?;
+    let text = match args.format {
+        OutputFormat::Table => quota::render_table(&rows),
+        OutputFormat::Json => serde_json::to_string_pretty(&rows).expect("usage serialises") + "\n",
+    };
+    out.write_all(text.as_bytes()).map_err(io)
+}
+
+async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let source = match (&args.scenario, &args.generate) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("{}: cannot read scenario: {e}", path.display())))?;
+            let name = path.display().to_string();
+            let scenario = Scenario::from_json(&name, &text).map_err(|e| CliError::Usage(e.to_string()))?;
+            WorldSource::Scenario { name, scenario }
+        }
+        (None, Some(spec)) => WorldSource::Generate(spec.parse::<GenerateSpec>().map_err(|e| CliError::Usage(e.to_string()))?),
+        (None, None) => WorldSource::Demo,
+    };
+    if args.print_scenario {
+        let scenario = match source {
+            WorldSource::Demo => crate::sim::scenario::demo(),
+            WorldSource::Scenario { scenario, .. } => scenario,
+            WorldSource::Generate(spec) => crate::sim::scenario::generate(&spec),
+        };
+        let text = serde_json::to_string_pretty(&scenario).expect("scenario serialises");
+        return writeln!(out, "{text}").map_err(io);
+    }
+    let credentials = match (args.access_key_id, args.secret_access_key) {
+        (Some(id), Some(sk)) => Some(Credentials::new(id, sk)),
+        _ => None,
+    };
+    let generated = credentials.is_none();
+    let sim = Simulator::start(SimOptions {
+        listen: args.listen,
+        source,
+        credentials,
+        region: args.region,
+        faults: Faults {
+            latency: args.latency,
+            rate_limit: args.rate_limit,
+            fault_rate: args.fault_rate,
+            kinds: args.fault_kinds,
+            seed: args.seed,
+        },
+        request_log: args.request_log,
+        log_in_memory: false,
+    })
+    .await
+    .map_err(|e| match e {
+        crate::sim::SimError::Scenario(s) => CliError::Usage(s.to_string()),
+        other => CliError::Failed(other.into()),
+    })?;
+    if generated {
+        use secrecy::ExposeSecret;
+        let c = sim.credentials();
+        // Printed once, as DESIGN §10 says: these are throwaway simulator credentials.
+        writeln!(out, "generated credentials: KSYUN_ACCESS_KEY_ID={} KSYUN_SECRET_ACCESS_KEY={}", c.access_key_id, c.secret_access_key.expose_secret()).map_err(io)?;
+    }
+    writeln!(out, "listening on {}", sim.endpoint()).map_err(io)?;
+    out.flush().map_err(io)?;
+    shutdown_signal().await;
+    sim.stop().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,98 @@
+//! Quota usage per instance: namespaces and repositories used against their
+//! limits (DescribeInstanceUsage). The quota job (Step 5) turns the same
+//! figures into gauges; the `quota` command prints them.
+
+use crate::config::InstanceConfig;
+use crate::kcr::{Client, DescribeInstanceUsage, Error};
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Usage {
+    pub instance: String,
+    pub resource: &'static str,
+    pub used: u64,
+    pub limit: u64,
+    /// used / limit; 0 when the limit is 0.
+    pub ratio: f64,
+}
+
+fn ratio(used: u64, limit: u64) -> f64 {
+    if limit == 0 { 0.0 } else { used as f64 / limit as f64 }
+}
+
+/// Usage rows for every instance, in config order.
+pub async fn measure(client: &Client, instances: &[InstanceConfig]) -> Result<Vec<Usage>, Error> {
+    let calls = instances.iter().map(|i| async move {
+        let u = client.call(&DescribeInstanceUsage { instance_id: i.id.clone() }).await?;
+        Ok::<_, Error>([
+            Usage {
+                instance: i.name.clone(),
+                resource: "namespaces",
+                used: u.namespace_usage,
+                limit: u.namespace_quota,
+                ratio: ratio(u.namespace_usage, u.namespace_quota),
+            },
+            Usage {
+                instance: i.name.clone(),
+                resource: "repositories",
+                used: u.repo_usage,
+                limit: u.repo_quota,
+                ratio: ratio(u.repo_usage, u.repo_quota),
+            },
+        ])
+    });
+    let rows = futures::future::try_join_all(calls).await?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
+/// A bar of `width` cells for a ratio (clamped to 0–1), in eighths.
+pub fn bar(ratio: f64, width: usize) -> String {
+    const PARTS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
+    let eighths = (ratio.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
+    let mut s = "█".repeat(eighths / 8);
+    s.push_str(PARTS[eighths % 8]);
+    let cells = eighths / 8 + usize::from(eighths % 8 > 0);
+    s.push_str(&"·".repeat(width.saturating_sub(cells)));
+    s
+}
+
+/// The usage table as the `quota` command prints it.
+pub fn render_table(rows: &[Usage]) -> String {
+    let iw = rows.iter().map(|r| r.instance.len()).max().unwrap_or(0).max("INSTANCE".len());
+    let mut out = format!("{:<iw$}  {:<12}  {:>6}  {:>6}  {:>6}  {}\n", "INSTANCE", "RESOURCE", "USED", "LIMIT", "RATIO", "USAGE");
+    for r in rows {
+        out.push_str(&format!(
+            "{:<iw$}  {:<12}  {:>6}  {:>6}  {:>5.1}%  {}\n",
+            r.instance,
+            r.resource,
+            r.used,
+            r.limit,
+            r.ratio * 100.0,
+            bar(r.ratio, 20)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars() {
+        assert_eq!(bar(0.0, 4), "····");
+        assert_eq!(bar(1.0, 4), "████");
+        assert_eq!(bar(0.5, 4), "██··");
+        assert_eq!(bar(0.8, 10), "████████··");
+        assert_eq!(bar(1.5, 2), "██", "clamped");
+        assert_eq!(bar(0.0625, 2), "▏·");
+    }
+
+    #[test]
+    fn table_layout() {
+        let rows = vec![Usage { instance: "demo".into(), resource: "namespaces", used: 8, limit: 10, ratio: 0.8 }];
+        let t = render_table(&rows);
+        assert!(t.lines().nth(1).unwrap().starts_with("demo      namespaces         8      10   80.0%  ████████████████····"), "{t}");
+        assert_eq!(ratio(1, 0), 0.0);
+    }
+}
