@@ -36,7 +36,10 @@ pub async fn connect(config: &Config) -> Result<Connection, AppError> {
             (sim.endpoint(), sim.credentials(), Some(sim))
         }
         Endpoint::Url(url) => {
-            let creds = k.credentials.clone().ok_or_else(|| AppError::NoCredentials(url.clone()))?;
+            let creds = k
+                .credentials
+                .clone()
+                .ok_or_else(|| AppError::NoCredentials(url.clone()))?;
             (url.clone(), creds, None)
         }
     };
@@ -46,5 +49,8 @@ pub async fn connect(config: &Config) -> Result<Connection, AppError> {
     cc.requests_per_second = k.requests_per_second;
     cc.max_in_flight = k.max_in_flight;
     cc.timeout = k.timeout;
-    Ok(Connection { client: Client::new(cc)?, simulator })
+    Ok(Connection {
+        client: Client::new(cc)?,
+        simulator,
+    })
 }

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "kcr-housekeeper", version, about = "Keeps a Kingsoft Cloud Container Registry tidy and safe")]
+#[command(
+    name = "kcr-housekeeper",
+    version,
+    about = "Keeps a Kingsoft Cloud Container Registry tidy and safe"
+)]
 pub struct Cli {
     /// Config file [default: $KCR_HOUSEKEEPER_CONFIG, else /etc/kcr-housekeeper/config.toml]
     #[arg(long, short, global = true, value_name = "FILE")]
@@ -58,9 +62,19 @@ pub struct SimArgs {
     /// Print the scenario as JSON and exit instead of serving it
     #[arg(long)]
     pub print_scenario: bool,
-    #[arg(long, env = "KSYUN_ACCESS_KEY_ID", requires = "secret_access_key", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KSYUN_ACCESS_KEY_ID",
+        requires = "secret_access_key",
+        hide_env_values = true
+    )]
     pub access_key_id: Option<String>,
-    #[arg(long, env = "KSYUN_SECRET_ACCESS_KEY", requires = "access_key_id", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KSYUN_SECRET_ACCESS_KEY",
+        requires = "access_key_id",
+        hide_env_values = true
+    )]
     pub secret_access_key: Option<String>,
     #[arg(long, default_value = "cn-beijing-6")]
     pub region: String,
@@ -144,13 +158,22 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
         Endpoint::Url(u) => u.clone(),
         Endpoint::SimDemo => "sim:demo (built-in simulator)".into(),
     };
-    let mut s = format!("{}: OK\nendpoint: {endpoint} (region {})\n", c.source, c.kcr.region);
+    let mut s = format!(
+        "{}: OK\nendpoint: {endpoint} (region {})\n",
+        c.source, c.kcr.region
+    );
     if let Some(creds) = &c.kcr.credentials {
-        s.push_str(&format!("access key: {}\n", crate::kcr::client::redact_key_id(&creds.access_key_id)));
+        s.push_str(&format!(
+            "access key: {}\n",
+            crate::kcr::client::redact_key_id(&creds.access_key_id)
+        ));
     }
     s.push_str("instances:\n");
     for i in &c.instances {
-        s.push_str(&format!("  {} ({}), registry {}\n", i.name, i.id, i.registry));
+        s.push_str(&format!(
+            "  {} ({}), registry {}\n",
+            i.name, i.id, i.registry
+        ));
     }
     let tz = c.scheduler.timezone;
     let jobs = c.jobs();
@@ -160,8 +183,12 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
         s.push_str(&format!("jobs (cron read in {tz}):\n"));
         let now = Utc::now();
         for j in jobs {
-            let next: Vec<String> =
-                j.schedule.next_times(now, &tz, 3).iter().map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string()).collect();
+            let next: Vec<String> = j
+                .schedule
+                .next_times(now, &tz, 3)
+                .iter()
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                .collect();
             let mode = j.mode.map_or("-", |m| m.as_str());
             s.push_str(&format!(
                 "  {:<11} {:<8} {:<16} next: {}\n",
@@ -176,7 +203,9 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let conn = app::connect(c).await.map_err(|e| CliError::Failed(e.into()))?;
+    let conn = app::connect(c)
+        .await
+        .map_err(|e| CliError::Failed(e.into()))?;
     let rows = quota::measure(&conn.client, &c.instances)
         .await
         .map_err(|e| CliError::Failed(anyhow::Error::new(e).context("quota")))?;
@@ -190,13 +219,18 @@ async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<
 async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let source = match (&args.scenario, &args.generate) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::Usage(format!("{}: cannot read scenario: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!("{}: cannot read scenario: {e}", path.display()))
+            })?;
             let name = path.display().to_string();
-            let scenario = Scenario::from_json(&name, &text).map_err(|e| CliError::Usage(e.to_string()))?;
+            let scenario =
+                Scenario::from_json(&name, &text).map_err(|e| CliError::Usage(e.to_string()))?;
             WorldSource::Scenario { name, scenario }
         }
-        (None, Some(spec)) => WorldSource::Generate(spec.parse::<GenerateSpec>().map_err(|e| CliError::Usage(e.to_string()))?),
+        (None, Some(spec)) => WorldSource::Generate(
+            spec.parse::<GenerateSpec>()
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        ),
         (None, None) => WorldSource::Demo,
     };
     if args.print_scenario {
@@ -237,7 +271,13 @@ async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
         use secrecy::ExposeSecret;
         let c = sim.credentials();
         // Printed once, as DESIGN §10 says: these are throwaway simulator credentials.
-        writeln!(out, "generated credentials: KSYUN_ACCESS_KEY_ID={} KSYUN_SECRET_ACCESS_KEY={}", c.access_key_id, c.secret_access_key.expose_secret()).map_err(io)?;
+        writeln!(
+            out,
+            "generated credentials: KSYUN_ACCESS_KEY_ID={} KSYUN_SECRET_ACCESS_KEY={}",
+            c.access_key_id,
+            c.secret_access_key.expose_secret()
+        )
+        .map_err(io)?;
     }
     writeln!(out, "listening on {}", sim.endpoint()).map_err(io)?;
     out.flush().map_err(io)?;

@@ -1,12 +1,12 @@
 //! kcr-housekeeper: keeps a Kingsoft Cloud Container Registry tidy and safe.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod kcr;
 pub mod pattern;
+pub mod quota;
 pub mod schedule;
 pub mod sim;
-pub mod app;
-pub mod cli;
-pub mod quota;

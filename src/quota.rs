@@ -17,13 +17,21 @@ pub struct Usage {
 }
 
 fn ratio(used: u64, limit: u64) -> f64 {
-    if limit == 0 { 0.0 } else { used as f64 / limit as f64 }
+    if limit == 0 {
+        0.0
+    } else {
+        used as f64 / limit as f64
+    }
 }
 
 /// Usage rows for every instance, in config order.
 pub async fn measure(client: &Client, instances: &[InstanceConfig]) -> Result<Vec<Usage>, Error> {
     let calls = instances.iter().map(|i| async move {
-        let u = client.call(&DescribeInstanceUsage { instance_id: i.id.clone() }).await?;
+        let u = client
+            .call(&DescribeInstanceUsage {
+                instance_id: i.id.clone(),
+            })
+            .await?;
         Ok::<_, Error>([
             Usage {
                 instance: i.name.clone(),
@@ -58,8 +66,16 @@ pub fn bar(ratio: f64, width: usize) -> String {
 
 /// The usage table as the `quota` command prints it.
 pub fn render_table(rows: &[Usage]) -> String {
-    let iw = rows.iter().map(|r| r.instance.len()).max().unwrap_or(0).max("INSTANCE".len());
-    let mut out = format!("{:<iw$}  {:<12}  {:>6}  {:>6}  {:>6}  {}\n", "INSTANCE", "RESOURCE", "USED", "LIMIT", "RATIO", "USAGE");
+    let iw = rows
+        .iter()
+        .map(|r| r.instance.len())
+        .max()
+        .unwrap_or(0)
+        .max("INSTANCE".len());
+    let mut out = format!(
+        "{:<iw$}  {:<12}  {:>6}  {:>6}  {:>6}  {}\n",
+        "INSTANCE", "RESOURCE", "USED", "LIMIT", "RATIO", "USAGE"
+    );
     for r in rows {
         out.push_str(&format!(
             "{:<iw$}  {:<12}  {:>6}  {:>6}  {:>5.1}%  {}\n",
@@ -90,9 +106,20 @@ mod tests {
 
     #[test]
     fn table_layout() {
-        let rows = vec![Usage { instance: "demo".into(), resource: "namespaces", used: 8, limit: 10, ratio: 0.8 }];
+        let rows = vec![Usage {
+            instance: "demo".into(),
+            resource: "namespaces",
+            used: 8,
+            limit: 10,
+            ratio: 0.8,
+        }];
         let t = render_table(&rows);
-        assert!(t.lines().nth(1).unwrap().starts_with("demo      namespaces         8      10   80.0%  ████████████████····"), "{t}");
+        assert!(
+            t.lines().nth(1).unwrap().starts_with(
+                "demo      namespaces         8      10   80.0%  ████████████████····"
+            ),
+            "{t}"
+        );
         assert_eq!(ratio(1, 0), 0.0);
     }
 }

@@ -12,7 +12,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut c = Command::new(BIN);
-    c.args(args).env_remove("KSYUN_ACCESS_KEY_ID").env_remove("KSYUN_SECRET_ACCESS_KEY").env_remove("KCR_HOUSEKEEPER_CONFIG");
+    c.args(args)
+        .env_remove("KSYUN_ACCESS_KEY_ID")
+        .env_remove("KSYUN_SECRET_ACCESS_KEY")
+        .env_remove("KCR_HOUSEKEEPER_CONFIG");
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -28,9 +31,18 @@ fn quota_on_the_embedded_demo() {
     let o = run(&["quota", "--config", "config/demo.toml"], &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    assert!(out.contains("demo      namespaces         8      10   80.0%"), "{out}");
-    assert!(out.contains("repositories       7      20   35.0%"), "{out}");
-    let o = run(&["quota", "--config", "config/demo.toml", "--format", "json"], &[]);
+    assert!(
+        out.contains("demo      namespaces         8      10   80.0%"),
+        "{out}"
+    );
+    assert!(
+        out.contains("repositories       7      20   35.0%"),
+        "{out}"
+    );
+    let o = run(
+        &["quota", "--config", "config/demo.toml", "--format", "json"],
+        &[],
+    );
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows[0]["used"], 8);
     assert_eq!(rows[0]["limit"], 10);
@@ -39,7 +51,10 @@ fn quota_on_the_embedded_demo() {
 
 #[test]
 fn config_from_the_environment_variable() {
-    let o = run(&["quota"], &[("KCR_HOUSEKEEPER_CONFIG", "config/demo.toml")]);
+    let o = run(
+        &["quota"],
+        &[("KCR_HOUSEKEEPER_CONFIG", "config/demo.toml")],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
@@ -59,14 +74,21 @@ fn check_prints_jobs_and_three_fire_times() {
 fn invalid_config_exits_2_listing_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[kcr]\nendpoint = \"sim:demo\"\ntimeout = \"5 minutes\"\n[retention]\nmode = \"maybe\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[kcr]\nendpoint = \"sim:demo\"\ntimeout = \"5 minutes\"\n[retention]\nmode = \"maybe\"\n",
+    )
+    .unwrap();
     let o = run(&["check", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
     let p = path.display();
     assert!(err.contains(&format!("{p}:3:1: kcr.timeout:")), "{err}");
     assert!(err.contains(&format!("{p}:5:1: retention.mode:")), "{err}");
-    assert!(err.contains("instances: at least one [[instances]] entry is required"), "{err}");
+    assert!(
+        err.contains("instances: at least one [[instances]] entry is required"),
+        "{err}"
+    );
     assert!(err.contains("3 errors in configuration"), "{err}");
 }
 
@@ -83,7 +105,16 @@ fn missing_credentials_exit_2_naming_the_variable() {
 fn usage_errors_exit_2() {
     let o = run(&["frobnicate"], &[]);
     assert_eq!(o.status.code(), Some(2));
-    let o = run(&["sim", "--generate", "namespaces=x", "--listen", "127.0.0.1:0"], &[]);
+    let o = run(
+        &[
+            "sim",
+            "--generate",
+            "namespaces=x",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("not a whole number"));
 }
@@ -116,9 +147,14 @@ async fn api_errors_exit_1_with_action_status_code_and_request_id() {
     .await
     .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = tokio::task::spawn_blocking(move || run(&["quota", "--config", &cfg], &[("SIM_SK", "not-the-secret")]))
-        .await
-        .unwrap();
+    let o = tokio::task::spawn_blocking(move || {
+        run(
+            &["quota", "--config", &cfg],
+            &[("SIM_SK", "not-the-secret")],
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     let req_id = sim.requests().last().unwrap().request_id.clone();
@@ -132,7 +168,13 @@ async fn api_errors_exit_1_with_action_status_code_and_request_id() {
 #[tokio::test]
 async fn sim_command_serves_until_sigterm() {
     let mut child = Command::new(BIN)
-        .args(["sim", "--listen", "127.0.0.1:0", "--generate", "namespaces=3,repos=2,images=5,seed=7"])
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--generate",
+            "namespaces=3,repos=2,images=5,seed=7",
+        ])
         .env("KSYUN_ACCESS_KEY_ID", "AKLTcli")
         .env("KSYUN_SECRET_ACCESS_KEY", "cli-secret")
         .stdout(Stdio::piped())
@@ -146,25 +188,58 @@ async fn sim_command_serves_until_sigterm() {
     })
     .await
     .unwrap();
-    let endpoint = line.trim().strip_prefix("listening on ").expect("readiness line").to_owned();
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("readiness line")
+        .to_owned();
     assert!(endpoint.starts_with("http://127.0.0.1:"));
-    let mut cfg = kcr_housekeeper::kcr::ClientConfig::new(&endpoint, kcr_housekeeper::kcr::Credentials::new("AKLTcli", "cli-secret"));
+    let mut cfg = kcr_housekeeper::kcr::ClientConfig::new(
+        &endpoint,
+        kcr_housekeeper::kcr::Credentials::new("AKLTcli", "cli-secret"),
+    );
     cfg.requests_per_second = 100.0;
     let client = kcr_housekeeper::kcr::Client::new(cfg).unwrap();
-    let instances = client.list_all(kcr_housekeeper::kcr::DescribeInstance::default()).await.unwrap();
+    let instances = client
+        .list_all(kcr_housekeeper::kcr::DescribeInstance::default())
+        .await
+        .unwrap();
     assert_eq!(instances.len(), 1);
-    let ns = client.list_all(kcr_housekeeper::kcr::DescribeNamespace::all(&instances[0].instance_id)).await.unwrap();
+    let ns = client
+        .list_all(kcr_housekeeper::kcr::DescribeNamespace::all(
+            &instances[0].instance_id,
+        ))
+        .await
+        .unwrap();
     assert_eq!(ns.len(), 3);
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(status.success(), "exits 0 on SIGTERM: {status}");
 }
 
 #[test]
 fn sim_prints_generated_scenarios_deterministically() {
-    let a = run(&["sim", "--generate", "namespaces=2,repos=2,images=3,seed=9", "--print-scenario"], &[]);
-    let b = run(&["sim", "--generate", "namespaces=2,repos=2,images=3,seed=9", "--print-scenario"], &[]);
+    let a = run(
+        &[
+            "sim",
+            "--generate",
+            "namespaces=2,repos=2,images=3,seed=9",
+            "--print-scenario",
+        ],
+        &[],
+    );
+    let b = run(
+        &[
+            "sim",
+            "--generate",
+            "namespaces=2,repos=2,images=3,seed=9",
+            "--print-scenario",
+        ],
+        &[],
+    );
     assert!(a.status.success());
     assert_eq!(a.stdout, b.stdout);
     let v: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();

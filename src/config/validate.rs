@@ -860,7 +860,10 @@ impl Validator<'_> {
                 Duration::from_secs(30 * 86_400),
             );
             let secs = lifetime_d.as_secs();
-            let lifetime = if lifetime_d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
+            let lifetime = if lifetime_d.subsec_nanos() == 0
+                && secs > 0
+                && secs.is_multiple_of(86_400)
+            {
                 Some(TokenLifetime::Days((secs / 86_400) as u32))
             } else if lifetime_d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(3600) {
                 Some(TokenLifetime::Hours((secs / 3600) as u32))
