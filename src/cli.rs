@@ -33,7 +33,7 @@ pub enum Command {
     /// Show quota usage per instance: namespaces and repositories used / limit
     Quota(QuotaArgs),
     /// Run the KCR simulator (for tests, demos and benchmarks)
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,7 +145,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Check => check(&load_config(cli.config.as_deref())?, out),
         Command::Quota(args) => quota_cmd(&load_config(cli.config.as_deref())?, &args, out).await,
-        Command::Sim(args) => sim(args, out).await,
+        Command::Sim(args) => sim(*args, out).await,
     }
 }
 

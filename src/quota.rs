@@ -59,7 +59,7 @@ pub fn bar(ratio: f64, width: usize) -> String {
     let eighths = (ratio.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
     let mut s = "█".repeat(eighths / 8);
     s.push_str(PARTS[eighths % 8]);
-    let cells = eighths / 8 + usize::from(eighths % 8 > 0);
+    let cells = eighths / 8 + usize::from(!eighths.is_multiple_of(8));
     s.push_str(&"·".repeat(width.saturating_sub(cells)));
     s
 }
