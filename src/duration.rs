@@ -20,6 +20,13 @@ impl std::error::Error for DurationError {}
 
 /// Parse a non-negative duration: one or more `<integer><unit>` with units
 /// `ms`, `s`, `m`, `h`, `d`, `w`.
+///
+/// ```
+/// use std::time::Duration;
+/// use kcr_housekeeper::duration::parse;
+/// assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+/// assert!(parse("1.5h").is_err());
+/// ```
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     if s.is_empty() {

@@ -29,6 +29,13 @@ impl PartialEq for Pattern {
 }
 
 impl Pattern {
+    /// ```
+    /// use kcr_housekeeper::pattern::Pattern;
+    /// let p = Pattern::parse("team/*").unwrap();
+    /// assert!(p.is_match("team/app") && !p.is_match("team/a/b"));
+    /// let r = Pattern::parse("re:(?P<group>[a-z]+)-[0-9]+").unwrap();
+    /// assert_eq!(r.capture("main-42", "group"), Some("main"));
+    /// ```
     pub fn parse(text: &str) -> Result<Pattern, String> {
         if let Some(re) = text.strip_prefix("re:") {
             let regex = Regex::new(&format!("^(?:{re})$"))

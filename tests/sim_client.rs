@@ -174,11 +174,7 @@ async fn retries_injected_409_and_5xx_until_success() {
         seed: Some(11),
         ..Default::default()
     };
-    let sim = sim(SimOptions {
-        faults,
-        ..Default::default()
-    })
-    .await;
+    let sim = sim_with_faults(faults).await;
     let mut cfg = config_for(&sim);
     cfg.retry.max_attempts = 12;
     let client = Client::new(cfg).unwrap();
@@ -262,11 +258,7 @@ async fn create_token_is_never_blindly_retried_after_5xx() {
         seed: Some(1),
         ..Default::default()
     };
-    let sim = sim(SimOptions {
-        faults,
-        ..Default::default()
-    })
-    .await;
+    let sim = sim_with_faults(faults).await;
     let client = client_for(&sim);
     let err = client
         .call(&CreateInstanceToken {
@@ -300,11 +292,7 @@ async fn create_token_is_retried_after_409_which_proves_it_was_not_applied() {
         seed: Some(5),
         ..Default::default()
     };
-    let sim = sim(SimOptions {
-        faults,
-        ..Default::default()
-    })
-    .await;
+    let sim = sim_with_faults(faults).await;
     let mut cfg = config_for(&sim);
     cfg.retry.max_attempts = 20;
     let client = Client::new(cfg).unwrap();
@@ -372,11 +360,7 @@ async fn limit_exceeded_from_the_server_halves_the_client_rate() {
         rate_limit: Some(5),
         ..Default::default()
     };
-    let sim = sim(SimOptions {
-        faults,
-        ..Default::default()
-    })
-    .await;
+    let sim = sim_with_faults(faults).await;
     let mut cfg = config_for(&sim);
     cfg.requests_per_second = 40.0;
     cfg.retry.max_attempts = 30;
@@ -877,11 +861,7 @@ async fn timeouts_are_typed_and_retried() {
         latency: Duration::from_millis(300),
         ..Default::default()
     };
-    let sim = sim(SimOptions {
-        faults,
-        ..Default::default()
-    })
-    .await;
+    let sim = sim_with_faults(faults).await;
     let mut cfg = config_for(&sim);
     cfg.timeout = Duration::from_millis(100);
     cfg.retry.max_attempts = 2;

@@ -84,6 +84,27 @@ pub trait Paginated: Action + Clone {
     fn into_page(out: Self::Output) -> Page<Self::Item>;
 }
 
+/// A listing action whose request has `marker`/`max_results` and whose
+/// output has the item list, `total_count` and `marker`.
+macro_rules! paginated {
+    ($request:ty, $item:ty) => {
+        impl Paginated for $request {
+            type Item = $item;
+            fn set_page(&mut self, marker: u64, max_results: u32) {
+                self.marker = Some(marker);
+                self.max_results = Some(max_results);
+            }
+            fn into_page(out: Self::Output) -> Page<$item> {
+                Page {
+                    items: out.items,
+                    total: out.total_count,
+                    next_marker: out.marker,
+                }
+            }
+        }
+    };
+}
+
 fn write_page(p: &mut Params, marker: Option<u64>, max: Option<u32>) {
     if let Some(m) = marker {
         p.set("Marker", m.to_string());
@@ -91,6 +112,29 @@ fn write_page(p: &mut Params, marker: Option<u64>, max: Option<u32>) {
     if let Some(m) = max {
         p.set("MaxResults", m.to_string());
     }
+}
+
+/// The answer of every listing action. The list's name differs per action
+/// (`InstanceSet`, `TokenSet`, …); one generic shape accepts them all.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+pub struct ListOutput<T> {
+    #[serde(
+        alias = "InstanceSet",
+        alias = "TokenSet",
+        alias = "NamespaceSet",
+        alias = "RepoSet",
+        alias = "ImageSet",
+        default = "Vec::new",
+        deserialize_with = "decode::null_default"
+    )]
+    pub items: Vec<T>,
+    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
+    pub total_count: u64,
+    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
+    pub marker: u64,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
 }
 
 /// The response of actions that only acknowledge.
@@ -181,21 +225,7 @@ pub struct DescribeInstance {
     pub max_results: Option<u32>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct DescribeInstanceOutput {
-    #[serde(
-        rename = "InstanceSet",
-        default,
-        deserialize_with = "decode::null_default"
-    )]
-    pub instances: Vec<Instance>,
-    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
-    pub total_count: u64,
-    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
-    pub marker: u64,
-    #[serde(rename = "RequestId", alias = "requestId", default)]
-    pub request_id: String,
-}
+pub type DescribeInstanceOutput = ListOutput<Instance>;
 
 impl Action for DescribeInstance {
     const NAME: &'static str = "DescribeInstance";
@@ -209,20 +239,7 @@ impl Action for DescribeInstance {
     }
 }
 
-impl Paginated for DescribeInstance {
-    type Item = Instance;
-    fn set_page(&mut self, marker: u64, max_results: u32) {
-        self.marker = Some(marker);
-        self.max_results = Some(max_results);
-    }
-    fn into_page(out: Self::Output) -> Page<Instance> {
-        Page {
-            items: out.instances,
-            total: out.total_count,
-            next_marker: out.marker,
-        }
-    }
-}
+paginated!(DescribeInstance, Instance);
 
 #[derive(Clone, Debug)]
 pub struct DescribeInstanceUsage {
@@ -393,21 +410,7 @@ pub struct DescribeInstanceToken {
     pub max_results: Option<u32>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct DescribeInstanceTokenOutput {
-    #[serde(
-        rename = "TokenSet",
-        default,
-        deserialize_with = "decode::null_default"
-    )]
-    pub tokens: Vec<TokenInfo>,
-    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
-    pub total_count: u64,
-    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
-    pub marker: u64,
-    #[serde(rename = "RequestId", alias = "requestId", default)]
-    pub request_id: String,
-}
+pub type DescribeInstanceTokenOutput = ListOutput<TokenInfo>;
 
 impl Action for DescribeInstanceToken {
     const NAME: &'static str = "DescribeInstanceToken";
@@ -419,20 +422,7 @@ impl Action for DescribeInstanceToken {
     }
 }
 
-impl Paginated for DescribeInstanceToken {
-    type Item = TokenInfo;
-    fn set_page(&mut self, marker: u64, max_results: u32) {
-        self.marker = Some(marker);
-        self.max_results = Some(max_results);
-    }
-    fn into_page(out: Self::Output) -> Page<TokenInfo> {
-        Page {
-            items: out.tokens,
-            total: out.total_count,
-            next_marker: out.marker,
-        }
-    }
-}
+paginated!(DescribeInstanceToken, TokenInfo);
 
 #[derive(Clone, Debug)]
 pub struct DeleteInstanceToken {
@@ -502,21 +492,7 @@ impl DescribeNamespace {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct DescribeNamespaceOutput {
-    #[serde(
-        rename = "NamespaceSet",
-        default,
-        deserialize_with = "decode::null_default"
-    )]
-    pub namespaces: Vec<Namespace>,
-    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
-    pub total_count: u64,
-    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
-    pub marker: u64,
-    #[serde(rename = "RequestId", alias = "requestId", default)]
-    pub request_id: String,
-}
+pub type DescribeNamespaceOutput = ListOutput<Namespace>;
 
 impl Action for DescribeNamespace {
     const NAME: &'static str = "DescribeNamespace";
@@ -532,20 +508,7 @@ impl Action for DescribeNamespace {
     }
 }
 
-impl Paginated for DescribeNamespace {
-    type Item = Namespace;
-    fn set_page(&mut self, marker: u64, max_results: u32) {
-        self.marker = Some(marker);
-        self.max_results = Some(max_results);
-    }
-    fn into_page(out: Self::Output) -> Page<Namespace> {
-        Page {
-            items: out.namespaces,
-            total: out.total_count,
-            next_marker: out.marker,
-        }
-    }
-}
+paginated!(DescribeNamespace, Namespace);
 
 #[derive(Clone, Debug)]
 pub struct ModifyNamespaceType {
@@ -640,17 +603,7 @@ impl DescribeRepository {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct DescribeRepositoryOutput {
-    #[serde(rename = "RepoSet", default, deserialize_with = "decode::null_default")]
-    pub repos: Vec<Repo>,
-    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
-    pub total_count: u64,
-    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
-    pub marker: u64,
-    #[serde(rename = "RequestId", alias = "requestId", default)]
-    pub request_id: String,
-}
+pub type DescribeRepositoryOutput = ListOutput<Repo>;
 
 impl Action for DescribeRepository {
     const NAME: &'static str = "DescribeRepository";
@@ -664,20 +617,7 @@ impl Action for DescribeRepository {
     }
 }
 
-impl Paginated for DescribeRepository {
-    type Item = Repo;
-    fn set_page(&mut self, marker: u64, max_results: u32) {
-        self.marker = Some(marker);
-        self.max_results = Some(max_results);
-    }
-    fn into_page(out: Self::Output) -> Page<Repo> {
-        Page {
-            items: out.repos,
-            total: out.total_count,
-            next_marker: out.marker,
-        }
-    }
-}
+paginated!(DescribeRepository, Repo);
 
 #[derive(Clone, Debug)]
 pub struct DeleteRepository {
@@ -755,21 +695,7 @@ impl DescribeImages {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct DescribeImagesOutput {
-    #[serde(
-        rename = "ImageSet",
-        default,
-        deserialize_with = "decode::null_default"
-    )]
-    pub images: Vec<Image>,
-    #[serde(rename = "TotalCount", default, deserialize_with = "decode::count")]
-    pub total_count: u64,
-    #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
-    pub marker: u64,
-    #[serde(rename = "RequestId", alias = "requestId", default)]
-    pub request_id: String,
-}
+pub type DescribeImagesOutput = ListOutput<Image>;
 
 impl Action for DescribeImages {
     const NAME: &'static str = "DescribeImages";
@@ -784,39 +710,38 @@ impl Action for DescribeImages {
     }
 }
 
-impl Paginated for DescribeImages {
-    type Item = Image;
-    fn set_page(&mut self, marker: u64, max_results: u32) {
-        self.marker = Some(marker);
-        self.max_results = Some(max_results);
-    }
-    fn into_page(out: Self::Output) -> Page<Image> {
-        Page {
-            items: out.images,
-            total: out.total_count,
-            next_marker: out.marker,
+paginated!(DescribeImages, Image);
+
+/// Actions addressed to one image: InstanceId, Namespace, RepoName, ImageId.
+macro_rules! image_action {
+    ($(#[$doc:meta])* $name:ident => $output:ty, read_only: $read_only:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            pub instance_id: String,
+            pub namespace: String,
+            pub repo_name: String,
+            pub image_id: String,
         }
-    }
+
+        impl Action for $name {
+            const NAME: &'static str = stringify!($name);
+            const READ_ONLY: bool = $read_only;
+            type Output = $output;
+            fn write_params(&self, p: &mut Params) {
+                p.set("InstanceId", &self.instance_id)
+                    .set("Namespace", &self.namespace)
+                    .set("RepoName", &self.repo_name)
+                    .set("ImageId", &self.image_id);
+            }
+        }
+    };
 }
 
-#[derive(Clone, Debug)]
-pub struct DeleteImages {
-    pub instance_id: String,
-    pub namespace: String,
-    pub repo_name: String,
-    pub image_id: String,
-}
-
-impl Action for DeleteImages {
-    const NAME: &'static str = "DeleteImages";
-    type Output = Ack;
-    fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id)
-            .set("Namespace", &self.namespace)
-            .set("RepoName", &self.repo_name)
-            .set("ImageId", &self.image_id);
-    }
-}
+image_action!(
+    /// Removes the image and every tag on it.
+    DeleteImages => Ack, read_only: false
+);
 
 #[derive(Clone, Debug)]
 pub struct DeleteRepoTag {
@@ -837,32 +762,7 @@ impl Action for DeleteRepoTag {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct StartImageScan {
-    pub instance_id: String,
-    pub namespace: String,
-    pub repo_name: String,
-    pub image_id: String,
-}
-
-impl Action for StartImageScan {
-    const NAME: &'static str = "StartImageScan";
-    type Output = Ack;
-    fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id)
-            .set("Namespace", &self.namespace)
-            .set("RepoName", &self.repo_name)
-            .set("ImageId", &self.image_id);
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct DescribeImageScan {
-    pub instance_id: String,
-    pub namespace: String,
-    pub repo_name: String,
-    pub image_id: String,
-}
+image_action!(StartImageScan => Ack, read_only: false);
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ScanSummary {
@@ -916,17 +816,7 @@ pub struct ImageScan {
     pub request_id: String,
 }
 
-impl Action for DescribeImageScan {
-    const NAME: &'static str = "DescribeImageScan";
-    const READ_ONLY: bool = true;
-    type Output = ImageScan;
-    fn write_params(&self, p: &mut Params) {
-        p.set("InstanceId", &self.instance_id)
-            .set("Namespace", &self.namespace)
-            .set("RepoName", &self.repo_name)
-            .set("ImageId", &self.image_id);
-    }
-}
+image_action!(DescribeImageScan => ImageScan, read_only: true);
 
 #[cfg(test)]
 mod tests {
@@ -950,8 +840,8 @@ mod tests {
             "NamespaceSet":[{"Namespace":"a","Public":true,"RepoCount":"3","CreateTime":"2022-05-31 20:10:29"}]}"#;
         let out: DescribeNamespaceOutput = serde_json::from_str(body).unwrap();
         assert_eq!(out.total_count, 1);
-        assert_eq!(out.namespaces[0].repo_count, 3);
-        assert!(out.namespaces[0].public);
+        assert_eq!(out.items[0].repo_count, 3);
+        assert!(out.items[0].public);
     }
 
     #[test]
@@ -959,15 +849,15 @@ mod tests {
         let body = r#"{"RequestId":"x","TotalCount":1,"Marker":0,"TokenSet":[
             {"TokenId":"e40c","Enable":true,"Desc":null,"CreateTime":"2022-06-16 16:55:49","ExpireTime":null}]}"#;
         let out: DescribeInstanceTokenOutput = serde_json::from_str(body).unwrap();
-        assert_eq!(out.tokens[0].desc, None);
-        assert_eq!(out.tokens[0].expire_time, None);
+        assert_eq!(out.items[0].desc, None);
+        assert_eq!(out.items[0].expire_time, None);
         let body = r#"{"RequestId":"x","TotalCount":0,"Marker":0,"ImageSet":null}"#;
         let out: DescribeImagesOutput = serde_json::from_str(body).unwrap();
-        assert!(out.images.is_empty());
+        assert!(out.items.is_empty());
         let body = r#"{"RequestId":"x","TotalCount":1,"ImageSet":[{"ImageId":"sha256:a","Size":"12","CreateTime":"2022-06-27 12:03:37","TagNames":null}]}"#;
         let out: DescribeImagesOutput = serde_json::from_str(body).unwrap();
-        assert_eq!(out.images[0].size, 12);
-        assert!(out.images[0].tag_names.is_empty());
+        assert_eq!(out.items[0].size, 12);
+        assert!(out.items[0].tag_names.is_empty());
     }
 
     #[test]
@@ -975,8 +865,8 @@ mod tests {
         let body = r#"{"InstanceSet":[{"InstanceId":123,"InstanceName":"a","ProjectId":0,
             "ExpiredTime":null,"NewField":{"x":[1,2]}}],"TotalCount":1,"RequestId":"r"}"#;
         let out: DescribeInstanceOutput = serde_json::from_str(body).unwrap();
-        assert_eq!(out.instances[0].instance_id, "123");
-        assert_eq!(out.instances[0].project_id.as_deref(), Some("0"));
+        assert_eq!(out.items[0].instance_id, "123");
+        assert_eq!(out.items[0].project_id.as_deref(), Some("0"));
     }
 
     #[test]

@@ -2,13 +2,21 @@
 #![allow(dead_code)]
 
 use kcr_housekeeper::kcr::{Client, ClientConfig, RetryPolicy};
-use kcr_housekeeper::sim::{SimOptions, Simulator};
+use kcr_housekeeper::sim::{Faults, SimOptions, Simulator};
 use std::time::Duration;
 
 pub const DEMO_INSTANCE: &str = "eb1d0d73-4845-4283-a736-000000000001";
 
 pub async fn sim(opts: SimOptions) -> Simulator {
     Simulator::start(opts).await.expect("simulator starts")
+}
+
+pub async fn sim_with_faults(faults: Faults) -> Simulator {
+    sim(SimOptions {
+        faults,
+        ..Default::default()
+    })
+    .await
 }
 
 pub fn config_for(sim: &Simulator) -> ClientConfig {
