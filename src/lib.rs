@@ -10,3 +10,4 @@ pub mod pattern;
 pub mod quota;
 pub mod schedule;
 pub mod sim;
+pub mod state;

@@ -30,6 +30,8 @@ impl Schedule {
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Required)
+            // As tokio-cron-scheduler parses: day-of-month AND day-of-week.
+            .dom_and_dow(true)
             .build()
             .parse(text)
             .map_err(|e| format!("invalid cron {text:?}: {e}"))?;

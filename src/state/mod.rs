@@ -1,0 +1,533 @@
+//! Durable state in SQLite (WAL): job runs, audit records, the rotation
+//! journal, grace marks and stored reports. Schema changes are embedded
+//! migrations tracked by `PRAGMA user_version`; a database written by a newer
+//! version, or a damaged one, is an error — never silently reset.
+//!
+//! The directory is created 0700 and the file 0600: it holds the audit trail.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Each entry upgrades the schema by one version.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        result TEXT,
+        summary TEXT NOT NULL DEFAULT '',
+        error TEXT
+    );
+    CREATE INDEX runs_by_job ON runs(job, id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        job TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id),
+        instance TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(at);
+    CREATE TABLE rotation_journal (
+        rotation_id TEXT PRIMARY KEY,
+        token_name TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        token_id TEXT,
+        previous_token_id TEXT,
+        step TEXT NOT NULL,
+        expires_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX rotation_by_token ON rotation_journal(token_name, created_at);
+    CREATE TABLE grace_marks (
+        key TEXT PRIMARY KEY,
+        first_planned_at TEXT NOT NULL,
+        last_planned_at TEXT NOT NULL
+    );
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id),
+        generated_at TEXT NOT NULL,
+        format TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX reports_latest ON reports(job, format, id);",
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state {path}: cannot create directory: {source}")]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("state {path}: cannot open: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("state {path}: cannot set permissions: {source}")]
+    Permissions { path: PathBuf, source: std::io::Error },
+    #[error("state {path}: the database is damaged ({detail}); restore it from a backup or move it away")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("state {path}: schema version {found} is newer than this build supports ({supported}); run a newer kcr-housekeeper")]
+    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    #[error("state: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunResult {
+    Success,
+    Failure,
+    Blocked,
+    Skipped,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Success => "success",
+            RunResult::Failure => "failure",
+            RunResult::Blocked => "blocked",
+            RunResult::Skipped => "skipped",
+        }
+    }
+    fn parse(s: &str) -> Option<RunResult> {
+        Some(match s {
+            "success" => RunResult::Success,
+            "failure" => RunResult::Failure,
+            "blocked" => RunResult::Blocked,
+            "skipped" => RunResult::Skipped,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `None` while the run is in progress (or if the process died during it).
+    pub result: Option<RunResult>,
+    pub summary: String,
+    pub error: Option<String>,
+}
+
+/// One applied (or attempted) mutation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub job: String,
+    pub run_id: Option<i64>,
+    pub instance: String,
+    /// e.g. `delete_image`, `delete_tag`, `modify_namespace_type`, `create_token`.
+    pub action: String,
+    /// e.g. `apps/web@sha256:…` or a token id.
+    pub target: String,
+    pub detail: String,
+    /// `applied`, `already-done`, `failed: …`.
+    pub outcome: String,
+}
+
+/// A new audit record (id and time are assigned on insert).
+#[derive(Clone, Debug)]
+pub struct NewAudit<'a> {
+    pub job: &'a str,
+    pub run_id: Option<i64>,
+    pub instance: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub detail: &'a str,
+    pub outcome: &'a str,
+}
+
+/// A handle to the store; clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn ensure_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn ensure_private_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map(|_| ())
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            create_private_dir(dir).map_err(|source| StateError::Directory { path: dir.to_path_buf(), source })?;
+        }
+        ensure_private_file(path).map_err(|source| StateError::Permissions { path: path.to_path_buf(), source })?;
+        let conn = Connection::open(path).map_err(|source| StateError::Open { path: path.to_path_buf(), source })?;
+        Self::init(conn, path)
+    }
+
+    /// A private in-memory store (tests and one-shot commands without state).
+    pub fn in_memory() -> Result<Store, StateError> {
+        Self::init(Connection::open_in_memory()?, Path::new(":memory:"))
+    }
+
+    fn init(conn: Connection, path: &Path) -> Result<Store, StateError> {
+        let corrupt = |e: rusqlite::Error| {
+            if is_corruption(&e) {
+                StateError::Corrupt { path: path.to_path_buf(), detail: e.to_string() }
+            } else {
+                StateError::Open { path: path.to_path_buf(), source: e }
+            }
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(corrupt)?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(corrupt)?;
+        if check != "ok" {
+            return Err(StateError::Corrupt { path: path.to_path_buf(), detail: check });
+        }
+        if path != Path::new(":memory:") {
+            let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(corrupt)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(path = %path.display(), mode, "WAL mode unavailable; using the default journal");
+            }
+        }
+        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;").map_err(corrupt)?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(corrupt)?;
+        if found > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i as i64 + 1;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()?;
+            tracing::info!(path = %path.display(), version, "state schema migrated");
+        }
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StateError> {
+        let conn = self.conn.lock().expect("state lock");
+        Ok(f(&conn)?)
+    }
+
+    pub fn start_run(&self, job: &str, trigger: &str, at: DateTime<Utc>) -> Result<i64, StateError> {
+        self.with(|c| {
+            c.execute("INSERT INTO runs (job, trigger, started_at) VALUES (?1, ?2, ?3)", params![job, trigger, ts(at)])?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn finish_run(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        result: RunResult,
+        summary: &str,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET finished_at = ?2, result = ?3, summary = ?4, error = ?5 WHERE id = ?1",
+                params![id, ts(at), result.as_str(), summary, error],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// A run that never started (skipped because another was running).
+    pub fn record_skipped(&self, job: &str, trigger: &str, at: DateTime<Utc>, why: &str) -> Result<i64, StateError> {
+        let id = self.start_run(job, trigger, at)?;
+        self.finish_run(id, at, RunResult::Skipped, why, None)?;
+        Ok(id)
+    }
+
+    fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+        let started: String = r.get(3)?;
+        let finished: Option<String> = r.get(4)?;
+        let result: Option<String> = r.get(5)?;
+        Ok(RunRecord {
+            id: r.get(0)?,
+            job: r.get(1)?,
+            trigger: r.get(2)?,
+            started_at: parse_ts(&started).unwrap_or_default(),
+            finished_at: finished.as_deref().and_then(parse_ts),
+            result: result.as_deref().and_then(RunResult::parse),
+            summary: r.get(6)?,
+            error: r.get(7)?,
+        })
+    }
+
+    const RUN_COLUMNS: &'static str = "id, job, trigger, started_at, finished_at, result, summary, error";
+
+    /// The latest finished, non-skipped run of `job`.
+    pub fn last_run(&self, job: &str) -> Result<Option<RunRecord>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {} FROM runs WHERE job = ?1 AND result IS NOT NULL AND result != 'skipped' ORDER BY id DESC LIMIT 1",
+                    Self::RUN_COLUMNS
+                ),
+                params![job],
+                Self::run_from_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn last_success(&self, job: &str) -> Result<Option<RunRecord>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {} FROM runs WHERE job = ?1 AND result = 'success' ORDER BY id DESC LIMIT 1", Self::RUN_COLUMNS),
+                params![job],
+                Self::run_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Runs of `job` (or of every job), newest first.
+    pub fn runs(&self, job: Option<&str>, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
+                Self::RUN_COLUMNS
+            ))?;
+            stmt.query_map(params![job, limit], Self::run_from_row)?.collect()
+        })
+    }
+
+    /// Runs left without a result by a process that died; marked failed on start.
+    pub fn close_abandoned_runs(&self, at: DateTime<Utc>) -> Result<usize, StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET finished_at = ?1, result = 'failure', error = 'interrupted: the process stopped during the run' WHERE result IS NULL",
+                params![ts(at)],
+            )
+        })
+    }
+
+    pub fn audit(&self, rec: &NewAudit<'_>, at: DateTime<Utc>) -> Result<i64, StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![ts(at), rec.job, rec.run_id, rec.instance, rec.action, rec.target, rec.detail, rec.outcome],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Audit records at or after `since`, oldest first.
+    pub fn audit_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>, StateError> {
+        let since = since.map(ts).unwrap_or_default();
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, job, run_id, instance, action, target, detail, outcome FROM audit WHERE at >= ?1 ORDER BY id",
+            )?;
+            stmt.query_map(params![since], |r| {
+                let at: String = r.get(1)?;
+                Ok(AuditRecord {
+                    id: r.get(0)?,
+                    at: parse_ts(&at).unwrap_or_default(),
+                    job: r.get(2)?,
+                    run_id: r.get(3)?,
+                    instance: r.get(4)?,
+                    action: r.get(5)?,
+                    target: r.get(6)?,
+                    detail: r.get(7)?,
+                    outcome: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn put_report(
+        &self,
+        job: &str,
+        run_id: Option<i64>,
+        generated_at: DateTime<Utc>,
+        format: &str,
+        body: &[u8],
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO reports (job, run_id, generated_at, format, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![job, run_id, ts(generated_at), format, body],
+            )?;
+            // Keep the latest few of each kind; reports are regenerated every run.
+            c.execute(
+                "DELETE FROM reports WHERE job = ?1 AND format = ?2 AND id NOT IN
+                 (SELECT id FROM reports WHERE job = ?1 AND format = ?2 ORDER BY id DESC LIMIT 10)",
+                params![job, format],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn latest_report(&self, job: &str, format: &str) -> Result<Option<(DateTime<Utc>, Vec<u8>)>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT generated_at, body FROM reports WHERE job = ?1 AND format = ?2 ORDER BY id DESC LIMIT 1",
+                params![job, format],
+                |r| {
+                    let at: String = r.get(0)?;
+                    Ok((parse_ts(&at).unwrap_or_default(), r.get::<_, Vec<u8>>(1)?))
+                },
+            )
+            .optional()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn runs_round_trip() {
+        let s = Store::in_memory().unwrap();
+        let id = s.start_run("quota", "schedule", now()).unwrap();
+        assert_eq!(s.runs(Some("quota"), 10).unwrap()[0].result, None);
+        s.finish_run(id, now(), RunResult::Success, "2 instances", None).unwrap();
+        s.record_skipped("quota", "api", now(), "already running").unwrap();
+        let last = s.last_run("quota").unwrap().unwrap();
+        assert_eq!((last.id, last.result, last.summary.as_str()), (id, Some(RunResult::Success), "2 instances"));
+        assert_eq!(s.last_success("quota").unwrap().unwrap().id, id);
+        assert!(s.last_run("retention").unwrap().is_none());
+        assert_eq!(s.runs(None, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn abandoned_runs_are_closed_as_failures() {
+        let s = Store::in_memory().unwrap();
+        s.start_run("retention", "schedule", now()).unwrap();
+        assert_eq!(s.close_abandoned_runs(now()).unwrap(), 1);
+        let r = s.last_run("retention").unwrap().unwrap();
+        assert_eq!(r.result, Some(RunResult::Failure));
+        assert!(r.error.unwrap().contains("interrupted"));
+    }
+
+    #[test]
+    fn audit_and_reports() {
+        let s = Store::in_memory().unwrap();
+        let rec = NewAudit {
+            job: "retention",
+            run_id: None,
+            instance: "prod",
+            action: "delete_tag",
+            target: "apps/web:pr-1",
+            detail: "rule ci-builds",
+            outcome: "applied",
+        };
+        s.audit(&rec, now()).unwrap();
+        s.audit(&rec, now() + chrono::Duration::hours(2)).unwrap();
+        assert_eq!(s.audit_since(None).unwrap().len(), 2);
+        assert_eq!(s.audit_since(Some(now() + chrono::Duration::hours(1))).unwrap().len(), 1);
+        for i in 0..12 {
+            s.put_report("retention", None, now(), "json", format!("{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(s.latest_report("retention", "json").unwrap().unwrap().1, b"11");
+        assert!(s.latest_report("retention", "html").unwrap().is_none());
+        let kept: i64 = s.with(|c| c.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0))).unwrap();
+        assert_eq!(kept, 10);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private_and_schema_is_current() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.db");
+        let s = Store::open(&path).unwrap();
+        drop(s);
+        let dmode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let fmode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!((dmode, fmode), (0o700, 0o600));
+        // Reopening applies no migration twice.
+        let s = Store::open(&path).unwrap();
+        let v: i64 = s.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn corrupt_and_newer_databases_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.db");
+        std::fs::write(&bad, b"this is not a database, just some text that is long enough to matter").unwrap();
+        let e = Store::open(&bad).unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("damaged"));
+        assert!(std::fs::read(&bad).unwrap().starts_with(b"this is not"), "never reset");
+
+        let newer = dir.path().join("newer.db");
+        let c = Connection::open(&newer).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(c);
+        let e = Store::open(&newer).unwrap_err();
+        assert!(matches!(e, StateError::NewerSchema { .. }), "{e}");
+        assert!(e.to_string().contains("newer than this build supports"));
+    }
+}
