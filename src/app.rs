@@ -23,6 +23,14 @@ pub struct Connection {
 }
 
 pub async fn connect(config: &Config) -> Result<Connection, AppError> {
+    connect_observed(config, None).await
+}
+
+/// As [`connect`], reporting every API request to `observer` (the metrics).
+pub async fn connect_observed(
+    config: &Config,
+    observer: Option<std::sync::Arc<dyn crate::kcr::ApiObserver>>,
+) -> Result<Connection, AppError> {
     let k = &config.kcr;
     let (endpoint, credentials, simulator) = match &k.endpoint {
         Endpoint::SimDemo => {
@@ -50,7 +58,7 @@ pub async fn connect(config: &Config) -> Result<Connection, AppError> {
     cc.max_in_flight = k.max_in_flight;
     cc.timeout = k.timeout;
     Ok(Connection {
-        client: Client::new(cc)?,
+        client: Client::with_observer(cc, observer)?,
         simulator,
     })
 }

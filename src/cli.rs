@@ -1,7 +1,8 @@
 //! Command-line interface (clap) and the commands themselves. `main.rs` only
 //! parses, calls [`run`], and turns the outcome into an exit code.
 
-use crate::config::{self, Config, ConfigErrors, Endpoint, ProcessEnv};
+use crate::config::{self, Config, ConfigErrors, Endpoint, LogFormat, ProcessEnv};
+use crate::daemon::{self, DaemonError};
 use crate::kcr::Credentials;
 use crate::sim::{FaultKind, Faults, GenerateSpec, Scenario, SimOptions, Simulator, WorldSource};
 use crate::{app, duration, quota};
@@ -28,8 +29,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: scheduled jobs, metrics and the admin HTTP server
+    Run,
+    /// Run the daemon on the built-in simulator with the demo config (no account needed)
+    Demo(DemoArgs),
     /// Validate the config; print the jobs and their next three fire times
     Check,
+    /// List audit records (every mutation the jobs applied)
+    Audit(AuditArgs),
     /// Show quota usage per instance: namespaces and repositories used / limit
     Quota(QuotaArgs),
     /// Run the KCR simulator (for tests, demos and benchmarks)
@@ -40,6 +47,22 @@ pub enum Command {
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the admin server
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records at or after this: an RFC 3339 time or a duration ago (e.g. 7d)
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -141,8 +164,89 @@ fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
     config::load(&path, &ProcessEnv).map_err(CliError::Config)
 }
 
+/// Set up logging once; `KCR_HOUSEKEEPER_LOG` overrides the level.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let mut level = std::env::var("KCR_HOUSEKEEPER_LOG").unwrap_or_else(|_| level.to_owned());
+    // The scheduler crate narrates its own start-up at info; keep it quiet unless asked for.
+    if !level.contains("tokio_cron_scheduler") {
+        level.push_str(",tokio_cron_scheduler=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// The demo: the built-in config (config/demo.toml) on the embedded simulator,
+/// with state in a fresh temporary directory.
+pub fn demo_config(listen: SocketAddr, state_dir: &Path) -> Result<Config, CliError> {
+    let mut c = config::parse(
+        include_str!("../config/demo.toml"),
+        "config/demo.toml (built in)",
+        Path::new("."),
+        &ProcessEnv,
+    )
+    .map_err(CliError::Config)?;
+    c.server.listen = listen;
+    c.state.path = state_dir.join("state.db");
+    Ok(c)
+}
+
+fn daemon_error(e: DaemonError) -> CliError {
+    match e {
+        DaemonError::Setup(m) => CliError::Usage(m),
+        DaemonError::Runtime(m) => CliError::Failed(anyhow::anyhow!(m)),
+    }
+}
+
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
+        Command::Run => {
+            let path = config::resolve_path(cli.config.as_deref(), &ProcessEnv);
+            let c = config::load(&path, &ProcessEnv).map_err(CliError::Config)?;
+            init_logging(c.log.format, &c.log.level);
+            daemon::run(c, Some(path), |_| {})
+                .await
+                .map_err(daemon_error)
+        }
+        Command::Demo(args) => {
+            let dir = tempfile::Builder::new()
+                .prefix("kcr-housekeeper-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    CliError::Failed(anyhow::Error::new(e).context("creating the demo directory"))
+                })?;
+            let c = demo_config(args.listen, dir.path())?;
+            init_logging(c.log.format, &c.log.level);
+            let state_dir = dir.path().display().to_string();
+            daemon::run(c, None, |s| {
+                let base = format!("http://{}", s.listen);
+                // Printed once serving has started, so the URLs work when read.
+                let _ = write!(
+                    out,
+                    "kcr-housekeeper demo: the built-in simulator with config/demo.toml (dry-run: nothing is changed)\n\
+                     metrics: {base}/metrics\n\
+                     jobs:    {base}/jobs\n\
+                     report:  {base}/reports/retention/latest\n\
+                     state:   {state_dir}\n\
+                     press Ctrl-C to stop\n"
+                );
+                let _ = out.flush();
+            })
+            .await
+            .map_err(daemon_error)
+        }
+        Command::Audit(args) => audit(&load_config(cli.config.as_deref())?, &args, out),
         Command::Check => check(&load_config(cli.config.as_deref())?, out),
         Command::Quota(args) => quota_cmd(&load_config(cli.config.as_deref())?, &args, out).await,
         Command::Sim(args) => sim(*args, out).await,
@@ -200,6 +304,63 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     out.write_all(s.as_bytes()).map_err(io)
+}
+
+fn audit(c: &Config, args: &AuditArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let since = match args.since.as_deref() {
+        None => None,
+        Some(s) => Some(match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t.with_timezone(&Utc),
+            Err(_) => {
+                let ago = duration::parse(s).map_err(|e| {
+                    CliError::Usage(format!("--since {s:?}: not an RFC 3339 time, and {e}"))
+                })?;
+                Utc::now()
+                    - chrono::Duration::from_std(ago)
+                        .map_err(|_| CliError::Usage(format!("--since {s:?}: too far back")))?
+            }
+        }),
+    };
+    if !c.state.path.exists() {
+        return Err(CliError::Usage(format!(
+            "state {}: no database yet (the daemon creates it)",
+            c.state.path.display()
+        )));
+    }
+    let store =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let records = store
+        .audit_since(since)
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let text = match args.format {
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(&records).expect("audit serialises") + "\n"
+        }
+        OutputFormat::Table => {
+            let mut t = format!(
+                "{:<24}  {:<10}  {:<10}  {:<22}  {:<40}  {}\n",
+                "AT", "JOB", "INSTANCE", "ACTION", "TARGET", "OUTCOME"
+            );
+            for r in &records {
+                t.push_str(&format!(
+                    "{:<24}  {:<10}  {:<10}  {:<22}  {:<40}  {}\n",
+                    r.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.job,
+                    r.instance,
+                    r.action,
+                    r.target,
+                    r.outcome
+                ));
+            }
+            t.push_str(&format!(
+                "{} record{}\n",
+                records.len(),
+                if records.len() == 1 { "" } else { "s" }
+            ));
+            t
+        }
+    };
+    out.write_all(text.as_bytes()).map_err(io)
 }
 
 async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<(), CliError> {

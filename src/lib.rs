@@ -4,10 +4,15 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod duration;
+pub mod jobs;
 pub mod kcr;
+pub mod metrics;
 pub mod pattern;
 pub mod quota;
 pub mod schedule;
+pub mod scheduler;
+pub mod server;
 pub mod sim;
 pub mod state;

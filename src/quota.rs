@@ -3,7 +3,9 @@
 //! figures into gauges; the `quota` command prints them.
 
 use crate::config::InstanceConfig;
+use crate::jobs::{Job, JobContext, JobError, Outcome};
 use crate::kcr::{Client, DescribeInstanceUsage, Error};
+use futures::future::BoxFuture;
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -26,31 +28,92 @@ fn ratio(used: u64, limit: u64) -> f64 {
 
 /// Usage rows for every instance, in config order.
 pub async fn measure(client: &Client, instances: &[InstanceConfig]) -> Result<Vec<Usage>, Error> {
-    let calls = instances.iter().map(|i| async move {
-        let u = client
-            .call(&DescribeInstanceUsage {
-                instance_id: i.id.clone(),
-            })
-            .await?;
-        Ok::<_, Error>([
-            Usage {
-                instance: i.name.clone(),
-                resource: "namespaces",
-                used: u.namespace_usage,
-                limit: u.namespace_quota,
-                ratio: ratio(u.namespace_usage, u.namespace_quota),
-            },
-            Usage {
-                instance: i.name.clone(),
-                resource: "repositories",
-                used: u.repo_usage,
-                limit: u.repo_quota,
-                ratio: ratio(u.repo_usage, u.repo_quota),
-            },
-        ])
-    });
-    let rows = futures::future::try_join_all(calls).await?;
+    let rows =
+        futures::future::try_join_all(instances.iter().map(|i| measure_one(client, i))).await?;
     Ok(rows.into_iter().flatten().collect())
+}
+
+async fn measure_one(client: &Client, i: &InstanceConfig) -> Result<[Usage; 2], Error> {
+    let u = client
+        .call(&DescribeInstanceUsage {
+            instance_id: i.id.clone(),
+        })
+        .await?;
+    Ok([
+        Usage {
+            instance: i.name.clone(),
+            resource: "namespaces",
+            used: u.namespace_usage,
+            limit: u.namespace_quota,
+            ratio: ratio(u.namespace_usage, u.namespace_quota),
+        },
+        Usage {
+            instance: i.name.clone(),
+            resource: "repositories",
+            used: u.repo_usage,
+            limit: u.repo_quota,
+            ratio: ratio(u.repo_usage, u.repo_quota),
+        },
+    ])
+}
+
+/// The quota job: usage gauges per instance. An instance whose call fails
+/// keeps its last values and gets `kcr_up = 0`.
+pub struct QuotaJob;
+
+impl Job for QuotaJob {
+    fn name(&self) -> &'static str {
+        "quota"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
+        Box::pin(async move {
+            let results = futures::future::join_all(
+                ctx.config
+                    .instances
+                    .iter()
+                    .map(|i| measure_one(&ctx.client, i)),
+            )
+            .await;
+            let mut failed = Vec::new();
+            let mut parts = Vec::new();
+            for (inst, result) in ctx.config.instances.iter().zip(results) {
+                match result {
+                    Ok(rows) => {
+                        ctx.metrics.up.with_label_values(&[&inst.name]).set(1);
+                        for r in &rows {
+                            let labels = [r.instance.as_str(), r.resource];
+                            ctx.metrics
+                                .quota_used
+                                .with_label_values(&labels)
+                                .set(r.used as f64);
+                            ctx.metrics
+                                .quota_limit
+                                .with_label_values(&labels)
+                                .set(r.limit as f64);
+                            ctx.metrics
+                                .quota_ratio
+                                .with_label_values(&labels)
+                                .set(r.ratio);
+                            parts.push(format!(
+                                "{} {} {}/{}",
+                                r.instance, r.resource, r.used, r.limit
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
+                        failed.push(format!("{}: {e}", inst.name));
+                    }
+                }
+            }
+            if failed.is_empty() {
+                Ok(Outcome::Success(parts.join(", ")))
+            } else {
+                Err(JobError::Failed(failed.join("; ")))
+            }
+        })
+    }
 }
 
 /// A bar of `width` cells for a ratio (clamped to 0–1), in eighths.

@@ -117,6 +117,8 @@ pub struct SchedulerConfig {
     pub jitter: Duration,
     pub run_on_start: bool,
     pub shutdown_timeout: Duration,
+    /// A run still going after this is asked to stop and recorded as failed.
+    pub job_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -96,6 +96,7 @@ pub struct RawScheduler {
     pub jitter: Option<String>,
     pub run_on_start: Option<bool>,
     pub shutdown_timeout: Option<String>,
+    pub job_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -606,6 +606,11 @@ impl Validator<'_> {
                 raw.shutdown_timeout.as_deref(),
                 Duration::from_secs(30),
             ),
+            job_timeout: self.duration(
+                p.key("job_timeout"),
+                raw.job_timeout.as_deref(),
+                Duration::from_secs(3600),
+            ),
         })
     }
 

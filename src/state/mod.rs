@@ -71,15 +71,32 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state {path}: cannot create directory: {source}")]
-    Directory { path: PathBuf, source: std::io::Error },
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state {path}: cannot open: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("state {path}: cannot set permissions: {source}")]
-    Permissions { path: PathBuf, source: std::io::Error },
-    #[error("state {path}: the database is damaged ({detail}); restore it from a backup or move it away")]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state {path}: the database is damaged ({detail}); restore it from a backup or move it away"
+    )]
     Corrupt { path: PathBuf, detail: String },
-    #[error("state {path}: schema version {found} is newer than this build supports ({supported}); run a newer kcr-housekeeper")]
-    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    #[error(
+        "state {path}: schema version {found} is newer than this build supports ({supported}); run a newer kcr-housekeeper"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("state: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -89,7 +106,9 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// How a run ended.
@@ -164,6 +183,13 @@ pub struct NewAudit<'a> {
     pub outcome: &'a str,
 }
 
+/// A stored report: when it was generated, and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReport {
+    pub generated_at: DateTime<Utc>,
+    pub body: Vec<u8>,
+}
+
 /// A handle to the store; clones share one connection.
 #[derive(Clone)]
 pub struct Store {
@@ -180,7 +206,10 @@ impl std::fmt::Debug for Store {
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(not(unix))]
@@ -191,13 +220,21 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(unix)]
 fn ensure_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 #[cfg(not(unix))]
 fn ensure_private_file(path: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path).map(|_| ())
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(|_| ())
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -213,10 +250,19 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
-            create_private_dir(dir).map_err(|source| StateError::Directory { path: dir.to_path_buf(), source })?;
+            create_private_dir(dir).map_err(|source| StateError::Directory {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
-        ensure_private_file(path).map_err(|source| StateError::Permissions { path: path.to_path_buf(), source })?;
-        let conn = Connection::open(path).map_err(|source| StateError::Open { path: path.to_path_buf(), source })?;
+        ensure_private_file(path).map_err(|source| StateError::Permissions {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let conn = Connection::open(path).map_err(|source| StateError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::init(conn, path)
     }
 
@@ -228,26 +274,47 @@ impl Store {
     fn init(conn: Connection, path: &Path) -> Result<Store, StateError> {
         let corrupt = |e: rusqlite::Error| {
             if is_corruption(&e) {
-                StateError::Corrupt { path: path.to_path_buf(), detail: e.to_string() }
+                StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
             } else {
-                StateError::Open { path: path.to_path_buf(), source: e }
+                StateError::Open {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
             }
         };
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(corrupt)?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(corrupt)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(corrupt)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(corrupt)?;
         if check != "ok" {
-            return Err(StateError::Corrupt { path: path.to_path_buf(), detail: check });
+            return Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: check,
+            });
         }
         if path != Path::new(":memory:") {
-            let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(corrupt)?;
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(corrupt)?;
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(path = %path.display(), mode, "WAL mode unavailable; using the default journal");
             }
         }
-        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;").map_err(corrupt)?;
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(corrupt)?;
+        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
+            .map_err(corrupt)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt)?;
         if found > SCHEMA_VERSION {
-            return Err(StateError::NewerSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+            return Err(StateError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i as i64 + 1;
@@ -257,7 +324,10 @@ impl Store {
             tx.commit()?;
             tracing::info!(path = %path.display(), version, "state schema migrated");
         }
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -269,9 +339,17 @@ impl Store {
         Ok(f(&conn)?)
     }
 
-    pub fn start_run(&self, job: &str, trigger: &str, at: DateTime<Utc>) -> Result<i64, StateError> {
+    pub fn start_run(
+        &self,
+        job: &str,
+        trigger: &str,
+        at: DateTime<Utc>,
+    ) -> Result<i64, StateError> {
         self.with(|c| {
-            c.execute("INSERT INTO runs (job, trigger, started_at) VALUES (?1, ?2, ?3)", params![job, trigger, ts(at)])?;
+            c.execute(
+                "INSERT INTO runs (job, trigger, started_at) VALUES (?1, ?2, ?3)",
+                params![job, trigger, ts(at)],
+            )?;
             Ok(c.last_insert_rowid())
         })
     }
@@ -294,7 +372,13 @@ impl Store {
     }
 
     /// A run that never started (skipped because another was running).
-    pub fn record_skipped(&self, job: &str, trigger: &str, at: DateTime<Utc>, why: &str) -> Result<i64, StateError> {
+    pub fn record_skipped(
+        &self,
+        job: &str,
+        trigger: &str,
+        at: DateTime<Utc>,
+        why: &str,
+    ) -> Result<i64, StateError> {
         let id = self.start_run(job, trigger, at)?;
         self.finish_run(id, at, RunResult::Skipped, why, None)?;
         Ok(id)
@@ -316,7 +400,8 @@ impl Store {
         })
     }
 
-    const RUN_COLUMNS: &'static str = "id, job, trigger, started_at, finished_at, result, summary, error";
+    const RUN_COLUMNS: &'static str =
+        "id, job, trigger, started_at, finished_at, result, summary, error";
 
     /// The latest finished, non-skipped run of `job`.
     pub fn last_run(&self, job: &str) -> Result<Option<RunRecord>, StateError> {
@@ -351,7 +436,8 @@ impl Store {
                 "SELECT {} FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
                 Self::RUN_COLUMNS
             ))?;
-            stmt.query_map(params![job, limit], Self::run_from_row)?.collect()
+            stmt.query_map(params![job, limit], Self::run_from_row)?
+                .collect()
         })
     }
 
@@ -376,7 +462,10 @@ impl Store {
     }
 
     /// Audit records at or after `since`, oldest first.
-    pub fn audit_since(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>, StateError> {
+    pub fn audit_since(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<AuditRecord>, StateError> {
         let since = since.map(ts).unwrap_or_default();
         self.with(|c| {
             let mut stmt = c.prepare(
@@ -423,14 +512,18 @@ impl Store {
         })
     }
 
-    pub fn latest_report(&self, job: &str, format: &str) -> Result<Option<(DateTime<Utc>, Vec<u8>)>, StateError> {
+    pub fn latest_report(
+        &self,
+        job: &str,
+        format: &str,
+    ) -> Result<Option<StoredReport>, StateError> {
         self.with(|c| {
             c.query_row(
                 "SELECT generated_at, body FROM reports WHERE job = ?1 AND format = ?2 ORDER BY id DESC LIMIT 1",
                 params![job, format],
                 |r| {
                     let at: String = r.get(0)?;
-                    Ok((parse_ts(&at).unwrap_or_default(), r.get::<_, Vec<u8>>(1)?))
+                    Ok(StoredReport { generated_at: parse_ts(&at).unwrap_or_default(), body: r.get(1)? })
                 },
             )
             .optional()
@@ -443,7 +536,9 @@ mod tests {
     use super::*;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -451,10 +546,15 @@ mod tests {
         let s = Store::in_memory().unwrap();
         let id = s.start_run("quota", "schedule", now()).unwrap();
         assert_eq!(s.runs(Some("quota"), 10).unwrap()[0].result, None);
-        s.finish_run(id, now(), RunResult::Success, "2 instances", None).unwrap();
-        s.record_skipped("quota", "api", now(), "already running").unwrap();
+        s.finish_run(id, now(), RunResult::Success, "2 instances", None)
+            .unwrap();
+        s.record_skipped("quota", "api", now(), "already running")
+            .unwrap();
         let last = s.last_run("quota").unwrap().unwrap();
-        assert_eq!((last.id, last.result, last.summary.as_str()), (id, Some(RunResult::Success), "2 instances"));
+        assert_eq!(
+            (last.id, last.result, last.summary.as_str()),
+            (id, Some(RunResult::Success), "2 instances")
+        );
         assert_eq!(s.last_success("quota").unwrap().unwrap().id, id);
         assert!(s.last_run("retention").unwrap().is_none());
         assert_eq!(s.runs(None, 10).unwrap().len(), 2);
@@ -485,13 +585,24 @@ mod tests {
         s.audit(&rec, now()).unwrap();
         s.audit(&rec, now() + chrono::Duration::hours(2)).unwrap();
         assert_eq!(s.audit_since(None).unwrap().len(), 2);
-        assert_eq!(s.audit_since(Some(now() + chrono::Duration::hours(1))).unwrap().len(), 1);
+        assert_eq!(
+            s.audit_since(Some(now() + chrono::Duration::hours(1)))
+                .unwrap()
+                .len(),
+            1
+        );
         for i in 0..12 {
-            s.put_report("retention", None, now(), "json", format!("{i}").as_bytes()).unwrap();
+            s.put_report("retention", None, now(), "json", format!("{i}").as_bytes())
+                .unwrap();
         }
-        assert_eq!(s.latest_report("retention", "json").unwrap().unwrap().1, b"11");
+        assert_eq!(
+            s.latest_report("retention", "json").unwrap().unwrap().body,
+            b"11"
+        );
         assert!(s.latest_report("retention", "html").unwrap().is_none());
-        let kept: i64 = s.with(|c| c.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0))).unwrap();
+        let kept: i64 = s
+            .with(|c| c.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0)))
+            .unwrap();
         assert_eq!(kept, 10);
     }
 
@@ -503,12 +614,18 @@ mod tests {
         let path = dir.path().join("sub/state.db");
         let s = Store::open(&path).unwrap();
         drop(s);
-        let dmode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dmode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         let fmode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!((dmode, fmode), (0o700, 0o600));
         // Reopening applies no migration twice.
         let s = Store::open(&path).unwrap();
-        let v: i64 = s.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).unwrap();
+        let v: i64 = s
+            .with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
     }
 
@@ -516,15 +633,23 @@ mod tests {
     fn corrupt_and_newer_databases_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.db");
-        std::fs::write(&bad, b"this is not a database, just some text that is long enough to matter").unwrap();
+        std::fs::write(
+            &bad,
+            b"this is not a database, just some text that is long enough to matter",
+        )
+        .unwrap();
         let e = Store::open(&bad).unwrap_err();
         assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("damaged"));
-        assert!(std::fs::read(&bad).unwrap().starts_with(b"this is not"), "never reset");
+        assert!(
+            std::fs::read(&bad).unwrap().starts_with(b"this is not"),
+            "never reset"
+        );
 
         let newer = dir.path().join("newer.db");
         let c = Connection::open(&newer).unwrap();
-        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(c);
         let e = Store::open(&newer).unwrap_err();
         assert!(matches!(e, StateError::NewerSchema { .. }), "{e}");

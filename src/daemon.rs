@@ -1,0 +1,198 @@
+//! The long-running daemon: state, admin server, scheduler and jobs, with one
+//! shutdown path for SIGINT/SIGTERM (stop scheduling, let running jobs reach
+//! their next safe point, exit within `shutdown_timeout`) and SIGHUP reload
+//! (a bad config is refused and counted; the old one keeps running).
+
+use crate::app::{self, Connection};
+use crate::config::{self, Config, ProcessEnv};
+use crate::jobs::{Job, RunEnv, Runner};
+use crate::metrics::Metrics;
+use crate::quota::QuotaJob;
+use crate::scheduler::{Heartbeat, Scheduler};
+use crate::server::{self, AppState};
+use crate::sim::Simulator;
+use crate::state::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Exit 2: the environment or config does not allow starting.
+    #[error("{0}")]
+    Setup(String),
+    /// Exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Every job this build has.
+pub fn all_jobs() -> Vec<Arc<dyn Job>> {
+    vec![Arc::new(QuotaJob)]
+}
+
+/// What the caller gets to see once the daemon is serving.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub listen: SocketAddr,
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+async fn next_signal() -> Signal {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = term.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
+    }
+}
+
+/// Run until SIGINT/SIGTERM. `config_path` is re-read on SIGHUP (None: no reload).
+/// `on_ready` is called once the daemon serves and is ready.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    on_ready: impl FnOnce(&Started),
+) -> Result<(), DaemonError> {
+    let state = Store::open(&config.state.path).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let abandoned = state
+        .close_abandoned_runs(chrono::Utc::now())
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    if abandoned > 0 {
+        tracing::warn!(
+            runs = abandoned,
+            "runs interrupted by the previous process were recorded as failed"
+        );
+    }
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| DaemonError::Setup(format!("server.listen {listen}: cannot listen: {e}")))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| DaemonError::Setup(format!("server.listen: {e}")))?;
+    let metrics = Arc::new(Metrics::new());
+    let Connection { client, simulator } = app::connect_observed(&config, Some(metrics.clone()))
+        .await
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let mut simulators: Vec<Simulator> = simulator.into_iter().collect();
+    let config = Arc::new(config);
+    let runner = Runner::new(
+        all_jobs(),
+        RunEnv {
+            config: config.clone(),
+            client,
+        },
+        state,
+        metrics.clone(),
+    );
+    let heartbeat = Arc::new(Heartbeat::default());
+    let app_state = Arc::new(AppState {
+        runner: runner.clone(),
+        metrics: metrics.clone(),
+        heartbeat: heartbeat.clone(),
+        ready: Default::default(),
+    });
+    let stop_server = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop_server.clone();
+        let app = server::router(app_state.clone());
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+    let mut scheduler = Scheduler::start(runner.clone(), &config, heartbeat.clone())
+        .await
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let mut current = config;
+    app_state.ready.store(true, Ordering::Release);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(listen = %listen, jobs = ?runner.job_names(), "kcr-housekeeper ready");
+    on_ready(&Started { listen });
+
+    loop {
+        match next_signal().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match reload(&config_path, &current, &metrics).await {
+                    Ok((new, conn)) => {
+                        scheduler.stop().await;
+                        runner.replace_env(RunEnv {
+                            config: new.clone(),
+                            client: conn.client,
+                        });
+                        simulators.extend(conn.simulator);
+                        scheduler = Scheduler::start(runner.clone(), &new, heartbeat.clone())
+                            .await
+                            .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+                        current = new;
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(e) => {
+                        metrics.config_reload_failures.inc();
+                        tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force");
+                    }
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+
+    tracing::info!("stopping: no new runs; waiting for running jobs");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let grace = current.scheduler.shutdown_timeout;
+    let started = std::time::Instant::now();
+    scheduler.stop().await;
+    if !runner
+        .shutdown(grace.saturating_sub(started.elapsed()))
+        .await
+    {
+        tracing::warn!(
+            ?grace,
+            "jobs still running at the shutdown deadline; they are recorded as interrupted"
+        );
+    }
+    stop_server.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    drop(simulators);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn reload(
+    path: &Option<PathBuf>,
+    current: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<Config>, Connection), String> {
+    let Some(path) = path else {
+        return Err("this daemon was started without a config file to re-read".into());
+    };
+    let new = config::load(path, &ProcessEnv).map_err(|e| e.to_string())?;
+    if new.server.listen != current.server.listen || new.state.path != current.state.path {
+        tracing::warn!("server.listen and state.path take effect only after a restart");
+    }
+    let conn = app::connect_observed(&new, Some(metrics.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((Arc::new(new), conn))
+}

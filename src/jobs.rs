@@ -1,0 +1,464 @@
+//! Background jobs as a small trait, driven by a runner that records every
+//! run (state and metrics), never runs two instances of one job at once,
+//! applies a per-job timeout and honours cancellation. The daemon's scheduler,
+//! the HTTP trigger and the one-shot CLI all go through [`Runner`].
+
+use crate::config::Config;
+use crate::kcr::Client;
+use crate::metrics::Metrics;
+use crate::state::{RunResult, StateError, Store};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a timed-out or cancelled job gets to reach its next safe point.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// Everything a job run may use. `cancel` fires on shutdown or timeout: a job
+/// checks it between mutations and returns [`JobError::Cancelled`].
+pub struct JobContext {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub state: Store,
+    pub metrics: Arc<Metrics>,
+    pub cancel: CancellationToken,
+    pub run_id: i64,
+}
+
+/// A run that finished normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success(String),
+    /// A safety limit stopped the whole run; nothing was changed.
+    Blocked(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Api(#[from] crate::kcr::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cancelled before finishing")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub trait Job: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>>;
+}
+
+/// What set a run off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Start,
+    Api,
+    Cli,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Start => "start",
+            Trigger::Api => "api",
+            Trigger::Cli => "cli",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub job: &'static str,
+    pub run_id: i64,
+    pub result: RunResult,
+    pub summary: String,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// The config and client in force; swapped whole on reload.
+pub struct RunEnv {
+    pub config: Arc<Config>,
+    pub client: Client,
+}
+
+pub enum Started {
+    Running(JoinHandle<RunSummary>),
+    AlreadyRunning,
+    /// The runner is stopping; no new runs.
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job {0:?}")]
+pub struct UnknownJob(pub String);
+
+pub struct Runner {
+    jobs: BTreeMap<&'static str, Arc<dyn Job>>,
+    running: Mutex<HashSet<&'static str>>,
+    env: RwLock<Arc<RunEnv>>,
+    state: Store,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Removes a job from the running set however its task ends.
+struct RunningGuard<'a> {
+    runner: &'a Runner,
+    job: &'static str,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.runner
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(self.job);
+        self.runner
+            .metrics
+            .job_running
+            .with_label_values(&[self.job])
+            .set(0);
+    }
+}
+
+impl Runner {
+    pub fn new(
+        jobs: Vec<Arc<dyn Job>>,
+        env: RunEnv,
+        state: Store,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Runner> {
+        Arc::new(Runner {
+            jobs: jobs.into_iter().map(|j| (j.name(), j)).collect(),
+            running: Mutex::new(HashSet::new()),
+            env: RwLock::new(Arc::new(env)),
+            state,
+            metrics,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    pub fn job_names(&self) -> Vec<&'static str> {
+        self.jobs.keys().copied().collect()
+    }
+
+    pub fn has_job(&self, name: &str) -> bool {
+        self.jobs.contains_key(name)
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        self.running.lock().expect("running lock").contains(name)
+    }
+
+    pub fn env(&self) -> Arc<RunEnv> {
+        self.env.read().expect("env lock").clone()
+    }
+
+    /// Swap in a new config and client; runs in progress keep theirs.
+    pub fn replace_env(&self, env: RunEnv) {
+        *self.env.write().expect("env lock") = Arc::new(env);
+    }
+
+    pub fn state(&self) -> &Store {
+        &self.state
+    }
+
+    /// Start `job` in the background unless it is already running (then the
+    /// trigger is recorded as skipped).
+    pub fn try_start(self: &Arc<Self>, job: &str, trigger: Trigger) -> Result<Started, UnknownJob> {
+        let (&name, j) = self
+            .jobs
+            .get_key_value(job)
+            .ok_or_else(|| UnknownJob(job.to_owned()))?;
+        let j = j.clone();
+        if self.cancel.is_cancelled() {
+            return Ok(Started::ShuttingDown);
+        }
+        {
+            let mut running = self.running.lock().expect("running lock");
+            if !running.insert(name) {
+                drop(running);
+                self.metrics
+                    .job_runs
+                    .with_label_values(&[name, "skipped"])
+                    .inc();
+                if let Err(e) =
+                    self.state
+                        .record_skipped(name, trigger.as_str(), Utc::now(), "already running")
+                {
+                    tracing::error!(job = name, error = %e, "cannot record skipped run");
+                }
+                tracing::info!(
+                    job = name,
+                    trigger = trigger.as_str(),
+                    result = "skipped",
+                    "job already running; trigger skipped"
+                );
+                return Ok(Started::AlreadyRunning);
+            }
+        }
+        self.metrics.job_running.with_label_values(&[name]).set(1);
+        let me = self.clone();
+        Ok(Started::Running(
+            self.tracker
+                .spawn(async move { me.execute(name, j, trigger).await }),
+        ))
+    }
+
+    /// Run `job` and wait for it (one-shot commands, tests).
+    pub async fn run_now(
+        self: &Arc<Self>,
+        job: &str,
+        trigger: Trigger,
+    ) -> Result<Option<RunSummary>, UnknownJob> {
+        match self.try_start(job, trigger)? {
+            Started::Running(h) => Ok(h.await.ok()),
+            Started::AlreadyRunning | Started::ShuttingDown => Ok(None),
+        }
+    }
+
+    async fn execute(&self, name: &'static str, job: Arc<dyn Job>, trigger: Trigger) -> RunSummary {
+        let _guard = RunningGuard {
+            runner: self,
+            job: name,
+        };
+        let env = self.env();
+        let started = Instant::now();
+        let run_id = match self.state.start_run(name, trigger.as_str(), Utc::now()) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(job = name, error = %e, "cannot record run start; not running");
+                self.metrics
+                    .job_runs
+                    .with_label_values(&[name, "failure"])
+                    .inc();
+                return RunSummary {
+                    job: name,
+                    run_id: 0,
+                    result: RunResult::Failure,
+                    summary: String::new(),
+                    error: Some(e.to_string()),
+                    duration: started.elapsed(),
+                };
+            }
+        };
+        let cancel = self.cancel.child_token();
+        let ctx = JobContext {
+            client: env.client.clone(),
+            config: env.config.clone(),
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            cancel: cancel.clone(),
+            run_id,
+        };
+        let timeout = env.config.scheduler.job_timeout;
+        let mut fut = job.run(&ctx);
+        let outcome = tokio::select! {
+            r = &mut fut => r,
+            _ = tokio::time::sleep(timeout) => {
+                // Ask the job to stop at its next safe point rather than dropping it mid-mutation.
+                cancel.cancel();
+                match tokio::time::timeout(STOP_GRACE, &mut fut).await {
+                    Ok(Ok(_)) | Ok(Err(JobError::Cancelled)) | Err(_) => {
+                        Err(JobError::Failed(format!("timed out after {}", crate::duration::format(timeout))))
+                    }
+                    Ok(Err(e)) => Err(e),
+                }
+            }
+        };
+        drop(fut);
+        let duration = started.elapsed();
+        let (result, summary, error) = match outcome {
+            Ok(Outcome::Success(s)) => (RunResult::Success, s, None),
+            Ok(Outcome::Blocked(s)) => (RunResult::Blocked, s, None),
+            Err(e) => (RunResult::Failure, String::new(), Some(e.to_string())),
+        };
+        let now = Utc::now();
+        if let Err(e) = self
+            .state
+            .finish_run(run_id, now, result, &summary, error.as_deref())
+        {
+            tracing::error!(job = name, run_id, error = %e, "cannot record run end");
+        }
+        self.metrics
+            .job_runs
+            .with_label_values(&[name, result.as_str()])
+            .inc();
+        self.metrics
+            .job_duration
+            .with_label_values(&[name])
+            .observe(duration.as_secs_f64());
+        if result == RunResult::Success {
+            self.metrics
+                .job_last_success
+                .with_label_values(&[name])
+                .set(now.timestamp() as f64);
+        }
+        let ms = duration.as_millis() as u64;
+        match &error {
+            None => {
+                tracing::info!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), duration_ms = ms, summary = %summary, "job run finished")
+            }
+            Some(e) => {
+                tracing::warn!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), duration_ms = ms, error = %e, "job run failed")
+            }
+        }
+        RunSummary {
+            job: name,
+            run_id,
+            result,
+            summary,
+            error,
+            duration,
+        }
+    }
+
+    /// Stop: no new runs; running jobs are told to stop at their next safe
+    /// point and waited for up to `grace`. True if all finished in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        self.cancel.cancel();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::kcr::{ClientConfig, Credentials};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Slow {
+        runs: Arc<AtomicUsize>,
+        pause: Duration,
+    }
+
+    impl Job for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
+            Box::pin(async move {
+                self.runs.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = tokio::time::sleep(self.pause) => Ok(Outcome::Success("done".into())),
+                    _ = ctx.cancel.cancelled() => Err(JobError::Cancelled),
+                }
+            })
+        }
+    }
+
+    fn runner(pause: Duration, job_timeout: &str) -> (Arc<Runner>, Arc<AtomicUsize>, Arc<Metrics>) {
+        let text = format!(
+            "[kcr]\nendpoint = \"sim:demo\"\n[scheduler]\njob_timeout = \"{job_timeout}\"\n[[instances]]\nid = \"i\"\nname = \"p\"\nregistry = \"r\"\n"
+        );
+        let cfg =
+            config::parse(&text, "t.toml", std::path::Path::new("."), &|_: &str| None).unwrap();
+        let client = Client::new(ClientConfig::new(
+            "http://127.0.0.1:9",
+            Credentials::new("a", "b"),
+        ))
+        .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::new());
+        let r = Runner::new(
+            vec![Arc::new(Slow {
+                runs: runs.clone(),
+                pause,
+            })],
+            RunEnv {
+                config: Arc::new(cfg),
+                client,
+            },
+            Store::in_memory().unwrap(),
+            metrics.clone(),
+        );
+        (r, runs, metrics)
+    }
+
+    #[tokio::test]
+    async fn overlapping_triggers_run_once_and_count_a_skip() {
+        let (r, runs, metrics) = runner(Duration::from_millis(200), "1h");
+        let first = r.try_start("slow", Trigger::Api).unwrap();
+        let second = r.try_start("slow", Trigger::Schedule).unwrap();
+        assert!(matches!(second, Started::AlreadyRunning));
+        let Started::Running(h) = first else {
+            panic!("first trigger runs")
+        };
+        let summary = h.await.unwrap();
+        assert_eq!(summary.result, RunResult::Success);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            metrics
+                .job_runs
+                .with_label_values(&["slow", "skipped"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .job_runs
+                .with_label_values(&["slow", "success"])
+                .get(),
+            1
+        );
+        assert!(!r.is_running("slow"));
+        let runs = r.state().runs(Some("slow"), 10).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert!(runs.iter().any(|x| x.result == Some(RunResult::Skipped)));
+        assert!(r.state().last_success("slow").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn timeout_cancels_the_job_and_records_a_failure() {
+        let (r, _, metrics) = runner(Duration::from_secs(30), "100ms");
+        let s = r.run_now("slow", Trigger::Cli).await.unwrap().unwrap();
+        assert_eq!(s.result, RunResult::Failure);
+        assert!(s.error.unwrap().contains("timed out after 100ms"));
+        assert_eq!(
+            metrics
+                .job_runs
+                .with_label_values(&["slow", "failure"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_cancels_running_jobs_and_waits() {
+        let (r, _, _) = runner(Duration::from_secs(30), "1h");
+        let Started::Running(h) = r.try_start("slow", Trigger::Api).unwrap() else {
+            panic!()
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            r.shutdown(Duration::from_secs(5)).await,
+            "finished within the grace period"
+        );
+        assert_eq!(
+            h.await.unwrap().error.as_deref(),
+            Some("cancelled before finishing")
+        );
+        assert!(r.try_start("nope", Trigger::Api).is_err());
+        assert!(matches!(
+            r.try_start("slow", Trigger::Api).unwrap(),
+            Started::ShuttingDown
+        ));
+    }
+}

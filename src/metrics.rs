@@ -1,0 +1,225 @@
+//! One `Metrics` struct owns the Prometheus registry and every metric
+//! (DESIGN §7): facts about the registry under `kcr_`, the daemon itself
+//! under `kcr_housekeeper_`, plus process metrics (RSS, CPU, open fds).
+
+use crate::kcr::ApiObserver;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::time::Duration;
+
+pub struct Metrics {
+    registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub job_runs: IntCounterVec,
+    pub job_last_success: GaugeVec,
+    pub job_duration: HistogramVec,
+    pub job_running: IntGaugeVec,
+    pub api_requests: IntCounterVec,
+    pub api_duration: HistogramVec,
+    pub config_reload_failures: IntCounter,
+    pub up: IntGaugeVec,
+    pub quota_used: GaugeVec,
+    pub quota_limit: GaugeVec,
+    pub quota_ratio: GaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector registers once");
+        let build_info = int_gauge_vec(
+            &r,
+            "kcr_housekeeper_build_info",
+            "Build of the running daemon; always 1.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let job_runs = counter_vec(
+            &r,
+            "kcr_housekeeper_job_runs_total",
+            "Job runs by outcome: success, failure, blocked (a safety limit stopped it) or skipped (already running).",
+            &["job", "result"],
+        );
+        let job_last_success = gauge_vec(
+            &r,
+            "kcr_housekeeper_job_last_success_timestamp_seconds",
+            "Unix time the job last finished successfully (absent until it has).",
+            &["job"],
+        );
+        let job_duration = histogram_vec(
+            &r,
+            "kcr_housekeeper_job_duration_seconds",
+            "Wall time of job runs.",
+            &["job"],
+            vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0],
+        );
+        let job_running = int_gauge_vec(
+            &r,
+            "kcr_housekeeper_job_running",
+            "1 while a run of the job is in progress.",
+            &["job"],
+        );
+        let api_requests = counter_vec(
+            &r,
+            "kcr_housekeeper_api_requests_total",
+            "KCR API requests sent (each attempt), by action and outcome code (\"OK\" or the error code).",
+            &["action", "code"],
+        );
+        let api_duration = histogram_vec(
+            &r,
+            "kcr_housekeeper_api_request_duration_seconds",
+            "Latency of KCR API requests (each attempt).",
+            &["action"],
+            vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        );
+        let config_reload_failures = IntCounter::new(
+            "kcr_housekeeper_config_reload_failures_total",
+            "SIGHUP reloads refused because the new config was invalid (the old one keeps running).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(config_reload_failures.clone()))
+            .expect("registered once");
+        let up = int_gauge_vec(
+            &r,
+            "kcr_up",
+            "1 if the last KCR API call for the instance succeeded, 0 if it failed (cached from the last run).",
+            &["instance"],
+        );
+        let quota_used = gauge_vec(
+            &r,
+            "kcr_quota_used",
+            "Namespaces or repositories in use (cached from the last quota run).",
+            &["instance", "resource"],
+        );
+        let quota_limit = gauge_vec(
+            &r,
+            "kcr_quota_limit",
+            "Namespace or repository quota (cached from the last quota run).",
+            &["instance", "resource"],
+        );
+        let quota_ratio = gauge_vec(
+            &r,
+            "kcr_quota_usage_ratio",
+            "Used / limit, 0 to 1 (cached from the last quota run).",
+            &["instance", "resource"],
+        );
+        Metrics {
+            registry: r,
+            build_info,
+            job_runs,
+            job_last_success,
+            job_duration,
+            job_running,
+            api_requests,
+            api_duration,
+            config_reload_failures,
+            up,
+            quota_used,
+            quota_limit,
+            quota_ratio,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition format served at `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl ApiObserver for Metrics {
+    fn observe(&self, action: &'static str, code: &str, elapsed: Duration) {
+        self.api_requests.with_label_values(&[action, code]).inc();
+        self.api_duration
+            .with_label_values(&[action])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_daemon_metrics() {
+        let m = Metrics::new();
+        m.observe("DescribeImages", "OK", Duration::from_millis(20));
+        m.observe("DescribeImages", "LimitExceeded", Duration::from_millis(5));
+        m.job_runs.with_label_values(&["quota", "success"]).inc();
+        m.quota_used
+            .with_label_values(&["prod", "namespaces"])
+            .set(3.0);
+        let text = m.render();
+        assert!(text.contains(&format!(
+            "kcr_housekeeper_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains(
+            "kcr_housekeeper_api_requests_total{action=\"DescribeImages\",code=\"LimitExceeded\"} 1"
+        ));
+        assert!(
+            text.contains("kcr_housekeeper_job_runs_total{job=\"quota\",result=\"success\"} 1")
+        );
+        assert!(text.contains("# HELP kcr_quota_used Namespaces or repositories in use (cached from the last quota run)."));
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The admin HTTP server (DESIGN §8). Endpoints:
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET  | `/metrics` | Prometheus text exposition of every metric |
+//! | GET  | `/healthz` | 200 while the process and the scheduler loop are alive, else 503 |
+//! | GET  | `/readyz` | 200 once config, state and scheduler are up (a latch), else 503 |
+//! | GET  | `/jobs` | JSON: per job its schedule, mode, next run, last run and result |
+//! | POST | `/jobs/{job}/run` | start a run now; `Authorization: Bearer <admin_token>`; 202 started, 409 already running, 401 bad token, 403 when no admin token is configured, 404 unknown job |
+//! | GET  | `/reports/retention/latest` | the latest retention report as HTML (`.json` and `.md` variants); 404 until one exists |
+//!
+//! Anything else is 404; malformed requests get 4xx from hyper, never a crash.
+
+use crate::jobs::{Runner, Started, Trigger};
+use crate::kcr::signer::constant_time_eq;
+use crate::metrics::Metrics;
+use crate::scheduler::{HEARTBEAT, Heartbeat};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct AppState {
+    pub runner: Arc<Runner>,
+    pub metrics: Arc<Metrics>,
+    pub heartbeat: Arc<Heartbeat>,
+    /// Set once config, state and scheduler are up; never cleared.
+    pub ready: AtomicBool,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{job}/run", post(run_job))
+        .route("/reports/retention/{file}", get(report))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut r = s.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    if s.heartbeat.alive(HEARTBEAT * 5) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop stalled\n").into_response()
+    }
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string() + "\n",
+    )
+        .into_response()
+}
+
+async fn jobs(State(s): State<Arc<AppState>>) -> Response {
+    let env = s.runner.env();
+    let cfg = &env.config;
+    let tz = cfg.scheduler.timezone;
+    let state = s.runner.state();
+    let mut out = Vec::new();
+    for j in cfg.jobs() {
+        let next = j
+            .schedule
+            .next_times(Utc::now(), &tz, 1)
+            .first()
+            .map(|t| t.with_timezone(&Utc).to_rfc3339());
+        let last = state.last_run(j.job).ok().flatten();
+        let last_success = state
+            .last_success(j.job)
+            .ok()
+            .flatten()
+            .and_then(|r| r.finished_at);
+        out.push(json!({
+            "job": j.job,
+            "available": s.runner.has_job(j.job),
+            "schedule": j.schedule.as_str(),
+            "timezone": tz.name(),
+            "mode": j.mode.map(|m| m.as_str()),
+            "running": s.runner.is_running(j.job),
+            "next_run": next,
+            "last_run": last,
+            "last_success_at": last_success,
+        }));
+    }
+    json_response(StatusCode::OK, json!({ "jobs": out }))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn run_job(
+    State(s): State<Arc<AppState>>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let env = s.runner.env();
+    let Some(expected) = env.config.server.admin_token.as_ref() else {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "triggering jobs over HTTP is disabled: no [server] admin_token is configured"}),
+        );
+    };
+    let authorised =
+        bearer(&headers).is_some_and(|given| constant_time_eq(given, expected.expose_secret()));
+    if !authorised {
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or wrong bearer token"}),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match s.runner.try_start(&job, Trigger::Api) {
+        Err(e) => json_response(StatusCode::NOT_FOUND, json!({"error": e.to_string()})),
+        Ok(Started::Running(_)) => json_response(
+            StatusCode::ACCEPTED,
+            json!({"job": job, "status": "started"}),
+        ),
+        Ok(Started::AlreadyRunning) => json_response(
+            StatusCode::CONFLICT,
+            json!({"job": job, "status": "skipped", "reason": "already running"}),
+        ),
+        Ok(Started::ShuttingDown) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"job": job, "status": "skipped", "reason": "shutting down"}),
+        ),
+    }
+}
+
+async fn report(State(s): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
+    let (format, content_type) = match file.as_str() {
+        "latest" | "latest.html" => ("html", "text/html; charset=utf-8"),
+        "latest.json" => ("json", "application/json"),
+        "latest.md" => ("markdown", "text/markdown; charset=utf-8"),
+        _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    };
+    match s.runner.state().latest_report("retention", format) {
+        Ok(Some(report)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, content_type)],
+            report.body,
+        )
+            .into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no retention report yet\n").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read report");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot read report\n").into_response()
+        }
+    }
+}
