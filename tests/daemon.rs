@@ -1,0 +1,500 @@
+//! The real daemon binary end to end against the simulator: HTTP endpoints,
+//! the job trigger's auth, signals, reload, overlap, and bad input.
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::sim::{Faults, SimOptions, Simulator};
+use secrecy::ExposeSecret;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+struct Daemon {
+    child: Child,
+    base: String,
+    logs: mpsc::Receiver<String>,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Wait for a log line containing `needle` (JSON logs).
+    fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no log line containing {needle:?} within {within:?}");
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_text(sim: &Simulator, state: &Path, extra: &str) -> String {
+    format!(
+        "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 200\n\
+         [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"demo.ksyunkcr.com\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+         [state]\npath = \"{}\"\n[scheduler]\njitter = \"0s\"\nshutdown_timeout = \"10s\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n\
+         [quota]\nschedule = \"0 0 0 1 1 *\"\n",
+        sim.endpoint(),
+        sim.credentials().access_key_id,
+        state.display()
+    )
+}
+
+fn start(sim: &Simulator, extra: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(sim, &dir.path().join("state/state.db"), extra),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env(
+            "TEST_SK",
+            sim.credentials().secret_access_key.expose_secret(),
+        )
+        .env("ADMIN_TOKEN", ADMIN)
+        .env_remove("KCR_HOUSEKEEPER_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut d = Daemon {
+        child,
+        base: String::new(),
+        logs: rx,
+        config,
+        _dir: dir,
+    };
+    let ready = d.wait_log("kcr-housekeeper ready", Duration::from_secs(15));
+    let v: serde_json::Value = serde_json::from_str(&ready).expect("JSON log line");
+    d.base = format!("http://{}", v["listen"].as_str().unwrap());
+    d
+}
+
+fn get(url: &str) -> (u16, String) {
+    let r = reqwest::blocking::get(url).unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+fn post(url: &str, token: Option<&str>) -> (u16, String) {
+    let c = reqwest::blocking::Client::new();
+    let mut req = c.post(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// A tiny parser for the text exposition format: (name, labels, value) per sample.
+fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("sample without value: {l}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n.to_owned(), rest.trim_end_matches('}').to_owned()),
+                None => (series.to_owned(), String::new()),
+            };
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "metric name {name}"
+            );
+            (
+                name,
+                labels,
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("value of {l}")),
+            )
+        })
+        .collect()
+}
+
+fn sample(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l == labels)
+        .map(|(_, _, v)| *v)
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_metrics_jobs_and_trigger_auth() {
+    let sim = sim(SimOptions::default()).await;
+    let d = start(&sim, "admin_token = { env = \"ADMIN_TOKEN\" }");
+    let base = d.base.clone();
+    let d = blocking(move || {
+        assert_eq!(get(&format!("{base}/healthz")).0, 200);
+        assert_eq!(get(&format!("{base}/readyz")), (200, "ready\n".into()));
+        assert_eq!(get(&format!("{base}/nope")).0, 404);
+        assert_eq!(get(&format!("{base}/reports/retention/latest")).0, 404);
+
+        // The trigger: no token, a wrong one, then the right one.
+        let url = format!("{base}/jobs/quota/run");
+        assert_eq!(post(&url, None).0, 401);
+        assert_eq!(post(&url, Some("wrong-token-wrong-token")).0, 401);
+        assert_eq!(post(&format!("{base}/jobs/nosuch/run"), Some(ADMIN)).0, 404);
+        let (status, body) = post(&url, Some(ADMIN));
+        assert_eq!(status, 202, "{body}");
+        d.wait_log("job run finished", Duration::from_secs(10));
+
+        let (status, text) = get(&format!("{base}/metrics"));
+        assert_eq!(status, 200);
+        let samples = parse_metrics(&text);
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_housekeeper_build_info",
+                &format!("version=\"{version}\"")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_quota_used",
+                "instance=\"demo\",resource=\"namespaces\""
+            ),
+            Some(8.0)
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_quota_usage_ratio",
+                "instance=\"demo\",resource=\"namespaces\""
+            ),
+            Some(0.8)
+        );
+        assert_eq!(sample(&samples, "kcr_up", "instance=\"demo\""), Some(1.0));
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_housekeeper_job_runs_total",
+                "job=\"quota\",result=\"success\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_housekeeper_api_requests_total",
+                "action=\"DescribeInstanceUsage\",code=\"OK\""
+            ),
+            Some(1.0)
+        );
+        assert!(sample(&samples, "process_resident_memory_bytes", "").unwrap() > 0.0);
+        assert!(
+            !text.contains(ADMIN),
+            "the admin token never appears in metrics"
+        );
+
+        let (status, jobs) = get(&format!("{base}/jobs"));
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+        let quota = &v["jobs"][0];
+        assert_eq!(quota["job"], "quota");
+        assert_eq!(quota["schedule"], "0 0 0 1 1 *");
+        assert_eq!(quota["last_run"]["result"], "success");
+        assert_eq!(quota["last_run"]["trigger"], "api");
+        assert!(
+            quota["next_run"]
+                .as_str()
+                .unwrap()
+                .contains("-01-01T00:00:00")
+        );
+        d
+    });
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_is_disabled_without_an_admin_token() {
+    let sim = sim(SimOptions::default()).await;
+    let d = start(&sim, "");
+    let base = d.base.clone();
+    let (status, body) = blocking(move || post(&format!("{base}/jobs/quota/run"), Some(ADMIN)));
+    assert_eq!(status, 403);
+    assert!(body.contains("no [server] admin_token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_triggers_run_the_job_once() {
+    let sim = sim_with_faults(Faults {
+        latency: Duration::from_millis(800),
+        ..Default::default()
+    })
+    .await;
+    let d = start(&sim, "admin_token = { env = \"ADMIN_TOKEN\" }");
+    let base = d.base.clone();
+    let d = blocking(move || {
+        let url = format!("{base}/jobs/quota/run");
+        assert_eq!(post(&url, Some(ADMIN)).0, 202);
+        let (status, body) = post(&url, Some(ADMIN));
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("already running"));
+        d.wait_log("job run finished", Duration::from_secs(10));
+        let samples = parse_metrics(&get(&format!("{base}/metrics")).1);
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_housekeeper_job_runs_total",
+                "job=\"quota\",result=\"skipped\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                "kcr_housekeeper_job_runs_total",
+                "job=\"quota\",result=\"success\""
+            ),
+            Some(1.0)
+        );
+        d
+    });
+    assert_eq!(sim.count("DescribeInstanceUsage"), 1, "one run, one call");
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_a_job_runs_exits_0_after_it_finishes() {
+    let sim = sim_with_faults(Faults {
+        latency: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let d = start(&sim, "admin_token = { env = \"ADMIN_TOKEN\" }");
+    let base = d.base.clone();
+    let mut d = blocking(move || {
+        let mut d = d;
+        assert_eq!(post(&format!("{base}/jobs/quota/run"), Some(ADMIN)).0, 202);
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        d.signal("TERM");
+        let status = d
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits within shutdown_timeout");
+        assert_eq!(status.code(), Some(0));
+        assert!(t.elapsed() < Duration::from_secs(10));
+        d
+    });
+    // The running job finished its call rather than being cut off.
+    d.wait_log("job run finished", Duration::from_secs(2));
+    assert!(d.wait_exit(Duration::from_secs(1)).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_broken_config_keeps_the_old_one() {
+    let sim = sim(SimOptions::default()).await;
+    let d = start(&sim, "");
+    let base = d.base.clone();
+    let good = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, good.replace("[quota]", "[quota]\nbogus_key = 1")).unwrap();
+    d.signal("HUP");
+    d.wait_log("configuration reload refused", Duration::from_secs(10));
+    let b = base.clone();
+    let text = blocking(move || get(&format!("{b}/metrics")).1);
+    assert_eq!(
+        sample(
+            &parse_metrics(&text),
+            "kcr_housekeeper_config_reload_failures_total",
+            ""
+        ),
+        Some(1.0)
+    );
+    let b = base.clone();
+    assert_eq!(blocking(move || get(&format!("{b}/healthz")).0), 200);
+    // A good config is taken: the new schedule shows in /jobs.
+    std::fs::write(&d.config, good.replace("0 0 0 1 1 *", "0 0 12 * * *")).unwrap();
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", Duration::from_secs(10));
+    let b = base.clone();
+    let jobs = blocking(move || get(&format!("{b}/jobs")).1);
+    assert!(jobs.contains("\"schedule\":\"0 0 12 * * *\""), "{jobs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_http_gets_4xx_and_the_server_lives_on() {
+    let sim = sim(SimOptions::default()).await;
+    let d = start(&sim, "");
+    let addr = d.base.trim_start_matches("http://").to_owned();
+    let base = d.base.clone();
+    blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GARBAGE / HTTP/9.9\r\n\x00\x01\r\n\r\n")
+            .unwrap();
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        assert!(buf.starts_with("HTTP/1.1 4"), "{buf:?}");
+        assert_eq!(get(&format!("{base}/healthz")).0, 200);
+    });
+}
+
+fn run_once(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_exits_2_with_path_and_cause() {
+    let sim = sim(SimOptions::default()).await;
+    let sk = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = dir.path().join("port.toml");
+    let text = config_text(&sim, &dir.path().join("s1/state.db"), "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap().to_owned();
+    let envs_sk = sk.clone();
+    let o = blocking(move || run_once(&["run", "--config", &c], &[("TEST_SK", &envs_sk)]));
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("server.listen 127.0.0.1:{port}: cannot listen")),
+        "{err}"
+    );
+
+    // Unwritable state path.
+    let cfg = dir.path().join("state.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&sim, Path::new("/proc/kcr-housekeeper/state.db"), ""),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap().to_owned();
+    let o = blocking(move || run_once(&["run", "--config", &c], &[("TEST_SK", &sk)]));
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/proc/kcr-housekeeper"), "{err}");
+
+    // Unreadable config.
+    let o = blocking(|| run_once(&["run", "--config", "/nonexistent/config.toml"], &[]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/nonexistent/config.toml: cannot read config")
+    );
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_command_lists_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let store = kcr_housekeeper::state::Store::open(&state).unwrap();
+    let rec = kcr_housekeeper::state::NewAudit {
+        job: "retention",
+        run_id: None,
+        instance: "demo",
+        action: "delete_tag",
+        target: "apps/web:pr-1",
+        detail: "rule ci-builds",
+        outcome: "applied",
+    };
+    store
+        .audit(&rec, chrono::Utc::now() - chrono::Duration::days(3))
+        .unwrap();
+    store.audit(&rec, chrono::Utc::now()).unwrap();
+    drop(store);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"demo\"\nregistry = \"r\"\n[state]\npath = \"{}\"\n", state.display()),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap().to_owned();
+    let o = blocking(move || {
+        run_once(
+            &["audit", "--config", &c, "--since", "1d", "--format", "json"],
+            &[],
+        )
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["target"], "apps/web:pr-1");
+    let c = cfg.to_str().unwrap().to_owned();
+    let o = blocking(move || run_once(&["audit", "--config", &c], &[]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 records"));
+}
