@@ -169,17 +169,6 @@ fn sample(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option
         .map(|(_, _, v)| *v)
 }
 
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(f).join().unwrap()
 }
@@ -497,4 +486,82 @@ async fn audit_command_lists_records() {
     let c = cfg.to_str().unwrap().to_owned();
     let o = blocking(move || run_once(&["audit", "--config", &c], &[]));
     assert!(String::from_utf8_lossy(&o.stdout).contains("2 records"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus (Debian's package) scrapes the daemon; its HTTP API must
+/// report the target up and a `kcr_` series.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_prometheus_scrapes_the_daemon() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Debian's prometheus package"
+        );
+        eprintln!("prometheus is not installed; skipping (CI installs it)");
+        return;
+    }
+    let sim = sim(SimOptions::default()).await;
+    let d = start(&sim, "admin_token = { env = \"ADMIN_TOKEN\" }");
+    let base = d.base.clone();
+    let target = base.trim_start_matches("http://").to_owned();
+    blocking(move || {
+        assert_eq!(post(&format!("{base}/jobs/quota/run"), Some(ADMIN)).0, 202);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kcr-housekeeper\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut prom = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let api = format!("http://127.0.0.1:{port}/api/v1/query?query=");
+        let query = |q: &str| -> Option<serde_json::Value> {
+            let r = reqwest::blocking::get(format!("{api}{q}")).ok()?;
+            r.json::<serde_json::Value>().ok()
+        };
+        let mut up = false;
+        let mut series = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && !(up && series) {
+            if let Some(v) = query("up%7Bjob%3D%22kcr-housekeeper%22%7D") {
+                up = v["data"]["result"][0]["value"][1] == "1";
+            }
+            if let Some(v) = query("kcr_quota_used") {
+                series = v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let _ = prom.kill();
+        let _ = prom.wait();
+        assert!(up, "Prometheus reports the daemon target up == 1");
+        assert!(series, "Prometheus has a kcr_ series from the daemon");
+    });
+    drop(d);
 }
