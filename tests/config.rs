@@ -343,3 +343,21 @@ fn config_path_resolution() {
         Path::new("a.toml")
     );
 }
+
+#[test]
+fn deploy_configs_parse() {
+    // Their secrets are files that exist only on a deployed host; everything else must be valid.
+    for path in [
+        "deploy/systemd/config.toml",
+        "deploy/kubernetes/config.toml",
+    ] {
+        let err = config::load(Path::new(path), &env).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .all(|e| e.message.starts_with("cannot read secret file")),
+            "{path}: {err}"
+        );
+        assert_eq!(err.0.len(), 2, "{path}: {err}");
+    }
+}
