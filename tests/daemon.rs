@@ -565,3 +565,79 @@ async fn real_prometheus_scrapes_the_daemon() {
     });
     drop(d);
 }
+
+/// Under systemd: READY=1 once serving, watchdog pings from the scheduler loop,
+/// STOPPING=1 on SIGTERM. Also: with debug logging, no secret reaches the logs.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sd_notify_ready_watchdog_and_no_secrets_in_debug_logs() {
+    use std::os::unix::net::UnixDatagram;
+    let sim = sim(SimOptions::default()).await;
+    let sk = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            &sim,
+            &dir.path().join("state.db"),
+            "admin_token = { env = \"ADMIN_TOKEN\" }",
+        )
+        .replace("level = \"info\"", "level = \"debug\"")
+        .replace("[scheduler]\n", "[scheduler]\nrun_on_start = true\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("TEST_SK", &sk)
+        .env("ADMIN_TOKEN", ADMIN)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "10000000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        BufReader::new(stderr).read_to_string(&mut s).unwrap();
+        s
+    });
+    let pid = child.id().to_string();
+    let messages = blocking(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+            && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+        {
+            let n = sock.recv(&mut buf).expect("a notification within 10 s");
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+            let n = sock.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        seen
+    });
+    assert!(child.wait().unwrap().success());
+    assert!(
+        messages.iter().any(|m| m.contains("READY=1")),
+        "{messages:?}"
+    );
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    assert!(logs.contains("job run finished"));
+    for secret in [sk.as_str(), ADMIN] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}
