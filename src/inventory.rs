@@ -1,0 +1,185 @@
+//! A snapshot of the registry: instances → namespaces → repositories →
+//! images. Listings go through the client (rate limit, in-flight cap,
+//! retries, `TotalCount` checks) with one page of 99 per 99 items and one
+//! call for an empty list. A repository whose listing failed is marked
+//! skipped with the reason: nothing is ever planned from a partial list.
+
+use crate::config::InstanceConfig;
+use crate::kcr::{Client, DescribeImages, DescribeNamespace, DescribeRepository, Error};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub taken_at: DateTime<Utc>,
+    pub instances: Vec<InstanceInventory>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInventory {
+    /// The config's label.
+    pub name: String,
+    pub id: String,
+    pub namespaces: Vec<NamespaceInventory>,
+    /// Set when the namespace listing itself failed: nothing below is known.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceInventory {
+    pub name: String,
+    pub public: bool,
+    pub repositories: Vec<RepositoryInventory>,
+    /// Set when the repository listing failed.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryInventory {
+    pub name: String,
+    /// Newest first, ties by digest.
+    pub images: Vec<ImageInfo>,
+    /// Set when the image listing failed or changed size mid-way: skip this repository.
+    pub skipped: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub digest: String,
+    pub size: u64,
+    pub pushed_at: DateTime<Utc>,
+    pub tags: Vec<String>,
+}
+
+/// Newest first, ties by digest: the order every ranking uses.
+pub fn sort_images(images: &mut [ImageInfo]) {
+    images.sort_by(|a, b| {
+        b.pushed_at
+            .cmp(&a.pushed_at)
+            .then_with(|| a.digest.cmp(&b.digest))
+    });
+}
+
+impl Inventory {
+    /// Take a snapshot of every configured instance, concurrently within the client's limits.
+    pub async fn collect(
+        client: &Client,
+        instances: &[InstanceConfig],
+        now: DateTime<Utc>,
+    ) -> Inventory {
+        let all =
+            futures::future::join_all(instances.iter().map(|i| collect_instance(client, i))).await;
+        Inventory {
+            taken_at: now,
+            instances: all,
+        }
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.instances
+            .iter()
+            .flat_map(|i| &i.namespaces)
+            .flat_map(|n| &n.repositories)
+            .map(|r| r.images.len())
+            .sum()
+    }
+}
+
+async fn collect_instance(client: &Client, inst: &InstanceConfig) -> InstanceInventory {
+    let namespaces = match client.list_all(DescribeNamespace::all(&inst.id)).await {
+        Ok(n) => n,
+        Err(e) => {
+            return InstanceInventory {
+                name: inst.name.clone(),
+                id: inst.id.clone(),
+                namespaces: Vec::new(),
+                error: Some(e.to_string()),
+            };
+        }
+    };
+    let namespaces = futures::future::join_all(namespaces.into_iter().map(|ns| async move {
+        match client
+            .list_all(DescribeRepository::all(&inst.id, &ns.namespace))
+            .await
+        {
+            Err(e) => NamespaceInventory {
+                name: ns.namespace,
+                public: ns.public,
+                repositories: Vec::new(),
+                error: Some(e.to_string()),
+            },
+            Ok(repos) => {
+                let ns_name = ns.namespace.clone();
+                let repositories = futures::future::join_all(
+                    repos
+                        .into_iter()
+                        .map(|r| collect_repository(client, &inst.id, &ns_name, r.repo_name)),
+                )
+                .await;
+                NamespaceInventory {
+                    name: ns.namespace,
+                    public: ns.public,
+                    repositories,
+                    error: None,
+                }
+            }
+        }
+    }))
+    .await;
+    let mut namespaces = namespaces;
+    namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+    InstanceInventory {
+        name: inst.name.clone(),
+        id: inst.id.clone(),
+        namespaces,
+        error: None,
+    }
+}
+
+async fn collect_repository(
+    client: &Client,
+    instance_id: &str,
+    namespace: &str,
+    name: String,
+) -> RepositoryInventory {
+    match list_images(client, instance_id, namespace, &name).await {
+        Ok(images) => RepositoryInventory {
+            name,
+            images,
+            skipped: None,
+        },
+        Err(e) => RepositoryInventory {
+            name,
+            images: Vec::new(),
+            skipped: Some(e.to_string()),
+        },
+    }
+}
+
+/// Every image of one repository, newest first; an error rather than a partial list.
+pub async fn list_images(
+    client: &Client,
+    instance_id: &str,
+    namespace: &str,
+    repo: &str,
+) -> Result<Vec<ImageInfo>, Error> {
+    let tz = *client.timezone();
+    let raw = client
+        .list_all(DescribeImages::all(instance_id, namespace, repo))
+        .await?;
+    let mut images: Vec<ImageInfo> = raw
+        .into_iter()
+        .map(|i| ImageInfo {
+            // No push time: treat as brand new, so min_age and the newest-image veto protect it.
+            pushed_at: i
+                .create_time
+                .map(|t| t.to_utc(&tz))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            digest: i.image_id,
+            size: i.size,
+            tags: i.tag_names,
+        })
+        .collect();
+    sort_images(&mut images);
+    Ok(images)
+}

@@ -1,0 +1,503 @@
+//! The retention planner, table-driven, clause by clause (DESIGN §6), plus
+//! properties that must hold for any inventory and rules.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use kcr_housekeeper::config::{self, RetentionConfig};
+use kcr_housekeeper::inventory::{
+    ImageInfo, InstanceInventory, Inventory, NamespaceInventory, RepositoryInventory,
+};
+use kcr_housekeeper::retention::planner::{ImageOutcome, Verdict};
+use kcr_housekeeper::retention::{ActionKind, Plan, plan, plan_explained};
+use proptest::prelude::*;
+use std::path::Path;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
+}
+
+/// A retention config with neutral guards unless `head` sets them.
+fn cfg(head: &str, rules: &str) -> RetentionConfig {
+    let mut text = String::from(
+        "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"r\"\n[retention]\n",
+    );
+    for (key, default) in [("min_age", "\"0s\""), ("max_deletion_ratio", "1.0")] {
+        if !head.contains(key) {
+            text.push_str(&format!("{key} = {default}\n"));
+        }
+    }
+    text.push_str(head);
+    text.push('\n');
+    if !head.contains("[retention.protect]") {
+        text.push_str("[retention.protect]\nnewest_images_per_repository = 0\n");
+    }
+    text.push_str(rules);
+    config::parse(&text, "t.toml", Path::new("."), &|_: &str| None)
+        .unwrap()
+        .retention
+        .unwrap()
+}
+
+fn img(n: u32, age_days: f64, tags: &[&str]) -> ImageInfo {
+    ImageInfo {
+        digest: format!("sha256:{n:064x}"),
+        size: 1000 + u64::from(n),
+        pushed_at: now() - Duration::seconds((age_days * 86_400.0) as i64),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn inventory(repos: Vec<(&str, &str, Vec<ImageInfo>)>) -> Inventory {
+    let mut namespaces: Vec<NamespaceInventory> = Vec::new();
+    for (ns, repo, images) in repos {
+        let r = RepositoryInventory {
+            name: repo.into(),
+            images,
+            skipped: None,
+        };
+        match namespaces.iter_mut().find(|n| n.name == ns) {
+            Some(n) => n.repositories.push(r),
+            None => namespaces.push(NamespaceInventory {
+                name: ns.into(),
+                public: false,
+                repositories: vec![r],
+                error: None,
+            }),
+        }
+    }
+    Inventory {
+        taken_at: now(),
+        instances: vec![InstanceInventory {
+            name: "prod".into(),
+            id: "i".into(),
+            namespaces,
+            error: None,
+        }],
+    }
+}
+
+fn one(images: Vec<ImageInfo>) -> Inventory {
+    inventory(vec![("apps", "web", images)])
+}
+
+/// Actions as (image number, kind, tags), sorted.
+fn acts(p: &Plan) -> Vec<(u32, &'static str, Vec<String>)> {
+    let mut v: Vec<_> = p
+        .actions()
+        .map(|(_, a)| {
+            (
+                u32::from_str_radix(&a.digest[7..], 16).unwrap(),
+                a.action.as_str(),
+                a.tags.clone(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn t(tags: &[&str]) -> Vec<String> {
+    tags.iter().map(|s| s.to_string()).collect()
+}
+
+const CI: &str = "[[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\"]\nolder_than = \"7d\"\n";
+
+#[test]
+fn one_kept_and_one_condemned_tag_loses_only_the_condemned_tag() {
+    let p = plan(
+        &one(vec![img(1, 30.0, &["pr-1", "v1.0.0"])]),
+        &cfg("", CI),
+        now(),
+    );
+    assert_eq!(acts(&p), vec![(1, "delete_tag", t(&["pr-1"]))]);
+}
+
+#[test]
+fn all_tags_condemned_is_delete_image() {
+    let p = plan(
+        &one(vec![img(1, 30.0, &["pr-1", "pr-2"])]),
+        &cfg("", CI),
+        now(),
+    );
+    assert_eq!(acts(&p), vec![(1, "delete_image", t(&["pr-1", "pr-2"]))]);
+    assert_eq!(p.reclaimable_bytes(), 1001);
+}
+
+#[test]
+fn every_bound_must_hold_for_a_delete_rule() {
+    let rules = "[[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\"]\nolder_than = \"7d\"\nkeep_latest = 2\n";
+    let images = vec![
+        img(1, 30.0, &["pr-1"]),
+        img(2, 20.0, &["pr-2"]),
+        img(3, 10.0, &["pr-3"]),
+        img(4, 1.0, &["pr-4"]),
+    ];
+    // Ranks: 4 → 0, 3 → 1, 2 → 2, 1 → 3. Rank ≥ 2 AND older than 7d: images 2 and 1.
+    let p = plan(&one(images), &cfg("", rules), now());
+    assert_eq!(
+        acts(&p),
+        vec![
+            (1, "delete_image", t(&["pr-1"])),
+            (2, "delete_image", t(&["pr-2"]))
+        ]
+    );
+}
+
+#[test]
+fn keep_latest_ranks_only_matched_images() {
+    let rules = "[[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\"]\nkeep_latest = 1\n";
+    let images = vec![
+        img(1, 3.0, &["pr-1"]),
+        img(2, 2.0, &["main"]),
+        img(3, 1.0, &["pr-3"]),
+    ];
+    let p = plan(&one(images), &cfg("", rules), now());
+    // Image 2 has no pr- tag: it is not ranked, so image 1 is rank 1.
+    assert_eq!(acts(&p), vec![(1, "delete_image", t(&["pr-1"]))]);
+}
+
+#[test]
+fn keep_beats_delete() {
+    let rules = format!(
+        "{CI}[[retention.rules]]\nname = \"keep-pr-1\"\naction = \"keep\"\ntags = [\"pr-1\"]\n"
+    );
+    let p = plan_explained(
+        &one(vec![img(1, 30.0, &["pr-1"]), img(2, 30.0, &["pr-2"])]),
+        &cfg("", &rules),
+        now(),
+    );
+    assert_eq!(acts(&p), vec![(2, "delete_image", t(&["pr-2"]))]);
+    let d = p.repositories[0]
+        .decisions
+        .iter()
+        .find(|d| d.digest.ends_with('1'))
+        .unwrap();
+    assert!(matches!(&d.tags[0].verdict, Verdict::Kept { rule, .. } if rule == "keep-pr-1"));
+}
+
+#[test]
+fn keep_rule_bounds_any_of() {
+    let rules = format!(
+        "{CI}[[retention.rules]]\nname = \"recent\"\naction = \"keep\"\ntags = [\"pr-*\"]\nnewer_than = \"15d\"\nkeep_latest = 1\n"
+    );
+    let images = vec![
+        img(1, 40.0, &["pr-1"]),
+        img(2, 20.0, &["pr-2"]),
+        img(3, 10.0, &["pr-3"]),
+        img(4, 50.0, &["pr-4"]),
+    ];
+    // Newest (3) kept by rank and age; 2 is neither newest nor young; 1 and 4 old.
+    let p = plan(&one(images), &cfg("", &rules), now());
+    assert_eq!(
+        acts(&p),
+        vec![
+            (1, "delete_image", t(&["pr-1"])),
+            (2, "delete_image", t(&["pr-2"])),
+            (4, "delete_image", t(&["pr-4"]))
+        ]
+    );
+}
+
+#[test]
+fn group_by_ranks_within_groups() {
+    let rules = "[[retention.rules]]\nname = \"branches\"\ntags = [\"re:^(?P<group>[a-z-]+)-[0-9a-f]{7}$\"]\ngroup_by = \"group\"\nkeep_latest = 1\n";
+    let images = vec![
+        img(1, 1.0, &["main-aaaaaaa"]),
+        img(2, 2.0, &["feat-bbbbbbb"]),
+        img(3, 3.0, &["main-ccccccc"]),
+        img(4, 4.0, &["feat-ddddddd"]),
+        img(5, 5.0, &["other"]),
+    ];
+    let p = plan(&one(images), &cfg("", rules), now());
+    // Newest of each group survives: main → 1, feat → 2.
+    assert_eq!(
+        acts(&p),
+        vec![
+            (3, "delete_image", t(&["main-ccccccc"])),
+            (4, "delete_image", t(&["feat-ddddddd"]))
+        ]
+    );
+}
+
+#[test]
+fn group_by_judges_a_tag_by_its_own_group() {
+    let rules = "[[retention.rules]]\nname = \"branches\"\ntags = [\"re:^(?P<group>[a-z]+)-[0-9]$\"]\ngroup_by = \"group\"\nkeep_latest = 1\n";
+    // Image 2 is the newest "b" but the second "a": only its a-tag goes.
+    let images = vec![
+        img(1, 1.0, &["a-1"]),
+        img(2, 2.0, &["a-2", "b-2"]),
+        img(3, 3.0, &["b-3"]),
+    ];
+    let p = plan(&one(images), &cfg("", rules), now());
+    assert_eq!(
+        acts(&p),
+        vec![
+            (2, "delete_tag", t(&["a-2"])),
+            (3, "delete_image", t(&["b-3"]))
+        ]
+    );
+}
+
+#[test]
+fn the_newest_image_survives_everything() {
+    let head = "[retention.protect]\nnewest_images_per_repository = 1\n";
+    let rules = "[[retention.rules]]\nname = \"all\"\nolder_than = \"1d\"\n[[retention.rules]]\nname = \"untagged\"\nuntagged = true\nolder_than = \"1d\"\n";
+    let p = plan_explained(
+        &one(vec![
+            img(1, 90.0, &["x"]),
+            img(2, 100.0, &["y"]),
+            img(3, 95.0, &[]),
+        ]),
+        &cfg(head, rules),
+        now(),
+    );
+    assert_eq!(
+        acts(&p),
+        vec![(2, "delete_image", t(&["y"])), (3, "delete_image", vec![])]
+    );
+    let newest = &p.repositories[0].decisions[0];
+    assert_eq!(newest.outcome, ImageOutcome::Kept);
+    assert!(
+        matches!(&newest.tags[0].verdict, Verdict::Protected { reason } if reason.contains("newest"))
+    );
+}
+
+#[test]
+fn min_age_and_protected_tags_veto() {
+    let head = "min_age = \"2d\"\n[retention.protect]\ntags = [\"v*\"]\nnewest_images_per_repository = 0\n";
+    let rules = "[[retention.rules]]\nname = \"all\"\nolder_than = \"0s\"\n";
+    let images = vec![
+        img(1, 1.0, &["young"]),
+        img(2, 10.0, &["v2", "old"]),
+        img(3, 10.0, &["v3"]),
+    ];
+    let p = plan(&one(images), &cfg(head, rules), now());
+    assert_eq!(acts(&p), vec![(2, "delete_tag", t(&["old"]))]);
+}
+
+#[test]
+fn untagged_rule_deletes_old_untagged_images_only() {
+    let rules = "[[retention.rules]]\nname = \"untagged\"\nuntagged = true\nolder_than = \"7d\"\n";
+    let images = vec![
+        img(1, 30.0, &[]),
+        img(2, 3.0, &[]),
+        img(3, 30.0, &["keep-me"]),
+    ];
+    let p = plan(&one(images), &cfg("", rules), now());
+    assert_eq!(acts(&p), vec![(1, "delete_image", vec![])]);
+}
+
+#[test]
+fn include_and_exclude_globs_choose_repositories() {
+    let rules = "[[retention.rules]]\nname = \"ci\"\nnamespaces = [\"apps\"]\nrepositories = [\"team/**\"]\nexclude_repositories = [\"team/keep*\"]\ntags = [\"pr-*\"]\nolder_than = \"1d\"\n";
+    let inv = inventory(vec![
+        ("apps", "team/a/b", vec![img(1, 9.0, &["pr-1"])]),
+        ("apps", "team/keeper", vec![img(2, 9.0, &["pr-2"])]),
+        ("apps", "solo", vec![img(3, 9.0, &["pr-3"])]),
+        ("other", "team/x", vec![img(4, 9.0, &["pr-4"])]),
+    ]);
+    let p = plan(&inv, &cfg("", rules), now());
+    assert_eq!(acts(&p), vec![(1, "delete_image", t(&["pr-1"]))]);
+}
+
+#[test]
+fn unmatched_images_are_kept_and_idle_rules_reported() {
+    let rules = format!(
+        "{CI}[[retention.rules]]\nname = \"nothing\"\nnamespaces = [\"nope\"]\nolder_than = \"1d\"\n"
+    );
+    let p = plan_explained(&one(vec![img(1, 30.0, &["main"])]), &cfg("", &rules), now());
+    assert!(acts(&p).is_empty());
+    assert_eq!(
+        p.repositories[0].decisions[0].tags[0].verdict,
+        Verdict::Unmatched
+    );
+    assert_eq!(p.idle_rules, vec!["ci".to_string(), "nothing".to_string()]);
+}
+
+#[test]
+fn ratio_blocks_a_repository_and_budget_blocks_the_run() {
+    let rules = "[[retention.rules]]\nname = \"all\"\nolder_than = \"1d\"\n";
+    let images = vec![
+        img(1, 9.0, &["a"]),
+        img(2, 9.0, &["b"]),
+        img(3, 9.0, &["c"]),
+        img(4, 9.0, &["d"]),
+    ];
+    let p = plan(
+        &one(images.clone()),
+        &cfg("max_deletion_ratio = 0.5", rules).clone(),
+        now(),
+    );
+    // Four of four > 0.5 × 4: blocked, no actions.
+    assert!(
+        p.repositories[0]
+            .blocked
+            .as_deref()
+            .unwrap()
+            .contains("max_deletion_ratio")
+    );
+    assert!(acts(&p).is_empty());
+    let p = plan(
+        &one(images.clone()),
+        &cfg("max_deletion_ratio = 1.0", rules),
+        now(),
+    );
+    assert_eq!(acts(&p).len(), 4);
+    assert!(p.blocked.is_none());
+    let p = plan(
+        &one(images),
+        &cfg("max_deletions_per_run = 3", rules),
+        now(),
+    );
+    assert!(
+        p.blocked
+            .as_deref()
+            .unwrap()
+            .contains("max_deletions_per_run 3")
+    );
+}
+
+#[test]
+fn skipped_repositories_plan_nothing() {
+    let mut inv = one(vec![img(1, 30.0, &["pr-1"])]);
+    inv.instances[0].namespaces[0].repositories[0].skipped =
+        Some("DescribeImages: listing changed".into());
+    let p = plan(&inv, &cfg("", CI), now());
+    assert!(acts(&p).is_empty());
+    assert!(p.repositories[0].skipped.is_some());
+}
+
+#[test]
+fn reasons_name_rules_and_bounds() {
+    let p = plan(
+        &one(vec![img(1, 30.0, &["pr-1", "main"])]),
+        &cfg("", CI),
+        now(),
+    );
+    let (_, a) = p.actions().next().unwrap();
+    assert_eq!(a.rules, vec!["ci".to_string()]);
+    assert_eq!(a.reason, "rule ci: age 30d > older_than 7d");
+    assert_eq!(a.action, ActionKind::DeleteTag);
+}
+
+// ------------------------------------------------------------------ properties
+
+fn arb_images() -> impl Strategy<Value = Vec<ImageInfo>> {
+    let tag = prop::sample::select(vec![
+        "pr-1",
+        "pr-2",
+        "main-abc1234",
+        "dev-abc1234",
+        "v1.2.3",
+        "latest",
+        "keep-x",
+        "sha-1",
+    ]);
+    prop::collection::vec((0u32..400, prop::collection::vec(tag, 0..4)), 0..25).prop_map(|v| {
+        let mut images: Vec<ImageInfo> = v
+            .into_iter()
+            .enumerate()
+            .map(|(i, (hours, tags))| {
+                let mut tags: Vec<&str> = tags;
+                tags.sort();
+                tags.dedup();
+                let mut im = img(i as u32, f64::from(hours) / 24.0, &tags);
+                im.pushed_at = now() - Duration::hours(i64::from(hours));
+                im
+            })
+            .collect();
+        kcr_housekeeper::inventory::sort_images(&mut images);
+        images
+    })
+}
+
+const PROP_RULES: &str = "
+[[retention.rules]]
+name = \"ci\"
+repositories = [\"web\"]
+tags = [\"pr-*\", \"sha-*\"]
+older_than = \"2d\"
+keep_latest = 2
+[[retention.rules]]
+name = \"branches\"
+tags = [\"re:^(?P<group>[a-z]+)-[0-9a-f]{7}$\"]
+group_by = \"group\"
+keep_latest = 1
+[[retention.rules]]
+name = \"keep\"
+action = \"keep\"
+tags = [\"keep-*\"]
+[[retention.rules]]
+name = \"untagged\"
+untagged = true
+older_than = \"1d\"
+";
+
+fn prop_cfg() -> RetentionConfig {
+    cfg(
+        "min_age = \"3h\"\n[retention.protect]\ntags = [\"latest\", \"v*.*.*\"]\nnewest_images_per_repository = 1\n",
+        PROP_RULES,
+    )
+}
+
+proptest! {
+    #[test]
+    fn no_protected_or_kept_tag_is_ever_in_an_action(web in arb_images(), api in arb_images()) {
+        let cfg = prop_cfg();
+        let p = plan_explained(&inventory(vec![("apps", "web", web), ("apps", "api", api)]), &cfg, now());
+        for repo in &p.repositories {
+            for d in &repo.decisions {
+                for td in &d.tags {
+                    let protected = td.tag == "latest" || td.tag == "v1.2.3" || td.tag.starts_with("keep-");
+                    let in_action = repo.actions.iter().any(|a| a.digest == d.digest && a.tags.contains(&td.tag));
+                    prop_assert!(!(protected && in_action), "{} deleted", td.tag);
+                    if !td.verdict.is_condemned() {
+                        prop_assert!(!in_action, "{} not condemned but in an action", td.tag);
+                    }
+                }
+                // The newest image and anything younger than min_age stay whole.
+                let young = now() - d.pushed_at < Duration::hours(3);
+                if young || d.digest == repo.decisions[0].digest {
+                    prop_assert_eq!(d.outcome, ImageOutcome::Kept);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn delete_image_only_when_every_tag_is_condemned(web in arb_images()) {
+        let p = plan_explained(&one(web), &prop_cfg(), now());
+        let repo = &p.repositories[0];
+        for a in &repo.actions {
+            let d = repo.decisions.iter().find(|d| d.digest == a.digest).unwrap();
+            match a.action {
+                ActionKind::DeleteImage => {
+                    prop_assert!(d.tags.iter().all(|t| t.verdict.is_condemned()));
+                    let untagged_condemned = matches!(d.untagged, Some(Verdict::Condemned { .. }));
+                    prop_assert!(!d.tags.is_empty() || untagged_condemned, "untagged image deleted without a verdict");
+                }
+                ActionKind::DeleteTag => prop_assert!(d.tags.iter().any(|t| !t.verdict.is_condemned())),
+            }
+        }
+    }
+
+    #[test]
+    fn plan_is_deterministic(web in arb_images(), api in arb_images()) {
+        let inv = inventory(vec![("apps", "web", web), ("apps", "api", api)]);
+        let a = serde_json::to_string(&plan_explained(&inv, &prop_cfg(), now())).unwrap();
+        let mut shuffled = inv.clone();
+        shuffled.instances[0].namespaces[0].repositories.reverse();
+        for r in &mut shuffled.instances[0].namespaces[0].repositories {
+            r.images.reverse();
+        }
+        let b = serde_json::to_string(&plan_explained(&shuffled, &prop_cfg(), now())).unwrap();
+        prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn nothing_outside_matched_repositories(web in arb_images(), other in arb_images()) {
+        // Only "ci" is limited to repository "web"; with only it, nothing in "other" is touched.
+        let only_ci = cfg("", "[[retention.rules]]\nname = \"ci\"\nrepositories = [\"web\"]\ntags = [\"pr-*\"]\nolder_than = \"1h\"\n");
+        let p = plan(&inventory(vec![("apps", "web", web), ("apps", "other", other)]), &only_ci, now());
+        prop_assert!(p.repositories.iter().filter(|r| r.repository == "other").all(|r| r.actions.is_empty()));
+    }
+}
