@@ -173,108 +173,176 @@ fn tag_matches(rule: &RetentionRule, tag: &str) -> bool {
     }
 }
 
+/// A rule's judgement of one tag: which rule (index into the applicable
+/// rules) and the rank it saw. Reasons are written only when needed.
+type Mark = (u16, u32);
+
 /// What the rules said about one tag (or an untagged image) before vetoes.
 #[derive(Default, Clone)]
 struct Judgement {
-    kept: Option<(String, String)>,
-    condemned: Vec<(String, String)>,
-    spared: Vec<(String, String)>,
+    kept: Option<Mark>,
+    condemned: Vec<Mark>,
+    spared: Vec<Mark>,
 }
 
-impl Judgement {
-    fn judge(&mut self, rule: &RetentionRule, rank: usize, age: ChronoDuration) {
-        match rule.action {
-            RuleAction::Delete => {
-                let mut holds = Vec::new();
-                let mut fails = None;
-                if let Some(k) = rule.keep_latest {
-                    if rank >= k as usize {
-                        holds.push(format!("rank {rank} ≥ keep_latest {k}"));
-                    } else {
-                        fails = Some(format!("rank {rank} < keep_latest {k}"));
-                    }
-                }
-                if let Some(d) = rule.older_than {
-                    if age > chrono(d) {
-                        holds.push(format!(
-                            "age {} > older_than {}",
-                            age_text(age),
-                            dur_text(d)
-                        ));
-                    } else if fails.is_none() {
-                        fails = Some(format!(
-                            "age {} ≤ older_than {}",
-                            age_text(age),
-                            dur_text(d)
-                        ));
-                    }
-                }
-                match fails {
-                    None => self.condemned.push((
-                        rule.name.clone(),
-                        format!("rule {}: {}", rule.name, holds.join(", ")),
-                    )),
-                    Some(f) => self
-                        .spared
-                        .push((rule.name.clone(), format!("rule {}: {f}", rule.name))),
+fn delete_holds(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> bool {
+    rule.keep_latest.is_none_or(|k| rank >= k as usize)
+        && rule.older_than.is_none_or(|d| age > chrono(d))
+}
+
+fn keep_holds(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> bool {
+    (rule.keep_latest.is_none() && rule.newer_than.is_none())
+        || rule.keep_latest.is_some_and(|k| rank < k as usize)
+        || rule.newer_than.is_some_and(|d| age < chrono(d))
+}
+
+/// The human reason for a rule's judgement.
+fn reason(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> String {
+    let mut parts = Vec::new();
+    match rule.action {
+        RuleAction::Delete => {
+            let condemned = delete_holds(rule, rank, age);
+            if let Some(k) = rule.keep_latest {
+                match (rank >= k as usize, condemned) {
+                    (true, true) => parts.push(format!("rank {rank} ≥ keep_latest {k}")),
+                    (false, false) => parts.push(format!("rank {rank} < keep_latest {k}")),
+                    _ => {}
                 }
             }
-            RuleAction::Keep => {
-                if self.kept.is_some() {
-                    return;
+            if let Some(d) = rule.older_than {
+                match (age > chrono(d), condemned) {
+                    (true, true) => parts.push(format!(
+                        "age {} > older_than {}",
+                        age_text(age),
+                        dur_text(d)
+                    )),
+                    (false, false) if parts.is_empty() => parts.push(format!(
+                        "age {} ≤ older_than {}",
+                        age_text(age),
+                        dur_text(d)
+                    )),
+                    _ => {}
                 }
-                let reason = if rule.keep_latest.is_none() && rule.newer_than.is_none() {
-                    Some("keeps every matched tag".to_owned())
-                } else {
-                    let by_rank = rule
-                        .keep_latest
-                        .filter(|k| rank < *k as usize)
-                        .map(|k| format!("rank {rank} < keep_latest {k}"));
-                    let by_age = rule
-                        .newer_than
-                        .filter(|d| age < chrono(*d))
-                        .map(|d| format!("age {} < newer_than {}", age_text(age), dur_text(d)));
-                    by_rank.or(by_age)
-                };
-                if let Some(r) = reason {
-                    self.kept = Some((rule.name.clone(), format!("rule {}: {r}", rule.name)));
-                }
+            }
+        }
+        RuleAction::Keep => {
+            if rule.keep_latest.is_none() && rule.newer_than.is_none() {
+                parts.push("keeps every matched tag".into());
+            } else if let Some(k) = rule.keep_latest.filter(|k| rank < *k as usize) {
+                parts.push(format!("rank {rank} < keep_latest {k}"));
+            } else if let Some(d) = rule.newer_than {
+                parts.push(format!(
+                    "age {} < newer_than {}",
+                    age_text(age),
+                    dur_text(d)
+                ));
             }
         }
     }
+    format!("rule {}: {}", rule.name, parts.join(", "))
+}
 
-    fn verdict(self, veto: Option<String>) -> Verdict {
+impl Judgement {
+    fn judge(&mut self, ri: usize, rule: &RetentionRule, rank: usize, age: ChronoDuration) {
+        let mark = (ri as u16, rank as u32);
+        match rule.action {
+            RuleAction::Delete if delete_holds(rule, rank, age) => self.condemned.push(mark),
+            RuleAction::Delete => self.spared.push(mark),
+            RuleAction::Keep if self.kept.is_none() && keep_holds(rule, rank, age) => {
+                self.kept = Some(mark)
+            }
+            RuleAction::Keep => {}
+        }
+    }
+
+    /// Condemned after vetoes (a keep rule or a veto wins).
+    fn condemned(&self, vetoed: bool) -> bool {
+        !vetoed && self.kept.is_none() && !self.condemned.is_empty()
+    }
+
+    fn rule_names(marks: &[Mark], rules: &[&RetentionRule]) -> Vec<String> {
+        marks
+            .iter()
+            .map(|(ri, _)| rules[*ri as usize].name.clone())
+            .collect()
+    }
+
+    fn reasons(marks: &[Mark], rules: &[&RetentionRule], age: ChronoDuration) -> String {
+        marks
+            .iter()
+            .map(|(ri, rank)| reason(rules[*ri as usize], *rank as usize, age))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn verdict(
+        &self,
+        veto: Option<String>,
+        rules: &[&RetentionRule],
+        age: ChronoDuration,
+    ) -> Verdict {
         if let Some(reason) = veto {
             return Verdict::Protected { reason };
         }
-        if let Some((rule, reason)) = self.kept {
-            return Verdict::Kept { rule, reason };
+        if let Some((ri, rank)) = self.kept {
+            let rule = rules[ri as usize];
+            return Verdict::Kept {
+                rule: rule.name.clone(),
+                reason: reason(rule, rank as usize, age),
+            };
         }
         if !self.condemned.is_empty() {
-            let (rules, reasons): (Vec<String>, Vec<String>) = self.condemned.into_iter().unzip();
             return Verdict::Condemned {
-                rules,
-                reason: reasons.join("; "),
+                rules: Self::rule_names(&self.condemned, rules),
+                reason: Self::reasons(&self.condemned, rules, age),
             };
         }
         if !self.spared.is_empty() {
-            let (rules, reasons): (Vec<String>, Vec<String>) = self.spared.into_iter().unzip();
             return Verdict::Spared {
-                rules,
-                reason: reasons.join("; "),
+                rules: Self::rule_names(&self.spared, rules),
+                reason: Self::reasons(&self.spared, rules, age),
             };
         }
         Verdict::Unmatched
     }
 }
 
+/// Why an image (every tag on it) is protected, if it is.
+fn image_veto(cfg: &RetentionConfig, index: usize, age: ChronoDuration) -> Option<String> {
+    let newest = cfg.protect.newest_images_per_repository as usize;
+    if index < newest {
+        Some(format!(
+            "among the {newest} newest image{} of the repository",
+            if newest == 1 { "" } else { "s" }
+        ))
+    } else if age < chrono(cfg.min_age) {
+        Some(format!(
+            "pushed {} ago, younger than min_age {}",
+            age_text(age),
+            dur_text(cfg.min_age)
+        ))
+    } else {
+        None
+    }
+}
+
+fn tag_veto(cfg: &RetentionConfig, tag: &str) -> Option<String> {
+    cfg.protect
+        .tags
+        .iter()
+        .find(|p| p.is_match(tag))
+        .map(|p| format!("matches protect.tags {:?}", p.as_str()))
+}
+
 /// Plan one repository. `images` must be newest first, ties by digest.
+/// `used[i]` is set when rule `i` judged anything. Decisions are built only when `explain`.
 pub fn plan_repository(
     cfg: &RetentionConfig,
     rules: &[&RetentionRule],
     images: &[ImageInfo],
     now: DateTime<Utc>,
     used: &mut [bool],
+    explain: bool,
 ) -> (Vec<ImageDecision>, Vec<PlannedAction>) {
     let n = images.len();
     let mut tag_judgements: Vec<Vec<Judgement>> = images
@@ -292,7 +360,7 @@ pub fn plan_repository(
             let mut rank = 0;
             for (i, img) in images.iter().enumerate() {
                 if img.tags.is_empty() {
-                    untagged_judgements[i].judge(rule, rank, ages[i]);
+                    untagged_judgements[i].judge(ri, rule, rank, ages[i]);
                     rank += 1;
                     used[ri] = true;
                 }
@@ -304,7 +372,7 @@ pub fn plan_repository(
                 for (t, tag) in img.tags.iter().enumerate() {
                     if let Some(g) = tag_group(rule, group, tag) {
                         let rank = counts.get(g).copied().unwrap_or(0);
-                        tag_judgements[i][t].judge(rule, rank, ages[i]);
+                        tag_judgements[i][t].judge(ri, rule, rank, ages[i]);
                         used[ri] = true;
                         if !seen.contains(&g) {
                             seen.push(g);
@@ -321,7 +389,7 @@ pub fn plan_repository(
                 let mut matched = false;
                 for (t, tag) in img.tags.iter().enumerate() {
                     if tag_matches(rule, tag) {
-                        tag_judgements[i][t].judge(rule, rank, ages[i]);
+                        tag_judgements[i][t].judge(ri, rule, rank, ages[i]);
                         matched = true;
                     }
                 }
@@ -333,120 +401,106 @@ pub fn plan_repository(
         }
     }
 
-    let mut decisions = Vec::with_capacity(n);
+    let mut decisions = Vec::with_capacity(if explain { n } else { 0 });
     let mut actions = Vec::new();
-    let newest = cfg.protect.newest_images_per_repository as usize;
-    let min_age = chrono(cfg.min_age);
     for (i, img) in images.iter().enumerate() {
-        let image_veto = if i < newest {
-            Some(format!(
-                "among the {newest} newest image{} of the repository",
-                if newest == 1 { "" } else { "s" }
-            ))
-        } else if ages[i] < min_age {
-            Some(format!(
-                "pushed {} ago, younger than min_age {}",
-                age_text(ages[i]),
-                dur_text(cfg.min_age)
-            ))
-        } else {
-            None
-        };
-        let judgements = std::mem::take(&mut tag_judgements[i]);
-        let tags: Vec<TagDecision> = img
+        let age = ages[i];
+        let veto = image_veto(cfg, i, age);
+        let judgements = &tag_judgements[i];
+        let untagged = &untagged_judgements[i];
+        // Which tags end condemned: no image veto, no protect.tags, no keep rule.
+        let condemned: Vec<bool> = img
             .tags
             .iter()
             .zip(judgements)
-            .map(|(tag, j)| {
-                let veto = image_veto.clone().or_else(|| {
-                    cfg.protect
-                        .tags
-                        .iter()
-                        .find(|p| p.is_match(tag))
-                        .map(|p| format!("matches protect.tags {:?}", p.as_str()))
-                });
-                TagDecision {
-                    tag: tag.clone(),
-                    verdict: j.verdict(veto),
-                }
-            })
+            .map(|(tag, j)| j.condemned(veto.is_some()) && tag_veto(cfg, tag).is_none())
             .collect();
-        let untagged = img
-            .tags
-            .is_empty()
-            .then(|| std::mem::take(&mut untagged_judgements[i]).verdict(image_veto.clone()));
-        let condemned: Vec<&TagDecision> =
-            tags.iter().filter(|t| t.verdict.is_condemned()).collect();
-        let outcome = if let Some(v) = &untagged {
-            if let Verdict::Condemned { rules, reason } = v {
+        let outcome = if img.tags.is_empty() {
+            if untagged.condemned(veto.is_some()) {
                 actions.push(PlannedAction {
                     action: ActionKind::DeleteImage,
                     digest: img.digest.clone(),
                     tags: Vec::new(),
                     size: img.size,
                     pushed_at: img.pushed_at,
-                    rules: rules.clone(),
-                    reason: format!("untagged; {reason}"),
+                    rules: Judgement::rule_names(&untagged.condemned, rules),
+                    reason: format!(
+                        "untagged; {}",
+                        Judgement::reasons(&untagged.condemned, rules, age)
+                    ),
                 });
                 ImageOutcome::DeleteImage
             } else {
                 ImageOutcome::Kept
             }
-        } else if !condemned.is_empty() && condemned.len() == tags.len() {
-            let mut rules: Vec<String> = Vec::new();
-            for t in &condemned {
-                if let Verdict::Condemned { rules: r, .. } = &t.verdict {
-                    for name in r {
-                        if !rules.contains(name) {
-                            rules.push(name.clone());
-                        }
+        } else if condemned.iter().all(|c| *c) {
+            let mut names: Vec<String> = Vec::new();
+            let mut why = Vec::new();
+            for (tag, j) in img.tags.iter().zip(judgements) {
+                for name in Judgement::rule_names(&j.condemned, rules) {
+                    if !names.contains(&name) {
+                        names.push(name);
                     }
                 }
+                why.push(format!(
+                    "{tag}: {}",
+                    Judgement::reasons(&j.condemned, rules, age)
+                ));
             }
-            let reason = condemned
-                .iter()
-                .map(|t| match &t.verdict {
-                    Verdict::Condemned { reason, .. } => format!("{}: {reason}", t.tag),
-                    _ => unreachable!("filtered to condemned"),
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
             actions.push(PlannedAction {
                 action: ActionKind::DeleteImage,
                 digest: img.digest.clone(),
                 tags: img.tags.clone(),
                 size: img.size,
                 pushed_at: img.pushed_at,
-                rules,
-                reason: format!("every tag condemned; {reason}"),
+                rules: names,
+                reason: format!("every tag condemned; {}", why.join("; ")),
             });
             ImageOutcome::DeleteImage
-        } else if !condemned.is_empty() {
-            for t in &condemned {
-                if let Verdict::Condemned { rules, reason } = &t.verdict {
-                    actions.push(PlannedAction {
-                        action: ActionKind::DeleteTag,
-                        digest: img.digest.clone(),
-                        tags: vec![t.tag.clone()],
-                        size: 0,
-                        pushed_at: img.pushed_at,
-                        rules: rules.clone(),
-                        reason: reason.clone(),
-                    });
-                }
+        } else if condemned.iter().any(|c| *c) {
+            for ((tag, j), _) in img
+                .tags
+                .iter()
+                .zip(judgements)
+                .zip(&condemned)
+                .filter(|(_, c)| **c)
+            {
+                actions.push(PlannedAction {
+                    action: ActionKind::DeleteTag,
+                    digest: img.digest.clone(),
+                    tags: vec![tag.clone()],
+                    size: 0,
+                    pushed_at: img.pushed_at,
+                    rules: Judgement::rule_names(&j.condemned, rules),
+                    reason: Judgement::reasons(&j.condemned, rules, age),
+                });
             }
             ImageOutcome::DeleteTags
         } else {
             ImageOutcome::Kept
         };
-        decisions.push(ImageDecision {
-            digest: img.digest.clone(),
-            size: img.size,
-            pushed_at: img.pushed_at,
-            outcome,
-            tags,
-            untagged,
-        });
+        if explain {
+            let tags = img
+                .tags
+                .iter()
+                .zip(judgements)
+                .map(|(tag, j)| TagDecision {
+                    tag: tag.clone(),
+                    verdict: j.verdict(veto.clone().or_else(|| tag_veto(cfg, tag)), rules, age),
+                })
+                .collect();
+            decisions.push(ImageDecision {
+                digest: img.digest.clone(),
+                size: img.size,
+                pushed_at: img.pushed_at,
+                outcome,
+                tags,
+                untagged: img
+                    .tags
+                    .is_empty()
+                    .then(|| untagged.verdict(veto.clone(), rules, age)),
+            });
+        }
     }
     (decisions, actions)
 }
@@ -497,10 +551,19 @@ fn plan_with(
                         .collect();
                     let rules: Vec<&RetentionRule> = applicable.iter().map(|(_, r)| *r).collect();
                     let mut local_used = vec![false; rules.len()];
-                    let mut images = repo.images.clone();
-                    crate::inventory::sort_images(&mut images);
+                    // The inventory keeps images newest first; sort a copy only if it does not.
+                    let sorted = repo
+                        .images
+                        .is_sorted_by(|a, b| (b.pushed_at, &a.digest) <= (a.pushed_at, &b.digest));
+                    let images: std::borrow::Cow<'_, [ImageInfo]> = if sorted {
+                        std::borrow::Cow::Borrowed(&repo.images)
+                    } else {
+                        let mut v = repo.images.clone();
+                        crate::inventory::sort_images(&mut v);
+                        std::borrow::Cow::Owned(v)
+                    };
                     let (decisions, actions) =
-                        plan_repository(cfg, &rules, &images, now, &mut local_used);
+                        plan_repository(cfg, &rules, &images, now, &mut local_used, explain);
                     for ((idx, _), u) in applicable.iter().zip(local_used) {
                         used[*idx] |= u;
                     }
@@ -517,9 +580,7 @@ fn plan_with(
                     } else {
                         rp.actions = actions;
                     }
-                    if explain {
-                        rp.decisions = decisions;
-                    }
+                    rp.decisions = decisions;
                 }
                 repositories.push(rp);
             }
