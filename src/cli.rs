@@ -5,7 +5,7 @@ use crate::config::{self, Config, ConfigErrors, Endpoint, LogFormat, ProcessEnv}
 use crate::daemon::{self, DaemonError};
 use crate::kcr::Credentials;
 use crate::sim::{FaultKind, Faults, GenerateSpec, Scenario, SimOptions, Simulator, WorldSource};
-use crate::{app, duration, quota};
+use crate::{app, duration, quota, retention};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -35,6 +35,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Validate the config; print the jobs and their next three fire times
     Check,
+    /// Show what a job would do, without changing anything
+    Plan(PlanArgs),
+    /// Apply a job once, now (asks for confirmation on a terminal unless --yes)
+    Apply(ApplyArgs),
+    /// Why each image and tag of NAMESPACE/REPOSITORY is kept or deleted
+    Explain(ExplainArgs),
     /// List audit records (every mutation the jobs applied)
     Audit(AuditArgs),
     /// Show quota usage per instance: namespaces and repositories used / limit
@@ -47,6 +53,47 @@ pub enum Command {
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+/// Jobs that can be planned and applied on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlannableJob {
+    Retention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Markdown,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    pub job: PlannableJob,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Write the report here instead of standard output (a JSON plan can be applied with apply --plan)
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    pub job: PlannableJob,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    /// Execute exactly this reviewed JSON plan (after re-verifying each action)
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// NAMESPACE/REPOSITORY
+    pub target: String,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +295,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         }
         Command::Audit(args) => audit(&load_config(cli.config.as_deref())?, &args, out),
         Command::Check => check(&load_config(cli.config.as_deref())?, out),
+        Command::Plan(args) => plan_cmd(&load_config(cli.config.as_deref())?, &args, out).await,
+        Command::Apply(args) => apply_cmd(&load_config(cli.config.as_deref())?, &args, out).await,
+        Command::Explain(args) => {
+            explain_cmd(&load_config(cli.config.as_deref())?, &args, out).await
+        }
         Command::Quota(args) => quota_cmd(&load_config(cli.config.as_deref())?, &args, out).await,
         Command::Sim(args) => sim(*args, out).await,
     }
@@ -304,6 +356,308 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     out.write_all(s.as_bytes()).map_err(io)
+}
+
+fn retention_config(c: &Config) -> Result<&crate::config::RetentionConfig, CliError> {
+    c.retention.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: no [retention] section: the retention job is off",
+            c.source
+        ))
+    })
+}
+
+fn failed(e: impl Into<anyhow::Error>, what: &str) -> CliError {
+    CliError::Failed(e.into().context(what.to_owned()))
+}
+
+async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let PlannableJob::Retention = args.job;
+    let rc = retention_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let now = Utc::now();
+    let inventory = crate::inventory::Inventory::collect(&conn.client, &c.instances, now).await;
+    for i in inventory.instances.iter().filter(|i| i.error.is_some()) {
+        eprintln!(
+            "warning: instance {}: {}",
+            i.name,
+            i.error.as_deref().unwrap_or_default()
+        );
+    }
+    let plan = retention::plan(&inventory, rc, now);
+    for r in &plan.idle_rules {
+        eprintln!("warning: rule {r:?} matches nothing in this registry");
+    }
+    let report = retention::report::Report::from_plan(
+        &plan,
+        rc.mode.as_str(),
+        retention::report_instances(c),
+    );
+    let text = match args.format {
+        ReportFormat::Table => retention::report::render_table(&report),
+        ReportFormat::Json => report.to_json(),
+        ReportFormat::Markdown => retention::report::render_markdown(&report),
+        ReportFormat::Html => retention::report::render_html(&report),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
+        None => out.write_all(text.as_bytes()).map_err(io)?,
+    }
+    Ok(())
+}
+
+fn confirm(prompt: &str, out: &mut dyn Write) -> Result<bool, CliError> {
+    write!(out, "{prompt} [y/N] ").map_err(io)?;
+    out.flush().map_err(io)?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).map_err(io)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
+}
+
+async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    use retention::executor::{self, ExecEnv};
+    let PlannableJob::Retention = args.job;
+    let rc = retention_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let now = Utc::now();
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let (items, summary, from_file) = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!("{}: cannot read plan: {e}", path.display()))
+            })?;
+            let report = retention::report::Report::from_json(&text).map_err(|e| {
+                CliError::Usage(format!("{}: not a retention plan: {e}", path.display()))
+            })?;
+            for inst in &report.instances {
+                match c.instance_by_name(&inst.name) {
+                    Some(mine) if mine.id == inst.id => {}
+                    _ => {
+                        return Err(CliError::Usage(format!(
+                            "{}: the plan is for instance {} ({}), which this configuration does not have",
+                            path.display(),
+                            inst.name,
+                            inst.id
+                        )));
+                    }
+                }
+            }
+            if let Some((r, _)) = report
+                .actions()
+                .find(|(r, _)| c.instance_by_name(&r.instance).is_none())
+            {
+                return Err(CliError::Usage(format!(
+                    "{}: the plan names unknown instance {:?}",
+                    path.display(),
+                    r.instance
+                )));
+            }
+            if report.summary.blocked.iter().any(|b| b.starts_with("run:")) {
+                return Err(CliError::Blocked(format!(
+                    "{}: this plan was blocked by max_deletions_per_run",
+                    path.display()
+                )));
+            }
+            let repos: Vec<_> = report
+                .repositories
+                .iter()
+                .map(|r| {
+                    (
+                        r.instance.clone(),
+                        r.namespace.clone(),
+                        r.repository.clone(),
+                        r.actions.clone(),
+                    )
+                })
+                .collect();
+            let summary = format!(
+                "{} delete_image, {} delete_tag from {}",
+                report.summary.delete_image,
+                report.summary.delete_tag,
+                path.display()
+            );
+            (retention::targets(&repos, c), summary, true)
+        }
+        None => {
+            let inventory =
+                crate::inventory::Inventory::collect(&conn.client, &c.instances, now).await;
+            let plan = retention::plan(&inventory, rc, now);
+            if let Some(b) = &plan.blocked {
+                return Err(CliError::Blocked(format!("retention: {b}")));
+            }
+            (
+                retention::plan_targets(&plan, c),
+                retention::plan_summary(&plan),
+                false,
+            )
+        }
+    };
+    writeln!(out, "retention: {summary}").map_err(io)?;
+    if items.is_empty() {
+        writeln!(out, "nothing to do").map_err(io)?;
+        return Ok(());
+    }
+    if !args.yes {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(CliError::Usage(
+                "not a terminal: pass --yes to apply without confirmation".into(),
+            ));
+        }
+        if !confirm(&format!("apply {} actions?", items.len()), out)? {
+            writeln!(out, "nothing applied").map_err(io)?;
+            return Ok(());
+        }
+    }
+    let (ready, waiting) = if from_file {
+        (items, 0)
+    } else {
+        executor::apply_grace(&state, items, rc.grace, now).map_err(|e| failed(e, "grace marks"))?
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let env = ExecEnv {
+        client: &conn.client,
+        state: &state,
+        metrics: &metrics,
+        cancel: &cancel,
+        job: "retention",
+        run_id: None,
+        // A reviewed plan is always re-verified: the registry may have moved on.
+        verify: rc.verify_before_delete || from_file,
+    };
+    let mut executed = executor::execute(&env, ready).await;
+    executed.waiting = waiting;
+    for (t, a, o) in &executed.results {
+        if let retention::executor::Outcome::Stale(why)
+        | retention::executor::Outcome::Failed(why) = o
+        {
+            let kind = if matches!(o, retention::executor::Outcome::Stale(_)) {
+                "dropped (stale)"
+            } else {
+                "FAILED"
+            };
+            writeln!(
+                out,
+                "{kind}: {} {}/{}/{} {} {}: {why}",
+                a.action.as_str(),
+                t.instance,
+                t.namespace,
+                t.repository,
+                a.digest,
+                a.tags.join(",")
+            )
+            .map_err(io)?;
+        }
+    }
+    writeln!(out, "retention: {}", retention::executed_summary(&executed)).map_err(io)?;
+    if executed.failed() > 0 {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "{} retention actions failed",
+            executed.failed()
+        )));
+    }
+    Ok(())
+}
+
+async fn explain_cmd(c: &Config, args: &ExplainArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    use retention::planner::{ImageOutcome, Verdict};
+    let rc = retention_config(c)?;
+    let (namespace, repository) = args
+        .target
+        .split_once('/')
+        .filter(|(n, r)| !n.is_empty() && !r.is_empty())
+        .ok_or_else(|| {
+            CliError::Usage(format!("{:?}: expected NAMESPACE/REPOSITORY", args.target))
+        })?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let now = Utc::now();
+    let mut instances = Vec::new();
+    for inst in &c.instances {
+        let images = crate::inventory::list_images(&conn.client, &inst.id, namespace, repository)
+            .await
+            .map_err(|e| {
+                failed(
+                    e,
+                    &format!("listing {}/{namespace}/{repository}", inst.name),
+                )
+            })?;
+        instances.push(crate::inventory::InstanceInventory {
+            name: inst.name.clone(),
+            id: inst.id.clone(),
+            namespaces: vec![crate::inventory::NamespaceInventory {
+                name: namespace.to_owned(),
+                public: false,
+                repositories: vec![crate::inventory::RepositoryInventory {
+                    name: repository.to_owned(),
+                    images,
+                    skipped: None,
+                }],
+                error: None,
+            }],
+            error: None,
+        });
+    }
+    let plan = retention::plan_explained(
+        &crate::inventory::Inventory {
+            taken_at: now,
+            instances,
+        },
+        rc,
+        now,
+    );
+    let verdict_text = |v: &Verdict| match v {
+        Verdict::Unmatched => "kept: no rule matches".to_owned(),
+        Verdict::Protected { reason } => format!("kept: {reason}"),
+        Verdict::Kept { reason, .. } => format!("kept: {reason}"),
+        Verdict::Spared { reason, .. } => format!("kept: {reason}"),
+        Verdict::Condemned { reason, .. } => format!("DELETE: {reason}"),
+    };
+    let mut text = String::new();
+    for r in &plan.repositories {
+        text.push_str(&format!(
+            "{}/{}/{}: {} images
+",
+            r.instance, r.namespace, r.repository, r.images
+        ));
+        if let Some(b) = &r.blocked {
+            text.push_str(&format!(
+                "  BLOCKED: {b}
+"
+            ));
+        }
+        for d in &r.decisions {
+            let outcome = match d.outcome {
+                ImageOutcome::Kept => "kept",
+                ImageOutcome::DeleteImage => "delete_image",
+                ImageOutcome::DeleteTags => "delete_tag",
+            };
+            text.push_str(&format!(
+                "  {} pushed {} {} -> {outcome}
+",
+                d.digest,
+                d.pushed_at.format("%Y-%m-%d %H:%M"),
+                retention::report::human_bytes(d.size)
+            ));
+            if let Some(v) = &d.untagged {
+                text.push_str(&format!(
+                    "    (untagged)  {}
+",
+                    verdict_text(v)
+                ));
+            }
+            for t in &d.tags {
+                text.push_str(&format!(
+                    "    {:<24} {}
+",
+                    t.tag,
+                    verdict_text(&t.verdict)
+                ));
+            }
+        }
+    }
+    out.write_all(text.as_bytes()).map_err(io)
 }
 
 fn audit(c: &Config, args: &AuditArgs, out: &mut dyn Write) -> Result<(), CliError> {

@@ -31,7 +31,7 @@ pub enum DaemonError {
 
 /// Every job this build has.
 pub fn all_jobs() -> Vec<Arc<dyn Job>> {
-    vec![Arc::new(QuotaJob)]
+    vec![Arc::new(QuotaJob), Arc::new(crate::retention::RetentionJob)]
 }
 
 /// What the caller gets to see once the daemon is serving.

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub quota_used: GaugeVec,
     pub quota_limit: GaugeVec,
     pub quota_ratio: GaugeVec,
+    pub retention_planned: GaugeVec,
+    pub retention_reclaimable: GaugeVec,
+    pub retention_deleted: IntCounterVec,
+    pub retention_deleted_bytes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,8 +158,36 @@ impl Metrics {
             "Used / limit, 0 to 1 (cached from the last quota run).",
             &["instance", "resource"],
         );
+        let retention_planned = gauge_vec(
+            &r,
+            "kcr_housekeeper_retention_planned",
+            "Actions in the last retention plan (cached from the last run).",
+            &["instance", "action"],
+        );
+        let retention_reclaimable = gauge_vec(
+            &r,
+            "kcr_housekeeper_retention_reclaimable_bytes",
+            "Bytes the last retention plan would free (cached from the last run).",
+            &["instance"],
+        );
+        let retention_deleted = counter_vec(
+            &r,
+            "kcr_housekeeper_retention_deleted_total",
+            "Retention deletions applied (or found already done).",
+            &["instance", "action"],
+        );
+        let retention_deleted_bytes = counter_vec(
+            &r,
+            "kcr_housekeeper_retention_deleted_bytes_total",
+            "Bytes freed by applied delete_image actions.",
+            &["instance"],
+        );
         Metrics {
             registry: r,
+            retention_planned,
+            retention_reclaimable,
+            retention_deleted,
+            retention_deleted_bytes,
             build_info,
             job_runs,
             job_last_success,

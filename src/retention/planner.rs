@@ -33,6 +33,9 @@ pub struct PlannedAction {
     pub digest: String,
     /// `delete_image`: every tag the image had; `delete_tag`: the one tag.
     pub tags: Vec<String>,
+    /// Every tag the image had when planned: verification drops the action if they changed.
+    #[serde(default)]
+    pub image_tags: Vec<String>,
     /// Bytes freed: the image size for `delete_image`, 0 for `delete_tag`.
     pub size: u64,
     pub pushed_at: DateTime<Utc>,
@@ -421,6 +424,7 @@ pub fn plan_repository(
                     action: ActionKind::DeleteImage,
                     digest: img.digest.clone(),
                     tags: Vec::new(),
+                    image_tags: Vec::new(),
                     size: img.size,
                     pushed_at: img.pushed_at,
                     rules: Judgement::rule_names(&untagged.condemned, rules),
@@ -451,6 +455,7 @@ pub fn plan_repository(
                 action: ActionKind::DeleteImage,
                 digest: img.digest.clone(),
                 tags: img.tags.clone(),
+                image_tags: img.tags.clone(),
                 size: img.size,
                 pushed_at: img.pushed_at,
                 rules: names,
@@ -469,6 +474,7 @@ pub fn plan_repository(
                     action: ActionKind::DeleteTag,
                     digest: img.digest.clone(),
                     tags: vec![tag.clone()],
+                    image_tags: img.tags.clone(),
                     size: 0,
                     pushed_at: img.pushed_at,
                     rules: Judgement::rule_names(&j.condemned, rules),

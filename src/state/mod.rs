@@ -489,6 +489,49 @@ impl Store {
         })
     }
 
+    /// Note that `keys` were planned at `now`; forget marks not planned in
+    /// this run (grace needs continuity). Returns when each key was first planned.
+    pub fn update_grace_marks(
+        &self,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>, StateError> {
+        let at = ts(now);
+        let mut conn = self.conn.lock().expect("state lock");
+        let tx = conn.transaction()?;
+        tx.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS planned_now (key TEXT PRIMARY KEY)",
+            [],
+        )?;
+        tx.execute("DELETE FROM planned_now", [])?;
+        {
+            let mut ins = tx.prepare("INSERT OR IGNORE INTO planned_now (key) VALUES (?1)")?;
+            let mut up = tx.prepare(
+                "INSERT INTO grace_marks (key, first_planned_at, last_planned_at) VALUES (?1, ?2, ?2)
+                 ON CONFLICT(key) DO UPDATE SET last_planned_at = excluded.last_planned_at",
+            )?;
+            for k in keys {
+                ins.execute(params![k])?;
+                up.execute(params![k, at])?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM grace_marks WHERE key NOT IN (SELECT key FROM planned_now)",
+            [],
+        )?;
+        let mut out = std::collections::HashMap::new();
+        {
+            let mut q = tx.prepare("SELECT key, first_planned_at FROM grace_marks")?;
+            let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (k, first) = row?;
+                out.insert(k, parse_ts(&first).unwrap_or(now));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     pub fn put_report(
         &self,
         job: &str,
@@ -604,6 +647,22 @@ mod tests {
             .with(|c| c.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(kept, 10);
+    }
+
+    #[test]
+    fn grace_marks_need_continuity() {
+        let s = Store::in_memory().unwrap();
+        let keys = |v: &[&str]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let m = s.update_grace_marks(&keys(&["a", "b"]), now()).unwrap();
+        assert_eq!(m["a"], now());
+        let later = now() + chrono::Duration::hours(1);
+        let m = s.update_grace_marks(&keys(&["a"]), later).unwrap();
+        assert_eq!(m["a"], now(), "first planned time kept");
+        assert!(!m.contains_key("b"), "b was not planned: forgotten");
+        let m = s
+            .update_grace_marks(&keys(&["a", "b"]), later + chrono::Duration::hours(1))
+            .unwrap();
+        assert_eq!(m["b"], later + chrono::Duration::hours(1), "b starts over");
     }
 
     #[cfg(unix)]

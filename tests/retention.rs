@@ -1,0 +1,492 @@
+//! Retention against the simulator, through the real binary: enforce leaves the
+//! registry exactly as planned (also under injected faults), stale actions are
+//! dropped, safety blocks delete nothing, and `apply --plan` runs only the plan.
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::sim::{Faults, GenerateSpec, SimOptions, Simulator, WorldSource};
+use secrecy::ExposeSecret;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+
+const RULES: &str = r#"
+[retention.protect]
+tags = ["latest", "v*.*.*"]
+newest_images_per_repository = 1
+[[retention.rules]]
+name = "ci"
+tags = ["pr-*", "sha-*"]
+older_than = "3d"
+keep_latest = 2
+[[retention.rules]]
+name = "branches"
+tags = ["re:^(?P<group>[a-z]+)-[0-9a-f]{7}$"]
+group_by = "group"
+keep_latest = 2
+[[retention.rules]]
+name = "untagged"
+untagged = true
+older_than = "1d"
+"#;
+
+fn generated(spec: &str, faults: Faults) -> SimOptions {
+    SimOptions {
+        source: WorldSource::Generate(spec.parse::<GenerateSpec>().unwrap()),
+        faults,
+        ..Default::default()
+    }
+}
+
+fn write_config(sim: &Simulator, dir: &Path, head: &str) -> String {
+    let id = sim.world(|w| w.instances[0].id.clone());
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
+             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"r\"\n[state]\npath = \"{}\"\n\
+             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{head}\n{RULES}",
+            sim.endpoint(),
+            sim.credentials().access_key_id,
+            dir.join("state.db").display()
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(sim: &Simulator, args: &[&str]) -> Output {
+    let sk = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        Command::new(BIN)
+            .args(&args)
+            .env("TEST_SK", sk)
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Registry contents: (namespace/repo, digest) → tags.
+fn snapshot(sim: &Simulator) -> BTreeMap<(String, String), BTreeSet<String>> {
+    sim.world(|w| {
+        let mut m = BTreeMap::new();
+        for (ns_name, ns) in &w.instances[0].namespaces {
+            for (repo_name, repo) in &ns.repos {
+                for img in &repo.images {
+                    m.insert(
+                        (format!("{ns_name}/{repo_name}"), img.digest.clone()),
+                        img.tags.iter().cloned().collect(),
+                    );
+                }
+            }
+        }
+        m
+    })
+}
+
+fn plan_json(sim: &Simulator, config: &str, dir: &Path) -> (serde_json::Value, String) {
+    let out = dir.join("plan.json");
+    let o = run(
+        sim,
+        &[
+            "plan",
+            "retention",
+            "--config",
+            config,
+            "--format",
+            "json",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    (
+        serde_json::from_str(&text).unwrap(),
+        out.to_str().unwrap().to_owned(),
+    )
+}
+
+/// What the registry must look like after applying `plan`.
+fn expected_after(
+    before: &BTreeMap<(String, String), BTreeSet<String>>,
+    plan: &serde_json::Value,
+) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut after = before.clone();
+    for repo in plan["repositories"].as_array().unwrap() {
+        let name = format!(
+            "{}/{}",
+            repo["namespace"].as_str().unwrap(),
+            repo["repository"].as_str().unwrap()
+        );
+        for a in repo["actions"].as_array().unwrap() {
+            let key = (name.clone(), a["digest"].as_str().unwrap().to_owned());
+            match a["action"].as_str().unwrap() {
+                "delete_image" => {
+                    after.remove(&key).expect("planned image exists");
+                }
+                "delete_tag" => {
+                    let tag = a["tags"][0].as_str().unwrap();
+                    assert!(after.get_mut(&key).unwrap().remove(tag));
+                }
+                other => panic!("unknown action {other}"),
+            }
+        }
+    }
+    after
+}
+
+fn deletes_in_log(sim: &Simulator) -> Vec<(String, String)> {
+    sim.requests()
+        .into_iter()
+        .filter(|e| {
+            e.code == "OK" && matches!(e.action.as_deref(), Some("DeleteImages" | "DeleteRepoTag"))
+        })
+        .map(|e| {
+            (
+                e.action.unwrap(),
+                e.params
+                    .get("ImageId")
+                    .or(e.params.get("TagName"))
+                    .cloned()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn enforce_matches_plan(faults: Faults) {
+    let sim = sim(generated("namespaces=3,repos=3,images=25,seed=21", faults)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let before = snapshot(&sim);
+    let (plan, _) = plan_json(&sim, &config, dir.path());
+    let planned = plan["summary"]["delete_image"].as_u64().unwrap()
+        + plan["summary"]["delete_tag"].as_u64().unwrap();
+    assert!(planned > 20, "the scenario gives the rules work: {planned}");
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        snapshot(&sim),
+        expected_after(&before, &plan),
+        "the registry is exactly in the planned state"
+    );
+    // Every applied mutation is in the audit table.
+    let audit = run(&sim, &["audit", "--config", &config, "--format", "json"]);
+    let records: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(records.as_array().unwrap().len() as u64, planned);
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "applied" || r["outcome"] == "already-done")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_leaves_the_registry_exactly_as_planned() {
+    enforce_matches_plan(Faults::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_matches_the_plan_under_20_percent_faults() {
+    enforce_matches_plan(Faults {
+        fault_rate: 0.2,
+        seed: Some(3),
+        ..Default::default()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_changed_between_plan_and_apply_is_not_deleted() {
+    let sim = sim(generated(
+        "namespaces=1,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let (plan, plan_path) = plan_json(&sim, &config, dir.path());
+    // Pick a planned delete_image and give its image a new tag (e.g. someone re-pointed "hotfix" at it).
+    let repo = plan["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| !r["actions"].as_array().unwrap().is_empty())
+        .unwrap();
+    let action = repo["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "delete_image" && !a["tags"].as_array().unwrap().is_empty())
+        .unwrap();
+    let digest = action["digest"].as_str().unwrap().to_owned();
+    let (ns, rp) = (
+        repo["namespace"].as_str().unwrap().to_owned(),
+        repo["repository"].as_str().unwrap().to_owned(),
+    );
+    sim.world(|w| {
+        let img = w.instances[0]
+            .namespaces
+            .get_mut(&ns)
+            .unwrap()
+            .repos
+            .get_mut(&rp)
+            .unwrap()
+            .images
+            .iter_mut()
+            .find(|i| i.digest == digest)
+            .unwrap();
+        img.tags.push("hotfix".into());
+    });
+    let o = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            &plan_path,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "dropped (stale): delete_image gen/{ns}/{rp} {digest}"
+        )),
+        "{stdout}"
+    );
+    let still = snapshot(&sim);
+    assert!(
+        still
+            .get(&(format!("{ns}/{rp}"), digest))
+            .unwrap()
+            .contains("hotfix"),
+        "the re-tagged image survives"
+    );
+    assert!(
+        !deletes_in_log(&sim)
+            .iter()
+            .any(|(_, id)| *id == action["digest"]),
+        "no delete was sent for it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_block_deletes_nothing_and_exits_3() {
+    let sim = sim(generated(
+        "namespaces=1,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "max_deletions_per_run = 2");
+    let before = snapshot(&sim);
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("max_deletions_per_run 2"));
+    assert_eq!(snapshot(&sim), before);
+    assert!(deletes_in_log(&sim).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ratio_block_leaves_the_repository_alone() {
+    let sim = sim(generated(
+        "namespaces=1,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "max_deletion_ratio = 0.05");
+    let (plan, _) = plan_json(&sim, &config, dir.path());
+    let blocked = plan["summary"]["blocked"].as_array().unwrap();
+    assert!(
+        !blocked.is_empty()
+            && blocked
+                .iter()
+                .all(|b| b.as_str().unwrap().contains("max_deletion_ratio")),
+        "{blocked:?}"
+    );
+    let blocked_repos: Vec<String> = blocked
+        .iter()
+        .map(|b| b.as_str().unwrap().split(':').next().unwrap().to_owned())
+        .collect();
+    let before = snapshot(&sim);
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success());
+    let after = snapshot(&sim);
+    for repo in &blocked_repos {
+        let key = repo.trim_start_matches("gen/");
+        let pick = |m: &BTreeMap<(String, String), BTreeSet<String>>| {
+            m.iter()
+                .filter(|((r, _), _)| r == key)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(&before), pick(&after), "{repo} untouched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_plan_executes_only_the_plan() {
+    let sim = sim(generated(
+        "namespaces=1,repos=2,images=20,seed=8",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let before = snapshot(&sim);
+    let (plan, plan_path) = plan_json(&sim, &config, dir.path());
+    // After review, the registry gains an old untagged image the rules would condemn.
+    sim.world(|w| {
+        let repo = w.instances[0]
+            .namespaces
+            .values_mut()
+            .next()
+            .unwrap()
+            .repos
+            .values_mut()
+            .next()
+            .unwrap();
+        let mut img = repo.images.last().unwrap().clone();
+        img.digest = format!("sha256:{}", "f".repeat(64));
+        img.tags.clear();
+        repo.images.push(img);
+    });
+    let o = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            &plan_path,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut expected = expected_after(&before, &plan);
+    let extra = snapshot(&sim)
+        .into_iter()
+        .find(|((_, d), _)| d.ends_with("ffff"))
+        .unwrap();
+    expected.insert(extra.0.clone(), extra.1);
+    assert_eq!(
+        snapshot(&sim),
+        expected,
+        "exactly the reviewed actions, nothing more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_plan_files_exit_2() {
+    let sim = sim(generated(
+        "namespaces=1,repos=1,images=5,seed=8",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let (_, plan_path) = plan_json(&sim, &config, dir.path());
+    let text = std::fs::read_to_string(&plan_path).unwrap();
+    let corrupt = dir.path().join("corrupt.json");
+    std::fs::write(&corrupt, &text[..text.len() / 2]).unwrap();
+    let o = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            corrupt.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("line "),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let other = dir.path().join("other.json");
+    let id = sim.world(|w| w.instances[0].id.clone());
+    std::fs::write(&other, text.replace(&id, "another-instance-id")).unwrap();
+    let o = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another-instance-id"));
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        text.replace("retention-report/v1", "retention-report/v9"),
+    )
+    .unwrap();
+    let o = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            schema.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(deletes_in_log(&sim).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_without_yes_off_a_terminal_refuses() {
+    let sim = sim(generated(
+        "namespaces=1,repos=1,images=20,seed=8",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let o = run(&sim, &["apply", "retention", "--config", &config]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
+    assert!(deletes_in_log(&sim).is_empty());
+}
