@@ -306,7 +306,11 @@ pub fn render_html(r: &Report) -> String {
                 } else {
                     "-".into()
                 },
-                html_escape(&a.tags.join(", ")),
+                if a.tags.is_empty() {
+                    "<i>untagged</i>".to_owned()
+                } else {
+                    html_escape(&a.tags.join(", "))
+                },
                 html_escape(&a.rules.join(", ")),
                 html_escape(&a.reason)
             );
@@ -323,7 +327,7 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}h
 .meta{color:#666}dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
 dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}\
 table{border-collapse:collapse;margin:.5em 0 2em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
-th{cursor:pointer;background:#f4f4f4;user-select:none}th.asc:after{content:' ▲'}th.desc:after{content:' ▼'}\
+th{cursor:pointer;background:#f4f4f4;user-select:none}td:nth-child(3),td:nth-child(4){white-space:nowrap}th.asc:after{content:' ▲'}th.desc:after{content:' ▼'}\
 tr.delete_image td:first-child{color:#a00;font-weight:600}code{font-size:12px}";
 
 const SCRIPT: &str = "document.querySelectorAll('table.sortable').forEach(function(t){\
