@@ -358,6 +358,63 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
     out.write_all(s.as_bytes()).map_err(io)
 }
 
+/// A progress bar on a terminal (standard error); nothing otherwise.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(what: &str, unit: &str, len: u64) -> Bar {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Bar(None);
+        }
+        let pb = indicatif::ProgressBar::new(len);
+        let template = format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}})");
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(what.to_owned());
+        Bar(Some(pb))
+    }
+    fn inc(&self) {
+        if let Some(pb) = &self.0 {
+            pb.inc(1);
+        }
+    }
+    fn finish(&self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl crate::inventory::Progress for Bar {
+    fn found(&self, n: u64) {
+        if let Some(pb) = &self.0 {
+            pb.inc_length(n);
+        }
+    }
+    fn listed(&self) {
+        self.inc();
+    }
+}
+
+async fn collect_inventory(
+    client: &crate::kcr::Client,
+    c: &Config,
+    now: chrono::DateTime<Utc>,
+) -> crate::inventory::Inventory {
+    let bar = Bar::new("listing", "repositories", 0);
+    let inv = crate::inventory::Inventory::collect_with(client, &c.instances, now, &bar).await;
+    bar.finish();
+    for i in inv.instances.iter().filter(|i| i.error.is_some()) {
+        eprintln!(
+            "warning: instance {}: {}",
+            i.name,
+            i.error.as_deref().unwrap_or_default()
+        );
+    }
+    inv
+}
+
 fn retention_config(c: &Config) -> Result<&crate::config::RetentionConfig, CliError> {
     c.retention.as_ref().ok_or_else(|| {
         CliError::Usage(format!(
@@ -376,14 +433,7 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
     let rc = retention_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();
-    let inventory = crate::inventory::Inventory::collect(&conn.client, &c.instances, now).await;
-    for i in inventory.instances.iter().filter(|i| i.error.is_some()) {
-        eprintln!(
-            "warning: instance {}: {}",
-            i.name,
-            i.error.as_deref().unwrap_or_default()
-        );
-    }
+    let inventory = collect_inventory(&conn.client, c, now).await;
     let plan = retention::plan(&inventory, rc, now);
     for r in &plan.idle_rules {
         eprintln!("warning: rule {r:?} matches nothing in this registry");
@@ -481,8 +531,7 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
             (retention::targets(&repos, c), summary, true)
         }
         None => {
-            let inventory =
-                crate::inventory::Inventory::collect(&conn.client, &c.instances, now).await;
+            let inventory = collect_inventory(&conn.client, c, now).await;
             let plan = retention::plan(&inventory, rc, now);
             if let Some(b) = &plan.blocked {
                 return Err(CliError::Blocked(format!("retention: {b}")));
@@ -517,6 +566,8 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
     };
     let metrics = crate::metrics::Metrics::new();
     let cancel = tokio_util::sync::CancellationToken::new();
+    let bar = Bar::new("deleting", "actions", ready.len() as u64);
+    let tick = || bar.inc();
     let env = ExecEnv {
         client: &conn.client,
         state: &state,
@@ -526,8 +577,10 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
         run_id: None,
         // A reviewed plan is always re-verified: the registry may have moved on.
         verify: rc.verify_before_delete || from_file,
+        tick: &tick,
     };
     let mut executed = executor::execute(&env, ready).await;
+    bar.finish();
     executed.waiting = waiting;
     for (t, a, o) in &executed.results {
         if let retention::executor::Outcome::Stale(why)

@@ -60,6 +60,22 @@ pub fn sort_images(images: &mut [ImageInfo]) {
     });
 }
 
+/// Told about listing progress (a progress bar on a terminal).
+pub trait Progress: Sync {
+    /// `n` more repositories were found and will be listed.
+    fn found(&self, n: u64);
+    /// One repository was listed.
+    fn listed(&self);
+}
+
+/// No progress reporting.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn found(&self, _: u64) {}
+    fn listed(&self) {}
+}
+
 impl Inventory {
     /// Take a snapshot of every configured instance, concurrently within the client's limits.
     pub async fn collect(
@@ -67,8 +83,21 @@ impl Inventory {
         instances: &[InstanceConfig],
         now: DateTime<Utc>,
     ) -> Inventory {
-        let all =
-            futures::future::join_all(instances.iter().map(|i| collect_instance(client, i))).await;
+        Self::collect_with(client, instances, now, &Quiet).await
+    }
+
+    pub async fn collect_with(
+        client: &Client,
+        instances: &[InstanceConfig],
+        now: DateTime<Utc>,
+        progress: &dyn Progress,
+    ) -> Inventory {
+        let all = futures::future::join_all(
+            instances
+                .iter()
+                .map(|i| collect_instance(client, i, progress)),
+        )
+        .await;
         Inventory {
             taken_at: now,
             instances: all,
@@ -85,7 +114,11 @@ impl Inventory {
     }
 }
 
-async fn collect_instance(client: &Client, inst: &InstanceConfig) -> InstanceInventory {
+async fn collect_instance(
+    client: &Client,
+    inst: &InstanceConfig,
+    progress: &dyn Progress,
+) -> InstanceInventory {
     let namespaces = match client.list_all(DescribeNamespace::all(&inst.id)).await {
         Ok(n) => n,
         Err(e) => {
@@ -110,11 +143,12 @@ async fn collect_instance(client: &Client, inst: &InstanceConfig) -> InstanceInv
             },
             Ok(repos) => {
                 let ns_name = ns.namespace.clone();
-                let repositories = futures::future::join_all(
-                    repos
-                        .into_iter()
-                        .map(|r| collect_repository(client, &inst.id, &ns_name, r.repo_name)),
-                )
+                progress.found(repos.len() as u64);
+                let repositories = futures::future::join_all(repos.into_iter().map(|r| async {
+                    let repo = collect_repository(client, &inst.id, &ns_name, r.repo_name).await;
+                    progress.listed();
+                    repo
+                }))
                 .await;
                 NamespaceInventory {
                     name: ns.namespace,

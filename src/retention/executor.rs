@@ -29,6 +29,8 @@ pub struct ExecEnv<'a> {
     pub job: &'a str,
     pub run_id: Option<i64>,
     pub verify: bool,
+    /// Called after each action (a progress bar on a terminal).
+    pub tick: &'a (dyn Fn() + Sync),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +237,7 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             }
         }
         out.results.push((t, a, outcome));
+        (env.tick)();
     }
     for (inst, b) in bytes {
         env.metrics

@@ -188,6 +188,7 @@ impl RetentionJob {
             job: "retention",
             run_id: Some(ctx.run_id),
             verify: rc.verify_before_delete,
+            tick: &|| {},
         };
         let mut executed = executor::execute(&env, ready).await;
         executed.waiting = waiting;

@@ -1,0 +1,142 @@
+//! Inventory sweep of a generated 20×20×60 registry with 20 ms of simulated
+//! latency: API calls against the lower bound (must be 1.00), wall time
+//! against the rate-limit/latency bound (must be ≤ 1.2), and the same sweep
+//! written sequentially with the official Python SDK as the baseline.
+//!
+//! Run: `cargo bench --bench inventory` (the SDK baseline needs the venv that
+//! `tests/conformance/run.sh` creates in target/conformance-venv).
+
+use kcr_housekeeper::config::InstanceConfig;
+use kcr_housekeeper::inventory::Inventory;
+use kcr_housekeeper::kcr::{Client, ClientConfig};
+use kcr_housekeeper::sim::{Faults, GenerateSpec, SimOptions, Simulator, WorldSource};
+use secrecy::ExposeSecret;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SPEC: &str = "namespaces=20,repos=20,images=60,seed=7";
+const LATENCY: Duration = Duration::from_millis(20);
+
+fn lower_bound(sim: &Simulator) -> usize {
+    let pages = |n: usize| n.div_ceil(99).max(1);
+    sim.world(|w| {
+        let i = &w.instances[0];
+        pages(i.namespaces.len())
+            + i.namespaces
+                .values()
+                .map(|ns| {
+                    pages(ns.repos.len())
+                        + ns.repos
+                            .values()
+                            .map(|r| pages(r.images.len()))
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let spec: GenerateSpec = SPEC.parse().unwrap();
+    println!("inventory sweep of a generated registry ({SPEC}), {LATENCY:?} latency per call");
+    println!(
+        "{:>6} {:>9} {:>7} {:>7} {:>9} {:>9} {:>8}",
+        "rps", "in-flight", "calls", "bound", "wall s", "bound s", "ratio"
+    );
+    let mut ours = Vec::new();
+    for (rps, in_flight) in [(100.0, 8usize), (400.0, 16)] {
+        let sim = Simulator::start(SimOptions {
+            source: WorldSource::Generate(spec.clone()),
+            faults: Faults {
+                latency: LATENCY,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut cfg = ClientConfig::new(sim.endpoint(), sim.credentials());
+        cfg.requests_per_second = rps;
+        cfg.max_in_flight = in_flight;
+        let client = Client::new(cfg).unwrap();
+        let id = sim.world(|w| w.instances[0].id.clone());
+        let inst = [InstanceConfig {
+            id,
+            name: "gen".into(),
+            registry: "r".into(),
+        }];
+        let t = Instant::now();
+        let inv = Inventory::collect(&client, &inst, chrono::Utc::now()).await;
+        let wall = t.elapsed().as_secs_f64();
+        assert_eq!(inv.image_count(), 20 * 20 * 60);
+        let calls = sim.requests().len();
+        let bound = lower_bound(&sim);
+        let time_bound = calls as f64 / rps.min(in_flight as f64 / LATENCY.as_secs_f64());
+        println!(
+            "{:>6} {:>9} {:>7} {:>7} {:>9.2} {:>9.2} {:>8.2}   calls/bound = {:.2}",
+            rps,
+            in_flight,
+            calls,
+            bound,
+            wall,
+            time_bound,
+            wall / time_bound,
+            calls as f64 / bound as f64
+        );
+        ours.push((rps, in_flight, wall));
+    }
+    // The baseline: the official SDK, sequential, as a user would write it.
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/conformance-venv/bin/python");
+    if !python.exists() {
+        println!(
+            "SDK baseline skipped: run tests/conformance/run.sh once to create {}",
+            python.display()
+        );
+        return;
+    }
+    let sim = Simulator::start(SimOptions {
+        source: WorldSource::Generate(spec),
+        faults: Faults {
+            latency: LATENCY,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = sim.credentials();
+    let id = sim.world(|w| w.instances[0].id.clone());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sdk_inventory.py");
+    let addr = sim.addr().to_string();
+    let sk = c.secret_access_key.expose_secret().to_owned();
+    let out = std::thread::spawn(move || {
+        Command::new(python)
+            .arg(script)
+            .args([&addr, &c.access_key_id, &sk, &id])
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    if f.len() == 3 {
+        let sdk: f64 = f[2].parse().unwrap_or(f64::NAN);
+        println!(
+            "official Python SDK, sequential: {} calls, {} images, {sdk:.2} s",
+            f[0], f[1]
+        );
+        for (rps, in_flight, wall) in ours {
+            println!(
+                "  kcr-housekeeper at {rps} rps / {in_flight} in flight is {:.1}x faster",
+                sdk / wall
+            );
+        }
+    } else {
+        println!(
+            "SDK baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
