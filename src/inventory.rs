@@ -60,6 +60,44 @@ pub fn sort_images(images: &mut [ImageInfo]) {
     });
 }
 
+/// Lets jobs in one process share a registry snapshot younger than
+/// `[inventory] max_age` instead of listing everything again.
+#[derive(Default)]
+pub struct InventoryCache {
+    latest: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Inventory>)>>,
+}
+
+impl InventoryCache {
+    /// A snapshot no older than `max_age`, taking a new one if needed. Concurrent
+    /// callers wait for one listing rather than starting their own.
+    pub async fn get(
+        &self,
+        client: &Client,
+        instances: &[InstanceConfig],
+        max_age: std::time::Duration,
+    ) -> std::sync::Arc<Inventory> {
+        let mut latest = self.latest.lock().await;
+        if let Some((at, inv)) = latest.as_ref()
+            && at.elapsed() <= max_age
+            && inv
+                .instances
+                .iter()
+                .map(|i| &i.id)
+                .eq(instances.iter().map(|i| &i.id))
+        {
+            return inv.clone();
+        }
+        let inv = std::sync::Arc::new(Inventory::collect(client, instances, Utc::now()).await);
+        *latest = Some((std::time::Instant::now(), inv.clone()));
+        inv
+    }
+
+    /// Forget the snapshot (after mutations, which make it stale).
+    pub async fn invalidate(&self) {
+        *self.latest.lock().await = None;
+    }
+}
+
 /// Told about listing progress (a progress bar on a terminal).
 pub trait Progress: Sync {
     /// `n` more repositories were found and will be listed.

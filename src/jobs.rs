@@ -28,6 +28,8 @@ pub struct JobContext {
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
     pub run_id: i64,
+    /// Registry snapshots shared between jobs (`[inventory] max_age`).
+    pub inventory: Arc<crate::inventory::InventoryCache>,
 }
 
 /// A run that finished normally.
@@ -110,6 +112,7 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    inventory: Arc<crate::inventory::InventoryCache>,
 }
 
 /// Removes a job from the running set however its task ends.
@@ -148,6 +151,7 @@ impl Runner {
             metrics,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            inventory: Default::default(),
         })
     }
 
@@ -263,6 +267,7 @@ impl Runner {
             metrics: self.metrics.clone(),
             cancel: cancel.clone(),
             run_id,
+            inventory: self.inventory.clone(),
         };
         let timeout = env.config.scheduler.job_timeout;
         let mut fut = job.run(&ctx);

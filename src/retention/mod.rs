@@ -9,7 +9,6 @@ pub mod report;
 pub use planner::{ActionKind, Plan, PlannedAction, Verdict, plan, plan_explained};
 
 use crate::config::{Config, Mode, RetentionConfig};
-use crate::inventory::Inventory;
 use crate::jobs::{Job, JobContext, JobError, Outcome};
 use chrono::{DateTime, Utc};
 use executor::{ExecEnv, Executed, Target};
@@ -160,7 +159,14 @@ pub struct RetentionJob;
 impl RetentionJob {
     async fn run_inner(&self, ctx: &JobContext, rc: &RetentionConfig) -> Result<Outcome, JobError> {
         let now = Utc::now();
-        let inventory = Inventory::collect(&ctx.client, &ctx.config.instances, now).await;
+        let inventory = ctx
+            .inventory
+            .get(
+                &ctx.client,
+                &ctx.config.instances,
+                ctx.config.inventory.max_age,
+            )
+            .await;
         for inst in &inventory.instances {
             ctx.metrics
                 .up
@@ -192,6 +198,9 @@ impl RetentionJob {
         };
         let mut executed = executor::execute(&env, ready).await;
         executed.waiting = waiting;
+        if executed.done() > 0 {
+            ctx.inventory.invalidate().await;
+        }
         let text = format!(
             "enforce: planned {summary}; {}",
             executed_summary(&executed)
