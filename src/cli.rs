@@ -355,7 +355,45 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
             ));
         }
     }
+    for w in rule_warnings(c) {
+        s.push_str(&format!("warning: {w}\n"));
+    }
     out.write_all(s.as_bytes()).map_err(io)
+}
+
+/// Retention rules that can match nothing whatever the registry holds. (Rules
+/// that match nothing in the current registry are reported by `plan`.)
+pub fn rule_warnings(c: &Config) -> Vec<String> {
+    let Some(rc) = &c.retention else {
+        return Vec::new();
+    };
+    let impossible_ns = |p: &crate::pattern::Pattern| {
+        !p.is_regex()
+            && !p
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"*?[]!-^".contains(&b))
+    };
+    let mut out = Vec::new();
+    for r in &rc.rules {
+        if !r.namespaces.is_empty() && r.namespaces.iter().all(impossible_ns) {
+            out.push(format!(
+                "retention rule {:?} matches nothing: namespace names are lowercase letters and digits, and no pattern in {:?} can match one",
+                r.name,
+                r.namespaces.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+            ));
+        }
+        if !r.repositories.is_empty()
+            && r.repositories.iter().all(|p| {
+                r.exclude_repositories
+                    .iter()
+                    .any(|e| e.as_str() == p.as_str() || e.as_str() == "**")
+            })
+        {
+            out.push(format!("retention rule {:?} matches nothing: exclude_repositories excludes every repository it names", r.name));
+        }
+    }
+    out
 }
 
 /// A progress bar on a terminal (standard error); nothing otherwise.

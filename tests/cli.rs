@@ -245,3 +245,29 @@ fn sim_prints_generated_scenarios_deterministically() {
     let v: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
     assert_eq!(v["instances"][0]["namespaces"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn check_warns_about_rules_that_can_never_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"demo\"\nregistry = \"r\"\n[retention]\n\
+         [[retention.rules]]\nname = \"upper\"\nnamespaces = [\"Apps\"]\nolder_than = \"1d\"\n\
+         [[retention.rules]]\nname = \"self-excluded\"\nrepositories = [\"web\"]\nexclude_repositories = [\"web\"]\nolder_than = \"1d\"\n\
+         [[retention.rules]]\nname = \"fine\"\nnamespaces = [\"apps\"]\nolder_than = \"1d\"\n",
+    )
+    .unwrap();
+    let o = run(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "warnings do not fail check");
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("warning: retention rule \"upper\" matches nothing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: retention rule \"self-excluded\" matches nothing"),
+        "{out}"
+    );
+    assert!(!out.contains("\"fine\""), "{out}");
+}
