@@ -548,25 +548,21 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
                     path.display()
                 )));
             }
-            let repos: Vec<_> = report
-                .repositories
-                .iter()
-                .map(|r| {
-                    (
-                        r.instance.clone(),
-                        r.namespace.clone(),
-                        r.repository.clone(),
-                        r.actions.clone(),
-                    )
-                })
-                .collect();
+            let repos = report.repositories.iter().map(|r| {
+                (
+                    r.instance.as_str(),
+                    r.namespace.as_str(),
+                    r.repository.as_str(),
+                    r.actions.as_slice(),
+                )
+            });
             let summary = format!(
                 "{} delete_image, {} delete_tag from {}",
                 report.summary.delete_image,
                 report.summary.delete_tag,
                 path.display()
             );
-            (retention::targets(&repos, c), summary, true)
+            (retention::targets(repos, c), summary, true)
         }
         None => {
             let inventory = collect_inventory(&conn.client, c, now).await;

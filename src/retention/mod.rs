@@ -15,45 +15,43 @@ use executor::{ExecEnv, Executed, Target};
 use futures::future::BoxFuture;
 use report::{Report, ReportInstance};
 
-/// The actions of a plan with where they apply. Actions of unknown instances are left out.
-pub fn targets(
-    plan_repos: &[(String, String, String, Vec<PlannedAction>)],
+/// The actions of (instance, namespace, repository, actions) groups with where
+/// they apply. Actions of instances the config does not have are left out.
+pub fn targets<'a>(
+    repos: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a [PlannedAction])>,
     config: &Config,
 ) -> Vec<(Target, PlannedAction)> {
     let mut out = Vec::new();
-    for (instance, namespace, repository, actions) in plan_repos {
+    for (instance, namespace, repository, actions) in repos {
         let Some(inst) = config.instance_by_name(instance) else {
             continue;
         };
         for a in actions {
-            out.push((
-                Target {
-                    instance: inst.name.clone(),
-                    instance_id: inst.id.clone(),
-                    namespace: namespace.clone(),
-                    repository: repository.clone(),
-                },
-                a.clone(),
-            ));
+            let target = Target {
+                instance: inst.name.clone(),
+                instance_id: inst.id.clone(),
+                namespace: namespace.to_owned(),
+                repository: repository.to_owned(),
+            };
+            out.push((target, a.clone()));
         }
     }
     out
 }
 
 pub fn plan_targets(plan: &Plan, config: &Config) -> Vec<(Target, PlannedAction)> {
-    let repos: Vec<_> = plan
-        .repositories
-        .iter()
-        .map(|r| {
+    let repos = plan.repositories.iter();
+    targets(
+        repos.map(|r| {
             (
-                r.instance.clone(),
-                r.namespace.clone(),
-                r.repository.clone(),
-                r.actions.clone(),
+                r.instance.as_str(),
+                r.namespace.as_str(),
+                r.repository.as_str(),
+                r.actions.as_slice(),
             )
-        })
-        .collect();
-    targets(&repos, config)
+        }),
+        config,
+    )
 }
 
 pub fn report_instances(config: &Config) -> Vec<ReportInstance> {
