@@ -641,3 +641,66 @@ async fn sd_notify_ready_watchdog_and_no_secrets_in_debug_logs() {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
 }
+
+/// The README's first command: the demo serves metrics, jobs and the retention
+/// report (dry-run: nothing deleted), and stops on SIGINT with exit 0.
+#[test]
+fn demo_serves_the_retention_report_and_stops_on_sigint() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env_remove("KCR_HOUSEKEEPER_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let metrics = loop {
+        let line = lines.next().expect("demo prints its URLs").unwrap();
+        if let Some(url) = line.strip_prefix("metrics: ") {
+            break url.trim().to_owned();
+        }
+    };
+    let base = metrics.trim_end_matches("/metrics").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (status, body) = get(&format!("{base}/reports/retention/latest.json"));
+        if status == 200 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no retention report within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(v["schema"], "kcr-housekeeper/retention-report/v1");
+    assert_eq!(v["mode"], "dry-run");
+    assert!(v["summary"]["delete_image"].as_u64().unwrap() > 0);
+    let (status, html) = get(&format!("{base}/reports/retention/latest"));
+    assert_eq!(status, 200);
+    assert!(html.starts_with("<!doctype html>"));
+    let (_, md) = get(&format!("{base}/reports/retention/latest.md"));
+    assert!(md.starts_with("## Retention report"));
+    let samples = parse_metrics(&get(&metrics).1);
+    assert!(
+        sample(
+            &samples,
+            "kcr_housekeeper_retention_planned",
+            "action=\"delete_image\",instance=\"demo\""
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(
+        sample(
+            &samples,
+            "kcr_housekeeper_retention_deleted_total",
+            "action=\"delete_image\",instance=\"demo\""
+        )
+        .is_none(),
+        "dry-run deletes nothing"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
