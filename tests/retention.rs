@@ -171,33 +171,95 @@ async fn enforce_matches_plan(faults: Faults) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
     let before = snapshot(&sim);
-    let (plan, _) = plan_json(&sim, &config, dir.path());
+    let (plan, plan_path) = plan_json(&sim, &config, dir.path());
     let planned = plan["summary"]["delete_image"].as_u64().unwrap()
         + plan["summary"]["delete_tag"].as_u64().unwrap();
     assert!(planned > 20, "the scenario gives the rules work: {planned}");
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    // Under faults an action can exhaust its retries; applying the same plan again
+    // must finish the job (idempotence), never do more.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let o = run(
+            &sim,
+            &[
+                "apply",
+                "retention",
+                "--yes",
+                "--config",
+                &config,
+                "--plan",
+                &plan_path,
+            ],
+        );
+        if o.status.success() {
+            break;
+        }
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            attempts < 4,
+            "still failing after {attempts} passes: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
     assert_eq!(
         snapshot(&sim),
         expected_after(&before, &plan),
         "the registry is exactly in the planned state"
     );
-    // Every applied mutation is in the audit table.
+    // Every mutation is in the audit table, and only planned objects were touched.
     let audit = run(&sim, &["audit", "--config", &config, "--format", "json"]);
     let records: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
-    assert_eq!(records.as_array().unwrap().len() as u64, planned);
+    let done = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "applied" || r["outcome"] == "already-done")
+        .count();
     assert!(
-        records
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["outcome"] == "applied" || r["outcome"] == "already-done")
+        done as u64 >= planned,
+        "{done} audit records of success for {planned} actions"
     );
+    let planned_ids: BTreeSet<String> = plan["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["actions"].as_array().unwrap().iter())
+        .map(|a| {
+            if a["action"] == "delete_tag" {
+                a["tags"][0].as_str().unwrap().to_owned()
+            } else {
+                a["digest"].as_str().unwrap().to_owned()
+            }
+        })
+        .collect();
+    assert!(
+        deletes_in_log(&sim)
+            .iter()
+            .all(|(_, id)| planned_ids.contains(id)),
+        "nothing outside the plan"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_without_a_plan_file_matches_a_fresh_plan() {
+    let sim = sim(generated(
+        "namespaces=2,repos=2,images=25,seed=22",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let before = snapshot(&sim);
+    let (plan, _) = plan_json(&sim, &config, dir.path());
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(snapshot(&sim), expected_after(&before, &plan));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -489,4 +551,60 @@ async fn apply_without_yes_off_a_terminal_refuses() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
     assert!(deletes_in_log(&sim).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applying_a_plan_twice_is_idempotent() {
+    let sim = sim(generated(
+        "namespaces=1,repos=3,images=25,seed=23",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let (plan, plan_path) = plan_json(&sim, &config, dir.path());
+    assert!(
+        plan["summary"]["delete_tag"].as_u64().unwrap() > 0,
+        "covers delete_tag too"
+    );
+    let first = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            &plan_path,
+        ],
+    );
+    assert!(first.status.success());
+    let after_first = snapshot(&sim);
+    let sent = deletes_in_log(&sim).len();
+    let second = run(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            &plan_path,
+        ],
+    );
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(out.contains(", 0 stale, 0 failed"), "{out}");
+    assert_eq!(snapshot(&sim), after_first);
+    assert_eq!(
+        deletes_in_log(&sim).len(),
+        sent,
+        "the second pass sends no delete"
+    );
 }

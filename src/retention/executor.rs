@@ -138,6 +138,16 @@ async fn apply_one(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Outcome 
                 return Outcome::Stale("the image is gone; the tag may point elsewhere now".into());
             }
             Ok(Some(tags)) if sorted(&tags) != sorted(&a.image_tags) => {
+                // Exactly the planned tag missing: an earlier attempt already removed it.
+                let done: Vec<String> = a
+                    .image_tags
+                    .iter()
+                    .filter(|t| !a.tags.contains(t))
+                    .cloned()
+                    .collect();
+                if a.action == ActionKind::DeleteTag && sorted(&tags) == sorted(&done) {
+                    return Outcome::AlreadyDone;
+                }
                 return Outcome::Stale(format!(
                     "tags changed since planning: now [{}]",
                     tags.join(", ")
