@@ -18,3 +18,4 @@ pub mod scheduler;
 pub mod server;
 pub mod sim;
 pub mod state;
+pub mod tokens;
