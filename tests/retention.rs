@@ -608,3 +608,29 @@ async fn applying_a_plan_twice_is_idempotent() {
         "the second pass sends no delete"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grace_applies_an_action_only_after_it_was_planned_long_enough() {
+    let sim = sim(generated(
+        "namespaces=1,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "grace = \"1h\"");
+    let before = snapshot(&sim);
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("0 applied or already done") && out.contains("waiting for grace"),
+        "{out}"
+    );
+    assert_eq!(snapshot(&sim), before, "nothing deleted on first sight");
+    assert!(deletes_in_log(&sim).is_empty());
+    // With grace 0s the same actions go at once.
+    let config = write_config(&sim, dir.path(), "grace = \"0s\"");
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success());
+    assert!(!deletes_in_log(&sim).is_empty());
+}
