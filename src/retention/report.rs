@@ -149,6 +149,23 @@ fn short(digest: &str) -> &str {
     &d[..d.len().min(12)]
 }
 
+/// What a delete frees, for people: `-` for a tag deletion.
+fn size_text(a: &PlannedAction) -> String {
+    if a.size > 0 {
+        human_bytes(a.size)
+    } else {
+        "-".into()
+    }
+}
+
+fn tags_text(a: &PlannedAction, sep: &str) -> String {
+    if a.tags.is_empty() {
+        "(untagged)".into()
+    } else {
+        a.tags.join(sep)
+    }
+}
+
 fn summary_lines(r: &Report) -> Vec<String> {
     let s = &r.summary;
     let mut v = vec![
@@ -190,16 +207,8 @@ pub fn render_table(r: &Report) -> String {
                 a.action.as_str(),
                 short(&a.digest),
                 a.pushed_at.format("%Y-%m-%d %H:%M"),
-                if a.size > 0 {
-                    human_bytes(a.size)
-                } else {
-                    "-".into()
-                },
-                if a.tags.is_empty() {
-                    "(untagged)".to_string()
-                } else {
-                    a.tags.join(",")
-                },
+                size_text(a),
+                tags_text(a, ","),
                 a.reason
             );
         }
@@ -229,11 +238,7 @@ pub fn render_markdown(r: &Report) -> String {
                 a.action.as_str(),
                 short(&a.digest),
                 a.pushed_at.format("%Y-%m-%d %H:%M"),
-                if a.size > 0 {
-                    human_bytes(a.size)
-                } else {
-                    "-".into()
-                },
+                size_text(a),
                 md_escape(&a.tags.join(", ")),
                 md_escape(&a.reason)
             );
@@ -301,11 +306,7 @@ pub fn render_html(r: &Report) -> String {
                 short(&a.digest),
                 a.pushed_at.format("%Y-%m-%d %H:%M"),
                 a.size,
-                if a.size > 0 {
-                    human_bytes(a.size)
-                } else {
-                    "-".into()
-                },
+                size_text(a),
                 if a.tags.is_empty() {
                     "<i>untagged</i>".to_owned()
                 } else {
