@@ -35,6 +35,21 @@ fn lower_bound(sim: &Simulator) -> usize {
     })
 }
 
+/// The generated registry behind `LATENCY` of simulated latency per call.
+async fn start_sim(spec: &GenerateSpec) -> Simulator {
+    let faults = Faults {
+        latency: LATENCY,
+        ..Default::default()
+    };
+    Simulator::start(SimOptions {
+        source: WorldSource::Generate(spec.clone()),
+        faults,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::main]
 async fn main() {
     let spec: GenerateSpec = SPEC.parse().unwrap();
@@ -45,16 +60,7 @@ async fn main() {
     );
     let mut ours = Vec::new();
     for (rps, in_flight) in [(100.0, 8usize), (400.0, 16)] {
-        let sim = Simulator::start(SimOptions {
-            source: WorldSource::Generate(spec.clone()),
-            faults: Faults {
-                latency: LATENCY,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let sim = start_sim(&spec).await;
         let mut cfg = ClientConfig::new(sim.endpoint(), sim.credentials());
         cfg.requests_per_second = rps;
         cfg.max_in_flight = in_flight;
@@ -95,16 +101,7 @@ async fn main() {
         );
         return;
     }
-    let sim = Simulator::start(SimOptions {
-        source: WorldSource::Generate(spec),
-        faults: Faults {
-            latency: LATENCY,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(&spec).await;
     let c = sim.credentials();
     let id = sim.world(|w| w.instances[0].id.clone());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sdk_inventory.py");

@@ -135,16 +135,29 @@ pub fn store_report(ctx: &JobContext, report: &Report, now: DateTime<Utc>) -> Re
 }
 
 fn export_plan_metrics(ctx: &JobContext, plan: &Plan) {
-    for inst in &ctx.config.instances {
-        let actions = || plan.actions().filter(|(r, _)| r.instance == inst.name);
-        for kind in [ActionKind::DeleteImage, ActionKind::DeleteTag] {
-            let n = actions().filter(|(_, a)| a.action == kind).count();
-            ctx.metrics
-                .retention_planned
-                .with_label_values(&[&inst.name, kind.as_str()])
-                .set(n as f64);
+    // One pass over the actions: (delete_image, delete_tag, bytes) per instance.
+    let mut per_instance: std::collections::HashMap<&str, (u64, u64, u64)> =
+        std::collections::HashMap::new();
+    for (repo, a) in plan.actions() {
+        let e = per_instance.entry(repo.instance.as_str()).or_default();
+        match a.action {
+            ActionKind::DeleteImage => e.0 += 1,
+            ActionKind::DeleteTag => e.1 += 1,
         }
-        let bytes: u64 = actions().map(|(_, a)| a.size).sum();
+        e.2 += a.size;
+    }
+    for inst in &ctx.config.instances {
+        let (images, tags, bytes) = per_instance
+            .get(inst.name.as_str())
+            .copied()
+            .unwrap_or_default();
+        let planned = &ctx.metrics.retention_planned;
+        planned
+            .with_label_values(&[&inst.name, ActionKind::DeleteImage.as_str()])
+            .set(images as f64);
+        planned
+            .with_label_values(&[&inst.name, ActionKind::DeleteTag.as_str()])
+            .set(tags as f64);
         ctx.metrics
             .retention_reclaimable
             .with_label_values(&[&inst.name])

@@ -481,10 +481,8 @@ impl World {
         let id = uuid_from(random());
         let secret = format!("{:032x}{:032x}", random(), random());
         let inst = self.instance_mut(p)?;
-        let username = format!(
-            "kcr{}",
-            &inst.id.replace('-', "")[..12.min(inst.id.replace('-', "").len())]
-        );
+        let compact_id = inst.id.replace('-', "");
+        let username = format!("kcr{}", &compact_id[..compact_id.len().min(12)]);
         inst.tokens.push(Token {
             id: id.clone(),
             enable: true,
@@ -703,10 +701,12 @@ impl World {
     }
 
     fn delete_repository(&mut self, p: &ParamMap) -> Answer {
-        let inst = self.instance_mut(p)?;
-        Self::repo_mut(inst, p)?;
         let repo = required(p, "RepoName")?;
-        Self::namespace_mut(inst, p)?.repos.remove(repo);
+        let inst = self.instance_mut(p)?;
+        Self::namespace_mut(inst, p)?
+            .repos
+            .remove(repo)
+            .ok_or_else(|| ApiError::invalid_because("RepoName", "repository not found"))?;
         Ok(json!({}))
     }
 
