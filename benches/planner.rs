@@ -33,10 +33,10 @@ fn inventory(images: usize) -> Inventory {
                         _ => vec![],
                     };
                     ImageInfo {
-                        digest: format!("sha256:{k:064x}"),
+                        digest: format!("sha256:{k:064x}").into(),
                         size: 50_000_000,
                         pushed_at: now - Duration::hours(i as i64 * 7),
-                        tags,
+                        tags: kcr_housekeeper::inventory::tags(tags),
                     }
                 })
                 .collect();

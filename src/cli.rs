@@ -553,7 +553,7 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
                     r.instance.as_str(),
                     r.namespace.as_str(),
                     r.repository.as_str(),
-                    r.actions.as_slice(),
+                    r.actions.iter().cloned(),
                 )
             });
             let summary = format!(

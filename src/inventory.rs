@@ -45,10 +45,126 @@ pub struct RepositoryInventory {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub pushed_at: DateTime<Utc>,
-    pub tags: Vec<String>,
+    pub tags: Tags,
+}
+
+/// A tag name; short names (≤ 24 bytes, nearly all) live inline, without an allocation.
+pub type Tag = compact_str::CompactString;
+
+/// An image's tags, shared (not copied) by the plan's actions on that image.
+pub type Tags = std::sync::Arc<[Tag]>;
+
+/// Build [`Tags`] from anything string-like.
+pub fn tags<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Tags {
+    names.into_iter().map(|n| Tag::new(n.as_ref())).collect()
+}
+
+/// An image digest. `sha256:` + 64 lowercase hex digits (every KCR image id
+/// seen) is kept as 32 bytes inline — a million-image inventory is dominated by
+/// digests otherwise; anything else is kept verbatim. Compares, orders, prints
+/// and serialises exactly as its text.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Digest {
+    Sha256([u8; 32]),
+    Other(Box<str>),
+}
+
+impl Digest {
+    pub fn parse(text: &str) -> Digest {
+        let hex = text.strip_prefix("sha256:").filter(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        match hex {
+            Some(h) => {
+                let mut bytes = [0u8; 32];
+                for (i, pair) in h.as_bytes().chunks(2).enumerate() {
+                    let nibble = |c: u8| {
+                        if c.is_ascii_digit() {
+                            c - b'0'
+                        } else {
+                            c - b'a' + 10
+                        }
+                    };
+                    bytes[i] = nibble(pair[0]) << 4 | nibble(pair[1]);
+                }
+                Digest::Sha256(bytes)
+            }
+            None => Digest::Other(text.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Digest::Sha256(bytes) => {
+                f.write_str("sha256:")?;
+                bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            Digest::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl Ord for Digest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            // Lowercase hex sorts as its bytes do.
+            (Digest::Sha256(a), Digest::Sha256(b)) => a.cmp(b),
+            _ => self.to_string().cmp(&other.to_string()),
+        }
+    }
+}
+
+impl PartialOrd for Digest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl From<&str> for Digest {
+    fn from(text: &str) -> Digest {
+        Digest::parse(text)
+    }
+}
+
+impl From<String> for Digest {
+    fn from(text: String) -> Digest {
+        Digest::parse(&text)
+    }
+}
+
+impl PartialEq<str> for Digest {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            Digest::Other(text) => &**text == other,
+            Digest::Sha256(_) => Digest::parse(other) == *self,
+        }
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Digest::parse(&text))
+    }
 }
 
 /// Newest first, ties by digest: the order every ranking uses.
@@ -247,11 +363,52 @@ pub async fn list_images(
                 .create_time
                 .map(|t| t.to_utc(&tz))
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
-            digest: i.image_id,
+            digest: Digest::parse(&i.image_id),
             size: i.size,
-            tags: i.tag_names,
+            tags: tags(i.tag_names),
         })
         .collect();
     sort_images(&mut images);
     Ok(images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_round_trip_and_order_as_their_text() {
+        let texts = [
+            format!("sha256:{}", "0f".repeat(32)),
+            format!("sha256:{}", "a0".repeat(32)),
+            format!("sha256:{}", "A0".repeat(32)),
+            "sha256:short".to_string(),
+            "md5:abc".to_string(),
+            String::new(),
+        ];
+        let digests: Vec<Digest> = texts.iter().map(|t| Digest::parse(t)).collect();
+        assert!(matches!(digests[0], Digest::Sha256(_)));
+        assert!(
+            matches!(digests[2], Digest::Other(_)),
+            "uppercase hex is kept verbatim"
+        );
+        for (t, d) in texts.iter().zip(&digests) {
+            assert_eq!(&d.to_string(), t);
+            assert!(*d == **t);
+            let json = serde_json::to_string(d).unwrap();
+            assert_eq!(json, serde_json::to_string(t).unwrap());
+            assert_eq!(&serde_json::from_str::<Digest>(&json).unwrap(), d);
+        }
+        for (ta, a) in texts.iter().zip(&digests) {
+            for (tb, b) in texts.iter().zip(&digests) {
+                assert_eq!(a.cmp(b), ta.cmp(tb), "{ta} vs {tb}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_digest_takes_no_allocation_and_fits_in_forty_bytes() {
+        assert!(std::mem::size_of::<Digest>() <= 40);
+        assert!(std::mem::size_of::<ImageInfo>() <= 80);
+    }
 }

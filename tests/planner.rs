@@ -39,10 +39,10 @@ fn cfg(head: &str, rules: &str) -> RetentionConfig {
 
 fn img(n: u32, age_days: f64, tags: &[&str]) -> ImageInfo {
     ImageInfo {
-        digest: format!("sha256:{n:064x}"),
+        digest: format!("sha256:{n:064x}").into(),
         size: 1000 + u64::from(n),
         pushed_at: now() - Duration::seconds((age_days * 86_400.0) as i64),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
+        tags: kcr_housekeeper::inventory::tags(tags),
     }
 }
 
@@ -85,9 +85,9 @@ fn acts(p: &Plan) -> Vec<(u32, &'static str, Vec<String>)> {
         .actions()
         .map(|(_, a)| {
             (
-                u32::from_str_radix(&a.digest[7..], 16).unwrap(),
-                a.action.as_str(),
-                a.tags.clone(),
+                u32::from_str_radix(&a.digest.to_string()[7..], 16).unwrap(),
+                a.kind.as_str(),
+                a.tags().iter().map(|t| t.to_string()).collect(),
             )
         })
         .collect();
@@ -169,7 +169,7 @@ fn keep_beats_delete() {
     let d = p.repositories[0]
         .decisions
         .iter()
-        .find(|d| d.digest.ends_with('1'))
+        .find(|d| d.digest.to_string().ends_with('1'))
         .unwrap();
     assert!(matches!(&d.tags[0].verdict, Verdict::Kept { rule, .. } if rule == "keep-pr-1"));
 }
@@ -373,10 +373,44 @@ fn reasons_name_rules_and_bounds() {
         &cfg("", CI),
         now(),
     );
-    let (_, a) = p.actions().next().unwrap();
+    let (_, a) = p.planned_actions().next().unwrap();
     assert_eq!(a.rules, vec!["ci".to_string()]);
     assert_eq!(a.reason, "rule ci: age 30d > older_than 7d");
     assert_eq!(a.action, ActionKind::DeleteTag);
+}
+
+#[test]
+fn written_out_actions_carry_every_rule_and_the_freed_bytes() {
+    let rules = format!(
+        "{CI}[[retention.rules]]\nname = \"sha\"\ntags = [\"sha-*\", \"pr-*\"]\nkeep_latest = 1\n\
+         [[retention.rules]]\nname = \"untagged\"\nuntagged = true\nolder_than = \"1d\"\n"
+    );
+    let p = plan(
+        &one(vec![
+            img(1, 1.0, &["sha-1"]),
+            img(2, 30.0, &["pr-2", "sha-2"]),
+            img(3, 40.0, &[]),
+        ]),
+        &cfg("", &rules),
+        now(),
+    );
+    let written: Vec<_> = p.planned_actions().map(|(_, a)| a).collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    let image = &written[0];
+    assert_eq!(image.action, ActionKind::DeleteImage);
+    assert_eq!(image.tags, vec!["pr-2".to_string(), "sha-2".to_string()]);
+    assert_eq!(image.rules, vec!["ci".to_string(), "sha".to_string()]);
+    assert_eq!(image.size, 1002);
+    assert_eq!(
+        image.reason,
+        "every tag condemned; pr-2: rule ci: age 30d > older_than 7d; rule sha: rank 1 ≥ keep_latest 1; \
+         sha-2: rule sha: rank 1 ≥ keep_latest 1"
+    );
+    let untagged = &written[1];
+    assert_eq!(untagged.action, ActionKind::DeleteImage);
+    assert!(untagged.tags.is_empty());
+    assert_eq!(untagged.reason, "untagged; rule untagged: age 40d > older_than 1d");
+    assert_eq!(p.reclaimable_bytes(), 1002 + 1003);
 }
 
 // ------------------------------------------------------------------ properties
@@ -439,6 +473,13 @@ fn prop_cfg() -> RetentionConfig {
     )
 }
 
+/// Everything a plan shows: the report (JSON) and every verdict.
+fn rendered(p: &Plan) -> String {
+    let report = kcr_housekeeper::retention::report::Report::from_plan(p, "dry-run", vec![]);
+    let decisions: Vec<_> = p.repositories.iter().map(|r| &r.decisions).collect();
+    report.to_json() + &serde_json::to_string(&decisions).unwrap()
+}
+
 proptest! {
     #[test]
     fn no_protected_or_kept_tag_is_ever_in_an_action(web in arb_images(), api in arb_images()) {
@@ -448,7 +489,7 @@ proptest! {
             for d in &repo.decisions {
                 for td in &d.tags {
                     let protected = td.tag == "latest" || td.tag == "v1.2.3" || td.tag.starts_with("keep-");
-                    let in_action = repo.actions.iter().any(|a| a.digest == d.digest && a.tags.contains(&td.tag));
+                    let in_action = repo.actions.iter().any(|a| a.digest == d.digest && a.tags().iter().any(|t| *t == td.tag));
                     prop_assert!(!(protected && in_action), "{} deleted", td.tag);
                     if !td.verdict.is_condemned() {
                         prop_assert!(!in_action, "{} not condemned but in an action", td.tag);
@@ -469,7 +510,7 @@ proptest! {
         let repo = &p.repositories[0];
         for a in &repo.actions {
             let d = repo.decisions.iter().find(|d| d.digest == a.digest).unwrap();
-            match a.action {
+            match a.kind {
                 ActionKind::DeleteImage => {
                     prop_assert!(d.tags.iter().all(|t| t.verdict.is_condemned()));
                     let untagged_condemned = matches!(d.untagged, Some(Verdict::Condemned { .. }));
@@ -483,13 +524,13 @@ proptest! {
     #[test]
     fn plan_is_deterministic(web in arb_images(), api in arb_images()) {
         let inv = inventory(vec![("apps", "web", web), ("apps", "api", api)]);
-        let a = serde_json::to_string(&plan_explained(&inv, &prop_cfg(), now())).unwrap();
+        let a = rendered(&plan_explained(&inv, &prop_cfg(), now()));
         let mut shuffled = inv.clone();
         shuffled.instances[0].namespaces[0].repositories.reverse();
         for r in &mut shuffled.instances[0].namespaces[0].repositories {
             r.images.reverse();
         }
-        let b = serde_json::to_string(&plan_explained(&shuffled, &prop_cfg(), now())).unwrap();
+        let b = rendered(&plan_explained(&shuffled, &prop_cfg(), now()));
         prop_assert_eq!(a, b);
     }
 

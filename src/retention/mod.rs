@@ -17,8 +17,8 @@ use report::{Report, ReportInstance};
 
 /// The actions of (instance, namespace, repository, actions) groups with where
 /// they apply. Actions of instances the config does not have are left out.
-pub fn targets<'a>(
-    repos: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a [PlannedAction])>,
+pub fn targets<'a, A: IntoIterator<Item = PlannedAction>>(
+    repos: impl IntoIterator<Item = (&'a str, &'a str, &'a str, A)>,
     config: &Config,
 ) -> Vec<(Target, PlannedAction)> {
     let mut out = Vec::new();
@@ -33,7 +33,7 @@ pub fn targets<'a>(
                 namespace: namespace.to_owned(),
                 repository: repository.to_owned(),
             };
-            out.push((target, a.clone()));
+            out.push((target, a));
         }
     }
     out
@@ -47,7 +47,7 @@ pub fn plan_targets(plan: &Plan, config: &Config) -> Vec<(Target, PlannedAction)
                 r.instance.as_str(),
                 r.namespace.as_str(),
                 r.repository.as_str(),
-                r.actions.as_slice(),
+                r.actions.iter().map(|a| plan.materialize(a)),
             )
         }),
         config,
@@ -140,11 +140,11 @@ fn export_plan_metrics(ctx: &JobContext, plan: &Plan) {
         std::collections::HashMap::new();
     for (repo, a) in plan.actions() {
         let e = per_instance.entry(repo.instance.as_str()).or_default();
-        match a.action {
+        match a.kind {
             ActionKind::DeleteImage => e.0 += 1,
             ActionKind::DeleteTag => e.1 += 1,
         }
-        e.2 += a.size;
+        e.2 += a.freed_bytes();
     }
     for inst in &ctx.config.instances {
         let (images, tags, bytes) = per_instance

@@ -4,7 +4,7 @@
 //! the same plan.
 
 use crate::config::{RetentionConfig, RetentionRule, RuleAction};
-use crate::inventory::{ImageInfo, Inventory};
+use crate::inventory::{Digest, ImageInfo, Inventory, Tag, Tags};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -26,7 +26,82 @@ impl ActionKind {
     }
 }
 
-/// One mutation the plan asks for.
+/// One mutation the plan asks for, compact: it shares the image's tags with
+/// the inventory and keeps the evidence (rule, rank) rather than the text, so
+/// a plan of a million images stays small. [`Plan::materialize`] writes the
+/// rules and the human reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Action {
+    pub kind: ActionKind,
+    /// `delete_tag`: the index in `image_tags` of the tag to delete.
+    tag: u32,
+    pub digest: Digest,
+    /// Every tag the image had when planned.
+    pub image_tags: Tags,
+    /// The image's size.
+    pub size: u64,
+    pub pushed_at: DateTime<Utc>,
+    /// The condemning judgements, in tag order then rule order.
+    why: Box<[Evidence]>,
+}
+
+/// One rule's condemning judgement of one tag (`UNTAGGED` for the image itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Evidence {
+    tag: u32,
+    rule: u32,
+    rank: u32,
+}
+
+const UNTAGGED: u32 = u32::MAX;
+
+impl Action {
+    /// `delete_image`: every tag the image had; `delete_tag`: the one tag.
+    pub fn tags(&self) -> &[Tag] {
+        match self.kind {
+            ActionKind::DeleteImage => &self.image_tags,
+            ActionKind::DeleteTag => std::slice::from_ref(&self.image_tags[self.tag as usize]),
+        }
+    }
+
+    /// Bytes the action frees: the image size for `delete_image`, 0 for `delete_tag`.
+    pub fn freed_bytes(&self) -> u64 {
+        match self.kind {
+            ActionKind::DeleteImage => self.size,
+            ActionKind::DeleteTag => 0,
+        }
+    }
+}
+
+fn evidence(tag: u32, j: &Judgement) -> impl Iterator<Item = Evidence> + '_ {
+    j.condemned
+        .iter()
+        .map(move |&(rule, rank)| Evidence { tag, rule, rank })
+}
+
+/// What a reason needs to know about a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleBounds {
+    pub name: String,
+    pub action: RuleAction,
+    pub keep_latest: Option<u32>,
+    pub older_than: Option<Duration>,
+    pub newer_than: Option<Duration>,
+}
+
+impl From<&RetentionRule> for RuleBounds {
+    fn from(r: &RetentionRule) -> Self {
+        RuleBounds {
+            name: r.name.clone(),
+            action: r.action,
+            keep_latest: r.keep_latest,
+            older_than: r.older_than,
+            newer_than: r.newer_than,
+        }
+    }
+}
+
+/// One mutation, written out: what reports, plan files and the executor use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedAction {
     pub action: ActionKind,
@@ -82,7 +157,7 @@ pub enum ImageOutcome {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageDecision {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub pushed_at: DateTime<Utc>,
     pub outcome: ImageOutcome,
@@ -91,14 +166,14 @@ pub struct ImageDecision {
     pub untagged: Option<Verdict>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepositoryPlan {
     pub instance: String,
     pub namespace: String,
     pub repository: String,
     pub images: usize,
     /// Empty when blocked or skipped.
-    pub actions: Vec<PlannedAction>,
+    pub actions: Vec<Action>,
     pub decisions: Vec<ImageDecision>,
     /// The ratio guard stopped every action in this repository.
     pub blocked: Option<String>,
@@ -106,9 +181,11 @@ pub struct RepositoryPlan {
     pub skipped: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub generated_at: DateTime<Utc>,
+    /// The config's rules, by index: what the actions' evidence refers to.
+    pub rules: Vec<RuleBounds>,
     pub repositories: Vec<RepositoryPlan>,
     /// `max_deletions_per_run` exceeded: the whole run is blocked.
     pub blocked: Option<String>,
@@ -117,16 +194,66 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn actions(&self) -> impl Iterator<Item = (&RepositoryPlan, &PlannedAction)> {
+    pub fn actions(&self) -> impl Iterator<Item = (&RepositoryPlan, &Action)> {
         self.repositories
             .iter()
             .flat_map(|r| r.actions.iter().map(move |a| (r, a)))
     }
     pub fn count(&self, kind: ActionKind) -> usize {
-        self.actions().filter(|(_, a)| a.action == kind).count()
+        self.actions().filter(|(_, a)| a.kind == kind).count()
     }
     pub fn reclaimable_bytes(&self) -> u64 {
-        self.actions().map(|(_, a)| a.size).sum()
+        self.actions().map(|(_, a)| a.freed_bytes()).sum()
+    }
+
+    /// Write an action out with its rules and human reason.
+    pub fn materialize(&self, a: &Action) -> PlannedAction {
+        let age = self.generated_at.signed_duration_since(a.pushed_at);
+        let mut rules: Vec<String> = Vec::new();
+        for e in a.why.iter() {
+            let name = &self.rules[e.rule as usize].name;
+            if !rules.contains(name) {
+                rules.push(name.clone());
+            }
+        }
+        let reasons = |tag: u32| {
+            a.why
+                .iter()
+                .filter(|e| e.tag == tag)
+                .map(|e| reason(&self.rules[e.rule as usize], e.rank as usize, age))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let reason = match a.kind {
+            ActionKind::DeleteImage if a.image_tags.is_empty() => {
+                format!("untagged; {}", reasons(UNTAGGED))
+            }
+            ActionKind::DeleteImage => {
+                let per_tag: Vec<String> = a
+                    .image_tags
+                    .iter()
+                    .enumerate()
+                    .map(|(t, tag)| format!("{tag}: {}", reasons(t as u32)))
+                    .collect();
+                format!("every tag condemned; {}", per_tag.join("; "))
+            }
+            ActionKind::DeleteTag => reasons(a.tag),
+        };
+        PlannedAction {
+            action: a.kind,
+            digest: a.digest.to_string(),
+            tags: a.tags().iter().map(|t| t.to_string()).collect(),
+            image_tags: a.image_tags.iter().map(|t| t.to_string()).collect(),
+            size: a.freed_bytes(),
+            pushed_at: a.pushed_at,
+            rules,
+            reason,
+        }
+    }
+
+    /// Every action written out, in plan order.
+    pub fn planned_actions(&self) -> impl Iterator<Item = (&RepositoryPlan, PlannedAction)> {
+        self.actions().map(|(r, a)| (r, self.materialize(a)))
     }
 }
 
@@ -176,9 +303,9 @@ fn tag_matches(rule: &RetentionRule, tag: &str) -> bool {
     }
 }
 
-/// A rule's judgement of one tag: which rule (index into the applicable
-/// rules) and the rank it saw. Reasons are written only when needed.
-type Mark = (u16, u32);
+/// A rule's judgement of one tag: which rule (index into the config's rules)
+/// and the rank it saw. Reasons are written only when needed.
+type Mark = (u32, u32);
 
 /// What the rules said about one tag (or an untagged image) before vetoes.
 #[derive(Default, Clone)]
@@ -188,19 +315,19 @@ struct Judgement {
     spared: Vec<Mark>,
 }
 
-fn delete_holds(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> bool {
+fn delete_holds(rule: &RuleBounds, rank: usize, age: ChronoDuration) -> bool {
     rule.keep_latest.is_none_or(|k| rank >= k as usize)
         && rule.older_than.is_none_or(|d| age > chrono(d))
 }
 
-fn keep_holds(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> bool {
+fn keep_holds(rule: &RuleBounds, rank: usize, age: ChronoDuration) -> bool {
     (rule.keep_latest.is_none() && rule.newer_than.is_none())
         || rule.keep_latest.is_some_and(|k| rank < k as usize)
         || rule.newer_than.is_some_and(|d| age < chrono(d))
 }
 
 /// The human reason for a rule's judgement.
-fn reason(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> String {
+fn reason(rule: &RuleBounds, rank: usize, age: ChronoDuration) -> String {
     let mut parts = Vec::new();
     match rule.action {
         RuleAction::Delete => {
@@ -246,8 +373,8 @@ fn reason(rule: &RetentionRule, rank: usize, age: ChronoDuration) -> String {
 }
 
 impl Judgement {
-    fn judge(&mut self, ri: usize, rule: &RetentionRule, rank: usize, age: ChronoDuration) {
-        let mark = (ri as u16, rank as u32);
+    fn judge(&mut self, ri: usize, rule: &RuleBounds, rank: usize, age: ChronoDuration) {
+        let mark = (ri as u32, rank as u32);
         match rule.action {
             RuleAction::Delete if delete_holds(rule, rank, age) => self.condemned.push(mark),
             RuleAction::Delete => self.spared.push(mark),
@@ -263,32 +390,27 @@ impl Judgement {
         !vetoed && self.kept.is_none() && !self.condemned.is_empty()
     }
 
-    fn rule_names(marks: &[Mark], rules: &[&RetentionRule]) -> Vec<String> {
+    fn rule_names(marks: &[Mark], rules: &[RuleBounds]) -> Vec<String> {
         marks
             .iter()
             .map(|(ri, _)| rules[*ri as usize].name.clone())
             .collect()
     }
 
-    fn reasons(marks: &[Mark], rules: &[&RetentionRule], age: ChronoDuration) -> String {
+    fn reasons(marks: &[Mark], rules: &[RuleBounds], age: ChronoDuration) -> String {
         marks
             .iter()
-            .map(|(ri, rank)| reason(rules[*ri as usize], *rank as usize, age))
+            .map(|(ri, rank)| reason(&rules[*ri as usize], *rank as usize, age))
             .collect::<Vec<_>>()
             .join("; ")
     }
 
-    fn verdict(
-        &self,
-        veto: Option<String>,
-        rules: &[&RetentionRule],
-        age: ChronoDuration,
-    ) -> Verdict {
+    fn verdict(&self, veto: Option<String>, rules: &[RuleBounds], age: ChronoDuration) -> Verdict {
         if let Some(reason) = veto {
             return Verdict::Protected { reason };
         }
         if let Some((ri, rank)) = self.kept {
-            let rule = rules[ri as usize];
+            let rule = &rules[ri as usize];
             return Verdict::Kept {
                 rule: rule.name.clone(),
                 reason: reason(rule, rank as usize, age),
@@ -338,15 +460,18 @@ fn tag_veto(cfg: &RetentionConfig, tag: &str) -> Option<String> {
 }
 
 /// Plan one repository. `images` must be newest first, ties by digest.
-/// `used[i]` is set when rule `i` judged anything. Decisions are built only when `explain`.
+/// `rules` are the applicable rules with their index in the config (and in
+/// `bounds`); `used[i]` is set when config rule `i` judged anything.
+/// Decisions are built only when `explain`.
 pub fn plan_repository(
     cfg: &RetentionConfig,
-    rules: &[&RetentionRule],
+    rules: &[(usize, &RetentionRule)],
+    bounds: &[RuleBounds],
     images: &[ImageInfo],
     now: DateTime<Utc>,
     used: &mut [bool],
     explain: bool,
-) -> (Vec<ImageDecision>, Vec<PlannedAction>) {
+) -> (Vec<ImageDecision>, Vec<Action>) {
     let n = images.len();
     let mut tag_judgements: Vec<Vec<Judgement>> = images
         .iter()
@@ -358,12 +483,13 @@ pub fn plan_repository(
         .map(|i| now.signed_duration_since(i.pushed_at))
         .collect();
 
-    for (ri, rule) in rules.iter().enumerate() {
+    for &(ri, rule) in rules {
+        let b = &bounds[ri];
         if rule.untagged {
             let mut rank = 0;
             for (i, img) in images.iter().enumerate() {
                 if img.tags.is_empty() {
-                    untagged_judgements[i].judge(ri, rule, rank, ages[i]);
+                    untagged_judgements[i].judge(ri, b, rank, ages[i]);
                     rank += 1;
                     used[ri] = true;
                 }
@@ -375,7 +501,7 @@ pub fn plan_repository(
                 for (t, tag) in img.tags.iter().enumerate() {
                     if let Some(g) = tag_group(rule, group, tag) {
                         let rank = counts.get(g).copied().unwrap_or(0);
-                        tag_judgements[i][t].judge(ri, rule, rank, ages[i]);
+                        tag_judgements[i][t].judge(ri, b, rank, ages[i]);
                         used[ri] = true;
                         if !seen.contains(&g) {
                             seen.push(g);
@@ -392,7 +518,7 @@ pub fn plan_repository(
                 let mut matched = false;
                 for (t, tag) in img.tags.iter().enumerate() {
                     if tag_matches(rule, tag) {
-                        tag_judgements[i][t].judge(ri, rule, rank, ages[i]);
+                        tag_judgements[i][t].judge(ri, b, rank, ages[i]);
                         matched = true;
                     }
                 }
@@ -411,6 +537,15 @@ pub fn plan_repository(
         let veto = image_veto(cfg, i, age);
         let judgements = &tag_judgements[i];
         let untagged = &untagged_judgements[i];
+        let action = |kind, tag, why: Box<[Evidence]>| Action {
+            kind,
+            tag,
+            digest: img.digest.clone(),
+            image_tags: img.tags.clone(),
+            size: img.size,
+            pushed_at: img.pushed_at,
+            why,
+        };
         // Which tags end condemned: no image veto, no protect.tags, no keep rule.
         let condemned: Vec<bool> = img
             .tags
@@ -420,66 +555,24 @@ pub fn plan_repository(
             .collect();
         let outcome = if img.tags.is_empty() {
             if untagged.condemned(veto.is_some()) {
-                actions.push(PlannedAction {
-                    action: ActionKind::DeleteImage,
-                    digest: img.digest.clone(),
-                    tags: Vec::new(),
-                    image_tags: Vec::new(),
-                    size: img.size,
-                    pushed_at: img.pushed_at,
-                    rules: Judgement::rule_names(&untagged.condemned, rules),
-                    reason: format!(
-                        "untagged; {}",
-                        Judgement::reasons(&untagged.condemned, rules, age)
-                    ),
-                });
+                let why = evidence(UNTAGGED, untagged).collect();
+                actions.push(action(ActionKind::DeleteImage, UNTAGGED, why));
                 ImageOutcome::DeleteImage
             } else {
                 ImageOutcome::Kept
             }
         } else if condemned.iter().all(|c| *c) {
-            let mut names: Vec<String> = Vec::new();
-            let mut why = Vec::new();
-            for (tag, j) in img.tags.iter().zip(judgements) {
-                for name in Judgement::rule_names(&j.condemned, rules) {
-                    if !names.contains(&name) {
-                        names.push(name);
-                    }
-                }
-                why.push(format!(
-                    "{tag}: {}",
-                    Judgement::reasons(&j.condemned, rules, age)
-                ));
-            }
-            actions.push(PlannedAction {
-                action: ActionKind::DeleteImage,
-                digest: img.digest.clone(),
-                tags: img.tags.clone(),
-                image_tags: img.tags.clone(),
-                size: img.size,
-                pushed_at: img.pushed_at,
-                rules: names,
-                reason: format!("every tag condemned; {}", why.join("; ")),
-            });
+            let why = judgements
+                .iter()
+                .enumerate()
+                .flat_map(|(t, j)| evidence(t as u32, j))
+                .collect();
+            actions.push(action(ActionKind::DeleteImage, UNTAGGED, why));
             ImageOutcome::DeleteImage
         } else if condemned.iter().any(|c| *c) {
-            for ((tag, j), _) in img
-                .tags
-                .iter()
-                .zip(judgements)
-                .zip(&condemned)
-                .filter(|(_, c)| **c)
-            {
-                actions.push(PlannedAction {
-                    action: ActionKind::DeleteTag,
-                    digest: img.digest.clone(),
-                    tags: vec![tag.clone()],
-                    image_tags: img.tags.clone(),
-                    size: 0,
-                    pushed_at: img.pushed_at,
-                    rules: Judgement::rule_names(&j.condemned, rules),
-                    reason: Judgement::reasons(&j.condemned, rules, age),
-                });
+            for (t, j) in judgements.iter().enumerate().filter(|(t, _)| condemned[*t]) {
+                let why = evidence(t as u32, j).collect();
+                actions.push(action(ActionKind::DeleteTag, t as u32, why));
             }
             ImageOutcome::DeleteTags
         } else {
@@ -491,8 +584,8 @@ pub fn plan_repository(
                 .iter()
                 .zip(judgements)
                 .map(|(tag, j)| TagDecision {
-                    tag: tag.clone(),
-                    verdict: j.verdict(veto.clone().or_else(|| tag_veto(cfg, tag)), rules, age),
+                    tag: tag.to_string(),
+                    verdict: j.verdict(veto.clone().or_else(|| tag_veto(cfg, tag)), bounds, age),
                 })
                 .collect();
             decisions.push(ImageDecision {
@@ -504,7 +597,7 @@ pub fn plan_repository(
                 untagged: img
                     .tags
                     .is_empty()
-                    .then(|| untagged.verdict(veto.clone(), rules, age)),
+                    .then(|| untagged.verdict(veto.clone(), bounds, age)),
             });
         }
     }
@@ -528,6 +621,7 @@ fn plan_with(
     explain: bool,
 ) -> Plan {
     let mut used = vec![false; cfg.rules.len()];
+    let bounds: Vec<RuleBounds> = cfg.rules.iter().map(RuleBounds::from).collect();
     let mut repositories = Vec::new();
     let mut instances: Vec<_> = inventory.instances.iter().collect();
     instances.sort_by(|a, b| a.name.cmp(&b.name));
@@ -555,8 +649,6 @@ fn plan_with(
                         .enumerate()
                         .filter(|(_, r)| rule_applies(r, &ns.name, &repo.name))
                         .collect();
-                    let rules: Vec<&RetentionRule> = applicable.iter().map(|(_, r)| *r).collect();
-                    let mut local_used = vec![false; rules.len()];
                     // The inventory keeps images newest first; sort a copy only if it does not.
                     let sorted = repo
                         .images
@@ -568,14 +660,18 @@ fn plan_with(
                         crate::inventory::sort_images(&mut v);
                         std::borrow::Cow::Owned(v)
                     };
-                    let (decisions, actions) =
-                        plan_repository(cfg, &rules, &images, now, &mut local_used, explain);
-                    for ((idx, _), u) in applicable.iter().zip(local_used) {
-                        used[*idx] |= u;
-                    }
+                    let (decisions, actions) = plan_repository(
+                        cfg,
+                        &applicable,
+                        &bounds,
+                        &images,
+                        now,
+                        &mut used,
+                        explain,
+                    );
                     let deletes = actions
                         .iter()
-                        .filter(|a| a.action == ActionKind::DeleteImage)
+                        .filter(|a| a.kind == ActionKind::DeleteImage)
                         .count();
                     let limit = cfg.max_deletion_ratio * rp.images as f64;
                     if deletes as f64 > limit {
@@ -608,6 +704,7 @@ fn plan_with(
         .collect();
     Plan {
         generated_at: now,
+        rules: bounds,
         repositories,
         blocked,
         idle_rules,

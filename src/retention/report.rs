@@ -91,7 +91,7 @@ impl Report {
                     namespace: r.namespace.clone(),
                     repository: r.repository.clone(),
                     images: r.images,
-                    actions: r.actions.clone(),
+                    actions: r.actions.iter().map(|a| plan.materialize(a)).collect(),
                 })
                 .collect(),
         }
