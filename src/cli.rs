@@ -59,6 +59,7 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlannableJob {
     Retention,
+    Tokens,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,6 +247,16 @@ pub fn demo_config(listen: SocketAddr, state_dir: &Path) -> Result<Config, CliEr
     .map_err(CliError::Config)?;
     c.server.listen = listen;
     c.state.path = state_dir.join("state.db");
+    // Token sinks go beside the demo's state, not into /tmp/kcr-housekeeper-demo.
+    for mt in c.tokens.iter_mut().flat_map(|t| t.managed.iter_mut()) {
+        for sink in &mut mt.sinks {
+            if let config::Sink::DockerConfig { path } | config::Sink::File { path, .. } = sink
+                && let Some(name) = path.file_name()
+            {
+                *path = state_dir.join(name);
+            }
+        }
+    }
     Ok(c)
 }
 
@@ -281,7 +292,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 // Printed once serving has started, so the URLs work when read.
                 let _ = write!(
                     out,
-                    "kcr-housekeeper demo: the built-in simulator with config/demo.toml (dry-run: nothing is changed)\n\
+                    "kcr-housekeeper demo: the built-in simulator with config/demo.toml\n\
+                     retention and namespaces run dry; the ci-pull token rotates inside the simulator\n\
+                     and its new secret is written under the state directory\n\
                      metrics: {base}/metrics\n\
                      jobs:    {base}/jobs\n\
                      report:  {base}/reports/retention/latest\n\
@@ -467,7 +480,9 @@ fn failed(e: impl Into<anyhow::Error>, what: &str) -> CliError {
 }
 
 async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let PlannableJob::Retention = args.job;
+    if args.job == PlannableJob::Tokens {
+        return plan_tokens_cmd(c, args, out).await;
+    }
     let rc = retention_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();
@@ -495,6 +510,160 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
     Ok(())
 }
 
+fn tokens_config(c: &Config) -> Result<&crate::config::TokensConfig, CliError> {
+    c.tokens.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: no [tokens] section: nothing to plan",
+            c.source
+        ))
+    })
+}
+
+fn token_plans_text(plans: &[crate::tokens::planner::TokenPlan]) -> String {
+    let mut text = String::new();
+    for p in plans {
+        text.push_str(&format!("{} (instance {}):\n", p.name, p.instance));
+        match &p.current {
+            Some(cur) => text.push_str(&format!(
+                "  current: token {} (rotation {}), expires {}\n",
+                cur.token_id,
+                cur.rotation_id,
+                cur.expires_at
+                    .map_or("never".to_string(), |e| e.to_rfc3339())
+            )),
+            None => text.push_str("  current: none usable\n"),
+        }
+        if p.steps.is_empty() {
+            text.push_str("  now: nothing to do\n");
+        }
+        for step in &p.steps {
+            text.push_str(&format!("  now: {}\n", step.describe()));
+        }
+        for u in &p.upcoming {
+            text.push_str(&format!("  at {}: {}\n", u.at.to_rfc3339(), u.what));
+        }
+    }
+    text
+}
+
+fn token_plans_json(plans: &[crate::tokens::planner::TokenPlan]) -> String {
+    let doc: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "token": p.name,
+                "instance": p.instance,
+                "current": p.current.as_ref().map(|c| serde_json::json!({
+                    "token_id": c.token_id,
+                    "rotation_id": c.rotation_id,
+                    "expires_at": c.expires_at.map(|e| e.to_rfc3339()),
+                })),
+                "now": p.steps.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+                "upcoming": p.upcoming.iter().map(|u| serde_json::json!({
+                    "at": u.at.to_rfc3339(), "what": u.what,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "schema": "kcr-housekeeper/token-plan/v1",
+        "tokens": doc,
+    }))
+    .expect("serialises")
+        + "\n"
+}
+
+fn token_engine<'a>(
+    c: &'a Config,
+    conn: &'a app::Connection,
+    state: &'a crate::state::Store,
+) -> crate::tokens::rotate::Engine<'a> {
+    crate::tokens::rotate::Engine {
+        client: &conn.client,
+        config: c,
+        state,
+        metrics: None,
+        run_id: None,
+        cancel: None,
+        clock: &|| Utc::now(),
+        settings: crate::tokens::settings_for(c, &conn.client),
+    }
+}
+
+async fn plan_tokens_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    tokens_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let plans = token_engine(c, &conn, &state)
+        .plan()
+        .await
+        .map_err(|e| failed(e, "planning tokens"))?;
+    let text = match args.format {
+        ReportFormat::Json => token_plans_json(&plans),
+        ReportFormat::Table => token_plans_text(&plans),
+        f => {
+            return Err(CliError::Usage(format!(
+                "plan tokens: format {f:?} is not available (table or json)"
+            )));
+        }
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
+        None => out.write_all(text.as_bytes()).map_err(io)?,
+    }
+    Ok(())
+}
+
+async fn apply_tokens_cmd(
+    c: &Config,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    tokens_config(c)?;
+    if let Some(p) = &args.plan {
+        return Err(CliError::Usage(format!(
+            "{}: apply tokens takes no --plan: a rotation is planned and applied in one step",
+            p.display()
+        )));
+    }
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let engine = token_engine(c, &conn, &state);
+    let plans = engine
+        .plan()
+        .await
+        .map_err(|e| failed(e, "planning tokens"))?;
+    out.write_all(token_plans_text(&plans).as_bytes())
+        .map_err(io)?;
+    if plans.iter().all(|p| p.steps.is_empty()) {
+        writeln!(out, "nothing to do").map_err(io)?;
+        return Ok(());
+    }
+    if !args.yes {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(CliError::Usage(
+                "not a terminal: pass --yes to apply without confirmation".into(),
+            ));
+        }
+        if !confirm("apply these token steps?", out)? {
+            writeln!(out, "nothing applied").map_err(io)?;
+            return Ok(());
+        }
+    }
+    let outcomes = engine
+        .run()
+        .await
+        .map_err(|e| failed(e, "rotating tokens"))?;
+    writeln!(out, "tokens: {}", crate::tokens::outcome_summary(&outcomes)).map_err(io)?;
+    if outcomes.iter().any(|o| o.error.is_some()) {
+        return Err(CliError::Failed(anyhow::anyhow!("a token step failed")));
+    }
+    Ok(())
+}
+
 fn confirm(prompt: &str, out: &mut dyn Write) -> Result<bool, CliError> {
     write!(out, "{prompt} [y/N] ").map_err(io)?;
     out.flush().map_err(io)?;
@@ -505,7 +674,9 @@ fn confirm(prompt: &str, out: &mut dyn Write) -> Result<bool, CliError> {
 
 async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<(), CliError> {
     use retention::executor::{self, ExecEnv};
-    let PlannableJob::Retention = args.job;
+    if args.job == PlannableJob::Tokens {
+        return apply_tokens_cmd(c, args, out).await;
+    }
     let rc = retention_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();

@@ -31,7 +31,11 @@ pub enum DaemonError {
 
 /// Every job this build has.
 pub fn all_jobs() -> Vec<Arc<dyn Job>> {
-    vec![Arc::new(QuotaJob), Arc::new(crate::retention::RetentionJob)]
+    vec![
+        Arc::new(QuotaJob),
+        Arc::new(crate::retention::RetentionJob),
+        Arc::new(crate::tokens::TokensJob),
+    ]
 }
 
 /// What the caller gets to see once the daemon is serving.

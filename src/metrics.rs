@@ -27,6 +27,10 @@ pub struct Metrics {
     pub retention_reclaimable: GaugeVec,
     pub retention_deleted: IntCounterVec,
     pub retention_deleted_bytes: IntCounterVec,
+    pub token_expiry: GaugeVec,
+    pub token_rotations: IntCounterVec,
+    pub token_rotation_in_progress: IntGaugeVec,
+    pub token_last_rotation: GaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,8 +186,36 @@ impl Metrics {
             "Bytes freed by applied delete_image actions.",
             &["instance"],
         );
+        let token_expiry = gauge_vec(
+            &r,
+            "kcr_token_expiry_timestamp_seconds",
+            "Unix time each access token expires (tokens that never expire are absent); managed = rotated by kcr-housekeeper.",
+            &["instance", "token_id", "managed"],
+        );
+        let token_rotations = counter_vec(
+            &r,
+            "kcr_housekeeper_token_rotations_total",
+            "Rotations of managed tokens by result (success or failure).",
+            &["token", "result"],
+        );
+        let token_rotation_in_progress = int_gauge_vec(
+            &r,
+            "kcr_housekeeper_token_rotation_in_progress",
+            "1 while a rotation of the managed token is under way.",
+            &["token"],
+        );
+        let token_last_rotation = gauge_vec(
+            &r,
+            "kcr_housekeeper_token_last_rotation_success_timestamp_seconds",
+            "Unix time the managed token was last rotated successfully.",
+            &["token"],
+        );
         Metrics {
             registry: r,
+            token_expiry,
+            token_rotations,
+            token_rotation_in_progress,
+            token_last_rotation,
             retention_planned,
             retention_reclaimable,
             retention_deleted,

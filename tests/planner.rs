@@ -409,7 +409,10 @@ fn written_out_actions_carry_every_rule_and_the_freed_bytes() {
     let untagged = &written[1];
     assert_eq!(untagged.action, ActionKind::DeleteImage);
     assert!(untagged.tags.is_empty());
-    assert_eq!(untagged.reason, "untagged; rule untagged: age 40d > older_than 1d");
+    assert_eq!(
+        untagged.reason,
+        "untagged; rule untagged: age 40d > older_than 1d"
+    );
     assert_eq!(p.reclaimable_bytes(), 1002 + 1003);
 }
 

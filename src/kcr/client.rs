@@ -220,6 +220,11 @@ impl Client {
         })
     }
 
+    /// The API endpoint (base URL) this client talks to.
+    pub fn endpoint(&self) -> &reqwest::Url {
+        &self.inner.url
+    }
+
     /// The zone the API's zone-less times are in.
     pub fn timezone(&self) -> &Tz {
         &self.inner.timezone

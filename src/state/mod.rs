@@ -183,6 +183,24 @@ pub struct NewAudit<'a> {
     pub outcome: &'a str,
 }
 
+/// One rotation of a managed token, as journaled before each step. Never
+/// holds the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationRecord {
+    pub rotation_id: String,
+    pub token_name: String,
+    pub instance: String,
+    pub token_id: Option<String>,
+    pub previous_token_id: Option<String>,
+    /// The step reached (see `tokens::planner::Step`).
+    pub step: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// When the step was reached.
+    pub updated_at: DateTime<Utc>,
+    pub error: Option<String>,
+}
+
 /// A stored report: when it was generated, and its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredReport {
@@ -530,6 +548,78 @@ impl Store {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Insert or replace rotation journal records in one transaction (a step
+    /// that moves two rotations, like marking one current and superseding the
+    /// other, lands whole or not at all).
+    pub fn journal_put(&self, records: &[RotationRecord]) -> Result<(), StateError> {
+        let mut conn = self.conn.lock().expect("state lock");
+        let tx = conn.transaction()?;
+        {
+            let mut up = tx.prepare(
+                "INSERT INTO rotation_journal (rotation_id, token_name, instance, token_id, previous_token_id, step, expires_at, created_at, updated_at, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT(rotation_id) DO UPDATE SET token_name = excluded.token_name, instance = excluded.instance,
+                   token_id = excluded.token_id, previous_token_id = excluded.previous_token_id, step = excluded.step,
+                   expires_at = excluded.expires_at, created_at = excluded.created_at, updated_at = excluded.updated_at,
+                   error = excluded.error",
+            )?;
+            for r in records {
+                up.execute(params![
+                    r.rotation_id,
+                    r.token_name,
+                    r.instance,
+                    r.token_id,
+                    r.previous_token_id,
+                    r.step,
+                    r.expires_at.map(ts),
+                    ts(r.created_at),
+                    ts(r.updated_at),
+                    r.error
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The journal of one managed token, oldest first.
+    pub fn journal_for(&self, token_name: &str) -> Result<Vec<RotationRecord>, StateError> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT rotation_id, token_name, instance, token_id, previous_token_id, step, expires_at, created_at, updated_at, error
+                 FROM rotation_journal WHERE token_name = ?1 ORDER BY created_at, rotation_id",
+            )?
+            .query_map(params![token_name], |r| {
+                let time = |i: usize| -> rusqlite::Result<DateTime<Utc>> {
+                    let text: String = r.get(i)?;
+                    parse_ts(&text).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            i,
+                            rusqlite::types::Type::Text,
+                            format!("bad time {text:?}").into(),
+                        )
+                    })
+                };
+                Ok(RotationRecord {
+                    rotation_id: r.get(0)?,
+                    token_name: r.get(1)?,
+                    instance: r.get(2)?,
+                    token_id: r.get(3)?,
+                    previous_token_id: r.get(4)?,
+                    step: r.get(5)?,
+                    expires_at: r
+                        .get::<_, Option<String>>(6)?
+                        .as_deref()
+                        .and_then(parse_ts),
+                    created_at: time(7)?,
+                    updated_at: time(8)?,
+                    error: r.get(9)?,
+                })
+            })?
+            .collect()
+        })
     }
 
     pub fn put_report(

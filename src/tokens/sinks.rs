@@ -207,6 +207,53 @@ pub fn file_content(format: FileFormat, d: &Delivery<'_>) -> Vec<u8> {
     }
 }
 
+/// What a file sink held before a delivery, to put back if the rotation
+/// fails after it. It holds the old secret, so it lives in memory only and
+/// its `Debug` shows nothing of it.
+pub struct Prior {
+    path: PathBuf,
+    content: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Prior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prior")
+            .field("path", &self.path)
+            .field("existed", &self.content.is_some())
+            .finish()
+    }
+}
+
+/// The current content of a file sink (`None` for `exec` sinks, which cannot be undone).
+pub fn snapshot(sink: &Sink) -> Result<Option<Prior>, SinkError> {
+    match sink {
+        Sink::DockerConfig { path } | Sink::File { path, .. } => {
+            let content = match std::fs::read(path) {
+                Ok(c) => Some(c),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io(path, "cannot read")(e)),
+            };
+            Ok(Some(Prior {
+                path: path.clone(),
+                content,
+            }))
+        }
+        Sink::Exec { .. } => Ok(None),
+    }
+}
+
+/// Put a file sink back as it was (atomically; removed if it did not exist).
+pub fn restore(prior: &Prior) -> Result<(), SinkError> {
+    match &prior.content {
+        Some(c) => write_atomic(&prior.path, c),
+        None => match std::fs::remove_file(&prior.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&prior.path, "cannot remove")(e)),
+        },
+    }
+}
+
 /// Deliver to one sink.
 pub async fn deliver(sink: &Sink, d: &Delivery<'_>) -> Result<(), SinkError> {
     match sink {
