@@ -64,7 +64,7 @@ fn check_prints_jobs_and_three_fire_times() {
     assert!(o.status.success());
     let out = text(&o.stdout);
     let job_lines: Vec<&str> = out.lines().filter(|l| l.contains("next:")).collect();
-    assert_eq!(job_lines.len(), 3, "{out}");
+    assert_eq!(job_lines.len(), 4, "{out}");
     for l in job_lines {
         assert_eq!(l.matches(" UTC").count(), 3, "{l}");
     }

@@ -251,6 +251,8 @@ pub struct ManagedToken {
 pub struct TokensConfig {
     pub schedule: Schedule,
     pub mode: Mode,
+    /// How long a new token may take to appear in DescribeInstanceToken.
+    pub list_lag: Duration,
     pub managed: Vec<ManagedToken>,
 }
 

@@ -157,6 +157,7 @@ pub struct RawRule {
 pub struct RawTokens {
     pub schedule: Option<String>,
     pub mode: Option<String>,
+    pub list_lag: Option<String>,
     #[serde(default)]
     pub managed: Vec<toml::Value>,
 }

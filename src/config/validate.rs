@@ -823,6 +823,11 @@ impl Validator<'_> {
         let raw: RawTokens = self.de(&p, value)?;
         let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
         let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::Enforce);
+        let list_lag = self.duration(
+            p.key("list_lag"),
+            raw.list_lag.as_deref(),
+            Duration::from_secs(120),
+        );
         let mut managed: Vec<ManagedToken> = Vec::new();
         for (i, item) in raw.managed.into_iter().enumerate() {
             let mp = p.key("managed").index(i);
@@ -936,6 +941,7 @@ impl Validator<'_> {
         Some(TokensConfig {
             schedule: schedule?,
             mode,
+            list_lag,
             managed,
         })
     }

@@ -17,10 +17,6 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 /// Every managed token's `Desc` starts with this.
 pub const DESC_PREFIX: &str = "kcr-housekeeper/";
 
-/// How long a new token may take to appear in DescribeInstanceToken: an
-/// unlisted token younger than this is assumed to exist.
-pub const LIST_LAG: ChronoDuration = ChronoDuration::minutes(2);
-
 pub fn desc(name: &str, rotation_id: &str) -> String {
     format!("{DESC_PREFIX}{name}/{rotation_id}")
 }
@@ -214,13 +210,16 @@ fn std_to_chrono(d: std::time::Duration) -> ChronoDuration {
 }
 
 /// Plan one managed token. `journal` is this token's journal, `listed` every
-/// token of its instance.
+/// token of its instance; a token younger than `list_lag` may be missing from
+/// the listing and is assumed to exist.
 pub fn plan_token(
     cfg: &ManagedToken,
     journal: &[RotationRecord],
     listed: &[Listed],
+    list_lag: std::time::Duration,
     now: DateTime<Utc>,
 ) -> TokenPlan {
+    let lag = std_to_chrono(list_lag);
     let mut steps = Vec::new();
     let mut upcoming = Vec::new();
     let by_id = |id: &str| listed.iter().find(|t| t.token_id == id);
@@ -233,8 +232,7 @@ pub fn plan_token(
         })
     };
     // Listed, or too young to be listed yet.
-    let exists =
-        |r: &RotationRecord, id: &str| by_id(id).is_some() || now < r.created_at + LIST_LAG;
+    let exists = |r: &RotationRecord, id: &str| by_id(id).is_some() || now < r.created_at + lag;
 
     // The current token: the newest `current` record whose token is usable.
     let current_rec = journal
@@ -256,7 +254,7 @@ pub fn plan_token(
                 false
             }
             Some(_) => true,
-            None if now < r.created_at + LIST_LAG => true,
+            None if now < r.created_at + lag => true,
             None => {
                 rotate_reason = Some(format!("current token {id} no longer exists"));
                 false
@@ -288,11 +286,11 @@ pub fn plan_token(
                         "created by a rotation that stopped before recording it; its secret is lost"
                             .into(),
                 }),
-                None if now < r.created_at + LIST_LAG => {
+                None if now < r.created_at + lag => {
                     in_flight = true;
                     steps.push(Planned::AwaitListing {
                         rotation_id: rid,
-                        until: r.created_at + LIST_LAG,
+                        until: r.created_at + lag,
                     });
                 }
                 None => steps.push(Planned::Discard {
@@ -498,6 +496,8 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    const LAG: std::time::Duration = std::time::Duration::from_secs(120);
+
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
     }
@@ -546,7 +546,7 @@ mod tests {
     }
 
     fn steps(journal: &[RotationRecord], tokens: &[Listed]) -> Vec<String> {
-        plan_token(&cfg(), journal, tokens, now())
+        plan_token(&cfg(), journal, tokens, LAG, now())
             .steps
             .iter()
             .map(|s| match s {
@@ -590,7 +590,12 @@ mod tests {
         };
         let (c_fresh, t_fresh) = cur(20 * 24);
         let (c_old, t_old) = cur(5 * 24);
-        type Case = (&'static str, Vec<RotationRecord>, Vec<Listed>, Vec<&'static str>);
+        type Case = (
+            &'static str,
+            Vec<RotationRecord>,
+            Vec<Listed>,
+            Vec<&'static str>,
+        );
         let cases: Vec<Case> = vec![
             ("nothing yet: rotate", vec![], vec![], vec!["rotate"]),
             (
@@ -779,7 +784,7 @@ mod tests {
         ];
         let tokens = vec![listed("t1", "r1", true, 100), listed("t2", "r2", true, 700)];
         assert_eq!(steps(&journal, &tokens), vec!["disable t1"]);
-        let p = plan_token(&cfg(), &journal, &tokens, now());
+        let p = plan_token(&cfg(), &journal, &tokens, LAG, now());
         assert_eq!(p.current.unwrap().token_id, "t2");
     }
 
@@ -793,7 +798,7 @@ mod tests {
             listed("t0", "r0", true, 100),
             listed("t1", "r1", true, 20 * 24),
         ];
-        let p = plan_token(&cfg(), &journal, &tokens, now());
+        let p = plan_token(&cfg(), &journal, &tokens, LAG, now());
         let when: Vec<(i64, &str)> = p
             .upcoming
             .iter()

@@ -146,6 +146,13 @@ impl<'a> Engine<'a> {
         (self.clock)()
     }
 
+    fn list_lag(&self) -> Duration {
+        self.config
+            .tokens
+            .as_ref()
+            .map_or(Duration::from_secs(120), |t| t.list_lag)
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.is_some_and(|c| c.is_cancelled())
     }
@@ -251,6 +258,7 @@ impl<'a> Engine<'a> {
                 mt,
                 &journal,
                 &listings[&inst.name],
+                tc.list_lag,
                 self.now(),
             ));
         }
@@ -294,7 +302,7 @@ impl<'a> Engine<'a> {
         for pass in 0..2 {
             let listed = self.list(inst).await?;
             let journal = self.journal(&mt.name)?;
-            let plan = planner::plan_token(mt, &journal, &listed, self.now());
+            let plan = planner::plan_token(mt, &journal, &listed, self.list_lag(), self.now());
             let mut changed_current = false;
             for step in &plan.steps {
                 if self.cancelled() {
