@@ -60,6 +60,7 @@ pub enum OutputFormat {
 pub enum PlannableJob {
     Retention,
     Tokens,
+    Namespaces,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -483,6 +484,9 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
     if args.job == PlannableJob::Tokens {
         return plan_tokens_cmd(c, args, out).await;
     }
+    if args.job == PlannableJob::Namespaces {
+        return plan_namespaces_cmd(c, args, out).await;
+    }
     let rc = retention_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();
@@ -506,6 +510,135 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
         Some(path) => std::fs::write(path, text)
             .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
         None => out.write_all(text.as_bytes()).map_err(io)?,
+    }
+    Ok(())
+}
+
+fn namespaces_config(c: &Config) -> Result<&crate::config::NamespacesConfig, CliError> {
+    c.namespaces.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: no [namespaces] section: nothing to plan",
+            c.source
+        ))
+    })
+}
+
+async fn namespace_plan(
+    c: &Config,
+    conn: &app::Connection,
+) -> Result<crate::namespaces::NamespacePlan, CliError> {
+    let nc = namespaces_config(c)?;
+    let listed = crate::namespaces::list(&conn.client, c)
+        .await
+        .map_err(|e| failed(e, "listing namespaces"))?;
+    Ok(crate::namespaces::plan(nc, &listed))
+}
+
+async fn plan_namespaces_cmd(
+    c: &Config,
+    args: &PlanArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    namespaces_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let plan = namespace_plan(c, &conn).await?;
+    let text = match args.format {
+        ReportFormat::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "schema": "kcr-housekeeper/namespace-plan/v1",
+                "summary": crate::namespaces::summary(&plan),
+                "blocked": plan.blocked,
+                "namespaces": plan.decisions,
+            }))
+            .expect("serialises")
+                + "\n"
+        }
+        ReportFormat::Table => {
+            crate::namespaces::render_table(&plan) + &crate::namespaces::summary(&plan) + "\n"
+        }
+        f => {
+            return Err(CliError::Usage(format!(
+                "plan namespaces: format {f:?} is not available (table or json)"
+            )));
+        }
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
+        None => out.write_all(text.as_bytes()).map_err(io)?,
+    }
+    Ok(())
+}
+
+async fn apply_namespaces_cmd(
+    c: &Config,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::namespaces::Applied;
+    namespaces_config(c)?;
+    if let Some(p) = &args.plan {
+        return Err(CliError::Usage(format!(
+            "{}: apply namespaces takes no --plan; it re-reads every namespace before changing it",
+            p.display()
+        )));
+    }
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let plan = namespace_plan(c, &conn).await?;
+    out.write_all(crate::namespaces::render_table(&plan).as_bytes())
+        .map_err(io)?;
+    if let Some(b) = &plan.blocked {
+        return Err(CliError::Blocked(b.clone()));
+    }
+    let n = plan.changes().count();
+    if n == 0 {
+        writeln!(out, "nothing to do").map_err(io)?;
+        return Ok(());
+    }
+    if !args.yes {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(CliError::Usage(
+                "not a terminal: pass --yes to apply without confirmation".into(),
+            ));
+        }
+        if !confirm(&format!("change {n} namespaces?"), out)? {
+            writeln!(out, "nothing applied").map_err(io)?;
+            return Ok(());
+        }
+    }
+    let env = crate::namespaces::ExecEnv {
+        client: &conn.client,
+        config: c,
+        state: &state,
+        metrics: None,
+        cancel: None,
+        run_id: None,
+    };
+    let applied = crate::namespaces::execute(&env, &plan).await;
+    let mut failures = 0;
+    for (d, r) in &applied {
+        let what = match r {
+            Applied::Applied => "changed".to_string(),
+            Applied::AlreadyDone => "already as desired".to_string(),
+            Applied::Stale(why) => format!("skipped: {why}"),
+            Applied::Failed(why) => {
+                failures += 1;
+                format!("FAILED: {why}")
+            }
+        };
+        writeln!(
+            out,
+            "{}/{} → {}: {what}",
+            d.instance, d.namespace, d.desired
+        )
+        .map_err(io)?;
+    }
+    if failures > 0 {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "{failures} namespace changes failed"
+        )));
     }
     Ok(())
 }
@@ -676,6 +809,9 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
     use retention::executor::{self, ExecEnv};
     if args.job == PlannableJob::Tokens {
         return apply_tokens_cmd(c, args, out).await;
+    }
+    if args.job == PlannableJob::Namespaces {
+        return apply_namespaces_cmd(c, args, out).await;
     }
     let rc = retention_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
@@ -982,9 +1118,24 @@ async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<
     let rows = quota::measure(&conn.client, &c.instances)
         .await
         .map_err(|e| CliError::Failed(anyhow::Error::new(e).context("quota")))?;
+    let granularity = c
+        .quota
+        .as_ref()
+        .map_or(crate::config::StorageGranularity::None, |q| q.storage);
+    let storage = if granularity == crate::config::StorageGranularity::None {
+        Vec::new()
+    } else {
+        let inventory = collect_inventory(&conn.client, c, Utc::now()).await;
+        quota::storage_rows(&inventory, granularity)
+    };
     let text = match args.format {
-        OutputFormat::Table => quota::render_table(&rows),
-        OutputFormat::Json => serde_json::to_string_pretty(&rows).expect("usage serialises") + "\n",
+        OutputFormat::Table if storage.is_empty() => quota::render_table(&rows),
+        OutputFormat::Table => quota::render_table(&rows) + "\n" + &quota::render_storage(&storage),
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({ "usage": rows, "storage": storage }))
+                .expect("usage serialises")
+                + "\n"
+        }
     };
     out.write_all(text.as_bytes()).map_err(io)
 }

@@ -35,6 +35,7 @@ pub fn all_jobs() -> Vec<Arc<dyn Job>> {
         Arc::new(QuotaJob),
         Arc::new(crate::retention::RetentionJob),
         Arc::new(crate::tokens::TokensJob),
+        Arc::new(crate::namespaces::NamespacesJob),
     ]
 }
 

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod kcr;
 pub mod metrics;
+pub mod namespaces;
 pub mod pattern;
 pub mod quota;
 pub mod retention;

@@ -31,6 +31,13 @@ pub struct Metrics {
     pub token_rotations: IntCounterVec,
     pub token_rotation_in_progress: IntGaugeVec,
     pub token_last_rotation: GaugeVec,
+    pub namespace_public: IntGaugeVec,
+    pub namespace_drift: IntGaugeVec,
+    pub namespace_changes: IntCounterVec,
+    pub namespace_images: GaugeVec,
+    pub namespace_size: GaugeVec,
+    pub repository_images: GaugeVec,
+    pub repository_size: GaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,8 +217,57 @@ impl Metrics {
             "Unix time the managed token was last rotated successfully.",
             &["token"],
         );
+        let namespace_public = int_gauge_vec(
+            &r,
+            "kcr_namespace_public",
+            "1 if the namespace is public, 0 if private (from the last namespaces run).",
+            &["instance", "namespace"],
+        );
+        let namespace_drift = int_gauge_vec(
+            &r,
+            "kcr_namespace_policy_drift",
+            "1 if the namespace's visibility differs from the policy after the last namespaces run.",
+            &["instance", "namespace"],
+        );
+        let namespace_changes = counter_vec(
+            &r,
+            "kcr_housekeeper_namespace_changes_total",
+            "Namespace visibility changes applied, by the visibility set (public or private).",
+            &["instance", "to"],
+        );
+        let namespace_images = gauge_vec(
+            &r,
+            "kcr_namespace_images",
+            "Images stored in the namespace ([quota] storage = \"namespace\"; from the last quota run).",
+            &["instance", "namespace"],
+        );
+        let namespace_size = gauge_vec(
+            &r,
+            "kcr_namespace_size_bytes",
+            "Bytes stored in the namespace, as the API reports image sizes ([quota] storage = \"namespace\").",
+            &["instance", "namespace"],
+        );
+        let repository_images = gauge_vec(
+            &r,
+            "kcr_repository_images",
+            "Images stored in the repository ([quota] storage = \"repository\").",
+            &["instance", "namespace", "repository"],
+        );
+        let repository_size = gauge_vec(
+            &r,
+            "kcr_repository_size_bytes",
+            "Bytes stored in the repository ([quota] storage = \"repository\").",
+            &["instance", "namespace", "repository"],
+        );
         Metrics {
             registry: r,
+            namespace_public,
+            namespace_drift,
+            namespace_changes,
+            namespace_images,
+            namespace_size,
+            repository_images,
+            repository_size,
             token_expiry,
             token_rotations,
             token_rotation_in_progress,

@@ -2,9 +2,11 @@
 //! limits (DescribeInstanceUsage). The quota job (Step 5) turns the same
 //! figures into gauges; the `quota` command prints them.
 
-use crate::config::InstanceConfig;
+use crate::config::{InstanceConfig, StorageGranularity};
+use crate::inventory::Inventory;
 use crate::jobs::{Job, JobContext, JobError, Outcome};
 use crate::kcr::{Client, DescribeInstanceUsage, Error};
+use crate::metrics::Metrics;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
@@ -107,6 +109,30 @@ impl Job for QuotaJob {
                     }
                 }
             }
+            let storage = ctx
+                .config
+                .quota
+                .as_ref()
+                .map_or(StorageGranularity::None, |q| q.storage);
+            if storage != StorageGranularity::None {
+                let inventory = ctx
+                    .inventory
+                    .get(
+                        &ctx.client,
+                        &ctx.config.instances,
+                        ctx.config.inventory.max_age,
+                    )
+                    .await;
+                let rows = storage_rows(&inventory, storage);
+                export_storage(&ctx.metrics, storage, &rows);
+                for inst in &inventory.instances {
+                    if let Some(e) = &inst.error {
+                        ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
+                        failed.push(format!("{}: storage: {e}", inst.name));
+                    }
+                }
+                parts.push(format!("storage of {} {}", rows.len(), storage.label()));
+            }
             if failed.is_empty() {
                 Ok(Outcome::Success(parts.join(", ")))
             } else {
@@ -114,6 +140,127 @@ impl Job for QuotaJob {
             }
         })
     }
+}
+
+/// Images and bytes stored in one namespace or repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Storage {
+    pub instance: String,
+    pub namespace: String,
+    /// `None` at namespace granularity.
+    pub repository: Option<String>,
+    pub images: u64,
+    pub bytes: u64,
+}
+
+impl StorageGranularity {
+    fn label(self) -> &'static str {
+        match self {
+            StorageGranularity::None => "none",
+            StorageGranularity::Namespace => "namespaces",
+            StorageGranularity::Repository => "repositories",
+        }
+    }
+}
+
+/// Storage figures from an inventory. A namespace with a repository whose
+/// listing failed is left out (a partial sum would look like a drop).
+pub fn storage_rows(inv: &Inventory, granularity: StorageGranularity) -> Vec<Storage> {
+    let mut rows = Vec::new();
+    for inst in inv.instances.iter().filter(|i| i.error.is_none()) {
+        for ns in inst.namespaces.iter().filter(|n| n.error.is_none()) {
+            let sum = |images: &[crate::inventory::ImageInfo]| {
+                (
+                    images.len() as u64,
+                    images.iter().map(|i| i.size).sum::<u64>(),
+                )
+            };
+            match granularity {
+                StorageGranularity::None => {}
+                StorageGranularity::Namespace => {
+                    if ns.repositories.iter().any(|r| r.skipped.is_some()) {
+                        continue;
+                    }
+                    let (images, bytes) = ns
+                        .repositories
+                        .iter()
+                        .map(|r| sum(&r.images))
+                        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                    rows.push(Storage {
+                        instance: inst.name.clone(),
+                        namespace: ns.name.clone(),
+                        repository: None,
+                        images,
+                        bytes,
+                    });
+                }
+                StorageGranularity::Repository => {
+                    for r in ns.repositories.iter().filter(|r| r.skipped.is_none()) {
+                        let (images, bytes) = sum(&r.images);
+                        rows.push(Storage {
+                            instance: inst.name.clone(),
+                            namespace: ns.name.clone(),
+                            repository: Some(r.name.clone()),
+                            images,
+                            bytes,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        (&a.instance, &a.namespace, &a.repository).cmp(&(&b.instance, &b.namespace, &b.repository))
+    });
+    rows
+}
+
+fn export_storage(m: &Metrics, granularity: StorageGranularity, rows: &[Storage]) {
+    for r in rows {
+        match (granularity, &r.repository) {
+            (StorageGranularity::Namespace, None) => {
+                let labels = [r.instance.as_str(), r.namespace.as_str()];
+                m.namespace_images
+                    .with_label_values(&labels)
+                    .set(r.images as f64);
+                m.namespace_size
+                    .with_label_values(&labels)
+                    .set(r.bytes as f64);
+            }
+            (StorageGranularity::Repository, Some(repo)) => {
+                let labels = [r.instance.as_str(), r.namespace.as_str(), repo.as_str()];
+                m.repository_images
+                    .with_label_values(&labels)
+                    .set(r.images as f64);
+                m.repository_size
+                    .with_label_values(&labels)
+                    .set(r.bytes as f64);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The storage table as the `quota` command prints it.
+pub fn render_storage(rows: &[Storage]) -> String {
+    let mut out = format!(
+        "{:<12} {:<40} {:>8} {:>12}\n",
+        "INSTANCE", "NAMESPACE/REPOSITORY", "IMAGES", "STORED"
+    );
+    for r in rows {
+        let name = match &r.repository {
+            Some(repo) => format!("{}/{repo}", r.namespace),
+            None => r.namespace.clone(),
+        };
+        out.push_str(&format!(
+            "{:<12} {:<40} {:>8} {:>12}\n",
+            r.instance,
+            name,
+            r.images,
+            crate::retention::report::human_bytes(r.bytes)
+        ));
+    }
+    out
 }
 
 /// A bar of `width` cells for a ratio (clamped to 0–1), in eighths.

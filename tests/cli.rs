@@ -43,7 +43,8 @@ fn quota_on_the_embedded_demo() {
         &["quota", "--config", "config/demo.toml", "--format", "json"],
         &[],
     );
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = &doc["usage"];
     assert_eq!(rows[0]["used"], 8);
     assert_eq!(rows[0]["limit"], 10);
     assert_eq!(rows[1]["resource"], "repositories");
