@@ -98,6 +98,7 @@ pub async fn run(
         .await
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
     let mut simulators: Vec<Simulator> = simulator.into_iter().collect();
+    metrics.init_series(&config);
     let config = Arc::new(config);
     let runner = Runner::new(
         all_jobs(),
@@ -147,6 +148,7 @@ pub async fn run(
                             client: conn.client,
                         });
                         simulators.extend(conn.simulator);
+                        metrics.init_series(&new);
                         scheduler = Scheduler::start(runner.clone(), &new, heartbeat.clone())
                             .await
                             .map_err(|e| DaemonError::Runtime(e.to_string()))?;

@@ -155,6 +155,10 @@ impl Runner {
         })
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn job_names(&self) -> Vec<&'static str> {
         self.jobs.keys().copied().collect()
     }

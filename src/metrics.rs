@@ -16,6 +16,7 @@ pub struct Metrics {
     pub job_last_success: GaugeVec,
     pub job_duration: HistogramVec,
     pub job_running: IntGaugeVec,
+    pub job_interval: GaugeVec,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
     pub config_reload_failures: IntCounter,
@@ -259,8 +260,15 @@ impl Metrics {
             "Bytes stored in the repository ([quota] storage = \"repository\").",
             &["instance", "namespace", "repository"],
         );
+        let job_interval = gauge_vec(
+            &r,
+            "kcr_housekeeper_job_interval_seconds",
+            "Seconds between the job's next two scheduled runs (for \"no success for two periods\" alerts).",
+            &["job"],
+        );
         Metrics {
             registry: r,
+            job_interval,
             namespace_public,
             namespace_drift,
             namespace_changes,
@@ -289,6 +297,75 @@ impl Metrics {
             quota_limit,
             quota_ratio,
         }
+    }
+
+    /// Create the counters a config will use at 0, so that `increase()` in
+    /// alert rules sees their first event (a series born at 1 shows no increase).
+    pub fn init_series(&self, config: &crate::config::Config) {
+        for js in config.jobs() {
+            for result in ["success", "failure", "blocked", "skipped"] {
+                self.job_runs.with_label_values(&[js.job, result]);
+            }
+        }
+        for mt in config.tokens.iter().flat_map(|t| &t.managed) {
+            for result in ["success", "failure"] {
+                self.token_rotations
+                    .with_label_values(&[mt.name.as_str(), result]);
+            }
+            self.token_rotation_in_progress
+                .with_label_values(&[mt.name.as_str()])
+                .set(0);
+        }
+    }
+
+    /// The name of every metric family the daemon exports (process metrics
+    /// included), whether or not it has a value yet.
+    pub fn metric_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 28] = [
+            &self.build_info,
+            &self.job_runs,
+            &self.job_last_success,
+            &self.job_duration,
+            &self.job_running,
+            &self.job_interval,
+            &self.api_requests,
+            &self.api_duration,
+            &self.config_reload_failures,
+            &self.up,
+            &self.quota_used,
+            &self.quota_limit,
+            &self.quota_ratio,
+            &self.retention_planned,
+            &self.retention_reclaimable,
+            &self.retention_deleted,
+            &self.retention_deleted_bytes,
+            &self.token_expiry,
+            &self.token_rotations,
+            &self.token_rotation_in_progress,
+            &self.token_last_rotation,
+            &self.namespace_public,
+            &self.namespace_drift,
+            &self.namespace_changes,
+            &self.namespace_images,
+            &self.namespace_size,
+            &self.repository_images,
+            &self.repository_size,
+        ];
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect();
+        #[cfg(target_os = "linux")]
+        names.extend(
+            prometheus::process_collector::ProcessCollector::for_self()
+                .desc()
+                .into_iter()
+                .map(|d| d.fq_name.clone()),
+        );
+        names.sort();
+        names.dedup();
+        names
     }
 
     pub fn registry(&self) -> &Registry {

@@ -704,3 +704,113 @@ fn demo_serves_the_retention_report_and_stops_on_sigint() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// An instance at 96% of its namespace quota: a real Prometheus that loads the
+/// shipped rules (deploy/prometheus) and scrapes the daemon reports the
+/// critical quota alert's expression true, and the alert active.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_with_the_shipped_rules_sees_the_critical_quota_alert() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Debian's prometheus package"
+        );
+        eprintln!("prometheus is not installed; skipping (CI installs it)");
+        return;
+    }
+    let sim = sim(SimOptions::default()).await;
+    // 24 of 25 namespaces used: 96 %.
+    sim.world(|w| {
+        let inst = &mut w.instances[0];
+        let template = inst.namespaces.values().next().unwrap().clone();
+        let mut n = 0;
+        while inst.namespaces.len() < 24 {
+            let mut ns = template.clone();
+            ns.repos.clear();
+            inst.namespaces.insert(format!("extra{n}"), ns);
+            n += 1;
+        }
+        inst.namespace_quota = 25;
+    });
+    let d = start(&sim, "admin_token = { env = \"ADMIN_TOKEN\" }");
+    let base = d.base.clone();
+    let target = base.trim_start_matches("http://").to_owned();
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/kcr-housekeeper.rules.yml");
+    blocking(move || {
+        assert_eq!(post(&format!("{base}/jobs/quota/run"), Some(ADMIN)).0, 202);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: kcr-housekeeper\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut prom = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let api = format!("http://127.0.0.1:{port}/api/v1");
+        let get_json = |path: &str| -> Option<serde_json::Value> {
+            reqwest::blocking::get(format!("{api}{path}"))
+                .ok()?
+                .json()
+                .ok()
+        };
+        // The critical rule as Prometheus loaded it from the shipped file.
+        let mut critical: Option<serde_json::Value> = None;
+        let mut expression_true = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(v) = get_json("/rules?type=alert") {
+                critical = v["data"]["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                    .find(|r| r["name"] == "KcrQuotaCritical");
+            }
+            if let Some(rule) = &critical
+                && rule["state"] != "inactive"
+            {
+                let q = rule["query"].as_str().unwrap().to_owned();
+                let url = reqwest::Url::parse_with_params(
+                    &format!("{api}/query"),
+                    &[("query", q.as_str())],
+                )
+                .unwrap();
+                let v: serde_json::Value = reqwest::blocking::get(url).unwrap().json().unwrap();
+                expression_true = v["data"]["result"].as_array().cloned();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let _ = prom.kill();
+        let _ = prom.wait();
+        let rule = critical.expect("Prometheus loaded KcrQuotaCritical from the shipped rules");
+        assert_ne!(rule["state"], "inactive", "{rule}");
+        let alert = &rule["alerts"][0];
+        assert_eq!(alert["labels"]["instance"], "demo", "{rule}");
+        assert_eq!(alert["labels"]["resource"], "namespaces", "{rule}");
+        assert_eq!(alert["labels"]["severity"], "critical", "{rule}");
+        let result = expression_true.expect("the alert's expression was queried");
+        assert_eq!(result.len(), 1, "{result:?}");
+        assert_eq!(result[0]["value"][1], "0.96", "{result:?}");
+    });
+    drop(d);
+}
