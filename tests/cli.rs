@@ -272,3 +272,42 @@ fn check_warns_about_rules_that_can_never_match() {
     );
     assert!(!out.contains("\"fine\""), "{out}");
 }
+
+#[test]
+fn plan_and_apply_namespaces_on_the_embedded_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |cap: u32| {
+        let path = dir.path().join(format!("c{cap}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"r\"\n\
+                 [state]\npath = \"{}\"\n\
+                 [namespaces]\nmode = \"enforce\"\nmax_changes_per_run = {cap}\nrules = [ {{ match = \"public*\", visibility = \"public\" }} ]\n",
+                dir.path().join("state.db").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let ok = write(10);
+    let o = run(&["plan", "namespaces", "--config", ok.to_str().unwrap(), "--format", "json"], &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sandbox = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == "sandbox")
+        .unwrap();
+    assert_eq!(sandbox["drift"], true);
+    assert_eq!(sandbox["change"], "apply");
+    let o = run(&["apply", "namespaces", "--yes", "--config", ok.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("demo/sandbox → private: changed"), "{}", text(&o.stdout));
+    // Over the cap: exit 3, nothing changed.
+    let capped = write(0);
+    let o = run(&["apply", "namespaces", "--yes", "--config", capped.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("over max_changes_per_run 0"), "{}", text(&o.stderr));
+}
