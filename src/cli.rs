@@ -506,12 +506,7 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
         ReportFormat::Markdown => retention::report::render_markdown(&report),
         ReportFormat::Html => retention::report::render_html(&report),
     };
-    match &args.output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
-        None => out.write_all(text.as_bytes()).map_err(io)?,
-    }
-    Ok(())
+    emit(args.output.as_deref(), &text, out)
 }
 
 fn namespaces_config(c: &Config) -> Result<&crate::config::NamespacesConfig, CliError> {
@@ -562,12 +557,7 @@ async fn plan_namespaces_cmd(
             )));
         }
     };
-    match &args.output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
-        None => out.write_all(text.as_bytes()).map_err(io)?,
-    }
-    Ok(())
+    emit(args.output.as_deref(), &text, out)
 }
 
 async fn apply_namespaces_cmd(
@@ -597,16 +587,8 @@ async fn apply_namespaces_cmd(
         writeln!(out, "nothing to do").map_err(io)?;
         return Ok(());
     }
-    if !args.yes {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            return Err(CliError::Usage(
-                "not a terminal: pass --yes to apply without confirmation".into(),
-            ));
-        }
-        if !confirm(&format!("change {n} namespaces?"), out)? {
-            writeln!(out, "nothing applied").map_err(io)?;
-            return Ok(());
-        }
+    if !confirmed(args.yes, &format!("change {n} namespaces?"), out)? {
+        return Ok(());
     }
     let env = crate::namespaces::ExecEnv {
         client: &conn.client,
@@ -741,12 +723,7 @@ async fn plan_tokens_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Re
             )));
         }
     };
-    match &args.output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?,
-        None => out.write_all(text.as_bytes()).map_err(io)?,
-    }
-    Ok(())
+    emit(args.output.as_deref(), &text, out)
 }
 
 async fn apply_tokens_cmd(
@@ -775,16 +752,8 @@ async fn apply_tokens_cmd(
         writeln!(out, "nothing to do").map_err(io)?;
         return Ok(());
     }
-    if !args.yes {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            return Err(CliError::Usage(
-                "not a terminal: pass --yes to apply without confirmation".into(),
-            ));
-        }
-        if !confirm("apply these token steps?", out)? {
-            writeln!(out, "nothing applied").map_err(io)?;
-            return Ok(());
-        }
+    if !confirmed(args.yes, "apply these token steps?", out)? {
+        return Ok(());
     }
     let outcomes = engine
         .run()
@@ -795,6 +764,32 @@ async fn apply_tokens_cmd(
         return Err(CliError::Failed(anyhow::anyhow!("a token step failed")));
     }
     Ok(())
+}
+
+/// Write a report to `--output FILE`, or to standard output.
+fn emit(output: Option<&Path>, text: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display()))),
+        None => out.write_all(text.as_bytes()).map_err(io),
+    }
+}
+
+/// `--yes`, or a "y" on the terminal; off a terminal without `--yes` is a usage error.
+fn confirmed(yes: bool, prompt: &str, out: &mut dyn Write) -> Result<bool, CliError> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(CliError::Usage(
+            "not a terminal: pass --yes to apply without confirmation".into(),
+        ));
+    }
+    if confirm(prompt, out)? {
+        return Ok(true);
+    }
+    writeln!(out, "nothing applied").map_err(io)?;
+    Ok(false)
 }
 
 fn confirm(prompt: &str, out: &mut dyn Write) -> Result<bool, CliError> {
@@ -889,16 +884,8 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
         writeln!(out, "nothing to do").map_err(io)?;
         return Ok(());
     }
-    if !args.yes {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            return Err(CliError::Usage(
-                "not a terminal: pass --yes to apply without confirmation".into(),
-            ));
-        }
-        if !confirm(&format!("apply {} actions?", items.len()), out)? {
-            writeln!(out, "nothing applied").map_err(io)?;
-            return Ok(());
-        }
+    if !confirmed(args.yes, &format!("apply {} actions?", items.len()), out)? {
+        return Ok(());
     }
     let (ready, waiting) = if from_file {
         (items, 0)

@@ -291,7 +291,17 @@ fn plan_and_apply_namespaces_on_the_embedded_demo() {
         path
     };
     let ok = write(10);
-    let o = run(&["plan", "namespaces", "--config", ok.to_str().unwrap(), "--format", "json"], &[]);
+    let o = run(
+        &[
+            "plan",
+            "namespaces",
+            "--config",
+            ok.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let sandbox = v["namespaces"]
@@ -302,12 +312,38 @@ fn plan_and_apply_namespaces_on_the_embedded_demo() {
         .unwrap();
     assert_eq!(sandbox["drift"], true);
     assert_eq!(sandbox["change"], "apply");
-    let o = run(&["apply", "namespaces", "--yes", "--config", ok.to_str().unwrap()], &[]);
+    let o = run(
+        &[
+            "apply",
+            "namespaces",
+            "--yes",
+            "--config",
+            ok.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("demo/sandbox → private: changed"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("demo/sandbox → private: changed"),
+        "{}",
+        text(&o.stdout)
+    );
     // Over the cap: exit 3, nothing changed.
     let capped = write(0);
-    let o = run(&["apply", "namespaces", "--yes", "--config", capped.to_str().unwrap()], &[]);
+    let o = run(
+        &[
+            "apply",
+            "namespaces",
+            "--yes",
+            "--config",
+            capped.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("over max_changes_per_run 0"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("over max_changes_per_run 0"),
+        "{}",
+        text(&o.stderr)
+    );
 }
