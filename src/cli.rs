@@ -159,9 +159,12 @@ pub struct SimArgs {
     /// Share (0-1) of API requests answered with an injected fault
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub fault_rate: f64,
-    /// Faults to draw from: 5xx, 409 (comma-separated)
+    /// Faults to draw from (comma-separated): 5xx, 409, timeout, reset, truncated, ill-typed, total-count
     #[arg(long, value_delimiter = ',', default_value = "5xx,409")]
     pub fault_kinds: Vec<FaultKind>,
+    /// How long a `timeout` fault holds its answer
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub stall: Duration,
     /// Seed for faults and generated ids (replayable runs)
     #[arg(long)]
     pub seed: Option<u64>,
@@ -1169,6 +1172,7 @@ async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
             fault_rate: args.fault_rate,
             kinds: args.fault_kinds,
             seed: args.seed,
+            stall: args.stall,
         },
         request_log: args.request_log,
         log_in_memory: false,

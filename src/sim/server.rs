@@ -49,20 +49,63 @@ pub enum SimError {
 /// A kind of injected fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
-    /// 500 ServiceUnavailable: the request may or may not have been applied upstream.
+    /// 500 ServiceUnavailable, not applied.
     ServerError,
     /// 409 LimitExceeded: refused before processing.
     LimitExceeded,
+    /// Applied, then answered only after `Faults::stall` (the client times out first).
+    Timeout,
+    /// Applied, then the connection is cut in the middle of the answer.
+    Reset,
+    /// Applied, answered 200 with the JSON body cut in half.
+    Truncated,
+    /// Applied, answered 200 with fields of the wrong type.
+    IllTyped,
+    /// Listings only: `TotalCount` one higher than the truth, as if an item
+    /// appeared while the client was paging. Other actions are answered normally.
+    TotalCount,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::ServerError,
+        FaultKind::LimitExceeded,
+        FaultKind::Timeout,
+        FaultKind::Reset,
+        FaultKind::Truncated,
+        FaultKind::IllTyped,
+        FaultKind::TotalCount,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::ServerError => "5xx",
+            FaultKind::LimitExceeded => "409",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Reset => "reset",
+            FaultKind::Truncated => "truncated",
+            FaultKind::IllTyped => "ill-typed",
+            FaultKind::TotalCount => "total-count",
+        }
+    }
 }
 
 impl std::str::FromStr for FaultKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "5xx" | "500" => Ok(FaultKind::ServerError),
-            "409" => Ok(FaultKind::LimitExceeded),
-            other => Err(format!("unknown fault kind {other:?} (use 5xx or 409)")),
+        let s = s.trim();
+        if s == "500" {
+            return Ok(FaultKind::ServerError);
         }
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault kind {s:?} (use {})",
+                    FaultKind::ALL.map(|k| k.as_str()).join(", ")
+                )
+            })
     }
 }
 
@@ -75,9 +118,11 @@ pub struct Faults {
     pub rate_limit: Option<u32>,
     /// Share (0–1) of API requests answered with a fault drawn evenly from `kinds`.
     pub fault_rate: f64,
-    /// Which faults `fault_rate` draws from; empty means both.
+    /// Which faults `fault_rate` draws from; empty means 5xx and 409.
     pub kinds: Vec<FaultKind>,
     pub seed: Option<u64>,
+    /// How long a `timeout` fault holds its answer (zero: 30 s).
+    pub stall: Duration,
 }
 
 /// Where the simulated registry's contents come from.
@@ -469,6 +514,7 @@ async fn api(
     let params = request_params(&method, query, &headers, &body);
     let action = params.as_ref().ok().and_then(|p| p.get("Action").cloned());
     let mut injected = false;
+    let mut after: Option<FaultKind> = None;
     let outcome: Result<Value, ApiError> = (|| {
         if shared.over_rate_limit() {
             injected = true;
@@ -507,26 +553,32 @@ async fn api(
         if shared.faults.fault_rate > 0.0 {
             let mut rng = shared.rng.lock().expect("rng lock");
             if rng.random_bool(shared.faults.fault_rate.clamp(0.0, 1.0)) {
-                injected = true;
                 let kinds = if shared.faults.kinds.is_empty() {
                     &[FaultKind::ServerError, FaultKind::LimitExceeded][..]
                 } else {
                     &shared.faults.kinds[..]
                 };
                 let kind = kinds[rng.random_range(0..kinds.len())];
-                return Err(if kind == FaultKind::ServerError {
-                    ApiError::new(
-                        500,
-                        "ServiceUnavailable",
-                        "OpenAPI or Service is unavailable because of an unknown error, exception or failure.",
-                    )
-                } else {
-                    ApiError::new(
-                        409,
-                        "LimitExceeded",
-                        "Request was rejected because the request speed of this openAPI is beyond the current flow control limit.",
-                    )
-                });
+                match kind {
+                    FaultKind::ServerError => {
+                        injected = true;
+                        return Err(ApiError::new(
+                            500,
+                            "ServiceUnavailable",
+                            "OpenAPI or Service is unavailable because of an unknown error, exception or failure.",
+                        ));
+                    }
+                    FaultKind::LimitExceeded => {
+                        injected = true;
+                        return Err(ApiError::new(
+                            409,
+                            "LimitExceeded",
+                            "Request was rejected because the request speed of this openAPI is beyond the current flow control limit.",
+                        ));
+                    }
+                    // Applied first, spoiled on the way back.
+                    other => after = Some(other),
+                }
             }
         }
         let now = shared.now_beijing();
@@ -537,7 +589,7 @@ async fn api(
             .expect("world lock")
             .handle(action, &params, now, &mut random)
     })();
-    let (status, code, body) = match &outcome {
+    let (status, code, mut body) = match &outcome {
         Ok(v) => {
             let mut v = v.clone();
             if let Value::Object(map) = &mut v {
@@ -562,6 +614,35 @@ async fn api(
                 .collect()
         })
         .unwrap_or_default();
+    // Faults that spoil an applied request's answer (only successful ones: an
+    // error answer is already a failure the client sees).
+    let spoil = after.filter(|_| status == 200);
+    if let (Some(FaultKind::TotalCount), Value::Object(map)) = (spoil, &mut body)
+        && let Some(n) = map.get("TotalCount").and_then(Value::as_u64)
+    {
+        map.insert("TotalCount".into(), Value::from(n + 1));
+    }
+    if let (Some(FaultKind::IllTyped), Value::Object(map)) = (spoil, &mut body) {
+        for (k, v) in map.iter_mut() {
+            if v.is_array() {
+                *v = Value::String("oops".into());
+            } else if v.is_number() {
+                *v = Value::Object(Default::default());
+            } else if k.eq_ignore_ascii_case("requestid") {
+                *v = Value::from(42);
+            }
+        }
+    }
+    let code_logged = match spoil {
+        Some(
+            k
+            @ (FaultKind::Timeout | FaultKind::Reset | FaultKind::Truncated | FaultKind::IllTyped),
+        ) => {
+            format!("OK+{}", k.as_str())
+        }
+        Some(FaultKind::TotalCount) if body.get("TotalCount").is_some() => "OK+total-count".into(),
+        _ => code,
+    };
     shared.record(LogEntry {
         ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         method: method.to_string(),
@@ -569,16 +650,53 @@ async fn api(
         action,
         params: logged_params,
         status,
-        code,
+        code: code_logged,
         request_id,
-        injected,
+        injected: injected || spoil.is_some(),
         micros: started.elapsed().as_micros() as u64,
     });
     // Logged before the injected latency, so a client that gives up is still counted.
     if !shared.faults.latency.is_zero() {
         tokio::time::sleep(shared.faults.latency).await;
     }
-    json_response(status, &body)
+    match spoil {
+        Some(FaultKind::Timeout) => {
+            let stall = if shared.faults.stall.is_zero() {
+                Duration::from_secs(30)
+            } else {
+                shared.faults.stall
+            };
+            tokio::time::sleep(stall).await;
+            json_response(status, &body)
+        }
+        Some(FaultKind::Truncated) => {
+            let text = body.to_string();
+            let mut r = (StatusCode::OK, text[..text.len() / 2].to_owned()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Some(FaultKind::Reset) => {
+            let text = body.to_string();
+            let half = Bytes::from(text[..text.len() / 2].to_owned());
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected reset",
+                )),
+            ];
+            let mut r = Response::new(axum::body::Body::from_stream(futures::stream::iter(chunks)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        _ => json_response(status, &body),
+    }
 }
 
 /// Docker registry API version check with Basic auth against live tokens.
