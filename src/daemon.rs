@@ -86,6 +86,15 @@ pub async fn run(
             "runs interrupted by the previous process were recorded as failed"
         );
     }
+    let interrupted = state
+        .close_interrupted_audit()
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    if interrupted > 0 {
+        tracing::warn!(
+            mutations = interrupted,
+            "mutations in flight when the previous process stopped are audited as interrupted; their next run re-checks them"
+        );
+    }
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

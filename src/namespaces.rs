@@ -177,7 +177,13 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
         if env.cancel.is_some_and(|c| c.is_cancelled()) {
             break;
         }
-        let result = apply_one(env, d).await;
+        let detail = format!(
+            "{} → {} (rule {})",
+            if d.public { "public" } else { "private" },
+            d.desired,
+            d.rule
+        );
+        let (result, started) = apply_one(env, d, &detail).await;
         let target_public = d.desired == "public";
         let outcome = match &result {
             Applied::Applied => "applied".to_string(),
@@ -185,25 +191,16 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
             Applied::Stale(why) => format!("skipped: {why}"),
             Applied::Failed(why) => format!("failed: {why}"),
         };
-        let detail = format!(
-            "{} → {} (rule {})",
-            if d.public { "public" } else { "private" },
-            d.desired,
-            d.rule
-        );
-        if !matches!(result, Applied::Stale(_)) {
-            let rec = NewAudit {
-                job: "namespaces",
-                run_id: env.run_id,
-                instance: &d.instance,
-                action: "modify_namespace_type",
-                target: &d.namespace,
-                detail: &detail,
-                outcome: &outcome,
-            };
-            if let Err(e) = env.state.audit(&rec, chrono::Utc::now()) {
-                tracing::error!(error = %e, "cannot write the audit record");
-            }
+        let recorded = match started {
+            Some(id) => env.state.audit_finish(id, &outcome, None),
+            None if !matches!(result, Applied::Stale(_)) => env
+                .state
+                .audit(&audit_record(env, d, &detail, &outcome), chrono::Utc::now())
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot write the audit record");
         }
         if matches!(result, Applied::Applied)
             && let Some(m) = env.metrics
@@ -218,9 +215,28 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
     out
 }
 
-async fn apply_one(env: &ExecEnv<'_>, d: &Decision) -> Applied {
+fn audit_record<'a>(
+    env: &ExecEnv<'_>,
+    d: &'a Decision,
+    detail: &'a str,
+    outcome: &'a str,
+) -> NewAudit<'a> {
+    NewAudit {
+        job: "namespaces",
+        run_id: env.run_id,
+        instance: &d.instance,
+        action: "modify_namespace_type",
+        target: &d.namespace,
+        detail,
+        outcome,
+    }
+}
+
+/// Re-read, then (write-ahead audit record, then) change. Returns the
+/// outcome and the audit record started for the call, if one was.
+async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, Option<i64>) {
     let Some(inst) = env.config.instance_by_name(&d.instance) else {
-        return Applied::Stale("instance no longer configured".into());
+        return (Applied::Stale("instance no longer configured".into()), None);
     };
     let want_public = d.desired == "public";
     // Re-read right before changing: act only on what the plan saw.
@@ -232,17 +248,32 @@ async fn apply_one(env: &ExecEnv<'_>, d: &Decision) -> Applied {
         })
         .await;
     match now {
-        Err(e) => return Applied::Failed(format!("re-read: {}", e.code())),
+        Err(e) => return (Applied::Failed(format!("re-read: {}", e.code())), None),
         Ok(list) => match list.iter().find(|n| n.namespace == d.namespace) {
-            None => return Applied::Stale("the namespace is gone".into()),
-            Some(n) if n.public == want_public => return Applied::AlreadyDone,
+            None => return (Applied::Stale("the namespace is gone".into()), None),
+            Some(n) if n.public == want_public => return (Applied::AlreadyDone, None),
             Some(n) if n.public != d.public => {
-                return Applied::Stale("its visibility changed since planning".into());
+                return (
+                    Applied::Stale("its visibility changed since planning".into()),
+                    None,
+                );
             }
             Some(_) => {}
         },
     }
-    match env
+    let id = match env
+        .state
+        .audit_begin(&audit_record(env, d, detail, ""), chrono::Utc::now())
+    {
+        Ok(id) => id,
+        Err(e) => {
+            return (
+                Applied::Failed(format!("cannot write the audit record: {e}")),
+                None,
+            );
+        }
+    };
+    let result = match env
         .client
         .call(&ModifyNamespaceType {
             instance_id: inst.id.clone(),
@@ -253,7 +284,8 @@ async fn apply_one(env: &ExecEnv<'_>, d: &Decision) -> Applied {
     {
         Ok(_) => Applied::Applied,
         Err(e) => Applied::Failed(e.code().to_string()),
-    }
+    };
+    (result, Some(id))
 }
 
 /// `kcr_namespace_public` and `kcr_namespace_policy_drift` as of after the run.

@@ -128,14 +128,47 @@ async fn already_done(client: &Client, t: &Target, a: &PlannedAction) -> Result<
     })
 }
 
-async fn apply_one(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Outcome {
+/// Verify, then (write-ahead audit record, then) mutate. Returns the outcome
+/// and the audit record started for the call, if one was.
+async fn apply_one(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> (Outcome, Option<i64>) {
+    match verify(env, t, a).await {
+        Some(outcome) => (outcome, None),
+        None => {
+            let rec = NewAudit {
+                job: env.job,
+                run_id: env.run_id,
+                instance: &t.instance,
+                action: a.action.as_str(),
+                target: &audit_target(t, a),
+                detail: &a.reason,
+                outcome: "",
+            };
+            let id = match env.state.audit_begin(&rec, Utc::now()) {
+                Ok(id) => id,
+                // No mutation that cannot be audited.
+                Err(e) => {
+                    return (
+                        Outcome::Failed(format!("cannot write the audit record: {e}")),
+                        None,
+                    );
+                }
+            };
+            (mutate(env, t, a).await, Some(id))
+        }
+    }
+}
+
+/// `Some(outcome)` when verification settles the action without a call.
+async fn verify(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Option<Outcome> {
     if env.verify {
         match current_tags(env.client, t, &a.digest).await {
-            Err(e) => return Outcome::Failed(format!("verification: {e}")),
-            Ok(None) if a.action == ActionKind::DeleteImage => return Outcome::AlreadyDone,
+            Err(e) => return Some(Outcome::Failed(format!("verification: {e}"))),
+            Ok(None) if a.action == ActionKind::DeleteImage => return Some(Outcome::AlreadyDone),
             // The tag is deleted by name: with its image gone, the name may now point elsewhere.
             Ok(None) => {
-                return Outcome::Stale("the image is gone; the tag may point elsewhere now".into());
+                return Some(Outcome::Stale(
+                    "the image is gone; the tag may point elsewhere now".into(),
+                ));
             }
             Ok(Some(tags)) if sorted(&tags) != sorted(&a.image_tags) => {
                 // Exactly the planned tag missing: an earlier attempt already removed it.
@@ -146,16 +179,20 @@ async fn apply_one(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Outcome 
                     .cloned()
                     .collect();
                 if a.action == ActionKind::DeleteTag && sorted(&tags) == sorted(&done) {
-                    return Outcome::AlreadyDone;
+                    return Some(Outcome::AlreadyDone);
                 }
-                return Outcome::Stale(format!(
+                return Some(Outcome::Stale(format!(
                     "tags changed since planning: now [{}]",
                     tags.join(", ")
-                ));
+                )));
             }
             Ok(Some(_)) => {}
         }
     }
+    None
+}
+
+async fn mutate(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Outcome {
     let result = match a.action {
         ActionKind::DeleteImage => env
             .client
@@ -207,26 +244,35 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             out.cancelled = true;
             break;
         }
-        let outcome = apply_one(env, &t, &a).await;
+        let (outcome, started) = apply_one(env, &t, &a).await;
         let outcome_text = match &outcome {
             Outcome::Applied => Some("applied".to_owned()),
             Outcome::AlreadyDone => Some("already-done".to_owned()),
             Outcome::Failed(e) => Some(format!("failed: {e}")),
             Outcome::Stale(_) => None,
         };
-        if let Some(text) = outcome_text {
-            let rec = NewAudit {
-                job: env.job,
-                run_id: env.run_id,
-                instance: &t.instance,
-                action: a.action.as_str(),
-                target: &audit_target(&t, &a),
-                detail: &a.reason,
-                outcome: &text,
-            };
-            if let Err(e) = env.state.audit(&rec, Utc::now()) {
-                tracing::error!(error = %e, "cannot write the audit record");
-            }
+        let recorded = match (started, &outcome_text) {
+            (Some(id), Some(text)) => env.state.audit_finish(id, text, None),
+            // Settled by verification, without a call.
+            (None, Some(text)) => env
+                .state
+                .audit(
+                    &NewAudit {
+                        job: env.job,
+                        run_id: env.run_id,
+                        instance: &t.instance,
+                        action: a.action.as_str(),
+                        target: &audit_target(&t, &a),
+                        detail: &a.reason,
+                        outcome: text,
+                    },
+                    Utc::now(),
+                )
+                .map(|_| ()),
+            (_, None) => Ok(()),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot write the audit record");
         }
         match &outcome {
             Outcome::Applied | Outcome::AlreadyDone => {

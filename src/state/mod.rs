@@ -183,6 +183,12 @@ pub struct NewAudit<'a> {
     pub outcome: &'a str,
 }
 
+/// The outcome of an audit record written before its call returned.
+pub const AUDIT_STARTED: &str = "started";
+/// ... and of one whose process stopped before it did.
+pub const AUDIT_INTERRUPTED: &str =
+    "interrupted: the process stopped during the call; the next run re-checks it";
+
 /// One rotation of a managed token, as journaled before each step. Never
 /// holds the secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -479,6 +485,45 @@ impl Store {
         })
     }
 
+    /// Write-ahead audit: record a mutation as `started` before sending it,
+    /// so a process killed between the call and the record still leaves a
+    /// trace. [`Store::audit_finish`] sets the outcome.
+    pub fn audit_begin(&self, rec: &NewAudit<'_>, at: DateTime<Utc>) -> Result<i64, StateError> {
+        self.audit(
+            &NewAudit {
+                outcome: AUDIT_STARTED,
+                ..rec.clone()
+            },
+            at,
+        )
+    }
+
+    /// Set the outcome (and, when known only now, the target) of a started record.
+    pub fn audit_finish(
+        &self,
+        id: i64,
+        outcome: &str,
+        target: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE audit SET outcome = ?2, target = COALESCE(?3, target) WHERE id = ?1",
+                params![id, outcome, target],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records left `started` by a process that died mid-call: their outcome is unknown.
+    pub fn close_interrupted_audit(&self) -> Result<usize, StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE audit SET outcome = ?1 WHERE outcome = ?2",
+                params![AUDIT_INTERRUPTED, AUDIT_STARTED],
+            )
+        })
+    }
+
     /// Audit records at or after `since`, oldest first.
     pub fn audit_since(
         &self,
@@ -737,6 +782,37 @@ mod tests {
             .with(|c| c.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(kept, 10);
+    }
+
+    #[test]
+    fn write_ahead_audit_records_survive_a_crash_as_interrupted() {
+        let s = Store::in_memory().unwrap();
+        let rec = NewAudit {
+            job: "tokens",
+            run_id: None,
+            instance: "prod",
+            action: "create_token",
+            target: "rotation r1",
+            detail: "ci-pull",
+            outcome: "ignored: begin sets started",
+        };
+        let done = s.audit_begin(&rec, now()).unwrap();
+        let crashed = s.audit_begin(&rec, now()).unwrap();
+        s.audit_finish(done, "applied", Some("tok-1")).unwrap();
+        let all = s.audit_since(None).unwrap();
+        assert_eq!(
+            (all[0].outcome.as_str(), all[0].target.as_str()),
+            ("applied", "tok-1")
+        );
+        assert_eq!(
+            (all[1].id, all[1].outcome.as_str()),
+            (crashed, AUDIT_STARTED)
+        );
+        assert_eq!(s.close_interrupted_audit().unwrap(), 1);
+        let all = s.audit_since(None).unwrap();
+        assert_eq!(all[0].outcome, "applied");
+        assert_eq!(all[1].outcome, AUDIT_INTERRUPTED);
+        assert_eq!(all[1].target, "rotation r1");
     }
 
     #[test]

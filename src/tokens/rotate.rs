@@ -136,6 +136,20 @@ fn lifetime(l: CfgLifetime) -> TokenLifetime {
     }
 }
 
+/// A started audit record, finished with the call's outcome.
+struct Audited<'s> {
+    state: &'s Store,
+    id: i64,
+}
+
+impl Audited<'_> {
+    fn finish(self, outcome: &str, target: Option<&str>) {
+        if let Err(e) = self.state.audit_finish(self.id, outcome, target) {
+            tracing::error!(error = %e, "cannot write the audit record");
+        }
+    }
+}
+
 /// Holds the cross-process lock for the duration of a cycle.
 struct CycleLock {
     _file: Option<std::fs::File>,
@@ -226,7 +240,14 @@ impl<'a> Engine<'a> {
         Ok(self.state.journal_for(name)?)
     }
 
-    fn audit(&self, inst: &str, action: &str, target: &str, detail: &str, outcome: &str) {
+    /// Write-ahead audit record for a mutation about to be sent; no record, no mutation.
+    fn audit_start(
+        &self,
+        inst: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<Audited<'_>, TokenError> {
         let rec = NewAudit {
             job: "tokens",
             run_id: self.run_id,
@@ -234,11 +255,13 @@ impl<'a> Engine<'a> {
             action,
             target,
             detail,
-            outcome,
+            outcome: "",
         };
-        if let Err(e) = self.state.audit(&rec, self.now()) {
-            tracing::error!(error = %e, action, target, "cannot write the audit record");
-        }
+        let id = self.state.audit_begin(&rec, self.now())?;
+        Ok(Audited {
+            state: self.state,
+            id,
+        })
     }
 
     /// Plan every managed token (no changes).
@@ -496,6 +519,7 @@ impl<'a> Engine<'a> {
             "disable_token"
         };
         let detail = format!("{}: {why}", mt.name);
+        let audit = self.audit_start(&inst.name, action, token_id, &detail)?;
         let r = self
             .client
             .call(&ModifyInstanceTokenStatus {
@@ -506,17 +530,11 @@ impl<'a> Engine<'a> {
             .await;
         match r {
             Ok(_) => {
-                self.audit(&inst.name, action, token_id, &detail, "applied");
+                audit.finish("applied", None);
                 Ok(())
             }
             Err(e) => {
-                self.audit(
-                    &inst.name,
-                    action,
-                    token_id,
-                    &detail,
-                    &format!("failed: {}", e.code()),
-                );
+                audit.finish(&format!("failed: {}", e.code()), None);
                 Err(TokenError::Api {
                     token: mt.name.clone(),
                     what: format!("{action} {token_id}"),
@@ -534,6 +552,7 @@ impl<'a> Engine<'a> {
         why: &str,
     ) -> Result<(), TokenError> {
         let detail = format!("{}: {why}", mt.name);
+        let audit = self.audit_start(&inst.name, "delete_token", token_id, &detail)?;
         let r = self
             .client
             .call(&DeleteInstanceToken {
@@ -543,27 +562,15 @@ impl<'a> Engine<'a> {
             .await;
         match r {
             Ok(_) => {
-                self.audit(&inst.name, "delete_token", token_id, &detail, "applied");
+                audit.finish("applied", None);
                 Ok(())
             }
             Err(_) if self.gone(inst, token_id).await => {
-                self.audit(
-                    &inst.name,
-                    "delete_token",
-                    token_id,
-                    &detail,
-                    "already-done",
-                );
+                audit.finish("already-done", None);
                 Ok(())
             }
             Err(e) => {
-                self.audit(
-                    &inst.name,
-                    "delete_token",
-                    token_id,
-                    &detail,
-                    &format!("failed: {}", e.code()),
-                );
+                audit.finish(&format!("failed: {}", e.code()), None);
                 Err(TokenError::Api {
                     token: mt.name.clone(),
                     what: format!("delete_token {token_id}"),
@@ -652,6 +659,13 @@ impl<'a> Engine<'a> {
         self.state.journal_put(std::slice::from_ref(&rec))?;
         failpoint("after-journal-creating");
         let detail = format!("{}: rotation {rotation_id}: {reason}", mt.name);
+        // The token id is known only once created: the record names the rotation until then.
+        let audit = self.audit_start(
+            &inst.name,
+            "create_token",
+            &format!("rotation {rotation_id}"),
+            &detail,
+        )?;
         let created = match self
             .client
             .call(&CreateInstanceToken {
@@ -663,13 +677,7 @@ impl<'a> Engine<'a> {
         {
             Ok(c) => c,
             Err(e) => {
-                self.audit(
-                    &inst.name,
-                    "create_token",
-                    &rotation_id,
-                    &detail,
-                    &format!("failed: {}", e.code()),
-                );
+                audit.finish(&format!("failed: {}", e.code()), None);
                 if e.surely_not_applied() {
                     self.set_step(
                         rec,
@@ -692,7 +700,7 @@ impl<'a> Engine<'a> {
         let token_id = created.token_id.clone();
         rec.token_id = Some(token_id.clone());
         rec.expires_at = created.expire_time.map(|t| t.to_utc(&tz));
-        self.audit(&inst.name, "create_token", &token_id, &detail, "applied");
+        audit.finish("applied", Some(&token_id));
         let rec = self.set_step(rec, Step::Created, None)?;
         failpoint("after-create");
         tracing::info!(token = %mt.name, token_id = %token_id, rotation = %rotation_id, "token created");
