@@ -309,3 +309,109 @@ async fn a_full_rotation_leaves_the_secret_nowhere_but_the_sinks() {
             .contains(&docker_auth)
     );
 }
+
+/// The crash matrix for rotation: SIGKILL `apply tokens` at random points
+/// (seeded, with API latency so the kill lands mid-rotation), restart, and
+/// check the invariants; the audit table names every token mutation the
+/// registry applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_during_rotation() {
+    use kcr_housekeeper::sim::Faults;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut landed = 0;
+    for round in 0..6 {
+        let sim = sim(SimOptions {
+            faults: Faults {
+                latency: std::time::Duration::from_millis(15),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&sim, dir.path());
+        let creds = sim.credentials();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+            .args(["apply", "tokens", "--yes", "--config"])
+            .arg(&config)
+            .env("AK", &creds.access_key_id)
+            .env("SK", creds.secret_access_key.expose_secret())
+            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let after_ms = rng.random_range(20..250);
+        tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            landed += 1;
+        }
+        child.wait().unwrap();
+        // Past list_lag (2s in this config), then restart until nothing is left to do.
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let restarted = apply(&sim, &config, None);
+        assert!(
+            restarted.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&restarted.stderr)
+        );
+        let sink_id = env_value(dir.path(), "KCR_TOKEN_ID");
+        let user = env_value(dir.path(), "KCR_USERNAME");
+        let secret = env_value(dir.path(), "KCR_TOKEN");
+        assert!(
+            sim.world(|w| w.login(&user, &secret, sim.now())),
+            "round {round}: the sink's credential logs in"
+        );
+        let tokens = managed_tokens(&sim).await;
+        for t in tokens.iter().filter(|t| t.enable) {
+            assert!(
+                t.token_id == sink_id || t.token_id == SEED,
+                "round {round}: enabled token {} is neither delivered nor the previous one",
+                t.token_id
+            );
+        }
+        assert!(tokens.len() <= 3, "round {round}: {tokens:?}");
+
+        // Every token mutation the registry applied is in the audit table.
+        let audit = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+            .args(["audit", "--format", "json", "--config"])
+            .arg(&config)
+            .env("AK", &creds.access_key_id)
+            .env("SK", creds.secret_access_key.expose_secret())
+            .output()
+            .unwrap();
+        let records: Vec<serde_json::Value> = serde_json::from_slice(&audit.stdout).unwrap();
+        for e in sim.requests().into_iter().filter(|e| e.code == "OK") {
+            let audited = match e.action.as_deref() {
+                // The record names the rotation (its token id is known only once created).
+                Some("CreateInstanceToken") => {
+                    let rid = parse_desc(&e.params["Desc"]).unwrap().1.to_owned();
+                    records.iter().any(|r| {
+                        r["action"] == "create_token"
+                            && r["detail"]
+                                .as_str()
+                                .is_some_and(|d| d.contains(&format!("rotation {rid}:")))
+                    })
+                }
+                Some(a @ ("ModifyInstanceTokenStatus" | "DeleteInstanceToken")) => {
+                    let action = if a == "DeleteInstanceToken" {
+                        "delete_token"
+                    } else {
+                        "disable_token"
+                    };
+                    records.iter().any(|r| {
+                        r["action"] == action && r["target"] == e.params["TokenId"].as_str()
+                    })
+                }
+                _ => continue,
+            };
+            assert!(
+                audited,
+                "round {round}: {e:?} applied but not audited: {records:?}"
+            );
+        }
+    }
+    assert!(landed >= 3, "kills landed mid-rotation in {landed} rounds");
+}
