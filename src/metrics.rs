@@ -20,6 +20,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
     pub config_reload_failures: IntCounter,
+    pub tasks: prometheus::IntGauge,
     pub up: IntGaugeVec,
     pub quota_used: GaugeVec,
     pub quota_limit: GaugeVec,
@@ -266,8 +267,16 @@ impl Metrics {
             "Seconds between the job's next two scheduled runs (for \"no success for two periods\" alerts).",
             &["job"],
         );
+        let tasks = prometheus::IntGauge::new(
+            "kcr_housekeeper_tokio_tasks",
+            "Tasks alive in the daemon's async runtime (at the last scrape); steady when nothing leaks.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(tasks.clone()))
+            .expect("registered once");
         Metrics {
             registry: r,
+            tasks,
             job_interval,
             namespace_public,
             namespace_drift,
@@ -322,7 +331,8 @@ impl Metrics {
     /// included), whether or not it has a value yet.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 28] = [
+        let collectors: [&dyn Collector; 29] = [
+            &self.tasks,
             &self.build_info,
             &self.job_runs,
             &self.job_last_success,
@@ -374,6 +384,9 @@ impl Metrics {
 
     /// The text exposition format served at `/metrics`.
     pub fn render(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(rt.metrics().num_alive_tasks() as i64);
+        }
         let mut buf = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

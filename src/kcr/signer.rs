@@ -298,6 +298,22 @@ mod tests {
     const HOST: (&str, &str) = ("Host", "example.amazonaws.com");
     const DATE: (&str, &str) = ("X-Amz-Date", "20150830T123600Z");
 
+    /// Found by `cargo fuzz run sigv4_canonical` (fuzz/artifacts): a path
+    /// without its leading slash and control characters in a query.
+    #[test]
+    fn fuzz_regression_control_characters_and_a_relative_path() {
+        assert_eq!(canonical_uri("\u{11}"), "%11");
+        assert_eq!(canonical_uri("/\u{11}"), "/%11");
+        let pairs = decode_query("\u{11}\u{18}", PlusIs::Literal);
+        let once = canonical_query(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(once, "%11%18=");
+        let again = decode_query(&once, PlusIs::Literal);
+        assert_eq!(
+            canonical_query(again.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            once
+        );
+    }
+
     #[test]
     fn aws_suite_get_vanilla() {
         assert_eq!(
