@@ -319,6 +319,19 @@ async fn enforce_matches_the_plan_under_every_fault_kind() {
             started.elapsed().as_secs_f64()
         );
     }
+    // 409 bursts: the simulator serves 25 requests a second and refuses the
+    // rest, while the client starts at 500/s and must back off.
+    let started = std::time::Instant::now();
+    enforce_matches_plan_on(
+        "namespaces=2,repos=2,images=20,seed=23",
+        Faults {
+            rate_limit: Some(25),
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    eprintln!("409 bursts: {:.1} s", started.elapsed().as_secs_f64());
 }
 
 #[tokio::test(flavor = "multi_thread")]
