@@ -7,9 +7,9 @@
 
 mod common;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::{DEMO_INSTANCE, config_for, sim};
-use kcr_housekeeper::config::{self, Config};
+use chrono::{Duration, Utc};
+use common::{DEMO_INSTANCE, config_for, demo_head, parse_config, sim, sim_utc};
+use kcr_housekeeper::config::Config;
 use kcr_housekeeper::jobs::{Job, JobContext};
 use kcr_housekeeper::kcr::{Client, DescribeNamespace, ModifyNamespaceType, RetryPolicy};
 use kcr_housekeeper::metrics::Metrics;
@@ -18,7 +18,6 @@ use kcr_housekeeper::sim::{FaultKind, Faults, SimOptions, Simulator};
 use kcr_housekeeper::state::Store;
 use kcr_housekeeper::tokens::planner::parse_desc;
 use kcr_housekeeper::tokens::rotate::{Engine, Settings};
-use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -47,34 +46,7 @@ fn client(sim: &Simulator) -> Client {
 }
 
 fn config(sim: &Simulator, dir: &std::path::Path, extra: &str) -> Config {
-    let text = format!(
-        r#"[kcr]
-endpoint = "{endpoint}"
-access_key_id = {{ env = "AK" }}
-secret_access_key = {{ env = "SK" }}
-[[instances]]
-id = "{DEMO_INSTANCE}"
-name = "demo"
-registry = "{registry}"
-[state]
-path = "{state}"
-{extra}
-"#,
-        endpoint = sim.endpoint(),
-        registry = sim.endpoint().trim_start_matches("http://"),
-        state = dir.join("state.db").display(),
-    );
-    let creds = sim.credentials();
-    let (ak, sk) = (
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose_secret().to_string(),
-    );
-    config::parse(&text, "faults.toml", dir, &move |k: &str| match k {
-        "AK" => Some(ak.clone()),
-        "SK" => Some(sk.clone()),
-        _ => None,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
+    parse_config(sim, &format!("{}{extra}", demo_head(sim, dir)), dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,10 +175,6 @@ async fn namespace_enforce_under_every_fault() {
         let drifting = ["ci", "mirrors", "sandbox", "tools"].map(String::from);
         assert_eq!(touched, BTreeSet::from(drifting), "{kind:?}");
     }
-}
-
-fn sim_utc(sim: &Simulator) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&(sim.now() - Duration::hours(8)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,15 +4,14 @@
 
 mod common;
 
-use common::{DEMO_INSTANCE, client_for, sim};
-use kcr_housekeeper::config::{self, Config};
+use common::{DEMO_INSTANCE, client_for, parse_config, sim};
+use kcr_housekeeper::config::Config;
 use kcr_housekeeper::jobs::{Job, JobContext, JobError, Outcome};
 use kcr_housekeeper::metrics::Metrics;
 use kcr_housekeeper::namespaces::NamespacesJob;
 use kcr_housekeeper::quota::QuotaJob;
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::state::Store;
-use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,22 +30,7 @@ registry = "demo.ksyunkcr.com"
 "#,
         endpoint = sim.endpoint(),
     );
-    let creds = sim.credentials();
-    let (ak, sk) = (
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose_secret().to_string(),
-    );
-    config::parse(
-        &text,
-        "test.toml",
-        std::path::Path::new("."),
-        &move |k: &str| match k {
-            "AK" => Some(ak.clone()),
-            "SK" => Some(sk.clone()),
-            _ => None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    parse_config(sim, &text, std::path::Path::new("."))
 }
 
 /// The policy: `public*` and `mirrors` public, everything else private.

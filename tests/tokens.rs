@@ -3,9 +3,9 @@
 
 mod common;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::{DEMO_INSTANCE, client_for, sim};
-use kcr_housekeeper::config::{self, Config};
+use chrono::Duration;
+use common::{DEMO_INSTANCE, client_for, demo_head, parse_config, sim, sim_utc};
+use kcr_housekeeper::config::Config;
 use kcr_housekeeper::kcr::{Client, DescribeInstanceToken, TokenInfo};
 use kcr_housekeeper::metrics::Metrics;
 use kcr_housekeeper::sim::{SimOptions, Simulator};
@@ -20,25 +20,10 @@ const UNMANAGED: [&str; 3] = [
     "9a4c7e21-b5d8-4f03-9c6a-1e8b2d7f5c04",
 ];
 
-fn sim_utc(sim: &Simulator) -> DateTime<Utc> {
-    // The simulator keeps Beijing time (UTC+8).
-    Utc.from_utc_datetime(&(sim.now() - Duration::hours(8)))
-}
-
 /// A config for the demo instance with one managed token and these sinks.
 fn config(sim: &Simulator, dir: &Path, sinks: &str, extra: &str) -> Config {
-    let registry = sim.endpoint().trim_start_matches("http://").to_string();
     let text = format!(
-        r#"[kcr]
-endpoint = "{endpoint}"
-access_key_id = {{ env = "AK" }}
-secret_access_key = {{ env = "SK" }}
-[[instances]]
-id = "{DEMO_INSTANCE}"
-name = "demo"
-registry = "{registry}"
-[state]
-path = "{state}"
+        r#"{head}
 [tokens]
 [[tokens.managed]]
 name = "ci-pull"
@@ -50,20 +35,9 @@ delete_after = "7d"
 {extra}
 sinks = [{sinks}]
 "#,
-        endpoint = sim.endpoint(),
-        state = dir.join("state.db").display(),
+        head = demo_head(sim, dir),
     );
-    let creds = sim.credentials();
-    let (ak, sk) = (
-        creds.access_key_id.clone(),
-        secrecy::ExposeSecret::expose_secret(&creds.secret_access_key).to_string(),
-    );
-    config::parse(&text, "tokens-test.toml", dir, &move |k: &str| match k {
-        "AK" => Some(ak.clone()),
-        "SK" => Some(sk.clone()),
-        _ => None,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
+    parse_config(sim, &text, dir)
 }
 
 fn file_sinks(dir: &Path) -> String {

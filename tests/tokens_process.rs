@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{DEMO_INSTANCE, client_for, sim};
+use common::{DEMO_INSTANCE, client_for, demo_head, sim};
 use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::tokens::planner::parse_desc;
@@ -23,18 +23,8 @@ fn write_config(sim: &Simulator, dir: &Path) -> std::path::PathBuf {
 }
 
 fn write_config_with(sim: &Simulator, dir: &Path, level: &str, extra: &str) -> std::path::PathBuf {
-    let registry = sim.endpoint().trim_start_matches("http://").to_string();
     let text = format!(
-        r#"[kcr]
-endpoint = "{endpoint}"
-access_key_id = {{ env = "AK" }}
-secret_access_key = {{ env = "SK" }}
-[[instances]]
-id = "{DEMO_INSTANCE}"
-name = "demo"
-registry = "{registry}"
-[state]
-path = "{dir}/state.db"
+        r#"{head}
 [log]
 level = "{level}"
 {extra}
@@ -50,7 +40,7 @@ sinks = [
   {{ kind = "file", path = "{dir}/ci-pull.env", format = "env" }},
 ]
 "#,
-        endpoint = sim.endpoint(),
+        head = demo_head(sim, dir),
         dir = dir.display()
     );
     let path = dir.join("config.toml");

@@ -35,3 +35,43 @@ pub fn config_for(sim: &Simulator) -> ClientConfig {
 pub fn client_for(sim: &Simulator) -> Client {
     Client::new(config_for(sim)).expect("client builds")
 }
+
+/// The head of a test config: `[kcr]` pointing at the simulator with
+/// credentials from `$AK`/`$SK`, the demo instance (its registry is the
+/// simulator itself, which serves `/v2/`) and `[state]` in `dir`.
+pub fn demo_head(sim: &Simulator, dir: &std::path::Path) -> String {
+    format!(
+        "[kcr]\nendpoint = \"{endpoint}\"\naccess_key_id = {{ env = \"AK\" }}\nsecret_access_key = {{ env = \"SK\" }}\n\
+         [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"{registry}\"\n\
+         [state]\npath = \"{state}\"\n",
+        endpoint = sim.endpoint(),
+        registry = sim.endpoint().trim_start_matches("http://"),
+        state = dir.join("state.db").display(),
+    )
+}
+
+/// Parse a config whose credentials are `$AK`/`$SK`, answered with the simulator's.
+pub fn parse_config(
+    sim: &Simulator,
+    text: &str,
+    dir: &std::path::Path,
+) -> kcr_housekeeper::config::Config {
+    use secrecy::ExposeSecret;
+    let creds = sim.credentials();
+    let (ak, sk) = (
+        creds.access_key_id.clone(),
+        creds.secret_access_key.expose_secret().to_string(),
+    );
+    kcr_housekeeper::config::parse(text, "test.toml", dir, &move |k: &str| match k {
+        "AK" => Some(ak.clone()),
+        "SK" => Some(sk.clone()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The simulator's clock in UTC (it keeps Beijing time, UTC+8).
+pub fn sim_utc(sim: &Simulator) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    chrono::Utc.from_utc_datetime(&(sim.now() - chrono::Duration::hours(8)))
+}
