@@ -496,20 +496,67 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Debian's Prometheus scraping `target` every second, with this extra config
+/// (`rule_files`, scrape options); killed on drop. Returns it and its API base.
+struct Prometheus {
+    child: std::process::Child,
+    api: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target: &str, rule_files: &str, scrape_options: &str) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: kcr-housekeeper\n{scrape_options}    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Prometheus {
+        child,
+        api: format!("http://127.0.0.1:{port}/api/v1"),
+        _dir: dir,
+    }
+}
+
+fn prometheus_installed() -> bool {
+    if Command::new("prometheus").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install Debian's prometheus package"
+    );
+    eprintln!("prometheus is not installed; skipping (CI installs it)");
+    false
+}
+
 /// A real Prometheus (Debian's package) scrapes the daemon; its HTTP API must
 /// report the target up and a `kcr_` series.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_prometheus_scrapes_the_daemon() {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Debian's prometheus package"
-        );
-        eprintln!("prometheus is not installed; skipping (CI installs it)");
+    if !prometheus_installed() {
         return;
     }
     let sim = sim(SimOptions::default()).await;
@@ -518,28 +565,8 @@ async fn real_prometheus_scrapes_the_daemon() {
     let target = base.trim_start_matches("http://").to_owned();
     blocking(move || {
         assert_eq!(post(&format!("{base}/jobs/quota/run"), Some(ADMIN)).0, 202);
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kcr-housekeeper\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let mut prom = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let api = format!("http://127.0.0.1:{port}/api/v1/query?query=");
+        let prom = start_prometheus(&target, "", "");
+        let api = format!("{}/query?query=", prom.api);
         let query = |q: &str| -> Option<serde_json::Value> {
             let r = reqwest::blocking::get(format!("{api}{q}")).ok()?;
             r.json::<serde_json::Value>().ok()
@@ -558,8 +585,7 @@ async fn real_prometheus_scrapes_the_daemon() {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let _ = prom.kill();
-        let _ = prom.wait();
+        drop(prom);
         assert!(up, "Prometheus reports the daemon target up == 1");
         assert!(series, "Prometheus has a kcr_ series from the daemon");
     });
@@ -710,16 +736,7 @@ fn demo_serves_the_retention_report_and_stops_on_sigint() {
 /// critical quota alert's expression true, and the alert active.
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_with_the_shipped_rules_sees_the_critical_quota_alert() {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Debian's prometheus package"
-        );
-        eprintln!("prometheus is not installed; skipping (CI installs it)");
+    if !prometheus_installed() {
         return;
     }
     let sim = sim(SimOptions::default()).await;
@@ -743,29 +760,12 @@ async fn prometheus_with_the_shipped_rules_sees_the_critical_quota_alert() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/kcr-housekeeper.rules.yml");
     blocking(move || {
         assert_eq!(post(&format!("{base}/jobs/quota/run"), Some(ADMIN)).0, 202);
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: kcr-housekeeper\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n",
-                rules.display()
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let mut prom = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let api = format!("http://127.0.0.1:{port}/api/v1");
+        let prom = start_prometheus(
+            &target,
+            &format!("rule_files:\n  - {}\n", rules.display()),
+            "    honor_labels: true\n",
+        );
+        let api = prom.api.clone();
         let get_json = |path: &str| -> Option<serde_json::Value> {
             reqwest::blocking::get(format!("{api}{path}"))
                 .ok()?
@@ -800,8 +800,7 @@ async fn prometheus_with_the_shipped_rules_sees_the_critical_quota_alert() {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let _ = prom.kill();
-        let _ = prom.wait();
+        drop(prom);
         let rule = critical.expect("Prometheus loaded KcrQuotaCritical from the shipped rules");
         assert_ne!(rule["state"], "inactive", "{rule}");
         let alert = &rule["alerts"][0];
