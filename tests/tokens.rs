@@ -458,3 +458,67 @@ async fn plan_changes_nothing_and_says_what_and_when() {
     );
     assert!(upcoming[1].starts_with("rotate"), "{upcoming:?}");
 }
+
+/// A registry that answers `/v2/` with a Bearer challenge (the Docker token
+/// protocol, as Harbor does): the login follows it to the realm with the same
+/// Basic credentials, and only the realm's answer decides.
+#[tokio::test]
+async fn login_follows_a_bearer_challenge_to_its_realm() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use kcr_housekeeper::tokens::verify::{VerifyError, login};
+    use secrecy::SecretString;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let realm = format!("http://{addr}/service/token");
+    let app = axum::Router::new()
+        .route(
+            "/v2/",
+            axum::routing::get(move || {
+                let realm = realm.clone();
+                async move {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [(
+                            header::WWW_AUTHENTICATE,
+                            format!(r#"Bearer realm="{realm}",service="harbor-registry""#),
+                        )],
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/service/token",
+            axum::routing::get(|headers: HeaderMap, uri: axum::http::Uri| async move {
+                use base64::Engine as _;
+                let good = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("robot:right-secret")
+                );
+                let authorized = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    == Some(good.as_str());
+                let service = uri
+                    .query()
+                    .is_some_and(|q| q.contains("service=harbor-registry"));
+                if authorized && service {
+                    (StatusCode::OK, r#"{"token":"t"}"#).into_response()
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = format!("http://{addr}");
+    let t = std::time::Duration::from_secs(5);
+    login(&base, "robot", &SecretString::from("right-secret"), t)
+        .await
+        .expect("the realm accepts the credentials");
+    let refused = login(&base, "robot", &SecretString::from("wrong"), t).await;
+    assert!(
+        matches!(refused, Err(VerifyError::Refused { status: 401, .. })),
+        "{refused:?}"
+    );
+}
