@@ -366,11 +366,8 @@ impl NamespacesJob {
         nc: &NamespacesConfig,
     ) -> Result<Outcome, JobError> {
         let listed = list(&ctx.client, &ctx.config).await.map_err(|e| {
-            for inst in &ctx.config.instances {
-                if e.to_string().contains(&format!("instance {} ", inst.name)) {
-                    ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
-                }
-            }
+            let NamespaceError::Listing { instance, .. } = &e;
+            ctx.metrics.up.with_label_values(&[instance]).set(0);
             JobError::Failed(e.to_string())
         })?;
         let plan = plan(nc, &listed);

@@ -134,16 +134,11 @@ async fn apply_one(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> (Outcome
     match verify(env, t, a).await {
         Some(outcome) => (outcome, None),
         None => {
-            let rec = NewAudit {
-                job: env.job,
-                run_id: env.run_id,
-                instance: &t.instance,
-                action: a.action.as_str(),
-                target: &audit_target(t, a),
-                detail: &a.reason,
-                outcome: "",
-            };
-            let id = match env.state.audit_begin(&rec, Utc::now()) {
+            let target = audit_target(t, a);
+            let id = match env
+                .state
+                .audit_begin(&audit_record(env, t, a, &target, ""), Utc::now())
+            {
                 Ok(id) => id,
                 // No mutation that cannot be audited.
                 Err(e) => {
@@ -225,6 +220,24 @@ async fn mutate(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Outcome {
     }
 }
 
+fn audit_record<'a>(
+    env: &ExecEnv<'a>,
+    t: &'a Target,
+    a: &'a PlannedAction,
+    target: &'a str,
+    outcome: &'a str,
+) -> NewAudit<'a> {
+    NewAudit {
+        job: env.job,
+        run_id: env.run_id,
+        instance: &t.instance,
+        action: a.action.as_str(),
+        target,
+        detail: &a.reason,
+        outcome,
+    }
+}
+
 fn audit_target(t: &Target, a: &PlannedAction) -> String {
     match a.action {
         ActionKind::DeleteImage => format!("{}/{}@{}", t.namespace, t.repository, a.digest),
@@ -257,15 +270,7 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             (None, Some(text)) => env
                 .state
                 .audit(
-                    &NewAudit {
-                        job: env.job,
-                        run_id: env.run_id,
-                        instance: &t.instance,
-                        action: a.action.as_str(),
-                        target: &audit_target(&t, &a),
-                        detail: &a.reason,
-                        outcome: text,
-                    },
+                    &audit_record(env, &t, &a, &audit_target(&t, &a), text),
                     Utc::now(),
                 )
                 .map(|_| ()),

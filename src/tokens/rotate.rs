@@ -12,7 +12,7 @@ use super::sinks::{self, Delivery, SinkError};
 use super::verify;
 use crate::config::{Config, InstanceConfig, ManagedToken, TokenLifetime as CfgLifetime};
 use crate::kcr::{
-    Client, CreateInstanceToken, DeleteInstanceToken, DescribeInstanceToken,
+    Action, Client, CreateInstanceToken, DeleteInstanceToken, DescribeInstanceToken,
     ModifyInstanceTokenStatus, TokenLifetime,
 };
 use crate::metrics::Metrics;
@@ -458,8 +458,7 @@ impl<'a> Engine<'a> {
                 token_id,
             } => {
                 self.guard_not_current(plan, token_id)?;
-                self.set_enabled(mt, inst, token_id, false, "overlap ended")
-                    .await?;
+                self.disable(mt, inst, token_id, "overlap ended").await?;
                 let rec = self.record(journal, rotation_id)?;
                 self.set_step(rec, Step::Disabled, None)?;
                 Ok(())
@@ -505,32 +504,29 @@ impl<'a> Engine<'a> {
             .is_ok_and(|l| l.iter().all(|t| t.token_id != token_id))
     }
 
-    async fn set_enabled(
+    /// One token mutation: audited write-ahead, then sent. With `done_if_gone`,
+    /// a failure whose token is no longer listed counts as done (a retried
+    /// delete may find its first attempt applied).
+    #[allow(clippy::too_many_arguments)] // each is one fact about the one call
+    async fn mutate<A: Action>(
         &self,
         mt: &ManagedToken,
         inst: &InstanceConfig,
+        action: &str,
         token_id: &str,
-        enable: bool,
         why: &str,
+        request: A,
+        done_if_gone: bool,
     ) -> Result<(), TokenError> {
-        let action = if enable {
-            "enable_token"
-        } else {
-            "disable_token"
-        };
         let detail = format!("{}: {why}", mt.name);
         let audit = self.audit_start(&inst.name, action, token_id, &detail)?;
-        let r = self
-            .client
-            .call(&ModifyInstanceTokenStatus {
-                instance_id: inst.id.clone(),
-                token_id: token_id.to_string(),
-                enable,
-            })
-            .await;
-        match r {
+        match self.client.call(&request).await {
             Ok(_) => {
                 audit.finish("applied", None);
+                Ok(())
+            }
+            Err(_) if done_if_gone && self.gone(inst, token_id).await => {
+                audit.finish("already-done", None);
                 Ok(())
             }
             Err(e) => {
@@ -544,6 +540,22 @@ impl<'a> Engine<'a> {
         }
     }
 
+    async fn disable(
+        &self,
+        mt: &ManagedToken,
+        inst: &InstanceConfig,
+        token_id: &str,
+        why: &str,
+    ) -> Result<(), TokenError> {
+        let request = ModifyInstanceTokenStatus {
+            instance_id: inst.id.clone(),
+            token_id: token_id.to_string(),
+            enable: false,
+        };
+        self.mutate(mt, inst, "disable_token", token_id, why, request, false)
+            .await
+    }
+
     async fn delete(
         &self,
         mt: &ManagedToken,
@@ -551,33 +563,12 @@ impl<'a> Engine<'a> {
         token_id: &str,
         why: &str,
     ) -> Result<(), TokenError> {
-        let detail = format!("{}: {why}", mt.name);
-        let audit = self.audit_start(&inst.name, "delete_token", token_id, &detail)?;
-        let r = self
-            .client
-            .call(&DeleteInstanceToken {
-                instance_id: inst.id.clone(),
-                token_id: token_id.to_string(),
-            })
-            .await;
-        match r {
-            Ok(_) => {
-                audit.finish("applied", None);
-                Ok(())
-            }
-            Err(_) if self.gone(inst, token_id).await => {
-                audit.finish("already-done", None);
-                Ok(())
-            }
-            Err(e) => {
-                audit.finish(&format!("failed: {}", e.code()), None);
-                Err(TokenError::Api {
-                    token: mt.name.clone(),
-                    what: format!("delete_token {token_id}"),
-                    source: Box::new(e),
-                })
-            }
-        }
+        let request = DeleteInstanceToken {
+            instance_id: inst.id.clone(),
+            token_id: token_id.to_string(),
+        };
+        self.mutate(mt, inst, "delete_token", token_id, why, request, true)
+            .await
     }
 
     /// Disable, then delete, a token whose secret is lost.
@@ -590,7 +581,7 @@ impl<'a> Engine<'a> {
         why: &str,
     ) -> Result<(), TokenError> {
         if enabled {
-            match self.set_enabled(mt, inst, token_id, false, why).await {
+            match self.disable(mt, inst, token_id, why).await {
                 Ok(()) => {}
                 Err(_) if self.gone(inst, token_id).await => return Ok(()),
                 Err(e) => return Err(e),
