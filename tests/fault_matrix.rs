@@ -8,7 +8,9 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use common::{DEMO_INSTANCE, config_for, demo_head, parse_config, sim, sim_utc};
+use common::{
+    DEMO_INSTANCE, config_for, demo_head, namespace_visibility, parse_config, sim, sim_utc,
+};
 use kcr_housekeeper::config::Config;
 use kcr_housekeeper::jobs::{Job, JobContext};
 use kcr_housekeeper::kcr::{Client, DescribeNamespace, ModifyNamespaceType, RetryPolicy};
@@ -18,7 +20,7 @@ use kcr_housekeeper::sim::{FaultKind, Faults, SimOptions, Simulator};
 use kcr_housekeeper::state::Store;
 use kcr_housekeeper::tokens::planner::parse_desc;
 use kcr_housekeeper::tokens::rotate::{Engine, Settings};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 const SEED_TOKEN: &str = "6c1f3a52-0d7e-4b1a-9f6e-5a0c2b7d9e01";
@@ -105,16 +107,6 @@ async fn each_fault_reaches_the_client_as_the_right_error() {
     }
 }
 
-fn visibility(sim: &Simulator) -> BTreeMap<String, bool> {
-    sim.world(|w| {
-        w.instances[0]
-            .namespaces
-            .iter()
-            .map(|(n, ns)| (n.clone(), ns.public))
-            .collect()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_enforce_under_every_fault() {
     for (i, kind) in FaultKind::ALL.into_iter().enumerate() {
@@ -131,7 +123,7 @@ async fn namespace_enforce_under_every_fault() {
              rules = [ { match = \"public*\", visibility = \"public\" }, { match = \"mirrors\", visibility = \"public\" }, \
              { match = \"tools\", visibility = \"public\" }, { match = \"ci\", visibility = \"public\" } ]\n",
         );
-        let before = visibility(&sim);
+        let before = namespace_visibility(&sim);
         let state = Store::open(&cfg.state.path).unwrap();
         let mut ok = false;
         for attempt in 0..8 {
@@ -152,7 +144,7 @@ async fn namespace_enforce_under_every_fault() {
             assert!(attempt < 7, "{kind:?}: not converged");
         }
         assert!(ok);
-        let after = visibility(&sim);
+        let after = namespace_visibility(&sim);
         for (n, public) in &before {
             let want = match n.as_str() {
                 "mirrors" | "tools" | "ci" => true,

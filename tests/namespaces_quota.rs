@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{DEMO_INSTANCE, client_for, parse_config, sim};
+use common::{DEMO_INSTANCE, client_for, namespace_visibility, parse_config, sim};
 use kcr_housekeeper::config::Config;
 use kcr_housekeeper::jobs::{Job, JobContext, JobError, Outcome};
 use kcr_housekeeper::metrics::Metrics;
@@ -60,16 +60,6 @@ fn context(sim: &Simulator, config: Config) -> JobContext {
     }
 }
 
-fn visibility(sim: &Simulator) -> BTreeMap<String, bool> {
-    sim.world(|w| {
-        w.instances[0]
-            .namespaces
-            .iter()
-            .map(|(n, ns)| (n.clone(), ns.public))
-            .collect()
-    })
-}
-
 fn series(m: &Metrics, name: &str, namespace: &str) -> Option<f64> {
     let text = m.render();
     let prefix = format!("{name}{{instance=\"demo\",namespace=\"{namespace}\"}} ");
@@ -85,7 +75,7 @@ async fn enforce_makes_private_but_not_public_without_permission() {
         ..Default::default()
     })
     .await;
-    let before = visibility(&sim);
+    let before = namespace_visibility(&sim);
     assert!(before["sandbox"] && !before["mirrors"] && before["publicdocs"]);
     let ctx = context(&sim, config(&sim, &namespaces("enforce", false, 10)));
     let out = NamespacesJob.run(&ctx).await.unwrap();
@@ -93,7 +83,7 @@ async fn enforce_makes_private_but_not_public_without_permission() {
         matches!(out, Outcome::Success(ref s) if s.contains("1 changed")),
         "{out:?}"
     );
-    let after = visibility(&sim);
+    let after = namespace_visibility(&sim);
     assert!(!after["sandbox"], "public → private applied");
     assert!(!after["mirrors"], "private → public only reported");
     for (n, p) in &before {
@@ -141,7 +131,7 @@ async fn with_allow_make_public_both_directions_are_applied() {
     let sim = sim(SimOptions::default()).await;
     let ctx = context(&sim, config(&sim, &namespaces("enforce", true, 10)));
     NamespacesJob.run(&ctx).await.unwrap();
-    let after = visibility(&sim);
+    let after = namespace_visibility(&sim);
     assert!(!after["sandbox"]);
     assert!(after["mirrors"]);
     assert_eq!(
@@ -163,14 +153,14 @@ async fn dry_run_changes_nothing_and_reports_drift() {
         ..Default::default()
     })
     .await;
-    let before = visibility(&sim);
+    let before = namespace_visibility(&sim);
     let ctx = context(&sim, config(&sim, &namespaces("dry-run", true, 10)));
     let out = NamespacesJob.run(&ctx).await.unwrap();
     assert!(
         matches!(out, Outcome::Success(ref s) if s.starts_with("dry-run") && s.contains("2 drifting")),
         "{out:?}"
     );
-    assert_eq!(visibility(&sim), before);
+    assert_eq!(namespace_visibility(&sim), before);
     assert_eq!(sim.count("ModifyNamespaceType"), 0);
     assert_eq!(
         series(&ctx.metrics, "kcr_namespace_policy_drift", "sandbox"),
@@ -182,14 +172,14 @@ async fn dry_run_changes_nothing_and_reports_drift() {
 #[tokio::test]
 async fn over_the_cap_nothing_is_changed() {
     let sim = sim(SimOptions::default()).await;
-    let before = visibility(&sim);
+    let before = namespace_visibility(&sim);
     let ctx = context(&sim, config(&sim, &namespaces("enforce", true, 1)));
     let out = NamespacesJob.run(&ctx).await.unwrap();
     assert!(
         matches!(out, Outcome::Blocked(ref s) if s.contains("over max_changes_per_run 1")),
         "{out:?}"
     );
-    assert_eq!(visibility(&sim), before);
+    assert_eq!(namespace_visibility(&sim), before);
 }
 
 #[tokio::test]

@@ -75,3 +75,14 @@ pub fn sim_utc(sim: &Simulator) -> chrono::DateTime<chrono::Utc> {
     use chrono::TimeZone;
     chrono::Utc.from_utc_datetime(&(sim.now() - chrono::Duration::hours(8)))
 }
+
+/// Each namespace of the simulator's first instance: public or not.
+pub fn namespace_visibility(sim: &Simulator) -> std::collections::BTreeMap<String, bool> {
+    sim.world(|w| {
+        w.instances[0]
+            .namespaces
+            .iter()
+            .map(|(n, ns)| (n.clone(), ns.public))
+            .collect()
+    })
+}
