@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod failpoint;
 pub mod inventory;
 pub mod jobs;
 pub mod kcr;

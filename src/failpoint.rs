@@ -1,0 +1,94 @@
+//! Test-only fault injection at every fallible call of the rotation and
+//! retention paths (Step 7: "every fallible call", not only step boundaries).
+//!
+//! A call site names its failpoint and says how to build its own error:
+//!
+//! ```ignore
+//! failpoint::hit("tokens.state.set_delivered", |m| StateError::Injected(m))?;
+//! state.set_step(..)?;
+//! ```
+//!
+//! Without the `failpoints` cargo feature [`hit`] is an inlined `Ok(())`.
+//! With it, two environment variables drive it:
+//! - `KCR_HOUSEKEEPER_FAILPOINT=NAME` or `NAME=abort` aborts the process at
+//!   NAME (a crash); `NAME=error` makes the call fail with the site's error;
+//!   `NAME=error*N` fails the first N passes only (then the call proceeds).
+//! - `KCR_HOUSEKEEPER_FAILPOINT_TRACE=FILE` appends every name passed, one a
+//!   line, so a test can enumerate the failpoints a clean run goes through and
+//!   then inject at each one.
+
+/// Passes the failpoint `name`: `Ok(())` unless a test asked for a fault here.
+/// `make` builds the call site's own error from a message naming the point.
+#[inline]
+pub fn hit<E>(name: &'static str, make: impl FnOnce(String) -> E) -> Result<(), E> {
+    #[cfg(feature = "failpoints")]
+    {
+        return armed::hit(name, make);
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = (name, make);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "failpoints")]
+mod armed {
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static ERRORS_LEFT: Mutex<Option<(String, u32)>> = Mutex::new(None);
+    static INIT: AtomicU32 = AtomicU32::new(0);
+
+    pub(super) fn hit<E>(name: &'static str, make: impl FnOnce(String) -> E) -> Result<(), E> {
+        if let Ok(path) = std::env::var("KCR_HOUSEKEEPER_FAILPOINT_TRACE")
+            && let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        {
+            let _ = writeln!(f, "{name}");
+        }
+        let Ok(spec) = std::env::var("KCR_HOUSEKEEPER_FAILPOINT") else {
+            return Ok(());
+        };
+        let (target, mode) = spec.split_once('=').unwrap_or((spec.as_str(), "abort"));
+        if target != name {
+            return Ok(());
+        }
+        if mode == "abort" {
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort();
+        }
+        let Some(rest) = mode.strip_prefix("error") else {
+            return Ok(());
+        };
+        let limit = rest
+            .strip_prefix('*')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u32::MAX);
+        let mut left = ERRORS_LEFT.lock().unwrap_or_else(|p| p.into_inner());
+        if INIT.swap(1, Ordering::SeqCst) == 0 {
+            *left = Some((name.to_string(), limit));
+        }
+        match left.as_mut() {
+            Some((n, count)) if n == name && *count > 0 => {
+                *count -= 1;
+                eprintln!("failpoint {name}: injected error");
+                Err(make(format!("injected fault at failpoint {name}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unarmed_failpoint_passes() {
+        // No KCR_HOUSEKEEPER_FAILPOINT in the unit-test environment.
+        let r: Result<(), String> = super::hit("test.unarmed", |m| m);
+        assert!(r.is_ok());
+    }
+}
