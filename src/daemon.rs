@@ -129,11 +129,9 @@ pub async fn run(
     let server = tokio::spawn({
         let stop = stop_server.clone();
         let app = server::router(app_state.clone());
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
+        let (max_connections, header_timeout) =
+            (config.server.max_connections, config.server.header_timeout);
+        async move { server::serve(listener, app, max_connections, header_timeout, stop).await }
     });
     let mut scheduler = Scheduler::start(runner.clone(), &config, heartbeat.clone())
         .await

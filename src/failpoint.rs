@@ -19,17 +19,19 @@
 
 /// Passes the failpoint `name`: `Ok(())` unless a test asked for a fault here.
 /// `make` builds the call site's own error from a message naming the point.
-#[inline]
+/// Passes the failpoint `name`: `Ok(())` unless a test asked for a fault here.
+/// `make` builds the call site's own error from a message naming the point.
+#[cfg(feature = "failpoints")]
 pub fn hit<E>(name: &'static str, make: impl FnOnce(String) -> E) -> Result<(), E> {
-    #[cfg(feature = "failpoints")]
-    {
-        return armed::hit(name, make);
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = (name, make);
-        Ok(())
-    }
+    armed::hit(name, make)
+}
+
+/// Passes the failpoint `name`: always `Ok(())` in a build without the
+/// `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit<E>(_name: &'static str, _make: impl FnOnce(String) -> E) -> Result<(), E> {
+    Ok(())
 }
 
 #[cfg(feature = "failpoints")]

@@ -182,3 +182,74 @@ async fn report(State(s): State<Arc<AppState>>, Path(file): Path<String>) -> Res
         }
     }
 }
+
+/// Serves `app` on `listener` until `stop` fires, with at most
+/// `max_connections` connections at once; a connection that sends no complete
+/// request header within `header_timeout` (hyper restarts that timer while an
+/// idle keep-alive connection waits for its next request) is closed.
+///
+/// Why not `axum::serve`: it has no header-read or idle timeout and no
+/// connection cap, so idle clients could hold every file descriptor of the
+/// process and starve the jobs (state files, lock files, API sockets). Here a
+/// connection needs a permit before it is accepted: past the cap, new clients
+/// wait in the kernel's listen backlog, costing the process nothing.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: usize,
+    header_timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE/ENFILE and aborted handshakes: wait a little
+                    // rather than spin; the listener stays open.
+                    tracing::warn!(error = %e, "admin server: cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}

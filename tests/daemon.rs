@@ -387,6 +387,77 @@ async fn malformed_http_gets_4xx_and_the_server_lives_on() {
     });
 }
 
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Defect 29 (Step 7): 150 idle connections used to take 150 file descriptors
+/// and break the jobs. Now an idle connection is closed after
+/// `header_timeout`, at most `max_connections` are held, and the jobs go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_capped_and_timed_out_and_jobs_keep_running() {
+    let sim = sim(SimOptions::default()).await;
+    let d = start(
+        &sim,
+        "max_connections = 4\nheader_timeout = \"2s\"\n\
+         [namespaces]\nschedule = \"* * * * * *\"\nmode = \"dry-run\"\n",
+    );
+    let addr = d.base.trim_start_matches("http://").to_owned();
+    let base = d.base.clone();
+    let pid = d.child.id();
+    let (d, held_fds, baseline) = blocking(move || {
+        // One idle connection is closed by the server after the header timeout.
+        let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = idle.read(&mut buf).unwrap_or(usize::MAX);
+        let waited = t.elapsed();
+        assert!(
+            n == 0 || n == usize::MAX && waited < Duration::from_secs(8),
+            "the idle connection was not closed: read {n} bytes"
+        );
+        assert!(
+            waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+            "closed after {waited:?}, header_timeout is 2s"
+        );
+
+        let baseline = open_fds(pid);
+        let flood: Vec<_> = (0..150)
+            .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let held_fds = open_fds(pid);
+        while d.logs.try_recv().is_ok() {}
+        // The scheduled job still runs (and finishes) while the flood lasts.
+        let line = d.wait_log("\"job\":\"namespaces\"", Duration::from_secs(10));
+        assert!(line.contains("job run finished"), "{line}");
+        assert!(line.contains("\"result\":\"success\""), "{line}");
+        drop(flood);
+        (d, held_fds, baseline)
+    });
+    assert!(
+        held_fds <= baseline + 4 + 4,
+        "150 idle clients took {} descriptors (baseline {baseline}, cap 4)",
+        held_fds - baseline
+    );
+    // Once the idle clients are gone the server answers again at once.
+    let status = blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _) = get(&format!("{base}/healthz"));
+            if status == 200 || Instant::now() > deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert_eq!(status, 200);
+    drop(d);
+}
+
 fn run_once(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new(BIN);
     c.args(args);

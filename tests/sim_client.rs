@@ -139,10 +139,7 @@ async fn quirks_are_decoded_from_the_wire() {
         .await
         .unwrap();
     assert!(!created.token_id.is_empty(), "tokenId in lower camel case");
-    assert!(
-        !created.request_id.is_empty(),
-        "requestId in lower camel case"
-    );
+    assert!(!created.request_id.is_empty(), "RequestId beside tokenId");
     let expires = created.expire_time.unwrap().to_utc(client.timezone());
     let delta = expires - Utc::now();
     assert!(

@@ -104,6 +104,11 @@ pub struct InstanceConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<SecretString>,
+    /// Concurrent admin connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection must send a complete request header within this (also
+    /// between keep-alive requests), else it is closed.
+    pub header_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]

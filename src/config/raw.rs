@@ -81,6 +81,8 @@ pub struct RawInstance {
 pub struct RawServer {
     pub listen: Option<String>,
     pub admin_token: Option<RawSecret>,
+    pub max_connections: Option<i64>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -584,9 +584,21 @@ impl Validator<'_> {
                 t.map(SecretString::from)
             }
         };
+        let max_connections =
+            self.count(p.key("max_connections"), raw.max_connections, 64, 1, 4096) as usize;
+        let header_timeout = self.duration(
+            p.key("header_timeout"),
+            raw.header_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        if header_timeout.is_zero() {
+            self.err(p.key("header_timeout"), "must be longer than 0s");
+        }
         Some(ServerConfig {
             listen,
             admin_token,
+            max_connections,
+            header_timeout,
         })
     }
 

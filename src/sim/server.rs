@@ -593,13 +593,10 @@ async fn api(
         Ok(v) => {
             let mut v = v.clone();
             if let Value::Object(map) = &mut v {
-                // Quirk: the create-token answer spells its request id in lower camel case too.
-                let key = if action.as_deref() == Some("CreateInstanceToken") {
-                    "requestId"
-                } else {
-                    "RequestId"
-                };
-                map.insert(key.into(), Value::String(request_id.clone()));
+                // `RequestId` everywhere, also beside CreateInstanceToken's `tokenId`
+                // (the reference's example); only CreateWebhookTrigger, which the
+                // simulator does not serve, answers `requestId`.
+                map.insert("RequestId".into(), Value::String(request_id.clone()));
             }
             (200, "OK".to_owned(), v)
         }

@@ -109,8 +109,10 @@ def main():
 
     # 12. CreateInstanceToken, 13. DescribeInstanceToken, 14. ModifyInstanceTokenStatus, 15. DeleteInstanceToken
     r = call(post, "CreateInstanceToken", {"InstanceId": DEMO, "TokenType": "Hour", "TokenTime": 2, "Desc": "sdk conformance"})
-    token_id = r.get("tokenId") or r.get("TokenId")
+    token_id = r.get("tokenId")
     check("CreateInstanceToken returns tokenId and a secret", bool(token_id) and bool(r.get("Token")), list(r))
+    # The reference's example: `tokenId` in lower camel case, but `RequestId` as everywhere else.
+    check("CreateInstanceToken answers RequestId, not requestId", bool(r.get("RequestId")) and "requestId" not in r, list(r))
     tokens = call(get, "DescribeInstanceToken", {"InstanceId": DEMO})["TokenSet"]
     mine = [t for t in tokens if t["TokenId"] == token_id]
     check("DescribeInstanceToken lists it, enabled", len(mine) == 1 and mine[0]["Enable"] is True, tokens)
