@@ -1196,29 +1196,7 @@ async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     writeln!(out, "listening on {}", sim.endpoint()).map_err(io)?;
     out.flush().map_err(io)?;
-    shutdown_signal().await;
+    crate::signal::shutdown().await.map_err(io)?;
     sim.stop().await;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::quota::QuotaJob;
 use crate::scheduler::{Heartbeat, Scheduler};
 use crate::server::{self, AppState};
+use crate::signal::{Signal, Signals};
 use crate::sim::Simulator;
 use crate::state::Store;
 use std::net::SocketAddr;
@@ -45,30 +46,6 @@ pub struct Started {
     pub listen: SocketAddr,
 }
 
-enum Signal {
-    Stop,
-    Reload,
-}
-
-async fn next_signal() -> Signal {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => Signal::Stop,
-            _ = term.recv() => Signal::Stop,
-            _ = hup.recv() => Signal::Reload,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        Signal::Stop
-    }
-}
-
 /// Run until SIGINT/SIGTERM. `config_path` is re-read on SIGHUP (None: no reload).
 /// `on_ready` is called once the daemon serves and is ready.
 pub async fn run(
@@ -76,6 +53,9 @@ pub async fn run(
     config_path: Option<PathBuf>,
     on_ready: impl FnOnce(&Started),
 ) -> Result<(), DaemonError> {
+    // First, so a signal sent while starting is not lost.
+    let mut signals =
+        Signals::install().map_err(|e| DaemonError::Setup(format!("signal handlers: {e}")))?;
     let state = Store::open(&config.state.path).map_err(|e| DaemonError::Setup(e.to_string()))?;
     let abandoned = state
         .close_abandoned_runs(chrono::Utc::now())
@@ -143,7 +123,7 @@ pub async fn run(
     on_ready(&Started { listen });
 
     loop {
-        match next_signal().await {
+        match signals.next().await {
             Signal::Stop => break,
             Signal::Reload => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);

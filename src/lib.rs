@@ -18,6 +18,7 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod server;
+pub mod signal;
 pub mod sim;
 pub mod state;
 pub mod tokens;

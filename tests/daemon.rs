@@ -369,6 +369,44 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
     assert!(jobs.contains("\"schedule\":\"0 0 12 * * *\""), "{jobs}");
 }
 
+/// A SIGTERM that arrives while a SIGHUP reload runs stops the daemon once
+/// the reload is done: the signal streams outlive each wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_reload_is_not_lost() {
+    let sim = sim(SimOptions::default()).await;
+    let mut d = start(&sim, "");
+    // The new config reads its secret from a FIFO, so the reload blocks until
+    // the test writes it: the SIGTERM surely arrives during the reload.
+    let fifo = d.config.with_file_name("secret.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        "{ env = \"TEST_SK\" }",
+        &format!("{{ file = \"{}\" }}", fifo.display()),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let secret = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned();
+    std::fs::write(&fifo, secret).unwrap();
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the daemon did not stop on the SIGTERM that followed a SIGHUP: {status:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_http_gets_4xx_and_the_server_lives_on() {
     let sim = sim(SimOptions::default()).await;
