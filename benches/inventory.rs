@@ -77,7 +77,7 @@ async fn main() {
         let inst = [InstanceConfig {
             id,
             name: "gen".into(),
-            registry: "r".into(),
+            registry: Some("r".into()),
         }];
         let t = Instant::now();
         let inv = Inventory::collect(&client, &inst, chrono::Utc::now()).await;

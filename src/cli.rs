@@ -345,7 +345,9 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
     for i in &c.instances {
         s.push_str(&format!(
             "  {} ({}), registry {}\n",
-            i.name, i.id, i.registry
+            i.name,
+            i.id,
+            i.registry.as_deref().unwrap_or("(none)")
         ));
     }
     let tz = c.scheduler.timezone;
@@ -373,6 +375,9 @@ fn check(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     for w in rule_warnings(c) {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    for w in c.warnings(Utc::now()) {
         s.push_str(&format!("warning: {w}\n"));
     }
     out.write_all(s.as_bytes()).map_err(io)

@@ -42,6 +42,23 @@ pub struct Metrics {
     pub repository_size: GaugeVec,
 }
 
+impl Metrics {
+    /// `kcr_token_expiry_timestamp_seconds` of one token.
+    pub fn set_token_expiry(
+        &self,
+        instance: &str,
+        token_id: &str,
+        managed: bool,
+        enabled: bool,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let flag = |b: bool| if b { "true" } else { "false" };
+        self.token_expiry
+            .with_label_values(&[instance, token_id, flag(managed), flag(enabled)])
+            .set(expires_at.timestamp() as f64);
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -198,8 +215,8 @@ impl Metrics {
         let token_expiry = gauge_vec(
             &r,
             "kcr_token_expiry_timestamp_seconds",
-            "Unix time each access token expires (tokens that never expire are absent); managed = rotated by kcr-housekeeper.",
-            &["instance", "token_id", "managed"],
+            "Unix time each access token expires (tokens that never expire are absent); managed = rotated by kcr-housekeeper; enabled = the token is enabled (a disabled one authenticates nothing).",
+            &["instance", "token_id", "managed", "enabled"],
         );
         let token_rotations = counter_vec(
             &r,

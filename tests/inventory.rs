@@ -13,7 +13,7 @@ fn instances(sim: &kcr_housekeeper::sim::Simulator) -> Vec<InstanceConfig> {
     vec![InstanceConfig {
         id: sim.world(|w| w.instances[0].id.clone()),
         name: "gen".into(),
-        registry: "r".into(),
+        registry: Some("r".into()),
     }]
 }
 
@@ -60,7 +60,7 @@ async fn a_fresh_snapshot_is_reused_and_an_old_one_is_not() {
     let inst = vec![InstanceConfig {
         id: DEMO_INSTANCE.into(),
         name: "demo".into(),
-        registry: "r".into(),
+        registry: Some("r".into()),
     }];
     let cache = InventoryCache::default();
     let a = cache.get(&client, &inst, Duration::from_secs(60)).await;

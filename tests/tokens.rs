@@ -145,6 +145,12 @@ async fn rotates_delivers_a_working_credential_and_retires_the_old_token_on_sche
         r#"{"auths": {"other.example.com": {"auth": "b3RoZXI6cGFzcw=="}}, "credsStore": "desktop"}"#,
     )
     .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(dir.path().join("config.json"), mode).unwrap();
+    }
     let run = Run::new(&sim, config(&sim, dir.path(), &file_sinks(dir.path()), ""));
 
     let out = run.cycle().await;
@@ -174,14 +180,15 @@ async fn rotates_delivers_a_working_credential_and_retires_the_old_token_on_sche
         .decode(docker["auths"][&registry]["auth"].as_str().unwrap())
         .unwrap();
     assert_eq!(String::from_utf8(auth).unwrap(), format!("{user}:{secret}"));
+    // A new file is 0600; an existing one keeps its mode (written 0644 above).
     #[cfg(unix)]
-    for f in ["config.json", "ci-pull.env"] {
+    for (f, want) in [("config.json", 0o644), ("ci-pull.env", 0o600)] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(f))
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600, "{f}");
+        assert_eq!(mode & 0o777, want, "{f}");
     }
 
     // The seed token (an earlier installation's) was adopted and stays enabled for the overlap.

@@ -97,7 +97,9 @@ pub struct KcrConfig {
 pub struct InstanceConfig {
     pub id: String,
     pub name: String,
-    pub registry: String,
+    /// The registry host (`prod.ksyunkcr.com`): needed only by managed
+    /// tokens (the login and the docker-config key), required there.
+    pub registry: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +237,9 @@ pub enum Sink {
     },
     Exec {
         command: Vec<String>,
+        /// Set for the program on top of `PATH`, `HOME` and `LANG`; the rest
+        /// of the daemon's environment is never passed on.
+        env: std::collections::BTreeMap<String, String>,
         timeout: Duration,
     },
 }
@@ -354,6 +359,32 @@ impl Config {
                 schedule: &q.schedule,
                 mode: None,
             });
+        }
+        out
+    }
+
+    /// What `check` warns about: valid, but probably not what was meant.
+    pub fn warnings(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+        let mut out = Vec::new();
+        let jitter = self.scheduler.jitter;
+        for j in self.jobs() {
+            // The shortest gap between the next firings (bounded look-ahead).
+            let times = j.schedule.next_times(now, &self.scheduler.timezone, 64);
+            let period = times
+                .windows(2)
+                .filter_map(|w| (w[1] - w[0]).to_std().ok())
+                .min();
+            if let Some(period) = period
+                && jitter > period
+            {
+                out.push(format!(
+                    "scheduler.jitter ({}) is longer than the {} job's schedule period ({}, \"{}\"): a run may start after the next one was due",
+                    crate::duration::format(jitter),
+                    j.job,
+                    crate::duration::format(period),
+                    j.schedule
+                ));
+            }
         }
         out
     }

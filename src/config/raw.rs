@@ -73,7 +73,7 @@ pub enum RawAccessKeyId {
 pub struct RawInstance {
     pub id: String,
     pub name: String,
-    pub registry: String,
+    pub registry: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +187,7 @@ pub struct RawSink {
     pub format: Option<String>,
     pub command: Option<Vec<String>>,
     pub timeout: Option<String>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

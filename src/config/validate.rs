@@ -7,6 +7,9 @@ use crate::duration;
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 
+/// The largest `TokenTime` CreateInstanceToken accepts, in days or in hours.
+pub const MAX_TOKEN_TIME: u32 = 9999;
+
 const KNOWN_SECTIONS: [&str; 11] = [
     "kcr",
     "instances",
@@ -522,13 +525,13 @@ impl Validator<'_> {
                     ),
                 );
             }
-            if raw.registry.is_empty() || raw.registry.contains("://") || raw.registry.contains('/')
+            if let Some(r) = &raw.registry
+                && (r.is_empty() || r.contains("://") || r.contains('/'))
             {
                 self.err(
                     ip.key("registry"),
                     format!(
-                        "registry {:?} must be a host name (and port), without scheme or path",
-                        raw.registry
+                        "registry {r:?} must be a host name (and port), without scheme or path"
                     ),
                 );
             }
@@ -861,7 +864,17 @@ impl Validator<'_> {
                     format!("duplicate managed token name {:?}", m.name),
                 );
             }
-            if !instances.iter().any(|i| i.name == m.instance) {
+            if let Some(i) = instances.iter().find(|i| i.name == m.instance) {
+                if i.registry.is_none() {
+                    self.err(
+                        mp.key("instance"),
+                        format!(
+                            "managed token {:?}: instance {:?} has no `registry`; a managed token needs it (the login and the docker-config entry)",
+                            m.name, m.instance
+                        ),
+                    );
+                }
+            } else {
                 let known: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
                 self.err(
                     mp.key("instance"),
@@ -882,16 +895,37 @@ impl Validator<'_> {
                 Duration::from_secs(30 * 86_400),
             );
             let secs = lifetime_d.as_secs();
-            let lifetime = if lifetime_d.subsec_nanos() == 0
-                && secs > 0
-                && secs.is_multiple_of(86_400)
-            {
-                Some(TokenLifetime::Days((secs / 86_400) as u32))
-            } else if lifetime_d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(3600) {
-                Some(TokenLifetime::Hours((secs / 3600) as u32))
+            let whole = lifetime_d.subsec_nanos() == 0 && secs > 0;
+            let lifetime = if whole && secs.is_multiple_of(86_400) {
+                Some((
+                    secs / 86_400,
+                    "days",
+                    TokenLifetime::Days as fn(u32) -> TokenLifetime,
+                ))
+            } else if whole && secs.is_multiple_of(3600) {
+                Some((
+                    secs / 3600,
+                    "hours",
+                    TokenLifetime::Hours as fn(u32) -> TokenLifetime,
+                ))
             } else {
                 self.err(mp.key("lifetime"), format!("{} cannot be expressed by the API: use whole hours or whole days (at least 1h)", duration::format(lifetime_d)));
                 None
+            };
+            // CreateInstanceToken refuses a TokenTime above 9999 (days or hours).
+            let lifetime = match lifetime {
+                Some((n, unit, _)) if n > u64::from(MAX_TOKEN_TIME) => {
+                    self.err(
+                        mp.key("lifetime"),
+                        format!(
+                            "{} is {n} {unit}; the API accepts at most {MAX_TOKEN_TIME} {unit}",
+                            duration::format(lifetime_d)
+                        ),
+                    );
+                    None
+                }
+                Some((n, _, make)) => Some(make(n as u32)),
+                None => None,
             };
             let rotate_before = self.duration(
                 mp.key("rotate_before"),
@@ -986,11 +1020,13 @@ impl Validator<'_> {
                 not_for(self, "format", s.format.is_some());
                 not_for(self, "command", s.command.is_some());
                 not_for(self, "timeout", s.timeout.is_some());
+                not_for(self, "env", s.env.is_some());
                 path(self).map(|path| Sink::DockerConfig { path })
             }
             "file" => {
                 not_for(self, "command", s.command.is_some());
                 not_for(self, "timeout", s.timeout.is_some());
+                not_for(self, "env", s.env.is_some());
                 let format = match s.format.as_deref() {
                     None | Some("env") => FileFormat::Env,
                     Some("json") => FileFormat::Json,
@@ -1015,9 +1051,28 @@ impl Validator<'_> {
                     s.timeout.as_deref(),
                     Duration::from_secs(30),
                 );
+                let env = s.env.clone().unwrap_or_default();
+                for (k, v) in &env {
+                    let valid_name = k
+                        .bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !valid_name {
+                        self.err(sp.key("env").key(k), format!("{k:?} is not a variable name: use letters, digits and '_', not starting with a digit"));
+                    } else if crate::tokens::sinks::EXEC_OWN_ENV.contains(&k.as_str()) {
+                        self.err(
+                            sp.key("env").key(k),
+                            format!("{k} is set by kcr-housekeeper itself"),
+                        );
+                    } else if v.contains('\0') {
+                        self.err(sp.key("env").key(k), "the value contains a NUL character");
+                    }
+                }
                 match &s.command {
                     Some(c) if !c.is_empty() && !c[0].is_empty() => Some(Sink::Exec {
                         command: c.clone(),
+                        env,
                         timeout,
                     }),
                     _ => {

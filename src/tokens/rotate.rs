@@ -697,7 +697,7 @@ impl<'a> Engine<'a> {
         tracing::info!(token = %mt.name, token_id = %token_id, rotation = %rotation_id, "token created");
 
         let delivery = Delivery {
-            registry: &inst.registry,
+            registry: inst.registry.as_deref().unwrap_or_default(),
             username: &created.username,
             secret: &created.token,
             token_id: &token_id,
@@ -713,9 +713,7 @@ impl<'a> Engine<'a> {
                 if let Some(m) = self.metrics
                     && let Some(e) = rec.expires_at
                 {
-                    m.token_expiry
-                        .with_label_values(&[&inst.name, &token_id, "true"])
-                        .set(e.timestamp() as f64);
+                    m.set_token_expiry(&inst.name, &token_id, true, true, e);
                 }
                 tracing::info!(token = %mt.name, token_id = %token_id, "rotation complete: new token current");
                 Ok(token_id)
@@ -770,11 +768,9 @@ impl<'a> Engine<'a> {
             let rec = self.set_step(rec, Step::Delivered, None)?;
             failpoint("after-deliver");
             if mt.verify {
-                let base = self
-                    .settings
-                    .registry_override
-                    .clone()
-                    .unwrap_or_else(|| verify::base_url(&inst.registry));
+                let base = self.settings.registry_override.clone().unwrap_or_else(|| {
+                    verify::base_url(inst.registry.as_deref().unwrap_or_default())
+                });
                 let timeout = self.settings.verify_timeout;
                 if let Err(e) = self
                     .with_retries(|| verify::login(&base, d.username, d.secret, timeout))
@@ -844,7 +840,7 @@ impl<'a> Engine<'a> {
                             .and_then(planner::parse_desc)
                             .is_some_and(|(n, _)| managed.contains(&n));
                         if let Some(e) = t.expires_at {
-                            rows.push((inst.name.clone(), t.token_id, is_managed, e));
+                            rows.push((inst.name.clone(), t.token_id, is_managed, t.enabled, e));
                         }
                     }
                 }
@@ -867,19 +863,13 @@ impl<'a> Engine<'a> {
                 if let (Some(id), Some(e)) = (r.token_id, r.expires_at)
                     && !rows.iter().any(|row| row.1 == id)
                 {
-                    rows.push((r.instance, id, true, e));
+                    rows.push((r.instance, id, true, true, e));
                 }
             }
         }
         m.token_expiry.reset();
-        for (inst, id, is_managed, e) in rows {
-            m.token_expiry
-                .with_label_values(&[
-                    inst.as_str(),
-                    id.as_str(),
-                    if is_managed { "true" } else { "false" },
-                ])
-                .set(e.timestamp() as f64);
+        for (inst, id, is_managed, enabled, e) in rows {
+            m.set_token_expiry(&inst, &id, is_managed, enabled, e);
         }
     }
 }

@@ -1,18 +1,32 @@
-//! Where a new token's secret is delivered. Every file write is atomic: a
-//! temporary file in the same directory (mode 0600), fsync, rename over the
-//! target, fsync the directory — readers see the old content or the new, never
-//! an empty or partial file. `exec` sinks get the secret on standard input,
-//! never in argv or the environment.
+//! Where a new token's secret is delivered.
+//!
+//! File sinks are replaced atomically: a temporary file in the directory of
+//! the file the path designates (symlinks followed, so a link stays a link and
+//! its target is what changes), the previous file's owner, group and mode
+//! (0600 for a new file), fsync, rename over it, fsync the directory — readers
+//! see the old content or the new, never an empty or partial file. Restores
+//! work the same way.
+//!
+//! `exec` sinks get the secret on standard input, never in argv or the
+//! environment. They run with a cleared environment (only `PATH`, `HOME`,
+//! `LANG`, `KCR_REGISTRY`, `KCR_TOKEN_ID` and the sink's own `env` table) in
+//! their own process group, which is killed as a whole on timeout.
+//!
+//! Every fallible call passes a failpoint named `tokens.sink.<what>`
+//! (`tokens.sink.restore.<what>` when putting a file back).
 
 use crate::config::{FileFormat, Sink};
+use crate::failpoint;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a sink receives.
 pub struct Delivery<'a> {
@@ -36,6 +50,9 @@ pub enum SinkError {
     Refused { path: PathBuf, why: String },
     #[error("exec {program}: {why}")]
     Exec { program: String, why: String },
+    /// A test asked for a fault here (`failpoints` feature only).
+    #[error("{0}")]
+    Injected(String),
 }
 
 fn io<'p>(path: &'p Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SinkError + 'p {
@@ -46,15 +63,91 @@ fn io<'p>(path: &'p Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// Pass the failpoint `name`.
+fn fp(name: &'static str) -> Result<(), SinkError> {
+    failpoint::hit(name, SinkError::Injected)
+}
+
+/// Variables an `exec` sink inherits from the daemon; nothing else does.
+pub const EXEC_PASSED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+/// Variables kcr-housekeeper sets for an `exec` sink itself (not secret).
+pub const EXEC_OWN_ENV: [&str; 2] = ["KCR_REGISTRY", "KCR_TOKEN_ID"];
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The file a sink path designates: symbolic links followed (relative ones
+/// from the link's directory). The file itself may not exist yet.
+fn resolve(path: &Path) -> Result<PathBuf, SinkError> {
+    let mut cur = path.to_path_buf();
+    for _ in 0..40 {
+        fp("tokens.sink.resolve")?;
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target =
+                    std::fs::read_link(&cur).map_err(io(&cur, "cannot read the symbolic link"))?;
+                cur = if target.is_absolute() {
+                    target
+                } else {
+                    parent_of(&cur).join(target)
+                };
+            }
+            Ok(_) => return Ok(cur),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cur),
+            Err(e) => return Err(io(&cur, "cannot inspect")(e)),
+        }
+    }
+    Err(SinkError::Refused {
+        path: path.to_path_buf(),
+        why: "too many levels of symbolic links".into(),
+    })
+}
+
+/// Owner, group and permission bits of the file at `target`, if there is
+/// one; an error if something other than a regular file is there.
+fn existing_file(target: &Path, stat_point: &'static str) -> Result<Option<Owner>, SinkError> {
+    fp(stat_point)?;
+    match std::fs::metadata(target) {
+        Ok(m) if m.is_dir() => Err(SinkError::Refused {
+            path: target.to_path_buf(),
+            why: "is a directory, not a file".into(),
+        }),
+        Ok(m) if !m.is_file() => Err(SinkError::Refused {
+            path: target.to_path_buf(),
+            why: "is not a regular file".into(),
+        }),
+        Ok(m) => Ok(Some(Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(target, "cannot inspect")(e)),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
 /// Checked before a token is created, so a sink that cannot work fails the
-/// rotation while the old token is still untouched.
+/// rotation while the old token is still untouched: the path itself (not a
+/// directory, an existing file writable and its owner keepable), its
+/// directory (exists, files can be created there), and for `docker-config`
+/// an existing file we can merge into.
 pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
     match sink {
         Sink::DockerConfig { path } | Sink::File { path, .. } => {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let target = resolve(path)?;
+            let dir = parent_of(&target);
+            fp("tokens.sink.precheck.dir")?;
             let meta =
                 std::fs::metadata(dir).map_err(io(dir, "the sink's directory is not usable"))?;
             if !meta.is_dir() {
@@ -63,26 +156,54 @@ pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
                     why: "not a directory".into(),
                 });
             }
-            // Prove we can create a file there (permissions, read-only mounts).
+            let existing = existing_file(&target, "tokens.sink.precheck.stat")?;
+            if existing.is_some() {
+                // Opening for writing changes nothing; it fails on a read-only
+                // mount, an immutable file, or one we may not write.
+                fp("tokens.sink.precheck.open")?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&target)
+                    .map_err(io(&target, "the existing file is not writable"))?;
+            }
+            // Prove we can create a file there (permissions, read-only mounts, …)
+            fp("tokens.sink.precheck.probe")?;
             let probe = tempfile::Builder::new()
                 .prefix(".kcr-housekeeper-probe")
                 .tempfile_in(dir)
                 .map_err(io(dir, "cannot create files in the sink's directory"))?;
+            // … and give it the existing file's owner, as a delivery will.
+            if let Some(o) = existing {
+                fp("tokens.sink.precheck.chown")?;
+                std::os::unix::fs::fchown(probe.as_file(), Some(o.uid), Some(o.gid)).map_err(
+                    |e| SinkError::Refused {
+                        path: target.clone(),
+                        why: format!(
+                            "cannot keep the file's owner {}:{} for its replacement: {e}",
+                            o.uid, o.gid
+                        ),
+                    },
+                )?;
+            }
             drop(probe);
-            if let Sink::DockerConfig { path } = sink
-                && path.exists()
+            if let Sink::DockerConfig { .. } = sink
+                && existing.is_some()
             {
-                read_docker_config(path)?;
+                read_docker_config(&target, "tokens.sink.precheck.read")?;
             }
             Ok(())
         }
-        Sink::Exec { command, .. } => {
+        Sink::Exec { command, env, .. } => {
             let program = Path::new(&command[0]);
             let found = if program.components().count() > 1 {
                 program.is_file()
             } else {
-                std::env::var_os("PATH")
-                    .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+                // The child's PATH: its own `env` table's, else the daemon's.
+                let path = env
+                    .get("PATH")
+                    .map(std::ffi::OsString::from)
+                    .or_else(|| std::env::var_os("PATH"));
+                path.is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
             };
             if found {
                 Ok(())
@@ -96,31 +217,85 @@ pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
     }
 }
 
-/// Write `content` to `path` atomically with mode 0600.
+/// The failpoint names of one atomic write.
+struct Points {
+    stat: &'static str,
+    temp_create: &'static str,
+    write: &'static str,
+    chown: &'static str,
+    chmod: &'static str,
+    fsync: &'static str,
+    rename: &'static str,
+    dir_fsync: &'static str,
+}
+
+const DELIVER: Points = Points {
+    stat: "tokens.sink.stat",
+    temp_create: "tokens.sink.temp_create",
+    write: "tokens.sink.write",
+    chown: "tokens.sink.chown",
+    chmod: "tokens.sink.chmod",
+    fsync: "tokens.sink.fsync",
+    rename: "tokens.sink.rename",
+    dir_fsync: "tokens.sink.dir_fsync",
+};
+
+const RESTORE: Points = Points {
+    stat: "tokens.sink.restore.stat",
+    temp_create: "tokens.sink.restore.temp_create",
+    write: "tokens.sink.restore.write",
+    chown: "tokens.sink.restore.chown",
+    chmod: "tokens.sink.restore.chmod",
+    fsync: "tokens.sink.restore.fsync",
+    rename: "tokens.sink.restore.rename",
+    dir_fsync: "tokens.sink.restore.dir_fsync",
+};
+
+/// Write `content` to the file `path` designates, atomically: a symbolic
+/// link is followed and its target replaced; an existing file's owner, group
+/// and mode are kept; a new file gets mode 0600.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), SinkError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let target = resolve(path)?;
+    write_target(&target, content, &DELIVER)
+}
+
+/// [`write_atomic`] to a path with no symbolic link left to follow.
+fn write_target(target: &Path, content: &[u8], p: &Points) -> Result<(), SinkError> {
+    let existing = existing_file(target, p.stat)?;
+    let dir = parent_of(target);
     // tempfile creates the file 0600 and exclusively (O_EXCL).
+    fp(p.temp_create)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".kcr-housekeeper-")
         .tempfile_in(dir)
         .map_err(io(dir, "cannot create a temporary file"))?;
-    tmp.write_all(content).map_err(io(path, "cannot write"))?;
-    tmp.as_file().sync_all().map_err(io(path, "cannot fsync"))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io(path, "cannot set mode 0600"))?;
-    }
-    tmp.persist(path).map_err(|e| SinkError::Io {
-        path: path.to_path_buf(),
+    fp(p.write)?;
+    tmp.write_all(content).map_err(io(target, "cannot write"))?;
+    let mode = match existing {
+        Some(o) => {
+            // Owner first: a chown clears set-id bits the mode may carry.
+            fp(p.chown)?;
+            std::os::unix::fs::fchown(tmp.as_file(), Some(o.uid), Some(o.gid))
+                .map_err(io(target, "cannot keep the file's owner"))?;
+            o.mode
+        }
+        None => 0o600,
+    };
+    fp(p.chmod)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(target, "cannot set the file's mode"))?;
+    fp(p.fsync)?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io(target, "cannot fsync"))?;
+    fp(p.rename)?;
+    tmp.persist(target).map_err(|e| SinkError::Io {
+        path: target.to_path_buf(),
         what: "cannot rename into place",
         source: e.error,
     })?;
+    fp(p.dir_fsync)?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir, "cannot fsync the directory"))?;
@@ -129,7 +304,9 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), SinkError> {
 
 fn read_docker_config(
     path: &Path,
+    point: &'static str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, SinkError> {
+    fp(point)?;
     let text = std::fs::read_to_string(path).map_err(io(path, "cannot read"))?;
     if text.trim().is_empty() {
         return Ok(serde_json::Map::new());
@@ -151,7 +328,6 @@ fn read_docker_config(
         }),
     }
 }
-
 /// The Docker config with this registry's entry replaced, everything else kept.
 pub fn merge_docker_config(
     existing: serde_json::Map<String, serde_json::Value>,
@@ -211,6 +387,7 @@ pub fn file_content(format: FileFormat, d: &Delivery<'_>) -> Vec<u8> {
 /// fails after it. It holds the old secret, so it lives in memory only and
 /// its `Debug` shows nothing of it.
 pub struct Prior {
+    /// The file the sink's path designates (symbolic links followed).
     path: PathBuf,
     content: Option<Vec<u8>>,
 }
@@ -228,13 +405,15 @@ impl std::fmt::Debug for Prior {
 pub fn snapshot(sink: &Sink) -> Result<Option<Prior>, SinkError> {
     match sink {
         Sink::DockerConfig { path } | Sink::File { path, .. } => {
-            let content = match std::fs::read(path) {
+            let target = resolve(path)?;
+            fp("tokens.sink.read_prior")?;
+            let content = match std::fs::read(&target) {
                 Ok(c) => Some(c),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io(path, "cannot read")(e)),
+                Err(e) => return Err(io(&target, "cannot read")(e)),
             };
             Ok(Some(Prior {
-                path: path.clone(),
+                path: target,
                 content,
             }))
         }
@@ -242,15 +421,35 @@ pub fn snapshot(sink: &Sink) -> Result<Option<Prior>, SinkError> {
     }
 }
 
-/// Put a file sink back as it was (atomically; removed if it did not exist).
+/// Put a file sink back as it was: atomically, keeping the file's owner and
+/// mode, removed if it did not exist. A file that already holds its prior
+/// content (the delivery never reached it) is left alone, so a restore
+/// after a failure on a full disk needs no space.
 pub fn restore(prior: &Prior) -> Result<(), SinkError> {
+    let current = fp("tokens.sink.restore.read").and_then(|()| match std::fs::read(&prior.path) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&prior.path, "cannot read")(e)),
+    });
+    // Unreadable: write it back anyway.
+    if current.is_ok_and(|c| c == prior.content) {
+        return Ok(());
+    }
     match &prior.content {
-        Some(c) => write_atomic(&prior.path, c),
-        None => match std::fs::remove_file(&prior.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&prior.path, "cannot remove")(e)),
-        },
+        Some(c) => write_target(&prior.path, c, &RESTORE),
+        None => {
+            fp("tokens.sink.restore.remove")?;
+            match std::fs::remove_file(&prior.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&prior.path, "cannot remove")(e)),
+            }
+            let dir = parent_of(&prior.path);
+            fp("tokens.sink.restore.dir_fsync")?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir, "cannot fsync the directory"))
+        }
     }
 }
 
@@ -258,61 +457,126 @@ pub fn restore(prior: &Prior) -> Result<(), SinkError> {
 pub async fn deliver(sink: &Sink, d: &Delivery<'_>) -> Result<(), SinkError> {
     match sink {
         Sink::DockerConfig { path } => {
-            let existing = if path.exists() {
-                read_docker_config(path)?
-            } else {
-                serde_json::Map::new()
+            let target = resolve(path)?;
+            let existing = match existing_file(&target, "tokens.sink.stat")? {
+                Some(_) => read_docker_config(&target, "tokens.sink.read_existing")?,
+                None => serde_json::Map::new(),
             };
             let doc = merge_docker_config(existing, d);
-            write_atomic(
-                path,
+            write_target(
+                &target,
                 (serde_json::to_string_pretty(&doc).expect("serialises") + "\n").as_bytes(),
+                &DELIVER,
             )
         }
         Sink::File { path, format } => write_atomic(path, &file_content(*format, d)),
-        Sink::Exec { command, timeout } => exec(command, *timeout, d).await,
+        Sink::Exec {
+            command,
+            env,
+            timeout,
+        } => exec(command, env, *timeout, d).await,
     }
 }
 
-async fn exec(command: &[String], timeout: Duration, d: &Delivery<'_>) -> Result<(), SinkError> {
+/// Kills an `exec` sink's whole process group (the sink and everything it
+/// started) when dropped while armed: on timeout, on an error, and when the
+/// delivery is cancelled.
+struct GroupKill {
+    pgid: Option<i32>,
+}
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // The group leader is our unreaped child, so the id is still ours.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// At most this much of an `exec` sink's error output is kept.
+const STDERR_LIMIT: u64 = 64 * 1024;
+
+async fn exec(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+    d: &Delivery<'_>,
+) -> Result<(), SinkError> {
     let program = command[0].clone();
     let fail = |why: String| SinkError::Exec {
         program: program.clone(),
         why,
     };
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env("KCR_REGISTRY", d.registry)
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).env_clear();
+    for key in EXEC_PASSED_ENV {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.env("KCR_REGISTRY", d.registry)
         .env("KCR_TOKEN_ID", d.token_id)
+        .envs(env)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group (id = its pid), so that a timeout ends
+        // everything it started, not only itself.
+        .process_group(0);
+    fp("tokens.sink.exec_spawn")?;
+    let mut child = cmd
         .spawn()
         .map_err(|e| fail(format!("cannot start: {e}")))?;
+    // Declared after `child`: dropped (the group killed) before it.
+    let mut group = GroupKill {
+        pgid: child.id().and_then(|id| i32::try_from(id).ok()),
+    };
     let mut stdin = child.stdin.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
     let doc = serde_json::to_vec(&json_document(d)).expect("serialises");
     let run = async {
+        fp("tokens.sink.exec_stdin")?;
         // A program that exits without reading its input is its own failure; keep going to collect the status.
         let _ = stdin.write_all(&doc).await;
         drop(stdin);
-        child.wait_with_output().await
+        let mut err = Vec::new();
+        let read_err = async {
+            let _ = stderr.take(STDERR_LIMIT).read_to_end(&mut err).await;
+        };
+        fp("tokens.sink.exec_wait")?;
+        let (status, ()) = tokio::join!(child.wait(), read_err);
+        let status = status.map_err(|e| fail(e.to_string()))?;
+        Ok::<_, SinkError>((status, err))
     };
-    let out = tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| {
-            fail(format!(
-                "did not finish within {}",
+    let (status, err) = match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r?,
+        Err(_) => {
+            group.kill();
+            let _ = child.wait().await;
+            return Err(fail(format!(
+                "did not finish within {}; its process group was killed",
                 crate::duration::format(timeout)
-            ))
-        })?
-        .map_err(|e| fail(e.to_string()))?;
-    if out.status.success() {
+            )));
+        }
+    };
+    // It exited and was reaped: its process group id may be reused now.
+    group.pgid = None;
+    if status.success() {
         return Ok(());
     }
     // Its error output may echo what it was given: never pass the secret on.
-    let stderr =
-        String::from_utf8_lossy(&out.stderr).replace(d.secret.expose_secret(), "[redacted]");
+    let stderr = String::from_utf8_lossy(&err).replace(d.secret.expose_secret(), "[redacted]");
     let tail: String = stderr
         .trim()
         .chars()
@@ -322,7 +586,7 @@ async fn exec(command: &[String], timeout: Duration, d: &Delivery<'_>) -> Result
         .into_iter()
         .rev()
         .collect();
-    Err(fail(format!("exited with {}: {tail}", out.status)))
+    Err(fail(format!("exited with {status}: {tail}")))
 }
 
 #[cfg(test)]
@@ -352,6 +616,7 @@ mod tests {
             r#"{"auths":{"other.io":{"auth":"b3RoZXI="}},"credsStore":"desktop"}"#,
         )
         .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let secret = SecretString::from("s3cret");
         deliver(
             &Sink::DockerConfig { path: path.clone() },
@@ -370,14 +635,11 @@ mod tests {
                 .unwrap(),
             b"kcr-user:s3cret"
         );
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
-        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o640,
+            "the existing file's mode is kept"
+        );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(Result::ok)
@@ -426,6 +688,11 @@ mod tests {
             .await
             .unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+                0o600,
+                "a new file is 0600"
+            );
             match format {
                 FileFormat::Raw => assert_eq!(text, "s3cret"),
                 FileFormat::Env => assert!(
@@ -453,6 +720,7 @@ mod tests {
         assert!(e.to_string().starts_with("/nonexistent-dir"), "{e}");
         let e = preflight(&Sink::Exec {
             command: vec!["/no/such/program".into()],
+            env: Default::default(),
             timeout: Duration::from_secs(1),
         })
         .unwrap_err();
@@ -460,6 +728,7 @@ mod tests {
         assert!(
             preflight(&Sink::Exec {
                 command: vec!["sh".into()],
+                env: Default::default(),
                 timeout: Duration::from_secs(1)
             })
             .is_ok()
@@ -478,6 +747,7 @@ mod tests {
         let secret = SecretString::from("s3cret");
         let sink = Sink::Exec {
             command: vec!["sh".into(), "-c".into(), script, "publish".into()],
+            env: Default::default(),
             timeout: Duration::from_secs(10),
         };
         deliver(&sink, &delivery(&secret)).await.unwrap();
@@ -494,6 +764,7 @@ mod tests {
         let secret = SecretString::from("s3cret");
         let echo = Sink::Exec {
             command: vec!["sh".into(), "-c".into(), "cat >&2; exit 3".into()],
+            env: Default::default(),
             timeout: Duration::from_secs(10),
         };
         let e = deliver(&echo, &delivery(&secret))
@@ -506,6 +777,7 @@ mod tests {
         );
         let slow = Sink::Exec {
             command: vec!["sleep".into(), "5".into()],
+            env: Default::default(),
             timeout: Duration::from_millis(200),
         };
         let e = deliver(&slow, &delivery(&secret))
@@ -513,5 +785,265 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("did not finish within 200ms"), "{e}");
+    }
+
+    fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !keep.contains(&n.as_str()))
+            .collect()
+    }
+
+    /// Defect 5: a symbolic link stays a link; its target is replaced
+    /// atomically (the temporary file in the target's directory), and a
+    /// restore puts the target back, not a file in place of the link.
+    #[tokio::test]
+    async fn a_symlinked_sink_stays_a_link_and_its_target_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        let links = dir.path().join("links");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::write(real.join("config.json"), r#"{"auths":{}}"#).unwrap();
+        std::fs::set_permissions(
+            real.join("config.json"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let link = links.join("config.json");
+        std::os::unix::fs::symlink("../real/config.json", &link).unwrap();
+        let sink = Sink::DockerConfig { path: link.clone() };
+        let secret = SecretString::from("s3cret");
+
+        preflight(&sink).unwrap();
+        let prior = snapshot(&sink).unwrap().unwrap();
+        deliver(&sink, &delivery(&secret)).await.unwrap();
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(meta.file_type().is_symlink(), "still a symbolic link");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("../real/config.json")
+        );
+        let text = std::fs::read_to_string(real.join("config.json")).unwrap();
+        assert!(text.contains("prod.ksyunkcr.com"), "{text}");
+        assert_eq!(
+            std::fs::metadata(real.join("config.json"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o640
+        );
+        assert!(leftovers(&real, &["config.json"]).is_empty());
+        assert!(leftovers(&links, &["config.json"]).is_empty());
+
+        restore(&prior).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read_to_string(real.join("config.json")).unwrap(),
+            r#"{"auths":{}}"#
+        );
+
+        // A link whose target does not exist yet: the target is created, and
+        // a restore removes the target, never the link.
+        let dangling = links.join("ci.env");
+        std::os::unix::fs::symlink(real.join("ci.env"), &dangling).unwrap();
+        let sink = Sink::File {
+            path: dangling.clone(),
+            format: FileFormat::Env,
+        };
+        preflight(&sink).unwrap();
+        let prior = snapshot(&sink).unwrap().unwrap();
+        deliver(&sink, &delivery(&secret)).await.unwrap();
+        assert!(
+            std::fs::read_to_string(real.join("ci.env"))
+                .unwrap()
+                .contains("KCR_TOKEN=s3cret")
+        );
+        restore(&prior).unwrap();
+        assert!(!real.join("ci.env").exists());
+        assert!(
+            std::fs::symlink_metadata(&dangling)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    /// Are we allowed to give files away (root, or CAP_CHOWN)?
+    fn can_chown(dir: &Path) -> bool {
+        let probe = dir.join("chown-probe");
+        std::fs::write(&probe, "").unwrap();
+        let ok = std::os::unix::fs::chown(&probe, Some(65534), Some(65534)).is_ok();
+        std::fs::remove_file(&probe).unwrap();
+        ok
+    }
+
+    /// Defect 5: rewriting a `nobody`-owned file keeps its owner, group and
+    /// mode (root only: CI runs as root; skipped with a message otherwise).
+    #[tokio::test]
+    async fn owner_group_and_mode_of_an_existing_file_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        if !can_chown(dir.path()) {
+            eprintln!("SKIPPED: cannot chown files here (not root); CI runs this as root");
+            return;
+        }
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{}").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let sink = Sink::DockerConfig { path: path.clone() };
+        let secret = SecretString::from("s3cret");
+        preflight(&sink).unwrap();
+        let prior = snapshot(&sink).unwrap().unwrap();
+        deliver(&sink, &delivery(&secret)).await.unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (65534, 65534, 0o604),
+            "owner, group and mode kept"
+        );
+        assert!(std::fs::read_to_string(&path).unwrap().contains("auths"));
+        restore(&prior).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (65534, 65534, 0o604));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}");
+    }
+
+    /// Defect 7 (pre-check part): a directory at the sink's path, or a
+    /// missing parent, fails the pre-check, before any token exists.
+    #[test]
+    fn preflight_checks_the_path_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("config.json");
+        std::fs::create_dir(&sub).unwrap();
+        for sink in [
+            Sink::DockerConfig { path: sub.clone() },
+            Sink::File {
+                path: sub.clone(),
+                format: FileFormat::Raw,
+            },
+        ] {
+            let e = preflight(&sink).unwrap_err().to_string();
+            assert!(e.contains("is a directory"), "{e}");
+        }
+        // A symbolic link to a directory is a directory too.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&sub, &link).unwrap();
+        let e = preflight(&Sink::File {
+            path: link,
+            format: FileFormat::Raw,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let e = preflight(&Sink::File {
+            path: dir.path().join("missing/x.env"),
+            format: FileFormat::Env,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing") && e.contains("not usable"), "{e}");
+    }
+
+    /// Defect 4: an exec sink sees only PATH, HOME, LANG, its own two
+    /// variables and its `env` table — nothing else of the daemon's
+    /// environment (here: cargo's CARGO_* variables of the test process).
+    #[tokio::test]
+    async fn exec_gets_a_cleared_environment_and_its_env_table() {
+        assert!(
+            std::env::vars().any(|(k, _)| k.starts_with("CARGO")),
+            "the test process has variables a sink must not see"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("environ");
+        let secret = SecretString::from("s3cret");
+        let sink = Sink::Exec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("cat /proc/$$/environ > {}", out.display()),
+            ],
+            env: [("PUBLISH_TARGET".to_string(), "ci".to_string())].into(),
+            timeout: Duration::from_secs(10),
+        };
+        deliver(&sink, &delivery(&secret)).await.unwrap();
+        let environ = std::fs::read(&out).unwrap();
+        let vars: BTreeMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                let v = String::from_utf8_lossy(v);
+                let (k, val) = v.split_once('=').unwrap();
+                (k.to_string(), val.to_string())
+            })
+            .collect();
+        let names: Vec<&str> = vars.keys().map(String::as_str).collect();
+        for n in &names {
+            assert!(
+                EXEC_PASSED_ENV.contains(n) || EXEC_OWN_ENV.contains(n) || *n == "PUBLISH_TARGET",
+                "{n} leaked into the sink's environment: {names:?}"
+            );
+        }
+        assert_eq!(vars["PUBLISH_TARGET"], "ci");
+        assert_eq!(vars["KCR_TOKEN_ID"], "tok-1");
+        assert_eq!(vars.get("PATH"), std::env::var("PATH").ok().as_ref());
+    }
+
+    fn alive(pid: i32) -> bool {
+        // Gone, or a zombie nobody reaped (no init in a sandbox): dead either way.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+            })
+            .is_some_and(|state| state != "Z" && state != "X")
+    }
+
+    /// Defect 8: a timeout kills the sink's whole process group, so a
+    /// grandchild it started is gone too.
+    #[tokio::test]
+    async fn an_exec_timeout_kills_the_grandchildren_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let secret = SecretString::from("s3cret");
+        let sink = Sink::Exec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+            ],
+            env: BTreeMap::new(),
+            timeout: Duration::from_millis(500),
+        };
+        let e = deliver(&sink, &delivery(&secret))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did not finish within 500ms"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let survived = alive(pid);
+        if survived {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        assert!(!survived, "the grandchild {pid} outlived the timeout");
     }
 }

@@ -5,7 +5,10 @@
 //!
 //! Loopback registries (`127.0.0.1:5000`, `localhost:5000`, `[::1]:5000`) are
 //! reached over plain HTTP, as Docker treats them; every other registry over
-//! HTTPS only.
+//! HTTPS only. The credentials never go to a token realm over a weaker
+//! scheme than the registry's: an HTTPS registry's realm must be HTTPS; a
+//! plain-HTTP realm is accepted only for a plain-HTTP (loopback) registry and
+//! only on a loopback host.
 
 use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use secrecy::{ExposeSecret, SecretString};
@@ -17,6 +20,9 @@ pub enum VerifyError {
     Refused { registry: String, status: u16 },
     #[error("registry {registry}: {why}")]
     Unreachable { registry: String, why: String },
+    /// A test asked for a fault here (`failpoints` feature only).
+    #[error("{0}")]
+    Injected(String),
 }
 
 /// The base URL of a registry host (`host[:port]`).
@@ -63,6 +69,33 @@ fn bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// May the credentials for the registry at `base` be sent to `realm`? Never
+/// over a weaker scheme than the registry's (no downgrade to plain HTTP).
+pub fn realm_allowed(base: &reqwest::Url, realm: &reqwest::Url) -> Result<(), String> {
+    match (base.scheme(), realm.scheme()) {
+        (_, "https") => Ok(()),
+        ("http", "http") if is_loopback(base) && is_loopback(realm) => Ok(()),
+        ("http", "http") => Err(format!(
+            "Bearer realm {realm} is plain HTTP on a non-loopback host; not sending credentials"
+        )),
+        ("https", "http") => Err(format!(
+            "Bearer realm {realm} is plain HTTP for an HTTPS registry (a scheme downgrade); not sending credentials"
+        )),
+        (_, other) => Err(format!(
+            "Bearer realm {realm} has scheme {other:?}; not sending credentials"
+        )),
+    }
+}
+
 /// Log in to `base` (from [`base_url`]) with the credentials.
 pub async fn login(
     base: &str,
@@ -70,17 +103,42 @@ pub async fn login(
     secret: &SecretString,
     timeout: Duration,
 ) -> Result<(), VerifyError> {
+    let http = client(timeout).map_err(|e| VerifyError::Unreachable {
+        registry: base.to_string(),
+        why: e.to_string(),
+    })?;
+    login_with(&http, base, username, secret).await
+}
+
+/// The HTTP client [`login`] uses: no redirects (a redirect would carry the
+/// credentials elsewhere), the given timeout.
+pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    client_builder(timeout).build()
+}
+
+/// [`client`]'s settings, for a caller (a test) that adds to them.
+pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("kcr-housekeeper/", env!("CARGO_PKG_VERSION")))
+}
+
+/// [`login`] with a given client (made by [`client_builder`]).
+pub async fn login_with(
+    http: &reqwest::Client,
+    base: &str,
+    username: &str,
+    secret: &SecretString,
+) -> Result<(), VerifyError> {
     let unreachable = |why: String| VerifyError::Unreachable {
         registry: base.to_string(),
         why,
     };
-    let http = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("kcr-housekeeper/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
+    let base_url =
+        reqwest::Url::parse(base).map_err(|e| unreachable(format!("registry URL: {e}")))?;
     let url = format!("{}/v2/", base.trim_end_matches('/'));
+    crate::failpoint::hit("tokens.verify.login", VerifyError::Injected)?;
     let resp = http
         .get(&url)
         .header(AUTHORIZATION, basic(username, secret))
@@ -113,20 +171,12 @@ pub async fn login(
         .ok_or_else(|| unreachable("Bearer challenge without a realm".into()))?;
     let realm_url = reqwest::Url::parse(&realm)
         .map_err(|e| unreachable(format!("Bearer realm {realm:?}: {e}")))?;
-    // The secret goes only to the same host, or over HTTPS.
-    let same_host = reqwest::Url::parse(base)
-        .ok()
-        .and_then(|b| b.host_str().map(str::to_owned))
-        == realm_url.host_str().map(str::to_owned);
-    if realm_url.scheme() != "https" && !same_host {
-        return Err(unreachable(format!(
-            "Bearer realm {realm:?} is neither HTTPS nor the registry itself; not sending credentials"
-        )));
-    }
+    realm_allowed(&base_url, &realm_url).map_err(unreachable)?;
     let query: Vec<(String, String)> = params
         .into_iter()
         .filter(|(k, _)| k == "service" || k == "scope")
         .collect();
+    crate::failpoint::hit("tokens.verify.realm", VerifyError::Injected)?;
     let resp = http
         .get(realm_url)
         .query(&query)
@@ -170,6 +220,22 @@ mod tests {
         );
         assert_eq!(p[1], ("service".into(), "harbor-registry".into()));
         assert!(bearer_challenge("Basic realm=\"x\"").is_none());
+    }
+
+    /// Defect 13: never a scheme downgrade; plain HTTP only loopback to loopback.
+    #[test]
+    fn credentials_never_go_to_a_weaker_scheme() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let ok = |b: &str, r: &str| realm_allowed(&u(b), &u(r));
+        assert!(ok("https://r.example", "https://auth.example/token").is_ok());
+        assert!(ok("http://127.0.0.1:5000", "https://auth.example/token").is_ok());
+        assert!(ok("http://127.0.0.1:5000", "http://127.0.0.1:5001/token").is_ok());
+        assert!(ok("http://localhost:5000", "http://[::1]:5001/token").is_ok());
+        let e = ok("https://r.example", "http://r.example/token").unwrap_err();
+        assert!(e.contains("downgrade"), "{e}");
+        assert!(ok("https://r.example", "http://127.0.0.1/token").is_err());
+        assert!(ok("http://127.0.0.1:5000", "http://r.example/token").is_err());
+        assert!(ok("https://r.example", "ftp://r.example/token").is_err());
     }
 
     #[test]
