@@ -183,7 +183,8 @@ fn required_bool(p: &ParamMap, key: &str) -> Result<bool, ApiError> {
     parse_bool(p, key)?.ok_or_else(|| ApiError::missing(key))
 }
 
-/// `Key.1`, `Key.2`, … (N from 1 to 100), plus a bare `Key`.
+/// `Key.1`, `Key.2`, … (N from 1 to 100, as the reference writes them; the
+/// official Python SDK counts from 0, so `Key.0` is taken too), plus a bare `Key`.
 fn list_param(p: &ParamMap, key: &str) -> Result<Vec<String>, ApiError> {
     let mut out = Vec::new();
     if let Some(v) = optional(p, key) {
@@ -194,7 +195,7 @@ fn list_param(p: &ParamMap, key: &str) -> Result<Vec<String>, ApiError> {
     for (k, v) in p {
         if let Some(n) = k.strip_prefix(&prefix) {
             match n.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => indexed.push((n, v)),
+                Ok(n) if n <= 100 => indexed.push((n, v)),
                 _ => return Err(ApiError::invalid(k)),
             }
         }

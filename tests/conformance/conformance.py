@@ -58,6 +58,9 @@ def main():
     # 1. DescribeInstance (form POST)
     r = call(post, "DescribeInstance", {})
     check("DescribeInstance lists the demo instance", [i["InstanceId"] for i in r["InstanceSet"]] == [DEMO], r)
+    # The SDK flattens lists from 0 (InstanceId.0), the reference from 1: both are taken.
+    r = call(post, "DescribeInstance", {"InstanceId": [DEMO]})
+    check("DescribeInstance with the SDK's InstanceId.0", [i["InstanceId"] for i in r["InstanceSet"]] == [DEMO], r)
 
     # 2. DescribeInstanceUsage (the SDK posts JSON here)
     r = call(post, "DescribeInstanceUsage", {"InstanceId": DEMO})
