@@ -171,6 +171,10 @@ pub struct SimArgs {
     /// Append one JSON line per request to this file
     #[arg(long, value_name = "FILE")]
     pub request_log: Option<PathBuf>,
+    /// Further access keys scoped by IAM policies: JSON
+    /// {"<AccessKeyId>": {"secret", "user", "statements": [{"effect", "actions", "resources"}]}}
+    #[arg(long, value_name = "FILE")]
+    pub policies: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -1166,6 +1170,12 @@ async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
         _ => None,
     };
     let generated = credentials.is_none();
+    let policies = match &args.policies {
+        Some(path) => Some(
+            crate::sim::iam::Policies::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
     let sim = Simulator::start(SimOptions {
         listen: args.listen,
         source,
@@ -1181,6 +1191,7 @@ async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
         },
         request_log: args.request_log,
         log_in_memory: false,
+        policies,
     })
     .await
     .map_err(|e| match e {

@@ -873,3 +873,71 @@ async fn timeouts_are_typed_and_retried() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(sim.count("DescribeInstanceUsage"), 2);
 }
+
+/// Step 9: a sub-user's key scoped by IAM to one namespace reads there and is
+/// answered 403 `AccessDenied` (not retried) elsewhere; an explicit Deny wins.
+#[tokio::test]
+async fn iam_policies_scope_a_key_to_its_namespace() {
+    let policies = kcr_housekeeper::sim::iam::Policies::parse(
+        r#"{"AKTEAMA": {"secret": "team-a-secret", "user": "team-a-bot", "statements": [
+              {"effect": "Allow", "actions": ["kcrs:DescribeNamespace", "kcrs:DescribeRepository"],
+               "resources": ["*"]},
+              {"effect": "Allow", "actions": ["kcrs:DescribeImages", "kcrs:DeleteRepoTag"],
+               "resources": ["krn:ksc:kcrs:*:*:repository/*/apps/*"]},
+              {"effect": "Deny", "actions": ["kcrs:DeleteRepoTag"],
+               "resources": ["krn:ksc:kcrs:*:*:repository/*/apps/api"]}]}}"#,
+    )
+    .unwrap();
+    let sim = sim(SimOptions {
+        policies: Some(policies),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = config_for(&sim);
+    cfg.credentials = Credentials::new("AKTEAMA", "team-a-secret");
+    let client = Client::new(cfg).unwrap();
+
+    // Reads without resource authorisation are allowed by the first statement.
+    let namespaces = client
+        .list_all(DescribeNamespace::all(DEMO_INSTANCE))
+        .await
+        .unwrap();
+    assert!(namespaces.iter().any(|n| n.namespace == "ci"));
+    // Images in apps/* yes, in ci/* no.
+    let web = client
+        .list_all(DescribeImages::all(DEMO_INSTANCE, "apps", "web"))
+        .await
+        .unwrap();
+    assert!(!web.is_empty());
+    let before = sim.requests().len();
+    let e = client
+        .list_all(DescribeImages::all(DEMO_INSTANCE, "ci", "builder"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AccessDenied", "{e}");
+    assert!(e.to_string().contains("DescribeImages"), "{e}");
+    assert_eq!(
+        sim.requests().len(),
+        before + 1,
+        "AccessDenied must not be retried"
+    );
+    // The explicit Deny on apps/api wins over the Allow on apps/*.
+    let e = client
+        .call(&DeleteRepoTag {
+            instance_id: DEMO_INSTANCE.into(),
+            namespace: "apps".into(),
+            repo_name: "api".into(),
+            tag_name: "does-not-matter".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AccessDenied", "{e}");
+    // The simulator's own key is the account's primary key: allowed everywhere.
+    let admin = client_for(&sim);
+    assert!(
+        admin
+            .list_all(DescribeImages::all(DEMO_INSTANCE, "ci", "builder"))
+            .await
+            .is_ok()
+    );
+}

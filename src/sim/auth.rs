@@ -29,15 +29,15 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Check the request's signature against the one key pair the simulator knows.
+/// Check the request's signature; `secret_of` gives the secret of an access
+/// key id the simulator knows. Returns the access key id that signed.
 pub fn verify(
     req: &Request<'_>,
-    access_key_id: &str,
-    secret: &str,
+    secret_of: &dyn Fn(&str) -> Option<String>,
     region: &str,
     service: &str,
     now: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     if header(req.headers, "host").is_none() {
         return Err(ApiError::new(
             403,
@@ -125,13 +125,13 @@ pub fn verify(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.",
         ));
     }
-    if key_id != access_key_id {
+    let Some(secret) = secret_of(key_id) else {
         return Err(ApiError::new(
             403,
             "InvalidClientTokenId",
             "The security token included in the request is invalid.",
         ));
-    }
+    };
     let when = when.and_utc();
     if (now - when).abs() > MAX_SKEW {
         return Err(mismatch(format!(
@@ -191,9 +191,9 @@ pub fn verify(
             &signer::scope(date, cred_region, cred_service),
             &creq,
         );
-        let expected = signer::signature(secret, date, cred_region, cred_service, &sts);
+        let expected = signer::signature(&secret, date, cred_region, cred_service, &sts);
         if signer::constant_time_eq(&expected, parsed.signature) {
-            return Ok(());
+            return Ok(key_id.to_owned());
         }
     }
     Err(mismatch(

@@ -9,6 +9,7 @@
 //! with `kcr-housekeeper sim`; `endpoint = "sim:demo"` embeds it.
 
 pub mod auth;
+pub mod iam;
 pub mod scenario;
 mod server;
 pub mod world;

@@ -145,6 +145,8 @@ pub struct SimOptions {
     pub request_log: Option<PathBuf>,
     /// Keep the log in memory for [`Simulator::requests`] (tests).
     pub log_in_memory: bool,
+    /// Further access keys, each scoped by IAM policies (`sim --policies`).
+    pub policies: Option<super::iam::Policies>,
 }
 
 impl Default for SimOptions {
@@ -157,6 +159,7 @@ impl Default for SimOptions {
             faults: Faults::default(),
             request_log: None,
             log_in_memory: true,
+            policies: None,
         }
     }
 }
@@ -183,6 +186,7 @@ pub struct LogEntry {
 struct Shared {
     world: Mutex<World>,
     credentials: Credentials,
+    policies: super::iam::Policies,
     region: String,
     faults: Faults,
     rng: Mutex<ChaCha8Rng>,
@@ -290,6 +294,7 @@ impl Simulator {
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
             credentials,
+            policies: opts.policies.unwrap_or_default(),
             region: opts.region,
             faults: opts.faults,
             rng: Mutex::new(rng),
@@ -532,19 +537,29 @@ async fn api(
             body: &body,
         };
         let creds = &shared.credentials;
-        auth::verify(
-            &req,
-            &creds.access_key_id,
-            creds.secret_access_key.expose_secret(),
-            &shared.region,
-            SERVICE,
-            Utc::now(),
-        )?;
+        let secret_of = |key: &str| {
+            if key == creds.access_key_id {
+                Some(creds.secret_access_key.expose_secret().to_owned())
+            } else {
+                shared
+                    .policies
+                    .principal(key)
+                    .map(|p| p.secret.expose_secret().to_owned())
+            }
+        };
+        let signer_key = auth::verify(&req, &secret_of, &shared.region, SERVICE, Utc::now())?;
         let params = params.clone()?;
         let action = params
             .get("Action")
             .filter(|a| !a.is_empty())
             .ok_or_else(|| ApiError::missing("Action"))?;
+        // The primary key may do anything; a policy key what its statements allow.
+        if signer_key != creds.access_key_id
+            && let Some(principal) = shared.policies.principal(&signer_key)
+        {
+            let resource = super::iam::resource(action, &shared.region, |k| params.get(k).cloned());
+            principal.authorize(action, &resource)?;
+        }
         match params.get("Version").map(String::as_str) {
             None | Some("") => return Err(ApiError::missing("Version")),
             Some(API_VERSION) => {}
