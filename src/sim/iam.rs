@@ -182,7 +182,7 @@ pub fn resource(action: &str, region: &str, param: impl Fn(&str) -> Option<Strin
 fn wildcard(pattern: &[char], text: &[char], fold_case: bool) -> bool {
     let eq = |a: char, b: char| {
         if fold_case {
-            a.to_ascii_lowercase() == b.to_ascii_lowercase()
+            a.eq_ignore_ascii_case(&b)
         } else {
             a == b
         }
