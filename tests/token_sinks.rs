@@ -1,0 +1,637 @@
+//! Token sinks, the registry login and the token config, from the outside:
+//! the real binary against the simulator over real HTTP, a fake HTTPS
+//! registry for the login, and real filesystem faults (a full tmpfs, read-only
+//! bind mounts). Tests that need root or mounts skip with a message when those
+//! are unavailable; CI runs as root.
+
+mod common;
+
+use common::{DEMO_INSTANCE, client_for, demo_head, sim};
+use kcr_housekeeper::config::{self, Config, ConfigErrors};
+use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
+use kcr_housekeeper::sim::{SimOptions, Simulator};
+use kcr_housekeeper::tokens::verify;
+use secrecy::{ExposeSecret, SecretString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ---------------------------------------------------------------- config
+
+const HEAD: &str = "[kcr]\naccess_key_id = \"AKLTx\"\nsecret_access_key = { env = \"SK\" }\n";
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    config::parse(text, "test.toml", Path::new("."), &|k: &str| {
+        (k == "SK").then(|| "sk-value".to_string())
+    })
+}
+
+fn managed(instance_registry: &str, token: &str) -> String {
+    format!(
+        "{HEAD}[[instances]]\nid = \"i\"\nname = \"prod\"\n{instance_registry}\n\
+         [tokens]\n[[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"prod\"\n{token}\n"
+    )
+}
+
+/// Defect 11 (lifetime part): at most 9999 days or 9999 hours; the error
+/// names file, line and key.
+#[test]
+fn lifetimes_the_api_refuses_are_config_errors() {
+    let sinks = "sinks = [{ kind = \"file\", path = \"/run/x.env\" }]";
+    for ok in ["9999d", "9999h", "30d"] {
+        let text = managed(
+            "registry = \"r.example\"",
+            &format!("lifetime = \"{ok}\"\nrotate_before = \"1h\"\noverlap = \"1h\"\n{sinks}"),
+        );
+        parse(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for (bad, unit) in [("10000d", "days"), ("10000h", "hours"), ("1430w", "days")] {
+        let text = managed(
+            "registry = \"r.example\"",
+            &format!("lifetime = \"{bad}\"\n{sinks}"),
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("test.toml:12:1: tokens.managed[0].lifetime:")
+                && e.contains("tokens.managed[0].lifetime:")
+                && e.contains(&format!("at most 9999 {unit}")),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// `[[instances]] registry` is needed only by managed tokens.
+#[test]
+fn registry_is_required_only_by_a_managed_token() {
+    let c = parse(&format!(
+        "{HEAD}[[instances]]\nid = \"i\"\nname = \"prod\"\n[retention]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.instances[0].registry, None);
+    let e = parse(&managed(
+        "",
+        "sinks = [{ kind = \"file\", path = \"/run/x.env\" }]",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tokens.managed[0].instance:")
+            && e.contains("managed token \"ci-pull\"")
+            && e.contains("has no `registry`"),
+        "{e}"
+    );
+    let e = parse(&format!(
+        "{HEAD}[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"https://r.example\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("instances[0].registry:"), "{e}");
+}
+
+/// Defect 4 (config): the exec sink's `env` table is checked.
+#[test]
+fn exec_env_tables_are_validated() {
+    let sink = |env: &str| {
+        managed(
+            "registry = \"r.example\"",
+            &format!("sinks = [{{ kind = \"exec\", command = [\"/bin/true\"], env = {env} }}]"),
+        )
+    };
+    let c = parse(&sink("{ PUBLISH_TARGET = \"ci\", _X1 = \"\" }")).unwrap();
+    match &c.tokens.unwrap().managed[0].sinks[0] {
+        config::Sink::Exec { env, .. } => {
+            assert_eq!(env.get("PUBLISH_TARGET").map(String::as_str), Some("ci"));
+            assert_eq!(env.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    for (env, want) in [
+        ("{ \"1X\" = \"a\" }", "is not a variable name"),
+        ("{ \"A-B\" = \"a\" }", "is not a variable name"),
+        ("{ KCR_TOKEN_ID = \"a\" }", "set by kcr-housekeeper itself"),
+        ("{ A = \"x\\u0000y\" }", "NUL"),
+        ("{ A = 1 }", "invalid type"),
+    ] {
+        let e = parse(&sink(env)).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.managed[0].sinks[0].env") && e.contains(want),
+            "{env}: {e}"
+        );
+    }
+    let e = parse(&managed(
+        "registry = \"r.example\"",
+        "sinks = [{ kind = \"file\", path = \"/run/x.env\", env = { A = \"b\" } }]",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`env` does not apply"), "{e}");
+}
+
+/// A `jitter` longer than a job's schedule period is a `check` warning.
+#[test]
+fn a_jitter_longer_than_a_schedule_period_is_a_check_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |jitter: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{HEAD}[[instances]]\nid = \"i\"\nname = \"prod\"\n[scheduler]\njitter = \"{jitter}\"\n\
+                 [quota]\nschedule = \"0 */5 * * * *\"\n[retention]\nschedule = \"0 0 3 * * *\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let check = |path: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+            .args(["check", "--config"])
+            .arg(path)
+            .env("SK", "sk-value")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let out = check(&write("10m"));
+    assert!(
+        out.contains(
+            "warning: scheduler.jitter (10m) is longer than the quota job's schedule period (5m"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("retention job's"), "{out}");
+    let out = check(&write("4m"));
+    assert!(!out.contains("warning: scheduler.jitter"), "{out}");
+}
+
+// ---------------------------------------------------------------- registry login
+
+const CA: &[u8] = include_bytes!("fixtures/tls/ca.der");
+const LEAF: &[u8] = include_bytes!("fixtures/tls/registry.test.der");
+const LEAF_KEY: &[u8] = include_bytes!("fixtures/tls/registry.test.key.der");
+
+/// Read one request head (bounded); the lower-cased text.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).to_ascii_lowercase()
+}
+
+fn response(status: &str, extra: &str) -> String {
+    format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}")
+}
+
+/// A plain-HTTP token realm on 127.0.0.1: counts the requests that carry
+/// credentials.
+async fn http_realm() -> (u16, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let with_credentials = Arc::new(AtomicUsize::new(0));
+    let seen = with_credentials.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let head = read_head(&mut s).await;
+            if head.contains("\r\nauthorization:") {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = s.write_all(response("200 OK", "").as_bytes()).await;
+        }
+    });
+    (port, with_credentials)
+}
+
+/// A fake HTTPS registry `registry.test` on 127.0.0.1: `/v2/` answers a
+/// Bearer challenge with the realm `realm(own port)`; `/token` accepts any
+/// credentials.
+async fn https_registry(realm: impl Fn(u16) -> String + Send + 'static) -> u16 {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(LEAF.to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(LEAF_KEY.to_vec())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let Ok(mut s) = acceptor.accept(s).await else {
+                continue;
+            };
+            let head = read_head(&mut s).await;
+            let reply = if head.starts_with("get /v2/") {
+                response(
+                    "401 Unauthorized",
+                    &format!(
+                        "WWW-Authenticate: Bearer realm=\"{}\",service=\"registry.test\"\r\n",
+                        realm(port)
+                    ),
+                )
+            } else if head.contains("\r\nauthorization: basic ") {
+                response("200 OK", "")
+            } else {
+                response("401 Unauthorized", "")
+            };
+            let _ = s.write_all(reply.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    port
+}
+
+/// A client that trusts the test CA and finds `registry.test` on 127.0.0.1.
+fn test_client() -> reqwest::Client {
+    verify::client_builder(Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_der(CA).unwrap())
+        .resolve("registry.test", "127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Defect 13: an HTTPS registry whose Bearer challenge points to a plain-HTTP
+/// realm on its own (non-loopback-looking) host name: the login refuses the
+/// downgrade and the realm never sees the credentials. The same registry
+/// with an HTTPS realm logs in (the fake registry works).
+#[tokio::test]
+async fn credentials_never_go_to_a_plain_http_realm_of_an_https_registry() {
+    let secret = SecretString::from("s3cret");
+    let (http_port, hits) = http_realm().await;
+    let port = https_registry(move |_| format!("http://registry.test:{http_port}/token")).await;
+    let base = format!("https://registry.test:{port}");
+    let e = verify::login_with(&test_client(), &base, "u", &secret)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scheme downgrade"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "credentials sent over HTTP");
+
+    let port = https_registry(|own| format!("https://registry.test:{own}/token")).await;
+    verify::login_with(
+        &test_client(),
+        &format!("https://registry.test:{port}"),
+        "u",
+        &secret,
+    )
+    .await
+    .expect("an HTTPS realm is fine");
+}
+
+// ---------------------------------------------------------------- the binary
+
+async fn managed_tokens(sim: &Simulator) -> Vec<TokenInfo> {
+    client_for(sim)
+        .list_all(DescribeInstanceToken {
+            instance_id: DEMO_INSTANCE.into(),
+            marker: None,
+            max_results: None,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| {
+            t.desc
+                .as_deref()
+                .is_some_and(|d| d.starts_with("kcr-housekeeper/ci-pull/"))
+        })
+        .collect()
+}
+
+fn write_config(sim: &Simulator, dir: &Path, extra: &str, sinks: &str) -> PathBuf {
+    let text = format!(
+        "{head}{extra}\n[tokens]\nlist_lag = \"2s\"\n[[tokens.managed]]\nname = \"ci-pull\"\n\
+         instance = \"demo\"\nlifetime = \"30d\"\nrotate_before = \"10d\"\nsinks = [\n{sinks}\n]\n",
+        head = demo_head(sim, dir),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn apply(sim: &Simulator, config: &Path, env: &[(&str, &str)]) -> Output {
+    let creds = sim.credentials();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
+    cmd.args(["apply", "tokens", "--yes", "--config"])
+        .arg(config)
+        .env("AK", &creds.access_key_id)
+        .env("SK", creds.secret_access_key.expose_secret())
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT_TRACE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Defect 4: an exec sink run by the real binary sees none of the daemon's
+/// environment — not the KCR secret key, not the admin token, not an
+/// unrelated KSYUN_SECRET_ACCESS_KEY — only PATH, HOME, LANG, its two own
+/// variables and the `env` table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_sink_sees_none_of_the_daemons_environment() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let environ = dir.path().join("environ");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "[server]\nadmin_token = { env = \"ADMIN\" }",
+        &format!(
+            "{{ kind = \"exec\", command = [\"/bin/sh\", \"-c\", 'cat /proc/$$/environ > {}; cat > /dev/null'], env = {{ PUBLISH_TARGET = \"ci\" }} }}",
+            environ.display()
+        ),
+    );
+    let admin = "admin-token-0123456789-abcdef";
+    let ksyun = "ksyun-secret-value-9876543210";
+    let o = apply(
+        &sim,
+        &config,
+        &[("ADMIN", admin), ("KSYUN_SECRET_ACCESS_KEY", ksyun)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let raw = std::fs::read(&environ).expect("the sink ran");
+    let vars: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let all = vars.join("\n");
+    let sk = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_string();
+    for leaked in [
+        admin,
+        ksyun,
+        sk.as_str(),
+        "KSYUN_SECRET_ACCESS_KEY",
+        "ADMIN=",
+    ] {
+        assert!(!all.contains(leaked), "{leaked} reached the sink:\n{all}");
+    }
+    let allowed = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "KCR_REGISTRY",
+        "KCR_TOKEN_ID",
+        "PUBLISH_TARGET",
+    ];
+    for v in &vars {
+        let name = v.split('=').next().unwrap();
+        assert!(allowed.contains(&name), "{name} reached the sink:\n{all}");
+    }
+    assert!(vars.iter().any(|v| v == "PUBLISH_TARGET=ci"), "{all}");
+}
+
+/// Defect 7 (pre-check part): a directory at a sink's path fails the
+/// rotation before any token is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_at_a_sink_path_fails_before_any_token_is_created() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ci-pull.env")).unwrap();
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"file\", path = \"{}/ci-pull.env\" }}",
+            dir.path().display()
+        ),
+    );
+    let before: Vec<String> = managed_tokens(&sim)
+        .await
+        .into_iter()
+        .map(|t| t.token_id)
+        .collect();
+    for _ in 0..2 {
+        let o = apply(&sim, &config, &[]);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("is a directory"), "{}", text(&o));
+    }
+    assert_eq!(sim.count("CreateInstanceToken"), 0, "no token created");
+    let after: Vec<String> = managed_tokens(&sim)
+        .await
+        .into_iter()
+        .map(|t| t.token_id)
+        .collect();
+    assert_eq!(before, after);
+}
+
+// ---------------------------------------------------------------- filesystem faults
+
+/// A mount made for one test, lazily unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn run(args: &[&str]) -> bool {
+        Command::new("mount")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// A tmpfs of `size` at `dir`, or `None` (with a message) if mounting is impossible.
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        let d = dir.to_str().unwrap();
+        if Self::run(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", d]) {
+            Some(Mount(dir.to_path_buf()))
+        } else {
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root); CI runs this as root");
+            None
+        }
+    }
+
+    /// `path` (a file or a directory) bind-mounted read-only onto itself.
+    fn read_only(path: &Path) -> Option<Mount> {
+        let p = path.to_str().unwrap();
+        if !Self::run(&["--bind", p, p]) {
+            eprintln!("SKIPPED: cannot bind-mount (needs root); CI runs this as root");
+            return None;
+        }
+        let m = Mount(path.to_path_buf());
+        if Self::run(&["-o", "remount,bind,ro", p]) {
+            Some(m)
+        } else {
+            eprintln!("SKIPPED: cannot remount read-only");
+            None
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn env_token(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    Some((get("KCR_USERNAME")?, get("KCR_TOKEN")?))
+}
+
+async fn login_status(sim: &Simulator, user: &str, secret: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/v2/", sim.endpoint()))
+        .basic_auth(user, Some(secret))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kcr-housekeeper"))
+        .collect()
+}
+
+/// A full disk (a 16 KiB tmpfs): the rotation that cannot write its sink
+/// fails; the sink keeps the old, working credential and no temporary file
+/// is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_the_old_credential_in_the_sink() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let Some(_mount) = Mount::tmpfs(&disk, "16k") else {
+        return;
+    };
+    let sink = disk.join("ci-pull.env");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!("{{ kind = \"file\", path = \"{}\" }}", sink.display()),
+    );
+    let o = apply(&sim, &config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (user, old) = env_token(&sink).unwrap();
+    assert_eq!(login_status(&sim, &user, &old).await, 200);
+
+    // Fill the disk, then make the token due: it expires in 5 days (< rotate_before).
+    let id = std::fs::read_to_string(&sink)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("KCR_TOKEN_ID=").map(str::to_owned))
+        .unwrap();
+    let soon = sim.now() + chrono::Duration::days(5);
+    sim.world(|w| {
+        for t in &mut w.instances[0].tokens {
+            if t.id == id {
+                t.expire_time = Some(soon);
+            }
+        }
+    });
+    let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    let creates = sim.count("CreateInstanceToken");
+    let o = apply(&sim, &config, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("No space left on device"), "{}", text(&o));
+    assert_eq!(
+        sim.count("CreateInstanceToken"),
+        creates + 1,
+        "the pre-check passed"
+    );
+    let (_, now_held) = env_token(&sink).unwrap();
+    assert_eq!(now_held, old, "the sink still holds the old credential");
+    assert_eq!(login_status(&sim, &user, &old).await, 200, "and it works");
+    assert!(temp_files(&disk).is_empty(), "{:?}", temp_files(&disk));
+}
+
+/// A read-only sink directory (root ignores permission bits: a read-only
+/// bind mount), and an existing sink file that cannot be written: both fail
+/// the pre-check, before any token is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_sinks_fail_before_any_token_is_created() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ro_dir = dir.path().join("ro");
+    std::fs::create_dir(&ro_dir).unwrap();
+    let rw_dir = dir.path().join("rw");
+    std::fs::create_dir(&rw_dir).unwrap();
+    let ro_file = rw_dir.join("config.json");
+    std::fs::write(&ro_file, "{}").unwrap();
+
+    let Some(_m1) = Mount::read_only(&ro_dir) else {
+        return;
+    };
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"file\", path = \"{}/ci.env\" }}",
+            ro_dir.display()
+        ),
+    );
+    let o = apply(&sim, &config, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot create files in the sink's directory"),
+        "{}",
+        text(&o)
+    );
+
+    let Some(_m2) = Mount::read_only(&ro_file) else {
+        return;
+    };
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"docker-config\", path = \"{}\" }}",
+            ro_file.display()
+        ),
+    );
+    let o = apply(&sim, &config, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("the existing file is not writable"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(sim.count("CreateInstanceToken"), 0, "no token created");
+    assert_eq!(std::fs::read_to_string(&ro_file).unwrap(), "{}");
+}
