@@ -57,6 +57,7 @@ pub async fn connect_observed(
     cc.requests_per_second = k.requests_per_second;
     cc.max_in_flight = k.max_in_flight;
     cc.timeout = k.timeout;
+    cc.max_consecutive_failures = k.max_consecutive_failures;
     Ok(Connection {
         client: Client::with_observer(cc, observer)?,
         simulator,

@@ -110,6 +110,12 @@ pub struct AuditArgs {
     /// Only records at or after this: an RFC 3339 time or a duration ago (e.g. 7d)
     #[arg(long)]
     pub since: Option<String>,
+    /// Only records of this job (retention, tokens, namespaces)
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only the newest N records
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
 }
@@ -203,6 +209,9 @@ pub enum CliError {
     /// Exit 3: a safety limit blocked the whole run.
     #[error("{0}")]
     Blocked(String),
+    /// Exit 130: stopped by Ctrl-C (SIGINT) between two actions.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl CliError {
@@ -211,6 +220,7 @@ impl CliError {
             CliError::Failed(_) => 1,
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Blocked(_) => 3,
+            CliError::Interrupted(_) => 130,
         }
     }
 }
@@ -507,11 +517,12 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
     for r in &plan.idle_rules {
         eprintln!("warning: rule {r:?} matches nothing in this registry");
     }
-    let report = retention::report::Report::from_plan(
+    let mut report = retention::report::Report::from_plan(
         &plan,
         rc.mode.as_str(),
         retention::report_instances(c),
     );
+    report.config_fingerprint = Some(retention::config_fingerprint(rc));
     let text = match args.format {
         ReportFormat::Table => retention::report::render_table(&report),
         ReportFormat::Json => report.to_json(),
@@ -813,99 +824,278 @@ fn confirm(prompt: &str, out: &mut dyn Write) -> Result<bool, CliError> {
 }
 
 async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    use retention::executor::{self, ExecEnv};
     if args.job == PlannableJob::Tokens {
         return apply_tokens_cmd(c, args, out).await;
     }
     if args.job == PlannableJob::Namespaces {
         return apply_namespaces_cmd(c, args, out).await;
     }
-    let rc = retention_config(c)?;
-    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
-    let now = Utc::now();
-    let state =
-        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
-    let (items, summary, from_file) = match &args.plan {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                CliError::Usage(format!("{}: cannot read plan: {e}", path.display()))
-            })?;
-            let report = retention::report::Report::from_json(&text).map_err(|e| {
-                CliError::Usage(format!("{}: not a retention plan: {e}", path.display()))
-            })?;
-            for inst in &report.instances {
-                match c.instance_by_name(&inst.name) {
-                    Some(mine) if mine.id == inst.id => {}
-                    _ => {
-                        return Err(CliError::Usage(format!(
-                            "{}: the plan is for instance {} ({}), which this configuration does not have",
-                            path.display(),
-                            inst.name,
-                            inst.id
-                        )));
-                    }
-                }
-            }
-            if let Some((r, _)) = report
-                .actions()
-                .find(|(r, _)| c.instance_by_name(&r.instance).is_none())
-            {
+    apply_retention_cmd(c, args, out).await
+}
+
+/// Read and check a reviewed plan file: readable, a retention plan, bound to
+/// this configuration's instances, not older than `max_plan_age`.
+fn read_plan_file(
+    c: &Config,
+    rc: &crate::config::RetentionConfig,
+    path: &Path,
+    now: chrono::DateTime<Utc>,
+) -> Result<retention::report::Report, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{}: cannot read plan: {e}", path.display())))?;
+    let report = retention::report::Report::from_json(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not a retention plan: {e}", path.display())))?;
+    if report.instances.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{}: the plan has no `instances` binding (name → id); make a new one with plan retention --format json",
+            path.display()
+        )));
+    }
+    for inst in &report.instances {
+        match c.instance_by_name(&inst.name) {
+            Some(mine) if mine.id == inst.id => {}
+            _ => {
                 return Err(CliError::Usage(format!(
-                    "{}: the plan names unknown instance {:?}",
+                    "{}: the plan is for instance {} ({}), which this configuration does not have",
                     path.display(),
-                    r.instance
+                    inst.name,
+                    inst.id
                 )));
             }
-            if report.summary.blocked.iter().any(|b| b.starts_with("run:")) {
-                return Err(CliError::Blocked(format!(
-                    "{}: this plan was blocked by max_deletions_per_run",
-                    path.display()
-                )));
-            }
-            let repos = report.repositories.iter().map(|r| {
-                (
-                    r.instance.as_str(),
-                    r.namespace.as_str(),
-                    r.repository.as_str(),
-                    r.actions.iter().cloned(),
-                )
-            });
-            let summary = format!(
-                "{} delete_image, {} delete_tag from {}",
-                report.summary.delete_image,
-                report.summary.delete_tag,
-                path.display()
-            );
-            (retention::targets(repos, c), summary, true)
         }
-        None => {
-            let inventory = collect_inventory(&conn.client, c, now).await;
-            let plan = retention::plan(&inventory, rc, now);
-            if let Some(b) = &plan.blocked {
-                return Err(CliError::Blocked(format!("retention: {b}")));
-            }
-            (
-                retention::plan_targets(&plan, c),
-                retention::plan_summary(&plan),
-                false,
-            )
+    }
+    if let Some((r, _)) = report
+        .actions()
+        .find(|(r, _)| !report.instances.iter().any(|i| i.name == r.instance))
+    {
+        return Err(CliError::Usage(format!(
+            "{}: the plan names instance {:?}, which its `instances` binding does not",
+            path.display(),
+            r.instance
+        )));
+    }
+    let age = now.signed_duration_since(report.generated_at);
+    let max = chrono::Duration::from_std(rc.max_plan_age).unwrap_or(chrono::Duration::MAX);
+    if age > max {
+        return Err(CliError::Usage(format!(
+            "{}: the plan was made at {}, {} ago, longer than [retention] max_plan_age ({}): make a new plan",
+            path.display(),
+            report
+                .generated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            duration::format(age.to_std().unwrap_or_default()),
+            duration::format(rc.max_plan_age)
+        )));
+    }
+    // A little clock skew is fine; a plan from the future never ages out.
+    if age < -chrono::Duration::minutes(5) {
+        return Err(CliError::Usage(format!(
+            "{}: the plan claims to be made at {}, in the future",
+            path.display(),
+            report
+                .generated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(report)
+}
+
+/// Ctrl-C during an apply: stop at the next action boundary (a second one stops at once).
+fn cancel_on_interrupt(
+    cancel: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
         }
+        eprintln!("interrupted: stopping after the current action (Ctrl-C again to stop now)");
+        cancel.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    })
+}
+
+/// `apply retention [--plan FILE]`: a fresh plan (current config, fresh
+/// inventory, now), or its intersection with a reviewed plan file; then
+/// caps, grace and execution.
+async fn apply_retention_cmd(
+    c: &Config,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::failpoint;
+    use retention::executor::{self, ExecEnv, Outcome};
+    let rc = retention_config(c)?;
+    let now = Utc::now();
+    let file = match &args.plan {
+        Some(path) => Some((path, read_plan_file(c, rc, path, now)?)),
+        None => None,
     };
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state = failpoint::hit("retention.state.open", crate::state::StateError::Injected)
+        .and_then(|()| crate::state::Store::open(&c.state.path))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    failpoint::hit("retention.api.list", |m| {
+        failed(anyhow::anyhow!(m), "listing")
+    })?;
+    let inventory = collect_inventory(&conn.client, c, now).await;
+    let fresh = retention::plan(&inventory, rc, now);
+    // Partial: an instance or a repository could not be listed; what was listed is applied.
+    let mut partial: Vec<String> = inventory
+        .instances
+        .iter()
+        .filter_map(|i| {
+            i.error
+                .as_ref()
+                .map(|e| format!("instance {}: {e}", i.name))
+        })
+        .collect();
+    partial.extend(fresh.repositories.iter().filter_map(|r| {
+        r.skipped
+            .as_ref()
+            .map(|s| format!("{}/{}/{}: {s}", r.instance, r.namespace, r.repository))
+    }));
+    let (items, dropped, summary) = match &file {
+        Some((path, report)) => {
+            let current = retention::config_fingerprint(rc);
+            let changed = match &report.config_fingerprint {
+                Some(f) if *f == current => false,
+                Some(_) => {
+                    writeln!(
+                        out,
+                        "note: the retention config changed since {} was made (its fingerprint differs): only what the current rules condemn is applied",
+                        path.display()
+                    )
+                    .map_err(io)?;
+                    true
+                }
+                None => {
+                    writeln!(
+                        out,
+                        "note: {} carries no config fingerprint: only what the current rules condemn is applied",
+                        path.display()
+                    )
+                    .map_err(io)?;
+                    true
+                }
+            };
+            let (items, dropped) = retention::intersect(report, &fresh, &inventory, c, changed);
+            let count =
+                |k: retention::ActionKind| items.iter().filter(|(_, a)| a.action == k).count();
+            let summary = format!(
+                "{} delete_image, {} delete_tag: the actions of {} that a fresh plan also holds ({} of the file's {} dropped)",
+                count(retention::ActionKind::DeleteImage),
+                count(retention::ActionKind::DeleteTag),
+                path.display(),
+                dropped.len(),
+                report.actions().count()
+            );
+            (items, dropped, summary)
+        }
+        None => (
+            retention::plan_targets(&fresh, c),
+            Vec::new(),
+            retention::plan_summary(&fresh),
+        ),
+    };
+    let (done_before, dropped): (Vec<_>, Vec<_>) = dropped
+        .into_iter()
+        .partition(|d| d.reason.starts_with(retention::ALREADY_DONE));
+    for d in &dropped {
+        let kind = if d.reason.starts_with("stale") {
+            "dropped (stale)"
+        } else {
+            "dropped"
+        };
+        writeln!(
+            out,
+            "{kind}: {} {}/{}/{} {} {}: {}",
+            d.action.action.as_str(),
+            d.target.instance,
+            d.target.namespace,
+            d.target.repository,
+            d.action.digest,
+            d.action.tags.join(","),
+            d.reason
+        )
+        .map_err(io)?;
+    }
+    // The caps apply to what runs, exactly as to a fresh run.
+    if let Some(b) = &fresh.blocked {
+        return Err(CliError::Blocked(format!("retention: {b}")));
+    }
+    if items.len() as u64 > rc.max_deletions_per_run {
+        return Err(CliError::Blocked(format!(
+            "retention: {} actions exceed max_deletions_per_run {}",
+            items.len(),
+            rc.max_deletions_per_run
+        )));
+    }
     writeln!(out, "retention: {summary}").map_err(io)?;
+    let partial_error = || {
+        CliError::Failed(anyhow::anyhow!(
+            "partial: {} could not be listed completely: {}",
+            partial.len(),
+            partial.join("; ")
+        ))
+    };
+    // The file's actions an earlier apply already did count as done.
+    let already: Vec<_> = done_before
+        .into_iter()
+        .map(|d| (d.target, d.action, Outcome::AlreadyDone))
+        .collect();
     if items.is_empty() {
         writeln!(out, "nothing to do").map_err(io)?;
-        return Ok(());
+        let executed = executor::Executed {
+            results: already,
+            ..Default::default()
+        };
+        writeln!(out, "retention: {}", retention::executed_summary(&executed)).map_err(io)?;
+        return if partial.is_empty() {
+            Ok(())
+        } else {
+            Err(partial_error())
+        };
     }
-    if !confirmed(args.yes, &format!("apply {} actions?", items.len()), out)? {
-        return Ok(());
-    }
-    let (ready, waiting) = if from_file {
-        (items, 0)
-    } else {
-        executor::apply_grace(&state, items, rc.grace, now).map_err(|e| failed(e, "grace marks"))?
+    // Grace: marks are kept for the whole fresh plan (as a fresh run keeps
+    // them); what runs is the part of `items` planned long enough.
+    let (ready, waiting) = {
+        let all = retention::plan_targets(&fresh, c);
+        let (ready_all, _) = executor::apply_grace(&state, all, rc.grace, now)
+            .map_err(|e| failed(e, "grace marks"))?;
+        let keys: std::collections::HashSet<String> = ready_all
+            .iter()
+            .map(|(t, a)| executor::grace_key(t, a))
+            .collect();
+        let (ready, waiting): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(t, a)| keys.contains(&executor::grace_key(t, a)));
+        (ready, waiting.len())
     };
+    let prompt = if waiting > 0 {
+        format!(
+            "apply {} actions ({waiting} more wait for grace)?",
+            ready.len()
+        )
+    } else {
+        format!("apply {} actions?", ready.len())
+    };
+    if !ready.is_empty() && !confirmed(args.yes, &prompt, out)? {
+        return Ok(());
+    }
     let metrics = crate::metrics::Metrics::new();
     let cancel = tokio_util::sync::CancellationToken::new();
+    failpoint::hit(
+        "retention.state.run_start",
+        crate::state::StateError::Injected,
+    )
+    .map_err(|e| failed(e, "recording the run"))?;
+    let run_id = state
+        .start_run("retention", "cli", Utc::now())
+        .map_err(|e| failed(e, "recording the run"))?;
+    let interrupt = cancel_on_interrupt(&cancel);
     let bar = Bar::new("deleting", "actions", ready.len() as u64);
     let tick = || bar.inc();
     let env = ExecEnv {
@@ -914,19 +1104,19 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
         metrics: &metrics,
         cancel: &cancel,
         job: "retention",
-        run_id: None,
+        run_id: Some(run_id),
         // A reviewed plan is always re-verified: the registry may have moved on.
-        verify: rc.verify_before_delete || from_file,
+        verify: rc.verify_before_delete || file.is_some(),
         tick: &tick,
     };
     let mut executed = executor::execute(&env, ready).await;
+    interrupt.abort();
     bar.finish();
     executed.waiting = waiting;
+    executed.results.extend(already);
     for (t, a, o) in &executed.results {
-        if let retention::executor::Outcome::Stale(why)
-        | retention::executor::Outcome::Failed(why) = o
-        {
-            let kind = if matches!(o, retention::executor::Outcome::Stale(_)) {
+        if let Outcome::Stale(why) | Outcome::Failed(why) = o {
+            let kind = if matches!(o, Outcome::Stale(_)) {
                 "dropped (stale)"
             } else {
                 "FAILED"
@@ -944,12 +1134,31 @@ async fn apply_cmd(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<
             .map_err(io)?;
         }
     }
-    writeln!(out, "retention: {}", retention::executed_summary(&executed)).map_err(io)?;
-    if executed.failed() > 0 {
-        return Err(CliError::Failed(anyhow::anyhow!(
-            "{} retention actions failed",
-            executed.failed()
+    let text = retention::executed_summary(&executed);
+    writeln!(out, "retention: {text}").map_err(io)?;
+    let (result, error) = if executed.cancelled {
+        (crate::state::RunResult::Failure, Some("interrupted"))
+    } else if executed.has_failures() || !partial.is_empty() {
+        (crate::state::RunResult::Failure, Some("failed"))
+    } else {
+        (crate::state::RunResult::Success, None)
+    };
+    failpoint::hit(
+        "retention.state.run_finish",
+        crate::state::StateError::Injected,
+    )
+    .and_then(|()| state.finish_run(run_id, Utc::now(), result, &text, error))
+    .map_err(|e| failed(e, "recording the run"))?;
+    if executed.cancelled {
+        return Err(CliError::Interrupted(format!(
+            "retention: interrupted; {text}"
         )));
+    }
+    if executed.has_failures() {
+        return Err(CliError::Failed(anyhow::anyhow!("retention: {text}")));
+    }
+    if !partial.is_empty() {
+        return Err(partial_error());
     }
     Ok(())
 }
@@ -1077,7 +1286,7 @@ fn audit(c: &Config, args: &AuditArgs, out: &mut dyn Write) -> Result<(), CliErr
     let store =
         crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
     let records = store
-        .audit_since(since)
+        .audit_query(since, args.job.as_deref(), args.limit)
         .map_err(|e| CliError::Failed(e.into()))?;
     let text = match args.format {
         OutputFormat::Json => {
@@ -1085,18 +1294,19 @@ fn audit(c: &Config, args: &AuditArgs, out: &mut dyn Write) -> Result<(), CliErr
         }
         OutputFormat::Table => {
             let mut t = format!(
-                "{:<24}  {:<10}  {:<10}  {:<22}  {:<40}  {}\n",
-                "AT", "JOB", "INSTANCE", "ACTION", "TARGET", "OUTCOME"
+                "{:<24}  {:<10}  {:<10}  {:<22}  {:<40}  {:<12}  {}\n",
+                "AT", "JOB", "INSTANCE", "ACTION", "TARGET", "OUTCOME", "ERROR"
             );
             for r in &records {
                 t.push_str(&format!(
-                    "{:<24}  {:<10}  {:<10}  {:<22}  {:<40}  {}\n",
+                    "{:<24}  {:<10}  {:<10}  {:<22}  {:<40}  {:<12}  {}\n",
                     r.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     r.job,
                     r.instance,
                     r.action,
                     r.target,
-                    r.outcome
+                    r.outcome.as_str(),
+                    r.error.as_deref().unwrap_or_default()
                 ));
             }
             t.push_str(&format!(

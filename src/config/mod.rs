@@ -91,6 +91,8 @@ pub struct KcrConfig {
     pub requests_per_second: f64,
     pub max_in_flight: usize,
     pub timeout: Duration,
+    /// Failed requests in a row after which work stops (no more retries, no more actions).
+    pub max_consecutive_failures: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +201,8 @@ pub struct RetentionConfig {
     pub max_deletions_per_run: u64,
     pub max_deletion_ratio: f64,
     pub verify_before_delete: bool,
+    /// `apply --plan` refuses a plan file older than this.
+    pub max_plan_age: Duration,
     pub protect: Protect,
     pub rules: Vec<RetentionRule>,
 }

@@ -57,6 +57,7 @@ pub struct RawKcr {
     pub requests_per_second: Option<f64>,
     pub max_in_flight: Option<i64>,
     pub timeout: Option<String>,
+    pub max_consecutive_failures: Option<i64>,
 }
 
 /// The access key id is an identifier sent in clear in every request, so a
@@ -124,6 +125,7 @@ pub struct RawRetention {
     pub max_deletions_per_run: Option<i64>,
     pub max_deletion_ratio: Option<f64>,
     pub verify_before_delete: Option<bool>,
+    pub max_plan_age: Option<String>,
     #[serde(default)]
     pub protect: RawProtect,
     /// Each rule is read on its own so that one bad rule does not hide another.

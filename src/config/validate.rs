@@ -486,6 +486,13 @@ impl Validator<'_> {
             max_in_flight: self.count(p.key("max_in_flight"), raw.max_in_flight, 8, 1, 256)
                 as usize,
             timeout,
+            max_consecutive_failures: self.count(
+                p.key("max_consecutive_failures"),
+                raw.max_consecutive_failures,
+                10,
+                1,
+                10_000,
+            ) as u32,
         })
     }
 
@@ -661,6 +668,14 @@ impl Validator<'_> {
             Duration::from_secs(3600),
         );
         let grace = self.duration(p.key("grace"), raw.grace.as_deref(), Duration::ZERO);
+        let max_plan_age = self.duration(
+            p.key("max_plan_age"),
+            raw.max_plan_age.as_deref(),
+            Duration::from_secs(24 * 3600),
+        );
+        if max_plan_age.is_zero() {
+            self.err(p.key("max_plan_age"), "must be more than 0s");
+        }
         let max_deletions_per_run = self.count(
             p.key("max_deletions_per_run"),
             raw.max_deletions_per_run,
@@ -713,6 +728,7 @@ impl Validator<'_> {
             max_deletions_per_run,
             max_deletion_ratio,
             verify_before_delete: raw.verify_before_delete.unwrap_or(true),
+            max_plan_age,
             protect,
             rules,
         })

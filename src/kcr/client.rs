@@ -14,8 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The service name in the signing scope.
 pub const SERVICE: &str = "kcrs";
@@ -102,6 +103,10 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// After this many failed requests in a row (any action), [`Client::call`]
+    /// stops retrying and callers that check [`Client::failing`] stop sending:
+    /// an API that is gone is not hammered for minutes.
+    pub max_consecutive_failures: u32,
 }
 
 impl ClientConfig {
@@ -115,6 +120,7 @@ impl ClientConfig {
             max_in_flight: 8,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            max_consecutive_failures: 10,
         }
     }
 }
@@ -136,6 +142,17 @@ struct Inner {
     limiter: RateLimiter,
     in_flight: Semaphore,
     observer: Option<Arc<dyn ApiObserver>>,
+    max_consecutive_failures: u32,
+    /// Requests that failed since the last one that succeeded.
+    consecutive_failures: AtomicU32,
+}
+
+/// Rate-limiter slots and an in-flight permit taken together, before a
+/// sequence of calls that must follow each other closely (the check and the
+/// delete of one retention action): the calls then wait for nothing.
+pub struct Reservation<'a> {
+    _in_flight: SemaphorePermit<'a>,
+    slots: u32,
 }
 
 impl fmt::Debug for Client {
@@ -216,6 +233,8 @@ impl Client {
                 limiter: RateLimiter::new(config.requests_per_second),
                 in_flight: Semaphore::new(config.max_in_flight.max(1)),
                 observer,
+                max_consecutive_failures: config.max_consecutive_failures.max(1),
+                consecutive_failures: AtomicU32::new(0),
             }),
         })
     }
@@ -235,6 +254,87 @@ impl Client {
         self.inner.limiter.current_rate()
     }
 
+    /// Failed requests in a row (reset by any success).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.inner.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// The limit of failed requests in a row.
+    pub fn max_consecutive_failures(&self) -> u32 {
+        self.inner.max_consecutive_failures
+    }
+
+    /// `[kcr] max_consecutive_failures` requests failed in a row: stop sending.
+    pub fn failing(&self) -> bool {
+        self.consecutive_failures() >= self.inner.max_consecutive_failures
+    }
+
+    /// The pause before retry `attempt` (1-based) and whether one is allowed.
+    pub fn retry_pause(&self, attempt: u32) -> Option<Duration> {
+        (attempt < self.inner.retry.max_attempts && !self.failing())
+            .then(|| self.inner.retry.backoff(attempt))
+    }
+
+    fn note_outcome<T>(&self, name: &'static str, r: &Result<T, Error>, started: Instant) {
+        if let Some(obs) = &self.inner.observer {
+            let code = match r {
+                Ok(_) => "OK",
+                Err(e) => e.code(),
+            };
+            obs.observe(name, code, started.elapsed());
+        }
+        match r {
+            Ok(_) => self.inner.consecutive_failures.store(0, Ordering::Relaxed),
+            // An answer that refuses the request (4xx) says the API is there.
+            Err(e) if !e.is_retryable() && e.status().is_some() => {
+                self.inner.consecutive_failures.store(0, Ordering::Relaxed)
+            }
+            // Pushed back for speed: the API is there, only busy.
+            Err(e) if e.is_rate_limited() => self.inner.limiter.on_limit_exceeded(),
+            Err(_) => {
+                self.inner
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Take an in-flight permit and `slots` rate-limiter slots now, for calls
+    /// made with [`Client::call_once`] right after.
+    pub async fn reserve(&self, slots: u32) -> Reservation<'_> {
+        let permit = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        self.inner.limiter.acquire_n(slots.max(1)).await;
+        Reservation {
+            _in_flight: permit,
+            slots: slots.max(1),
+        }
+    }
+
+    /// Send one action once, never retried: the caller decides what to do
+    /// about a failure (a delete is retried only after a fresh check).
+    pub async fn call_once<A: Action>(
+        &self,
+        reservation: &mut Reservation<'_>,
+        action: &A,
+    ) -> Result<A::Output, Error> {
+        let mut params = Params::default();
+        action.write_params(&mut params);
+        if reservation.slots > 0 {
+            reservation.slots -= 1;
+        } else {
+            self.inner.limiter.acquire().await;
+        }
+        let started = Instant::now();
+        let r = self.send_once::<A>(&params).await;
+        self.note_outcome(A::NAME, &r, started);
+        r
+    }
+
     /// Send one action, retrying what is safe to retry.
     pub async fn call<A: Action>(&self, action: &A) -> Result<A::Output, Error> {
         let mut params = Params::default();
@@ -252,27 +352,18 @@ impl Client {
                 self.inner.limiter.acquire().await;
                 let started = Instant::now();
                 let r = self.send_once::<A>(&params).await;
-                if let Some(obs) = &self.inner.observer {
-                    let code = match &r {
-                        Ok(_) => "OK",
-                        Err(e) => e.code(),
-                    };
-                    obs.observe(A::NAME, code, started.elapsed());
-                }
+                self.note_outcome(A::NAME, &r, started);
                 r
             };
             let err = match result {
                 Ok(out) => return Ok(out),
                 Err(e) => e,
             };
-            if err.is_rate_limited() {
-                self.inner.limiter.on_limit_exceeded();
-            }
             let may_retry = match A::RETRY {
                 RetryClass::Idempotent => err.is_retryable(),
                 RetryClass::OnlyIfNotApplied => err.is_retryable() && err.surely_not_applied(),
             };
-            if !may_retry || attempt >= self.inner.retry.max_attempts {
+            if !may_retry || attempt >= self.inner.retry.max_attempts || self.failing() {
                 tracing::debug!(action = A::NAME, attempt, code = err.code(), "giving up");
                 return Err(err);
             }

@@ -8,7 +8,7 @@ pub mod ratelimit;
 pub mod signer;
 pub mod types;
 
-pub use client::{ApiObserver, Client, ClientConfig, Credentials, RetryPolicy};
+pub use client::{ApiObserver, Client, ClientConfig, Credentials, Reservation, RetryPolicy};
 pub use decode::KcrTime;
 pub use error::{Error, TransportKind};
 pub use types::*;

@@ -58,6 +58,21 @@ impl RateLimiter {
         tokio::time::sleep_until(slot).await;
     }
 
+    /// Wait until `n` consecutive slots are ours: the requests that use them
+    /// then go one right after the other (the last slot's time is waited for).
+    pub async fn acquire_n(&self, n: u32) {
+        let last = {
+            let mut s = self.state.lock().expect("rate limiter lock");
+            let now = Instant::now();
+            self.recover(&mut s, now);
+            let first = s.next_slot.max(now);
+            let step = Duration::from_secs_f64(1.0 / s.rate);
+            s.next_slot = first + step * n.max(1);
+            first + step * (n.max(1) - 1)
+        };
+        tokio::time::sleep_until(last).await;
+    }
+
     /// The API refused a request for speed: halve the rate.
     pub fn on_limit_exceeded(&self) {
         let mut s = self.state.lock().expect("rate limiter lock");

@@ -1,19 +1,26 @@
-//! Applies a retention plan: one action at a time, each re-verified against
-//! the registry first (when `verify_before_delete`), idempotent (an object
-//! already gone counts as done), audited, counted, and stopped between actions
-//! on cancellation. Blocking and grace are decided before anything runs.
+//! Applies retention actions: one at a time, each checked against the
+//! registry right before its delete (the rate-limiter slots for the check and
+//! the delete are taken together, so nothing waits between them), audited
+//! before the call is sent, idempotent (an effect already in place counts as
+//! done), and stopped between actions on cancellation or when the API keeps
+//! failing. A delete is never retried blindly: every retry is preceded by a
+//! fresh check. KCR has no conditional delete, so a window of one round trip
+//! between the check and the delete remains.
+//!
+//! Blocking and grace are decided before anything runs.
 
 use super::planner::{ActionKind, PlannedAction};
+use crate::failpoint;
 use crate::kcr::{Client, DeleteImages, DeleteRepoTag, DescribeImages, Error};
 use crate::metrics::Metrics;
-use crate::state::{NewAudit, Store};
+use crate::state::{AuditStatus, NewAudit, StateError, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Where an action applies.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     pub instance: String,
     pub instance_id: String,
@@ -36,11 +43,22 @@ pub struct ExecEnv<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Applied,
-    /// The object was already gone: counted as done.
+    /// The effect was already in place: counted as done.
     AlreadyDone,
     /// Dropped by verification: the registry no longer matches the plan.
     Stale(String),
     Failed(String),
+}
+
+impl Outcome {
+    fn status(&self) -> (AuditStatus, Option<&str>) {
+        match self {
+            Outcome::Applied => (AuditStatus::Applied, None),
+            Outcome::AlreadyDone => (AuditStatus::AlreadyDone, None),
+            Outcome::Stale(why) => (AuditStatus::Stale, Some(why)),
+            Outcome::Failed(why) => (AuditStatus::Failed, Some(why)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +67,12 @@ pub struct Executed {
     /// Actions not yet planned for the whole grace period.
     pub waiting: usize,
     pub cancelled: bool,
+    /// Actions never attempted because the run stopped early.
+    pub not_attempted: usize,
+    /// Why the run stopped before the end (too many failures in a row).
+    pub stopped: Option<String>,
+    /// Audit records that could not be written (the run fails).
+    pub audit_errors: usize,
 }
 
 impl Executed {
@@ -63,6 +87,10 @@ impl Executed {
     }
     pub fn stale(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Stale(_)))
+    }
+    /// Something went wrong: a failed action, a stop, an unwritten audit record.
+    pub fn has_failures(&self) -> bool {
+        self.failed() > 0 || self.stopped.is_some() || self.audit_errors > 0
     }
 }
 
@@ -85,8 +113,9 @@ pub fn apply_grace(
     items: Vec<(Target, PlannedAction)>,
     grace: Duration,
     now: DateTime<Utc>,
-) -> Result<(Vec<(Target, PlannedAction)>, usize), crate::state::StateError> {
+) -> Result<(Vec<(Target, PlannedAction)>, usize), StateError> {
     let keys: Vec<String> = items.iter().map(|(t, a)| grace_key(t, a)).collect();
+    failpoint::hit("retention.state.grace_marks", StateError::Injected)?;
     let marks = state.update_grace_marks(&keys, now)?;
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let (ready, waiting): (Vec<_>, Vec<_>) = items
@@ -99,124 +128,298 @@ pub fn apply_grace(
 fn sorted(v: &[String]) -> Vec<String> {
     let mut v = v.to_vec();
     v.sort();
+    v.dedup();
     v
 }
 
-/// The image as the registry has it now: `None` if it is gone.
-async fn current_tags(
-    client: &Client,
-    t: &Target,
-    digest: &str,
-) -> Result<Option<Vec<String>>, Error> {
-    let req = DescribeImages {
-        image_id: Some(digest.to_owned()),
-        ..DescribeImages::all(&t.instance_id, &t.namespace, &t.repository)
-    };
-    let images = client.list_all(req).await?;
-    Ok(images
-        .into_iter()
-        .find(|i| i.image_id == digest)
-        .map(|i| i.tag_names))
+/// The image key within a run: where, and which digest.
+type ImageKey = (Target, String);
+
+/// What this run has already done to each image: the tags it removed. A
+/// later action on the same image expects them gone, not a foreign change.
+#[derive(Default)]
+struct RunEffects {
+    removed: HashMap<ImageKey, Vec<String>>,
 }
 
-/// Is the action's effect already in place?
-async fn already_done(client: &Client, t: &Target, a: &PlannedAction) -> Result<bool, Error> {
-    let now = current_tags(client, t, &a.digest).await?;
-    Ok(match a.action {
-        ActionKind::DeleteImage => now.is_none(),
-        ActionKind::DeleteTag => now.is_some_and(|tags| !tags.contains(&a.tags[0])),
-    })
+impl RunEffects {
+    /// The tags the image should have now, after this run's own actions.
+    fn expected(&self, t: &Target, a: &PlannedAction) -> Vec<String> {
+        let removed = self.removed.get(&(t.clone(), a.digest.clone()));
+        let tags: Vec<String> = a
+            .image_tags
+            .iter()
+            .filter(|tag| removed.is_none_or(|r| !r.contains(tag)))
+            .cloned()
+            .collect();
+        sorted(&tags)
+    }
+
+    fn note_done(&mut self, t: &Target, a: &PlannedAction) {
+        if a.action == ActionKind::DeleteTag {
+            self.removed
+                .entry((t.clone(), a.digest.clone()))
+                .or_default()
+                .extend(a.tags.iter().cloned());
+        }
+    }
 }
 
-/// Verify, then (write-ahead audit record, then) mutate. Returns the outcome
-/// and the audit record started for the call, if one was.
-async fn apply_one(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> (Outcome, Option<i64>) {
-    match verify(env, t, a).await {
-        Some(outcome) => (outcome, None),
-        None => {
-            let target = audit_target(t, a);
-            let id = match env
-                .state
-                .audit_begin(&audit_record(env, t, a, &target, ""), Utc::now())
-            {
-                Ok(id) => id,
-                // No mutation that cannot be audited.
-                Err(e) => {
-                    return (
-                        Outcome::Failed(format!("cannot write the audit record: {e}")),
-                        None,
-                    );
+/// A call's failure, and whether it counts towards the failures in a row.
+struct CallError {
+    text: String,
+    /// May the call be made again (after a fresh check)?
+    retryable: bool,
+}
+
+impl CallError {
+    fn api(what: &str, e: &Error) -> CallError {
+        CallError {
+            text: format!("{what}: {e}"),
+            retryable: e.is_retryable(),
+        }
+    }
+    /// A test's injected fault: like a refusal, never retried (a delete is
+    /// still followed by a check, to learn whether it happened).
+    fn injected(what: &str, msg: String) -> CallError {
+        CallError {
+            text: format!("{what}: {msg}"),
+            retryable: false,
+        }
+    }
+}
+
+/// What the check found.
+enum Check {
+    /// The planned delete is still right: send it.
+    Proceed,
+    /// Settled without a call.
+    Settled(Outcome),
+    /// Exactly the planned tag is missing from the image: done, unless the
+    /// tag now names another image (a lookup of the repository decides).
+    TagMissing,
+}
+
+/// One action's progress through check → audit → delete (→ check → delete …).
+struct Attempt<'e, 'a> {
+    env: &'e ExecEnv<'a>,
+    t: &'e Target,
+    a: &'e PlannedAction,
+    /// Tags the image must have for the delete to go ahead.
+    expected: Vec<String>,
+    /// Failed calls in a row, shared by the run.
+    failures_in_row: &'e mut u32,
+}
+
+impl Attempt<'_, '_> {
+    fn failed_call(&mut self, e: CallError) -> CallError {
+        *self.failures_in_row += 1;
+        e
+    }
+
+    fn ok_call(&mut self) {
+        *self.failures_in_row = 0;
+    }
+
+    /// The image by digest: `None` if it is gone. One request, never retried here.
+    async fn read_image(
+        &mut self,
+        r: &mut crate::kcr::Reservation<'_>,
+    ) -> Result<Option<Vec<String>>, CallError> {
+        let (t, a) = (self.t, self.a);
+        let req = DescribeImages {
+            image_id: Some(a.digest.clone()),
+            ..DescribeImages::all(&t.instance_id, &t.namespace, &t.repository)
+        };
+        if let Err(m) = failpoint::hit("retention.api.verify", |m| m) {
+            return Err(self.failed_call(CallError::injected("verification", m)));
+        }
+        match self.env.client.call_once(r, &req).await {
+            Ok(out) => {
+                self.ok_call();
+                let found = out.items.into_iter().find(|i| i.image_id == a.digest);
+                // Not in a listing that says it holds more than it gave: no answer.
+                if found.is_none() && out.total_count > 0 {
+                    return Err(self.failed_call(CallError {
+                        text: format!(
+                            "verification: the image is not in a listing of {} images by its digest",
+                            out.total_count
+                        ),
+                        retryable: true,
+                    }));
                 }
+                Ok(found.map(|i| i.tag_names))
+            }
+            Err(e) => Err(self.failed_call(CallError::api("verification", &e))),
+        }
+    }
+
+    /// Where the tag points now, if anywhere in the repository.
+    async fn tag_holder(&mut self, tag: &str) -> Result<Option<String>, CallError> {
+        let t = self.t;
+        if let Err(m) = failpoint::hit("retention.api.tag_lookup", |m| m) {
+            return Err(self.failed_call(CallError::injected("looking up the tag", m)));
+        }
+        let listing = self
+            .env
+            .client
+            .list_all(DescribeImages::all(
+                &t.instance_id,
+                &t.namespace,
+                &t.repository,
+            ))
+            .await;
+        match listing {
+            Ok(images) => {
+                self.ok_call();
+                Ok(images
+                    .into_iter()
+                    .find(|i| i.tag_names.iter().any(|n| n == tag))
+                    .map(|i| i.image_id))
+            }
+            Err(e) => Err(self.failed_call(CallError::api("looking up the tag", &e))),
+        }
+    }
+
+    /// Compare the registry with what this action expects.
+    async fn check(&mut self, r: &mut crate::kcr::Reservation<'_>) -> Result<Check, CallError> {
+        let a = self.a;
+        let current = self.read_image(r).await?;
+        let Some(tags) = current else {
+            return Ok(Check::Settled(match a.action {
+                ActionKind::DeleteImage => Outcome::AlreadyDone,
+                // The tag is deleted by name: with its image gone, the name may point elsewhere.
+                ActionKind::DeleteTag => {
+                    Outcome::Stale("the image is gone; the tag may point elsewhere now".into())
+                }
+            }));
+        };
+        let tags = sorted(&tags);
+        if tags == self.expected {
+            return Ok(Check::Proceed);
+        }
+        // Exactly the planned tag(s) missing: an earlier attempt (or someone) removed them,
+        // unless the tag now names another image.
+        let without: Vec<String> = self
+            .expected
+            .iter()
+            .filter(|t| !a.tags.contains(t))
+            .cloned()
+            .collect();
+        if a.action == ActionKind::DeleteTag && tags == without {
+            return Ok(Check::TagMissing);
+        }
+        Ok(Check::Settled(Outcome::Stale(format!(
+            "tags changed since planning: now [{}]",
+            tags.join(", ")
+        ))))
+    }
+
+    async fn delete(&mut self, r: &mut crate::kcr::Reservation<'_>) -> Result<(), CallError> {
+        let (t, a, client) = (self.t, self.a, self.env.client);
+        let result = match a.action {
+            ActionKind::DeleteImage => {
+                if let Err(m) = failpoint::hit("retention.api.delete_image", |m| m) {
+                    return Err(self.failed_call(CallError::injected("delete", m)));
+                }
+                let call = DeleteImages {
+                    instance_id: t.instance_id.clone(),
+                    namespace: t.namespace.clone(),
+                    repo_name: t.repository.clone(),
+                    image_id: a.digest.clone(),
+                };
+                client.call_once(r, &call).await.map(|_| ())
+            }
+            ActionKind::DeleteTag => {
+                if let Err(m) = failpoint::hit("retention.api.delete_tag", |m| m) {
+                    return Err(self.failed_call(CallError::injected("delete", m)));
+                }
+                let call = DeleteRepoTag {
+                    instance_id: t.instance_id.clone(),
+                    namespace: t.namespace.clone(),
+                    repo_name: t.repository.clone(),
+                    tag_name: a.tags[0].clone(),
+                };
+                client.call_once(r, &call).await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.ok_call();
+                Ok(())
+            }
+            Err(e) => Err(self.failed_call(CallError::api("delete", &e))),
+        }
+    }
+
+    /// Check, then delete; after a failed delete, check again before any retry.
+    async fn run(&mut self) -> Outcome {
+        let client = self.env.client;
+        let mut last_delete_error: Option<CallError> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (error, from_delete) = match self.step(attempt, last_delete_error.take()).await {
+                Ok(outcome) => return outcome,
+                Err(e) => e,
             };
-            (mutate(env, t, a).await, Some(id))
-        }
-    }
-}
-
-/// `Some(outcome)` when verification settles the action without a call.
-async fn verify(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Option<Outcome> {
-    if env.verify {
-        match current_tags(env.client, t, &a.digest).await {
-            Err(e) => return Some(Outcome::Failed(format!("verification: {e}"))),
-            Ok(None) if a.action == ActionKind::DeleteImage => return Some(Outcome::AlreadyDone),
-            // The tag is deleted by name: with its image gone, the name may now point elsewhere.
-            Ok(None) => {
-                return Some(Outcome::Stale(
-                    "the image is gone; the tag may point elsewhere now".into(),
-                ));
+            // A refused check is final; a refused delete gets one more check (did it happen?).
+            if !error.retryable && !from_delete {
+                return Outcome::Failed(error.text);
             }
-            Ok(Some(tags)) if sorted(&tags) != sorted(&a.image_tags) => {
-                // Exactly the planned tag missing: an earlier attempt already removed it.
-                let done: Vec<String> = a
-                    .image_tags
-                    .iter()
-                    .filter(|t| !a.tags.contains(t))
-                    .cloned()
-                    .collect();
-                if a.action == ActionKind::DeleteTag && sorted(&tags) == sorted(&done) {
-                    return Some(Outcome::AlreadyDone);
+            let stop = *self.failures_in_row >= client.max_consecutive_failures();
+            let pause = if error.retryable {
+                client.retry_pause(attempt)
+            } else {
+                Some(Duration::ZERO)
+            };
+            match pause {
+                Some(pause) if !stop && !self.env.cancel.is_cancelled() => {
+                    tracing::debug!(attempt, error = %error.text, ?pause, "retention action: checking again before a retry");
+                    tokio::time::sleep(pause).await;
+                    last_delete_error = Some(error);
                 }
-                return Some(Outcome::Stale(format!(
-                    "tags changed since planning: now [{}]",
-                    tags.join(", ")
-                )));
+                _ => return Outcome::Failed(error.text),
             }
-            Ok(Some(_)) => {}
         }
     }
-    None
-}
 
-async fn mutate(env: &ExecEnv<'_>, t: &Target, a: &PlannedAction) -> Outcome {
-    let result = match a.action {
-        ActionKind::DeleteImage => env
-            .client
-            .call(&DeleteImages {
-                instance_id: t.instance_id.clone(),
-                namespace: t.namespace.clone(),
-                repo_name: t.repository.clone(),
-                image_id: a.digest.clone(),
-            })
-            .await
-            .map(|_| ()),
-        ActionKind::DeleteTag => env
-            .client
-            .call(&DeleteRepoTag {
-                instance_id: t.instance_id.clone(),
-                namespace: t.namespace.clone(),
-                repo_name: t.repository.clone(),
-                tag_name: a.tags[0].clone(),
-            })
-            .await
-            .map(|_| ()),
-    };
-    match result {
-        Ok(()) => Outcome::Applied,
-        // A retried delete may find its first attempt succeeded: check before calling it a failure.
-        Err(e) => match already_done(env.client, t, a).await {
-            Ok(true) => Outcome::AlreadyDone,
-            _ => Outcome::Failed(e.to_string()),
-        },
+    /// One pass: check (unless the first pass without verification), then
+    /// delete. An error says whether the delete (rather than a check) failed.
+    async fn step(
+        &mut self,
+        attempt: u32,
+        last_delete_error: Option<CallError>,
+    ) -> Result<Outcome, (CallError, bool)> {
+        // Both slots now: the delete follows its check without waiting for the limiter.
+        let mut r = self.env.client.reserve(2).await;
+        let checked = if self.env.verify || attempt > 1 {
+            self.check(&mut r).await.map_err(|e| (e, false))?
+        } else {
+            Check::Proceed
+        };
+        match checked {
+            Check::Settled(outcome) => Ok(outcome),
+            Check::TagMissing => {
+                // The lookup is a listing with its own slots and permit.
+                drop(r);
+                let tag = self.a.tags[0].clone();
+                Ok(match self.tag_holder(&tag).await.map_err(|e| (e, false))? {
+                    None => Outcome::AlreadyDone,
+                    Some(other) => Outcome::Stale(format!(
+                        "the tag {tag} now points at another image, {other}"
+                    )),
+                })
+            }
+            Check::Proceed => match last_delete_error {
+                // The delete was refused for good, and the check says it did not happen.
+                Some(e) if !e.retryable => Ok(Outcome::Failed(e.text)),
+                _ => {
+                    self.delete(&mut r).await.map_err(|e| (e, true))?;
+                    Ok(Outcome::Applied)
+                }
+            },
+        }
     }
 }
 
@@ -225,7 +428,6 @@ fn audit_record<'a>(
     t: &'a Target,
     a: &'a PlannedAction,
     target: &'a str,
-    outcome: &'a str,
 ) -> NewAudit<'a> {
     NewAudit {
         job: env.job,
@@ -234,53 +436,97 @@ fn audit_record<'a>(
         action: a.action.as_str(),
         target,
         detail: &a.reason,
-        outcome,
+        outcome: "",
     }
 }
 
-fn audit_target(t: &Target, a: &PlannedAction) -> String {
+pub fn audit_target(t: &Target, a: &PlannedAction) -> String {
     match a.action {
         ActionKind::DeleteImage => format!("{}/{}@{}", t.namespace, t.repository, a.digest),
         ActionKind::DeleteTag => format!(
             "{}/{}:{} ({})",
-            t.namespace, t.repository, a.tags[0], a.digest
+            t.namespace,
+            t.repository,
+            a.tags.first().map(String::as_str).unwrap_or_default(),
+            a.digest
         ),
     }
 }
 
-/// Apply `items` in order. Stops between actions when cancelled.
+/// An action no input may make the executor panic on: `delete_tag` names
+/// exactly one tag, and every action names a digest. `Some(why)` when not.
+pub fn malformed(a: &PlannedAction) -> Option<String> {
+    if a.digest.is_empty() {
+        return Some("the action names no digest".into());
+    }
+    match a.action {
+        ActionKind::DeleteTag if a.tags.len() != 1 => Some(format!(
+            "a delete_tag action names exactly one tag, not {}",
+            a.tags.len()
+        )),
+        ActionKind::DeleteTag if a.tags[0].is_empty() => Some("empty tag name".into()),
+        _ => None,
+    }
+}
+
+/// Apply `items` in order. Stops between actions when cancelled, and after
+/// `[kcr] max_consecutive_failures` failed calls in a row.
 pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> Executed {
     let mut out = Executed::default();
     let mut bytes: HashMap<String, u64> = HashMap::new();
-    for (t, a) in items {
+    let mut effects = RunEffects::default();
+    let mut failures_in_row = 0u32;
+    let total = items.len();
+    for (i, (t, a)) in items.into_iter().enumerate() {
         if env.cancel.is_cancelled() {
             out.cancelled = true;
+            out.not_attempted = total - i;
             break;
         }
-        let (outcome, started) = apply_one(env, &t, &a).await;
-        let outcome_text = match &outcome {
-            Outcome::Applied => Some("applied".to_owned()),
-            Outcome::AlreadyDone => Some("already-done".to_owned()),
-            Outcome::Failed(e) => Some(format!("failed: {e}")),
-            Outcome::Stale(_) => None,
+        let limit = env.client.max_consecutive_failures();
+        if failures_in_row >= limit || env.client.failing() {
+            out.stopped = Some(format!(
+                "stopped after {} failed API calls in a row ([kcr] max_consecutive_failures = {limit})",
+                failures_in_row.max(env.client.consecutive_failures())
+            ));
+            out.not_attempted = total - i;
+            break;
+        }
+        // Write-ahead: the record exists before anything is sent for the action.
+        let target = audit_target(&t, &a);
+        let begun =
+            failpoint::hit("retention.state.audit_begin", StateError::Injected).and_then(|()| {
+                env.state
+                    .audit_begin(&audit_record(env, &t, &a, &target), Utc::now())
+            });
+        let outcome = match (&begun, malformed(&a)) {
+            (Err(e), _) => Outcome::Failed(format!("cannot write the audit record: {e}")),
+            (Ok(_), Some(why)) => Outcome::Failed(why),
+            (Ok(_), None) => {
+                Attempt {
+                    env,
+                    t: &t,
+                    a: &a,
+                    expected: effects.expected(&t, &a),
+                    failures_in_row: &mut failures_in_row,
+                }
+                .run()
+                .await
+            }
         };
-        let recorded = match (started, &outcome_text) {
-            (Some(id), Some(text)) => env.state.audit_finish(id, text, None),
-            // Settled by verification, without a call.
-            (None, Some(text)) => env
-                .state
-                .audit(
-                    &audit_record(env, &t, &a, &audit_target(&t, &a), text),
-                    Utc::now(),
-                )
-                .map(|_| ()),
-            (_, None) => Ok(()),
+        let (status, error) = outcome.status();
+        let recorded = match begun {
+            Ok(id) => failpoint::hit("retention.state.audit_finish", StateError::Injected)
+                .and_then(|()| env.state.audit_finish_status(id, status, error, None)),
+            Err(e) => Err(e),
         };
         if let Err(e) = recorded {
-            tracing::error!(error = %e, "cannot write the audit record");
+            out.audit_errors += 1;
+            tracing::error!(error = %e, target = %target, "cannot write the audit record");
         }
         match &outcome {
             Outcome::Applied | Outcome::AlreadyDone => {
+                effects.note_done(&t, &a);
                 env.metrics
                     .retention_deleted
                     .with_label_values(&[&t.instance, a.action.as_str()])

@@ -102,14 +102,198 @@ pub fn executed_summary(e: &Executed) -> String {
     if e.waiting > 0 {
         s.push_str(&format!(", {} waiting for grace", e.waiting));
     }
+    if e.not_attempted > 0 {
+        s.push_str(&format!(", {} not attempted", e.not_attempted));
+    }
+    if let Some(why) = &e.stopped {
+        s.push_str(&format!(", {why}"));
+    }
     if e.cancelled {
         s.push_str(", cancelled before the end");
+    }
+    if e.audit_errors > 0 {
+        s.push_str(&format!(
+            ", {} audit records could not be written",
+            e.audit_errors
+        ));
     }
     s
 }
 
+/// A fingerprint of what decides a retention plan (rules, protection,
+/// limits): a plan file records it, and `apply --plan` reports a mismatch.
+pub fn config_fingerprint(rc: &RetentionConfig) -> String {
+    let canonical = format!(
+        "min_age={:?}\nmax_deletions_per_run={}\nmax_deletion_ratio={}\nprotect={:?}\nrules={:?}",
+        rc.min_age, rc.max_deletions_per_run, rc.max_deletion_ratio, rc.protect, rc.rules
+    );
+    format!(
+        "sha256:{}",
+        crate::kcr::signer::sha256_hex(canonical.as_bytes())
+    )
+}
+
+/// Why an action of a reviewed plan file is not executed.
+pub const NO_LONGER_CONDEMNED: &str = "no longer condemned by the current rules";
+pub const NOT_IN_CURRENT_PLAN: &str = "not in the current plan";
+/// ... because its effect is in place already (an earlier apply did it).
+pub const ALREADY_DONE: &str = "already done";
+
+/// An action of a plan file left out of the run, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub target: Target,
+    pub action: PlannedAction,
+    /// Starts with [`NO_LONGER_CONDEMNED`] or [`NOT_IN_CURRENT_PLAN`], or
+    /// says the image changed (`stale: …`).
+    pub reason: String,
+}
+
+/// `Some(reason)` when the fully listed repository shows the action's effect
+/// in place: the image gone (`delete_image`), or the tag on no image (`delete_tag`).
+fn already_done(
+    listed: Option<&crate::inventory::RepositoryInventory>,
+    a: &PlannedAction,
+) -> Option<String> {
+    let repo = listed.filter(|r| r.skipped.is_none())?;
+    let has = |digest: &str| repo.images.iter().any(|i| i.digest.to_string() == digest);
+    match a.action {
+        ActionKind::DeleteImage if !has(&a.digest) => {
+            Some(format!("{ALREADY_DONE}: the image is gone"))
+        }
+        ActionKind::DeleteTag if a.tags.len() == 1 => {
+            let tag = a.tags[0].as_str();
+            let anywhere = repo
+                .images
+                .iter()
+                .any(|i| i.tags.iter().any(|t| t.as_str() == tag));
+            (!anywhere).then(|| format!("{ALREADY_DONE}: the tag is gone"))
+        }
+        _ => None,
+    }
+}
+
+/// What a reviewed plan file may still do: the actions both the file and a
+/// fresh plan (current config, fresh inventory, now) hold, as the fresh plan
+/// has them, in the fresh plan's order; every other file action dropped
+/// with its reason. `config_changed`: the file's config fingerprint differs
+/// from the current one.
+pub fn intersect(
+    file: &report::Report,
+    fresh: &Plan,
+    inventory: &crate::inventory::Inventory,
+    config: &Config,
+    config_changed: bool,
+) -> (Vec<(Target, PlannedAction)>, Vec<Dropped>) {
+    use std::collections::{HashMap, HashSet};
+    type Key = (String, String, String, ActionKind, String, Vec<String>);
+    let key = |inst: &str, ns: &str, repo: &str, a: &PlannedAction| -> Key {
+        let mut tags = a.tags.clone();
+        tags.sort();
+        (
+            inst.to_owned(),
+            ns.to_owned(),
+            repo.to_owned(),
+            a.action,
+            a.digest.clone(),
+            tags,
+        )
+    };
+    let mut in_file: HashSet<Key> = HashSet::new();
+    let mut dropped = Vec::new();
+    let fresh_keys: HashSet<Key> = fresh
+        .planned_actions()
+        .map(|(r, a)| key(&r.instance, &r.namespace, &r.repository, &a))
+        .collect();
+    let fresh_repos: HashMap<(&str, &str, &str), &planner::RepositoryPlan> = fresh
+        .repositories
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r.instance.as_str(),
+                    r.namespace.as_str(),
+                    r.repository.as_str(),
+                ),
+                r,
+            )
+        })
+        .collect();
+    for (r, a) in file.actions() {
+        let k = key(&r.instance, &r.namespace, &r.repository, a);
+        if fresh_keys.contains(&k) {
+            in_file.insert(k);
+            continue;
+        }
+        let Some(inst) = config.instance_by_name(&r.instance) else {
+            continue;
+        };
+        let target = Target {
+            instance: inst.name.clone(),
+            instance_id: inst.id.clone(),
+            namespace: r.namespace.clone(),
+            repository: r.repository.clone(),
+        };
+        let repo_plan = fresh_repos.get(&(
+            r.instance.as_str(),
+            r.namespace.as_str(),
+            r.repository.as_str(),
+        ));
+        let listed = inventory
+            .instances
+            .iter()
+            .find(|i| i.name == r.instance)
+            .and_then(|i| i.namespaces.iter().find(|n| n.name == r.namespace))
+            .and_then(|n| n.repositories.iter().find(|x| x.name == r.repository));
+        let image = listed.and_then(|x| x.images.iter().find(|i| i.digest.to_string() == a.digest));
+        let reason = if let Some(why) = repo_plan.and_then(|p| p.skipped.as_deref()) {
+            format!("{NOT_IN_CURRENT_PLAN}: the repository could not be listed ({why})")
+        } else if let Some(why) = repo_plan.and_then(|p| p.blocked.as_deref()) {
+            format!("{NOT_IN_CURRENT_PLAN}: the repository is blocked ({why})")
+        } else if listed.is_none() {
+            format!("{NOT_IN_CURRENT_PLAN}: the repository is not in the registry now")
+        } else if let Some(done) = already_done(listed, a) {
+            done
+        } else if image.is_none() {
+            format!("{NOT_IN_CURRENT_PLAN}: the image is not in the registry now")
+        } else if image.is_some_and(|i| {
+            let mut now: Vec<String> = i.tags.iter().map(|t| t.to_string()).collect();
+            now.sort();
+            let mut then = a.image_tags.clone();
+            then.sort();
+            now != then
+        }) {
+            let now: Vec<String> = image
+                .map(|i| i.tags.iter().map(|t| t.to_string()).collect())
+                .unwrap_or_default();
+            format!(
+                "stale: tags changed since planning: now [{}]",
+                now.join(", ")
+            )
+        } else if config_changed {
+            NO_LONGER_CONDEMNED.to_owned()
+        } else {
+            NOT_IN_CURRENT_PLAN.to_owned()
+        };
+        dropped.push(Dropped {
+            target,
+            action: a.clone(),
+            reason,
+        });
+    }
+    let kept = plan_targets(fresh, config)
+        .into_iter()
+        .filter(|(t, a)| in_file.contains(&key(&t.instance, &t.namespace, &t.repository, a)))
+        .collect();
+    (kept, dropped)
+}
+
 /// Store the report in every format the HTTP server serves.
 pub fn store_report(ctx: &JobContext, report: &Report, now: DateTime<Utc>) -> Result<(), JobError> {
+    crate::failpoint::hit(
+        "retention.state.report_store",
+        crate::state::StateError::Injected,
+    )?;
     ctx.state.put_report(
         "retention",
         Some(ctx.run_id),
@@ -186,7 +370,8 @@ impl RetentionJob {
         }
         let plan = plan(&inventory, rc, now);
         export_plan_metrics(ctx, &plan);
-        let report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
+        let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
+        report.config_fingerprint = Some(config_fingerprint(rc));
         store_report(ctx, &report, now)?;
         let summary = plan_summary(&plan);
         if rc.mode == Mode::DryRun {
@@ -219,7 +404,7 @@ impl RetentionJob {
         if executed.cancelled {
             return Err(JobError::Cancelled);
         }
-        if executed.failed() > 0 {
+        if executed.has_failures() {
             return Err(JobError::Failed(text));
         }
         Ok(Outcome::Success(text))

@@ -18,6 +18,10 @@ pub struct Report {
     /// The instances the plan covers (name → id), so a plan file can be checked against the config.
     #[serde(default)]
     pub instances: Vec<ReportInstance>,
+    /// The fingerprint of the retention config the plan was made with
+    /// (`apply --plan` reports a mismatch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_fingerprint: Option<String>,
     pub summary: Summary,
     pub repositories: Vec<ReportRepository>,
 }
@@ -74,6 +78,7 @@ impl Report {
             generated_at: plan.generated_at,
             mode: mode.into(),
             instances,
+            config_fingerprint: None,
             summary: Summary {
                 repositories: plan.repositories.len(),
                 images: plan.repositories.iter().map(|r| r.images).sum(),

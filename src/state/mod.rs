@@ -64,6 +64,43 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL
     );
     CREATE INDEX reports_latest ON reports(job, format, id);",
+    // 2: an audit record's outcome is a status; the error has its own column.
+    "CREATE TABLE audit_v2 (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        job TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id),
+        instance TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL CHECK (outcome IN
+            ('started', 'applied', 'already_done', 'stale', 'failed', 'interrupted')),
+        error TEXT
+    );
+    INSERT INTO audit_v2 (id, at, job, run_id, instance, action, target, detail, outcome, error)
+    SELECT id, at, job, run_id, instance, action, target, detail,
+        CASE
+            WHEN outcome = 'applied' THEN 'applied'
+            WHEN outcome IN ('already-done', 'already_done') THEN 'already_done'
+            WHEN outcome = 'started' THEN 'started'
+            WHEN outcome LIKE 'interrupted%' THEN 'interrupted'
+            WHEN outcome LIKE 'stale%' OR outcome LIKE 'skipped%' THEN 'stale'
+            ELSE 'failed'
+        END,
+        CASE
+            WHEN outcome IN ('applied', 'already-done', 'already_done', 'started') THEN NULL
+            WHEN outcome LIKE 'failed: %' THEN substr(outcome, 9)
+            WHEN outcome LIKE 'skipped: %' THEN substr(outcome, 10)
+            WHEN outcome LIKE 'stale: %' THEN substr(outcome, 8)
+            WHEN outcome LIKE 'interrupted: %' THEN substr(outcome, 14)
+            ELSE outcome
+        END
+    FROM audit;
+    DROP TABLE audit;
+    ALTER TABLE audit_v2 RENAME TO audit;
+    CREATE INDEX audit_by_time ON audit(at);
+    CREATE INDEX audit_by_job ON audit(job, id);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -99,6 +136,9 @@ pub enum StateError {
     },
     #[error("state: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A fault injected by a test (`crate::failpoint`).
+    #[error("state: {0}")]
+    Injected(String),
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -154,6 +194,82 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+/// Where an audited mutation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStatus {
+    /// Written before the call was sent; the call has not returned (yet).
+    Started,
+    Applied,
+    /// The effect was already in place: nothing sent, or a retry found it done.
+    AlreadyDone,
+    /// Dropped: the registry no longer matches what was planned.
+    Stale,
+    Failed,
+    /// The process stopped during the call: the outcome is unknown.
+    Interrupted,
+}
+
+impl AuditStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Started => "started",
+            AuditStatus::Applied => "applied",
+            AuditStatus::AlreadyDone => "already_done",
+            AuditStatus::Stale => "stale",
+            AuditStatus::Failed => "failed",
+            AuditStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuditStatus> {
+        Some(match s {
+            "started" => AuditStatus::Started,
+            "applied" => AuditStatus::Applied,
+            "already_done" => AuditStatus::AlreadyDone,
+            "stale" => AuditStatus::Stale,
+            "failed" => AuditStatus::Failed,
+            "interrupted" => AuditStatus::Interrupted,
+            _ => return None,
+        })
+    }
+
+    /// The older free-text outcomes (`applied`, `already-done`, `failed: why`,
+    /// `skipped: why`, …) as a status and an error.
+    pub fn from_text(text: &str) -> (AuditStatus, Option<String>) {
+        if let Some(s) = AuditStatus::parse(text) {
+            return (s, None);
+        }
+        let (head, rest) = match text.split_once(':') {
+            Some((h, r)) => (h.trim(), Some(r.trim().to_owned())),
+            None => (text.trim(), None),
+        };
+        let status = match head {
+            "" => AuditStatus::Started,
+            "already-done" | "already_done" => AuditStatus::AlreadyDone,
+            "applied" => AuditStatus::Applied,
+            "stale" | "skipped" => AuditStatus::Stale,
+            "interrupted" => AuditStatus::Interrupted,
+            "started" => AuditStatus::Started,
+            "failed" => AuditStatus::Failed,
+            _ => return (AuditStatus::Failed, Some(text.to_owned())),
+        };
+        (status, rest.filter(|r| !r.is_empty()))
+    }
+}
+
+impl std::fmt::Display for AuditStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for AuditStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One applied (or attempted) mutation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuditRecord {
@@ -167,8 +283,9 @@ pub struct AuditRecord {
     /// e.g. `apps/web@sha256:…` or a token id.
     pub target: String,
     pub detail: String,
-    /// `applied`, `already-done`, `failed: …`.
-    pub outcome: String,
+    pub outcome: AuditStatus,
+    /// Why it failed, was stale or was interrupted.
+    pub error: Option<String>,
 }
 
 /// A new audit record (id and time are assigned on insert).
@@ -180,14 +297,18 @@ pub struct NewAudit<'a> {
     pub action: &'a str,
     pub target: &'a str,
     pub detail: &'a str,
+    /// A status (`applied`, `already_done`, …), or the older text form
+    /// (`failed: why`), split into status and error on insert.
     pub outcome: &'a str,
 }
 
 /// The outcome of an audit record written before its call returned.
 pub const AUDIT_STARTED: &str = "started";
 /// ... and of one whose process stopped before it did.
-pub const AUDIT_INTERRUPTED: &str =
-    "interrupted: the process stopped during the call; the next run re-checks it";
+pub const AUDIT_INTERRUPTED: &str = "interrupted";
+/// The error of an interrupted record.
+pub const AUDIT_INTERRUPTED_WHY: &str =
+    "the process stopped during the call; the next run re-checks it";
 
 /// One rotation of a managed token, as journaled before each step. Never
 /// holds the secret.
@@ -476,10 +597,22 @@ impl Store {
     }
 
     pub fn audit(&self, rec: &NewAudit<'_>, at: DateTime<Utc>) -> Result<i64, StateError> {
+        let (status, error) = AuditStatus::from_text(rec.outcome);
+        self.audit_status(rec, status, error.as_deref(), at)
+    }
+
+    /// Insert a record with its status and error.
+    pub fn audit_status(
+        &self,
+        rec: &NewAudit<'_>,
+        status: AuditStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<i64, StateError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![ts(at), rec.job, rec.run_id, rec.instance, rec.action, rec.target, rec.detail, rec.outcome],
+                "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![ts(at), rec.job, rec.run_id, rec.instance, rec.action, rec.target, rec.detail, status.as_str(), error],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -489,26 +622,33 @@ impl Store {
     /// so a process killed between the call and the record still leaves a
     /// trace. [`Store::audit_finish`] sets the outcome.
     pub fn audit_begin(&self, rec: &NewAudit<'_>, at: DateTime<Utc>) -> Result<i64, StateError> {
-        self.audit(
-            &NewAudit {
-                outcome: AUDIT_STARTED,
-                ..rec.clone()
-            },
-            at,
-        )
+        self.audit_status(rec, AuditStatus::Started, None, at)
     }
 
-    /// Set the outcome (and, when known only now, the target) of a started record.
+    /// Set the outcome (text form, see [`NewAudit::outcome`]) and, when known
+    /// only now, the target of a started record.
     pub fn audit_finish(
         &self,
         id: i64,
         outcome: &str,
         target: Option<&str>,
     ) -> Result<(), StateError> {
+        let (status, error) = AuditStatus::from_text(outcome);
+        self.audit_finish_status(id, status, error.as_deref(), target)
+    }
+
+    /// Set the status, error and (when known only now) target of a started record.
+    pub fn audit_finish_status(
+        &self,
+        id: i64,
+        status: AuditStatus,
+        error: Option<&str>,
+        target: Option<&str>,
+    ) -> Result<(), StateError> {
         self.with(|c| {
             c.execute(
-                "UPDATE audit SET outcome = ?2, target = COALESCE(?3, target) WHERE id = ?1",
-                params![id, outcome, target],
+                "UPDATE audit SET outcome = ?2, error = ?3, target = COALESCE(?4, target) WHERE id = ?1",
+                params![id, status.as_str(), error, target],
             )
             .map(|_| ())
         })
@@ -518,8 +658,8 @@ impl Store {
     pub fn close_interrupted_audit(&self) -> Result<usize, StateError> {
         self.with(|c| {
             c.execute(
-                "UPDATE audit SET outcome = ?1 WHERE outcome = ?2",
-                params![AUDIT_INTERRUPTED, AUDIT_STARTED],
+                "UPDATE audit SET outcome = 'interrupted', error = ?1 WHERE outcome = 'started'",
+                params![AUDIT_INTERRUPTED_WHY],
             )
         })
     }
@@ -529,13 +669,27 @@ impl Store {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<AuditRecord>, StateError> {
+        self.audit_query(since, None, None)
+    }
+
+    /// Audit records at or after `since`, of `job` if given, the newest
+    /// `limit` if given; oldest first.
+    pub fn audit_query(
+        &self,
+        since: Option<DateTime<Utc>>,
+        job: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditRecord>, StateError> {
         let since = since.map(ts).unwrap_or_default();
-        self.with(|c| {
+        let limit = limit.map_or(-1, i64::from);
+        let mut records = self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, at, job, run_id, instance, action, target, detail, outcome FROM audit WHERE at >= ?1 ORDER BY id",
+                "SELECT id, at, job, run_id, instance, action, target, detail, outcome, error FROM audit
+                 WHERE at >= ?1 AND (?2 IS NULL OR job = ?2) ORDER BY id DESC LIMIT ?3",
             )?;
-            stmt.query_map(params![since], |r| {
+            stmt.query_map(params![since, job, limit], |r| {
                 let at: String = r.get(1)?;
+                let outcome: String = r.get(8)?;
                 Ok(AuditRecord {
                     id: r.get(0)?,
                     at: parse_ts(&at).unwrap_or_default(),
@@ -545,11 +699,15 @@ impl Store {
                     action: r.get(5)?,
                     target: r.get(6)?,
                     detail: r.get(7)?,
-                    outcome: r.get(8)?,
+                    // The CHECK constraint admits only the statuses.
+                    outcome: AuditStatus::parse(&outcome).unwrap_or(AuditStatus::Failed),
+                    error: r.get(9)?,
                 })
             })?
-            .collect()
-        })
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        records.reverse();
+        Ok(records)
     }
 
     /// Note that `keys` were planned at `now`; forget marks not planned in
@@ -813,6 +971,79 @@ mod tests {
         assert_eq!(all[0].outcome, "applied");
         assert_eq!(all[1].outcome, AUDIT_INTERRUPTED);
         assert_eq!(all[1].target, "rotation r1");
+    }
+
+    #[test]
+    fn a_version_1_audit_table_migrates_to_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            for (i, outcome) in [
+                "applied",
+                "already-done",
+                "failed: InvalidParameterValue: tag not found",
+                "skipped: the namespace is gone",
+                "started",
+                "interrupted: the process stopped during the call; the next run re-checks it",
+            ]
+            .iter()
+            .enumerate()
+            {
+                c.execute(
+                    "INSERT INTO audit (id, at, job, instance, action, target, outcome) VALUES (?1, '2026-01-01T00:00:00.000Z', 'retention', 'prod', 'delete_tag', 't', ?2)",
+                    params![i as i64 + 1, outcome],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        let got: Vec<(String, Option<String>)> = s
+            .audit_since(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.outcome.as_str().to_owned(), r.error))
+            .collect();
+        let want = [
+            ("applied", None),
+            ("already_done", None),
+            ("failed", Some("InvalidParameterValue: tag not found")),
+            ("stale", Some("the namespace is gone")),
+            ("started", None),
+            (
+                "interrupted",
+                Some("the process stopped during the call; the next run re-checks it"),
+            ),
+        ];
+        let want: Vec<(String, Option<String>)> = want
+            .iter()
+            .map(|(o, e)| (o.to_string(), e.map(str::to_owned)))
+            .collect();
+        assert_eq!(got, want);
+        // Only statuses can be stored.
+        let bad = s.with(|c| c.execute("UPDATE audit SET outcome = 'failed: x' WHERE id = 1", []));
+        assert!(bad.is_err());
+        let id = s
+            .audit(
+                &NewAudit {
+                    job: "tokens",
+                    run_id: None,
+                    instance: "prod",
+                    action: "delete_token",
+                    target: "t",
+                    detail: "",
+                    outcome: "failed: AccessDenied",
+                },
+                now(),
+            )
+            .unwrap();
+        let last = s.audit_query(None, Some("tokens"), Some(1)).unwrap();
+        assert_eq!(
+            (last[0].id, last[0].outcome, last[0].error.as_deref()),
+            (id, AuditStatus::Failed, Some("AccessDenied"))
+        );
     }
 
     #[test]
