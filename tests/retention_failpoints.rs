@@ -252,8 +252,11 @@ fn failpoints_in_sources() -> BTreeSet<String> {
     for file in SOURCES {
         let text =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
-        for piece in text.split("failpoint::hit(\"").skip(1) {
-            let name = piece.split('"').next().unwrap();
+        for piece in text.split("failpoint::hit(").skip(1) {
+            let Some(quoted) = piece.trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let name = quoted.split('"').next().unwrap();
             if name.starts_with("retention.") {
                 out.insert(name.to_owned());
             }
