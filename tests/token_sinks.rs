@@ -635,3 +635,211 @@ async fn read_only_sinks_fail_before_any_token_is_created() {
     assert_eq!(sim.count("CreateInstanceToken"), 0, "no token created");
     assert_eq!(std::fs::read_to_string(&ro_file).unwrap(), "{}");
 }
+
+// ---------------------------------------------------------------- every sink failpoint
+
+/// The failpoints a clean rotation through a docker-config, a file and an
+/// exec sink must pass (the sink's every fallible call).
+const DELIVERY_POINTS: [&str; 20] = [
+    "tokens.sink.resolve",
+    "tokens.sink.precheck.dir",
+    "tokens.sink.precheck.stat",
+    "tokens.sink.precheck.open",
+    "tokens.sink.precheck.probe",
+    "tokens.sink.precheck.chown",
+    "tokens.sink.precheck.read",
+    "tokens.sink.read_prior",
+    "tokens.sink.stat",
+    "tokens.sink.read_existing",
+    "tokens.sink.temp_create",
+    "tokens.sink.write",
+    "tokens.sink.chown",
+    "tokens.sink.chmod",
+    "tokens.sink.fsync",
+    "tokens.sink.rename",
+    "tokens.sink.dir_fsync",
+    "tokens.sink.exec_spawn",
+    "tokens.sink.exec_stdin",
+    "tokens.sink.exec_wait",
+];
+
+/// The failpoints putting the file sinks back passes (the exec sink fails
+/// after both files were written: docker-config existed, the env file not).
+const RESTORE_POINTS: [&str; 10] = [
+    "tokens.sink.restore.read",
+    "tokens.sink.restore.stat",
+    "tokens.sink.restore.temp_create",
+    "tokens.sink.restore.write",
+    "tokens.sink.restore.chown",
+    "tokens.sink.restore.chmod",
+    "tokens.sink.restore.fsync",
+    "tokens.sink.restore.rename",
+    "tokens.sink.restore.dir_fsync",
+    "tokens.sink.restore.remove",
+];
+
+const OTHER_LOGIN: &str =
+    r#"{"auths": {"other.example.com": {"auth": "b3RoZXI6cGFzcw=="}}, "credsStore": "desktop"}"#;
+
+/// A fresh simulator and sink directory: an existing docker config (mode
+/// 0640, another registry's login), a new env file, an exec sink that
+/// succeeds or fails.
+async fn scenario(exec_fails: bool) -> (Simulator, tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docker = dir.path().join("config.json");
+    std::fs::write(&docker, OTHER_LOGIN).unwrap();
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let exit = if exec_fails { "exit 3" } else { "exit 0" };
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"docker-config\", path = \"{d}/config.json\" }},\n\
+             {{ kind = \"file\", path = \"{d}/ci.env\" }},\n\
+             {{ kind = \"exec\", command = [\"/bin/sh\", \"-c\", \"cat > /dev/null; {exit}\"] }}",
+            d = dir.path().display()
+        ),
+    );
+    (sim, dir, config)
+}
+
+fn traced(sim: &Simulator, config: &Path, dir: &Path) -> (Output, Vec<String>) {
+    let trace = dir.join("trace");
+    let o = apply(
+        sim,
+        config,
+        &[("KCR_HOUSEKEEPER_FAILPOINT_TRACE", trace.to_str().unwrap())],
+    );
+    let mut names: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("tokens.sink.") || l.starts_with("tokens.verify."))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    (o, names)
+}
+
+/// What must hold whatever failed where: the docker config is whole JSON
+/// with the other registry's login and its mode, an env file is whole, and
+/// no temporary file outlives a pre-check (after a crash, the next one).
+async fn sinks_are_sound(sim: &Simulator, dir: &Path, point: &str, restore_failed: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let docker = dir.join("config.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&docker).unwrap())
+        .unwrap_or_else(|e| panic!("{point}: config.json is not whole JSON: {e}"));
+    assert_eq!(
+        v["auths"]["other.example.com"]["auth"], "b3RoZXI6cGFzcw==",
+        "{point}"
+    );
+    assert_eq!(
+        std::fs::metadata(&docker).unwrap().permissions().mode() & 0o7777,
+        0o640,
+        "{point}: mode kept"
+    );
+    if let Some((user, secret)) = env_token(&dir.join("ci.env")) {
+        if !restore_failed {
+            assert_eq!(
+                login_status(sim, &user, &secret).await,
+                200,
+                "{point}: the env sink holds a credential the registry refuses"
+            );
+        }
+    } else {
+        assert!(!dir.join("ci.env").exists(), "{point}: a partial env file");
+    }
+    // A crash leaves at most a temporary file; the next pre-check removes it.
+    let leftovers = temp_files(dir);
+    if !leftovers.is_empty() {
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        for name in &leftovers {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.join(name))
+                .unwrap();
+            f.set_modified(old).unwrap();
+        }
+        kcr_housekeeper::tokens::sinks::preflight(&config::Sink::File {
+            path: dir.join("ci.env"),
+            format: config::FileFormat::Env,
+        })
+        .unwrap();
+        assert!(
+            temp_files(dir).is_empty(),
+            "{point}: {leftovers:?} survived the next pre-check"
+        );
+    }
+}
+
+/// The method of issue 11 for the sinks: a clean traced run enumerates the
+/// sink failpoints; then, each on a fresh simulator, (a) an error there and
+/// (b) a crash there leave the sinks sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sink_failpoint_fails_safe() {
+    let started = std::time::Instant::now();
+    let (sim, dir, config) = scenario(false).await;
+    let (o, delivery) = traced(&sim, &config, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    for p in DELIVERY_POINTS {
+        assert!(
+            delivery.iter().any(|n| n == p),
+            "{p} not passed: {delivery:?}"
+        );
+    }
+    let (sim, dir, config) = scenario(true).await;
+    let (o, restore) = traced(&sim, &config, dir.path());
+    assert!(!o.status.success(), "{}", text(&o));
+    let restore: Vec<String> = restore
+        .into_iter()
+        .filter(|n| n.starts_with("tokens.sink.restore."))
+        .collect();
+    for p in RESTORE_POINTS {
+        assert!(
+            restore.iter().any(|n| n == p),
+            "{p} not passed: {restore:?}"
+        );
+    }
+
+    let mut exercised = 0;
+    for (points, exec_fails) in [(&delivery, false), (&restore, true)] {
+        for point in points {
+            for mode in ["error", "abort"] {
+                let (sim, dir, config) = scenario(exec_fails).await;
+                let o = apply(
+                    &sim,
+                    &config,
+                    &[("KCR_HOUSEKEEPER_FAILPOINT", &format!("{point}={mode}"))],
+                );
+                assert!(!o.status.success(), "{point}={mode}: {}", text(&o));
+                if mode == "abort" {
+                    assert!(
+                        text(&o).contains(&format!("failpoint {point}: aborting")),
+                        "{point}: {}",
+                        text(&o)
+                    );
+                } else {
+                    // Passed and failed (some errors are absorbed by design:
+                    // an unreadable file is restored anyway).
+                    assert!(
+                        text(&o).contains(&format!("failpoint {point}: injected error")),
+                        "{point}: {}",
+                        text(&o)
+                    );
+                    assert!(temp_files(dir.path()).is_empty(), "{point}=error");
+                }
+                sinks_are_sound(&sim, dir.path(), point, exec_fails).await;
+                exercised += 1;
+            }
+        }
+    }
+    eprintln!(
+        "sink failpoints: {} on delivery, {} on restore; {exercised} faults injected in {:?}",
+        delivery.len(),
+        restore.len(),
+        started.elapsed()
+    );
+}

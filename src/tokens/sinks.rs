@@ -166,10 +166,11 @@ pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
                     .open(&target)
                     .map_err(io(&target, "the existing file is not writable"))?;
             }
+            sweep_leftovers(dir);
             // Prove we can create a file there (permissions, read-only mounts, …)
             fp("tokens.sink.precheck.probe")?;
             let probe = tempfile::Builder::new()
-                .prefix(".kcr-housekeeper-probe")
+                .prefix(".kcr-housekeeper-probe-")
                 .tempfile_in(dir)
                 .map_err(io(dir, "cannot create files in the sink's directory"))?;
             // … and give it the existing file's owner, as a delivery will.
@@ -212,6 +213,48 @@ pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
                     program: command[0].clone(),
                     why: "not found".into(),
                 })
+            }
+        }
+    }
+}
+
+/// Prefix of every file kcr-housekeeper creates beside a sink.
+const TEMP_PREFIX: &str = ".kcr-housekeeper-";
+
+/// A temporary file of ours older than this is a leftover of a process that
+/// died between creating and renaming it (a writer needs milliseconds).
+const LEFTOVER_AGE: Duration = Duration::from_secs(10);
+
+/// Remove our leftover temporary files in `dir`: a crash between creating a
+/// temporary file and renaming it leaves one behind, holding a secret.
+/// Best effort: a file that cannot be removed is left for the next time.
+fn sweep_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        // Only regular files (never follow a link), and only old ones: a
+        // concurrent writer's file lives for milliseconds.
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= LEFTOVER_AGE);
+        if meta.is_file() && old {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::warn!(path = %e.path().display(), "removed a temporary file a crashed delivery left behind")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a leftover temporary file")
+                }
             }
         }
     }
@@ -266,7 +309,7 @@ fn write_target(target: &Path, content: &[u8], p: &Points) -> Result<(), SinkErr
     // tempfile creates the file 0600 and exclusively (O_EXCL).
     fp(p.temp_create)?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".kcr-housekeeper-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(io(dir, "cannot create a temporary file"))?;
     fp(p.write)?;
