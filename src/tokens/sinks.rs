@@ -606,7 +606,9 @@ async fn exec(
         Ok(r) => r?,
         Err(_) => {
             group.kill();
-            let _ = child.wait().await;
+            // Reap it; bounded, should the group kill have failed somehow.
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             return Err(fail(format!(
                 "did not finish within {}; its process group was killed",
                 crate::duration::format(timeout)
