@@ -171,6 +171,9 @@ pub struct SimArgs {
     /// How long a `timeout` fault holds its answer
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub stall: Duration,
+    /// Image listings drift between pages (a push and a delete while paging)
+    #[arg(long)]
+    pub page_drift: bool,
     /// Seed for faults and generated ids (replayable runs)
     #[arg(long)]
     pub seed: Option<u64>,
@@ -529,7 +532,17 @@ async fn plan_cmd(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<()
         ReportFormat::Markdown => retention::report::render_markdown(&report),
         ReportFormat::Html => retention::report::render_html(&report),
     };
-    emit(args.output.as_deref(), &text, out)
+    emit(args.output.as_deref(), &text, out)?;
+    partial_result(&plan)
+}
+
+/// Exit 1 when anything could not be listed completely (DESIGN §4: never 0
+/// when something was skipped); the report has already been written.
+fn partial_result(plan: &retention::Plan) -> Result<(), CliError> {
+    match plan.partial_reason() {
+        Some(why) => Err(CliError::Failed(anyhow::anyhow!("retention: {why}"))),
+        None => Ok(()),
+    }
 }
 
 fn namespaces_config(c: &Config) -> Result<&crate::config::NamespacesConfig, CliError> {
@@ -942,21 +955,9 @@ async fn apply_retention_cmd(
     })?;
     let inventory = collect_inventory(&conn.client, c, now).await;
     let fresh = retention::plan(&inventory, rc, now);
-    // Partial: an instance or a repository could not be listed; what was listed is applied.
-    let mut partial: Vec<String> = inventory
-        .instances
-        .iter()
-        .filter_map(|i| {
-            i.error
-                .as_ref()
-                .map(|e| format!("instance {}: {e}", i.name))
-        })
-        .collect();
-    partial.extend(fresh.repositories.iter().filter_map(|r| {
-        r.skipped
-            .as_ref()
-            .map(|s| format!("{}/{}/{}: {s}", r.instance, r.namespace, r.repository))
-    }));
+    // Partial: an instance, a namespace or a repository could not be listed;
+    // what was listed is applied.
+    let partial: Vec<String> = fresh.incomplete();
     let (items, dropped, summary) = match &file {
         Some((path, report)) => {
             let current = retention::config_fingerprint(rc);
@@ -1331,10 +1332,12 @@ async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<
         .quota
         .as_ref()
         .map_or(crate::config::StorageGranularity::None, |q| q.storage);
+    let mut incomplete = Vec::new();
     let storage = if granularity == crate::config::StorageGranularity::None {
         Vec::new()
     } else {
         let inventory = collect_inventory(&conn.client, c, Utc::now()).await;
+        incomplete = quota::incomplete(&inventory);
         quota::storage_rows(&inventory, granularity)
     };
     let text = match args.format {
@@ -1346,7 +1349,14 @@ async fn quota_cmd(c: &Config, args: &QuotaArgs, out: &mut dyn Write) -> Result<
                 + "\n"
         }
     };
-    out.write_all(text.as_bytes()).map_err(io)
+    out.write_all(text.as_bytes()).map_err(io)?;
+    if !incomplete.is_empty() {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "quota: partial: storage left out where listings failed: {}",
+            incomplete.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -1398,6 +1408,7 @@ async fn sim(args: SimArgs, out: &mut dyn Write) -> Result<(), CliError> {
             kinds: args.fault_kinds,
             seed: args.seed,
             stall: args.stall,
+            page_drift: args.page_drift,
         },
         request_log: args.request_log,
         log_in_memory: false,

@@ -273,7 +273,21 @@ async fn collect_instance(
     inst: &InstanceConfig,
     progress: &dyn Progress,
 ) -> InstanceInventory {
-    let namespaces = match client.list_all(DescribeNamespace::all(&inst.id)).await {
+    let listed = async {
+        crate::failpoint::hit("retention.api.list_namespaces", InventoryError::Injected)?;
+        Ok(client.list_all(DescribeNamespace::all(&inst.id)).await?)
+    }
+    .await
+    .and_then(
+        |n| match first_duplicate(n.iter().map(|n| n.namespace.as_str())) {
+            Some(d) => Err(InventoryError::Drift {
+                action: "DescribeNamespace",
+                detail: format!("namespace {d:?} listed twice"),
+            }),
+            None => Ok(n),
+        },
+    );
+    let namespaces = match listed {
         Ok(n) => n,
         Err(e) => {
             return InstanceInventory {
@@ -285,10 +299,23 @@ async fn collect_instance(
         }
     };
     let namespaces = futures::future::join_all(namespaces.into_iter().map(|ns| async move {
-        match client
-            .list_all(DescribeRepository::all(&inst.id, &ns.namespace))
-            .await
-        {
+        let listed = async {
+            crate::failpoint::hit("retention.api.list_repositories", InventoryError::Injected)?;
+            Ok(client
+                .list_all(DescribeRepository::all(&inst.id, &ns.namespace))
+                .await?)
+        }
+        .await
+        .and_then(
+            |r| match first_duplicate(r.iter().map(|r| r.repo_name.as_str())) {
+                Some(d) => Err(InventoryError::Drift {
+                    action: "DescribeRepository",
+                    detail: format!("repository {d:?} listed twice"),
+                }),
+                None => Ok(r),
+            },
+        );
+        match listed {
             Err(e) => NamespaceInventory {
                 name: ns.namespace,
                 public: ns.public,
@@ -344,14 +371,54 @@ async fn collect_repository(
     }
 }
 
-/// Every image of one repository, newest first; an error rather than a partial list.
+/// Why a listing cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error(transparent)]
+    Api(#[from] Error),
+    /// Offset paging shifted under a concurrent push and delete (`TotalCount`
+    /// unchanged): an item came twice, so another may be missing.
+    #[error("{action}: the listing shifted while paging ({detail}); nothing is inferred from it")]
+    Drift {
+        action: &'static str,
+        detail: String,
+    },
+    /// A test's failpoint (`failpoints` feature).
+    #[error("injected: {0}")]
+    Injected(String),
+}
+
+/// The first name that occurs twice, if any.
+fn first_duplicate<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// Signs that an image listing drifted between pages: a digest listed twice,
+/// or a tag on two images (a tag names one image at a time).
+fn image_drift(images: &[ImageInfo]) -> Option<String> {
+    let mut digests = std::collections::HashSet::new();
+    if let Some(d) = images.iter().find(|i| !digests.insert(&i.digest)) {
+        return Some(format!("image {} listed twice", d.digest));
+    }
+    first_duplicate(
+        images
+            .iter()
+            .flat_map(|i| i.tags.iter().map(|t| t.as_str())),
+    )
+    .map(|t| format!("tag {t:?} listed on two images"))
+}
+
+/// Every image of one repository, newest first; an error rather than a
+/// partial or shifted list.
 pub async fn list_images(
     client: &Client,
     instance_id: &str,
     namespace: &str,
     repo: &str,
-) -> Result<Vec<ImageInfo>, Error> {
+) -> Result<Vec<ImageInfo>, InventoryError> {
     let tz = *client.timezone();
+    crate::failpoint::hit("retention.api.list_images", InventoryError::Injected)?;
     let raw = client
         .list_all(DescribeImages::all(instance_id, namespace, repo))
         .await?;
@@ -368,6 +435,12 @@ pub async fn list_images(
             tags: tags(i.tag_names),
         })
         .collect();
+    if let Some(detail) = image_drift(&images) {
+        return Err(InventoryError::Drift {
+            action: "DescribeImages",
+            detail,
+        });
+    }
     sort_images(&mut images);
     Ok(images)
 }

@@ -38,8 +38,16 @@ impl Pattern {
     /// ```
     pub fn parse(text: &str) -> Result<Pattern, String> {
         if let Some(re) = text.strip_prefix("re:") {
-            let regex = Regex::new(&format!("^(?:{re})$"))
-                .map_err(|e| format!("invalid regex {re:?}: {}", one_line(&e.to_string())))?;
+            // Validate the bare regex first: wrapped unchecked, `a)|(b` would
+            // close the anchoring group early and match unanchored.
+            let invalid =
+                |e: regex::Error| format!("invalid regex {re:?}: {}", one_line(&e.to_string()));
+            Regex::new(re).map_err(invalid)?;
+            let regex = Regex::new(&format!("^(?:{re})$")).map_err(|_| {
+                format!(
+                    "invalid regex {re:?}: it cannot be anchored at both ends (a `(?x)` comment reaching its end?)"
+                )
+            })?;
             return Ok(Pattern {
                 text: text.to_owned(),
                 regex,
@@ -188,6 +196,27 @@ mod tests {
         );
         assert!(p.has_group("group") && !p.has_group("other"));
         assert!(p.is_regex());
+    }
+
+    #[test]
+    fn a_regex_cannot_break_out_of_its_anchors() {
+        // Issue 11 #22: wrapped unchecked, this was `^(?:pr-a)|(zzz)$`.
+        let e = Pattern::parse("re:pr-a)|(zzz").unwrap_err();
+        assert!(e.starts_with("invalid regex \"pr-a)|(zzz\""), "{e}");
+        assert!(
+            !e.contains("^(?:"),
+            "the error shows the user's pattern: {e}"
+        );
+        for p in ["re:a|b", "re:(a)|(b)", "re:a$|^b"] {
+            let p = Pattern::parse(p).unwrap();
+            assert!(p.is_match("a") && p.is_match("b"), "{p}");
+            assert!(
+                !p.is_match("ab") && !p.is_match("xa") && !p.is_match("bx"),
+                "{p}"
+            );
+        }
+        let e = Pattern::parse("re:a(?x)#").unwrap_err();
+        assert!(e.contains("anchored") && !e.contains("^(?:"), "{e}");
     }
 
     #[test]

@@ -125,12 +125,15 @@ impl Job for QuotaJob {
                     .await;
                 let rows = storage_rows(&inventory, storage);
                 export_storage(&ctx.metrics, storage, &rows);
-                for inst in &inventory.instances {
-                    if let Some(e) = &inst.error {
-                        ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
-                        failed.push(format!("{}: storage: {e}", inst.name));
-                    }
+                for inst in inventory.instances.iter().filter(|i| i.error.is_some()) {
+                    ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
                 }
+                // Any listing that failed makes the run partial: a failure.
+                failed.extend(
+                    incomplete(&inventory)
+                        .into_iter()
+                        .map(|e| format!("storage: {e}")),
+                );
                 parts.push(format!("storage of {} {}", rows.len(), storage.label()));
             }
             if failed.is_empty() {
@@ -161,6 +164,29 @@ impl StorageGranularity {
             StorageGranularity::Repository => "repositories",
         }
     }
+}
+
+/// Every listing of the inventory that failed (instance, namespace or
+/// repository), for the run's failure reason: storage figures without them
+/// are partial.
+pub fn incomplete(inv: &Inventory) -> Vec<String> {
+    let mut out = Vec::new();
+    for inst in &inv.instances {
+        if let Some(e) = &inst.error {
+            out.push(format!("{}: {e}", inst.name));
+        }
+        for ns in &inst.namespaces {
+            if let Some(e) = &ns.error {
+                out.push(format!("{}/{}: {e}", inst.name, ns.name));
+            }
+            for r in &ns.repositories {
+                if let Some(e) = &r.skipped {
+                    out.push(format!("{}/{}/{}: {e}", inst.name, ns.name, r.name));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Storage figures from an inventory. A namespace with a repository whose

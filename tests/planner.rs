@@ -545,3 +545,166 @@ proptest! {
         prop_assert!(p.repositories.iter().filter(|r| r.repository == "other").all(|r| r.actions.is_empty()));
     }
 }
+
+/// Issue 11 #16/#25: listings that failed at any level are in the plan and the
+/// report, make the run partial, and no rule whose scope was not listed
+/// completely is called idle.
+#[test]
+fn failed_listings_make_the_plan_partial_and_no_rule_idle() {
+    let rules = "[[retention.rules]]\nname = \"team\"\nnamespaces = [\"team\"]\nolder_than = \"1d\"\n\
+                 [[retention.rules]]\nname = \"web\"\nrepositories = [\"web\"]\nolder_than = \"1d\"\n\
+                 [[retention.rules]]\nname = \"elsewhere\"\nnamespaces = [\"other\"]\nolder_than = \"1d\"\n";
+    let cfg = cfg("", rules);
+    // A namespace whose repository listing failed.
+    let mut inv = inventory(vec![("apps", "api", vec![img(1, 30.0, &["a"])])]);
+    inv.instances[0].namespaces.push(NamespaceInventory {
+        name: "team".into(),
+        public: false,
+        repositories: vec![],
+        error: Some("DescribeRepository: HTTP 500".into()),
+    });
+    // A repository whose image listing failed.
+    inv.instances[0].namespaces[0]
+        .repositories
+        .push(RepositoryInventory {
+            name: "web".into(),
+            images: vec![],
+            skipped: Some("DescribeImages: listing changed".into()),
+        });
+    let p = plan(&inv, &cfg, now());
+    assert_eq!(
+        p.skipped,
+        vec!["prod/team: DescribeRepository: HTTP 500".to_string()]
+    );
+    assert_eq!(
+        p.incomplete(),
+        vec![
+            "prod/team: DescribeRepository: HTTP 500".to_string(),
+            "prod/apps/web: DescribeImages: listing changed".to_string()
+        ]
+    );
+    assert!(
+        p.partial_reason()
+            .unwrap()
+            .starts_with("partial: 2 listings failed")
+    );
+    // "team" and "web" were not listed completely; "elsewhere" truly matched nothing.
+    assert_eq!(p.idle_rules, vec!["elsewhere".to_string()]);
+    let report = kcr_housekeeper::retention::report::Report::from_plan(&p, "dry-run", vec![]);
+    assert_eq!(report.summary.skipped, p.incomplete());
+
+    // An instance that could not be listed at all: every rule's scope is unknown.
+    let mut inv = one(vec![img(1, 30.0, &["a"])]);
+    inv.instances.push(InstanceInventory {
+        name: "staging".into(),
+        id: "j".into(),
+        namespaces: vec![],
+        error: Some("DescribeNamespace: connection refused".into()),
+    });
+    let p = plan(&inv, &cfg, now());
+    assert_eq!(
+        p.skipped,
+        vec!["staging: DescribeNamespace: connection refused".to_string()]
+    );
+    assert!(p.idle_rules.is_empty(), "{:?}", p.idle_rules);
+    assert!(p.partial_reason().is_some());
+    // A complete listing is not partial.
+    assert!(
+        plan(&one(vec![img(1, 30.0, &["a"])]), &cfg, now())
+            .partial_reason()
+            .is_none()
+    );
+}
+
+/// Issue 11 #23: 57 of 100 is not over 0.57 (a float product says 56.99…).
+#[test]
+fn the_ratio_block_compares_in_integers() {
+    let rules = "[[retention.rules]]\nname = \"old\"\nolder_than = \"1d\"\n";
+    let images = |old: u32| -> Vec<ImageInfo> {
+        (0..100)
+            .map(|n| img(n, if n < old { 9.0 } else { 0.5 }, &[&format!("t{n}")]))
+            .collect()
+    };
+    let p = plan(
+        &one(images(57)),
+        &cfg("max_deletion_ratio = 0.57", rules),
+        now(),
+    );
+    assert!(
+        p.repositories[0].blocked.is_none(),
+        "{:?}",
+        p.repositories[0].blocked
+    );
+    assert_eq!(p.count(ActionKind::DeleteImage), 57);
+    let p = plan(
+        &one(images(58)),
+        &cfg("max_deletion_ratio = 0.57", rules),
+        now(),
+    );
+    assert_eq!(
+        p.repositories[0].blocked.as_deref(),
+        Some("58 of 100 images would be deleted, over max_deletion_ratio 0.57")
+    );
+    // Ratios that are not exact in binary floating point either.
+    for (ratio, images_n, limit) in [(0.29, 100u32, 29u32), (0.1, 30, 3), (0.7, 10, 7)] {
+        let imgs: Vec<ImageInfo> = (0..images_n)
+            .map(|n| img(n, if n < limit { 9.0 } else { 0.5 }, &[&format!("t{n}")]))
+            .collect();
+        let p = plan(
+            &one(imgs),
+            &cfg(&format!("max_deletion_ratio = {ratio}"), rules),
+            now(),
+        );
+        assert!(
+            p.repositories[0].blocked.is_none(),
+            "{ratio}: {limit} of {images_n}"
+        );
+    }
+}
+
+/// Issue 11 #21: an empty `namespaces` or `repositories` list is an error
+/// naming the file, line and key (it used to mean "all"), as `keep_latest = 0` is.
+#[test]
+fn empty_scope_lists_and_keep_latest_zero_are_errors() {
+    let head = "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"r\"\n[retention]\n";
+    for (rule, line, key, says) in [
+        (
+            "namespaces = []\nolder_than = \"1d\"\n",
+            10,
+            "namespaces",
+            "remove `namespaces` to match every namespace",
+        ),
+        (
+            "repositories = []\nolder_than = \"1d\"\n",
+            10,
+            "repositories",
+            "remove `repositories` to match every repository",
+        ),
+        (
+            "older_than = \"1d\"\nkeep_latest = 0\n",
+            11,
+            "keep_latest",
+            "0 keeps nothing",
+        ),
+        (
+            "action = \"keep\"\nkeep_latest = 0\n",
+            11,
+            "keep_latest",
+            "0 keeps nothing",
+        ),
+    ] {
+        let text = format!("{head}[[retention.rules]]\nname = \"r\"\n{rule}");
+        let e = config::parse(&text, "t.toml", Path::new("."), &|_: &str| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("t.toml:{line}:1: retention.rules[0].{key}: ")) && e.contains(says),
+            "{rule}: {e}"
+        );
+    }
+    // Absent lists still mean "all"; an empty exclude list excludes nothing.
+    let text = format!(
+        "{head}[[retention.rules]]\nname = \"r\"\nexclude_repositories = []\nolder_than = \"1d\"\nkeep_latest = 1\n"
+    );
+    assert!(config::parse(&text, "t.toml", Path::new("."), &|_: &str| None).is_ok());
+}

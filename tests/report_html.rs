@@ -114,3 +114,229 @@ async fn html_report_renders_in_chromium_with_the_json_numbers() {
     );
     assert!(dom.contains("class=\"sortable\""));
 }
+
+mod content {
+    use chrono::TimeZone;
+    use kcr_housekeeper::retention::ActionKind;
+    use kcr_housekeeper::retention::PlannedAction;
+    use kcr_housekeeper::retention::report::{
+        Report, ReportInstance, ReportRepository, SCHEMA, Summary, UNTAGGED, human_bytes,
+        render_html, render_markdown, render_table, time_text,
+    };
+
+    fn action(
+        kind: ActionKind,
+        digest: &str,
+        tags: &[&str],
+        image_tags: &[&str],
+        size: u64,
+    ) -> PlannedAction {
+        let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        PlannedAction {
+            action: kind,
+            digest: digest.into(),
+            tags: s(tags),
+            image_tags: s(image_tags),
+            size,
+            pushed_at: chrono::Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap(),
+            rules: vec!["ci-builds".into(), "untagged-äöü".into()],
+            reason: "rule ci-builds: rank 3 ≥ keep_latest 2 | <b>&".into(),
+        }
+    }
+
+    /// Every shape a report takes: an untagged image with a digest that is not
+    /// sha256 and has multi-byte characters, a tag deletion on an image that
+    /// keeps other tags, repositories without actions, blocked and skipped ones.
+    pub fn sample() -> Report {
+        Report {
+            schema: SCHEMA.into(),
+            generated_at: chrono::Utc
+                .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+                .unwrap(),
+            mode: "dry-run".into(),
+            instances: vec![ReportInstance {
+                name: "prod".into(),
+                id: "4f9c-prod-id".into(),
+            }],
+            summary: Summary {
+                repositories: 3,
+                images: 17,
+                delete_image: 1,
+                delete_tag: 1,
+                reclaimable_bytes: 1_572_864,
+                blocked: vec![
+                    "prod/apps/big: 9 of 10 images would be deleted, over max_deletion_ratio 0.5"
+                        .into(),
+                ],
+                skipped: vec![
+                    "staging: DescribeNamespace: connection refused".into(),
+                    "prod/apps/flaky: DescribeImages: the listing shifted while paging".into(),
+                ],
+            },
+            repositories: vec![
+                ReportRepository {
+                    instance: "prod".into(),
+                    namespace: "apps".into(),
+                    repository: "web".into(),
+                    images: 7,
+                    actions: vec![
+                        action(
+                            ActionKind::DeleteImage,
+                            "ämd5:日本語ダイジェスト-€",
+                            &[],
+                            &[],
+                            1_572_864,
+                        ),
+                        action(
+                            ActionKind::DeleteTag,
+                            "sha256:0123456789abcdef",
+                            &["pr-1"],
+                            &["pr-1", "main-x"],
+                            0,
+                        ),
+                    ],
+                },
+                ReportRepository {
+                    instance: "prod".into(),
+                    namespace: "apps".into(),
+                    repository: "quiet-one".into(),
+                    images: 4,
+                    actions: vec![],
+                },
+                ReportRepository {
+                    instance: "prod".into(),
+                    namespace: "apps".into(),
+                    repository: "big".into(),
+                    images: 10,
+                    actions: vec![],
+                },
+            ],
+        }
+    }
+
+    fn unescape_html(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&")
+    }
+
+    fn unescape_markdown(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                c => out.push(c),
+            }
+        }
+        unescape_html(&out)
+    }
+
+    /// Issue 11 #28 and #24: the four formats carry the same content, and
+    /// none panics on a digest that is not sha256 (multi-byte characters).
+    #[test]
+    fn every_format_carries_the_same_content() {
+        let r = sample();
+        let formats = [
+            ("json", r.to_json()),
+            ("table", render_table(&r)),
+            ("markdown", unescape_markdown(&render_markdown(&r))),
+            ("html", unescape_html(&render_html(&r))),
+        ];
+        let mut atoms: Vec<String> = vec![
+            r.schema.clone(),
+            r.mode.clone(),
+            time_text(&r.generated_at),
+            "4f9c-prod-id".into(),
+        ];
+        atoms.extend(r.summary.blocked.iter().cloned());
+        atoms.extend(r.summary.skipped.iter().cloned());
+        for repo in &r.repositories {
+            atoms.push(repo.repository.clone());
+            for a in &repo.actions {
+                atoms.push(a.action.as_str().into());
+                atoms.push(a.digest.clone());
+                atoms.push(time_text(&a.pushed_at));
+                atoms.push(a.reason.clone());
+                atoms.extend(a.tags.iter().cloned());
+                atoms.extend(a.image_tags.iter().cloned());
+                atoms.extend(a.rules.iter().cloned());
+            }
+        }
+        for (name, text) in &formats {
+            for atom in &atoms {
+                assert!(
+                    text.contains(atom.as_str()),
+                    "{name} lacks {atom:?}:\n{text}"
+                );
+            }
+        }
+        // The human formats: the untagged marker, sizes for people, the
+        // repositories with their image counts, the summary's figures.
+        for (name, text) in &formats[1..] {
+            assert!(text.contains(UNTAGGED), "{name}: untagged marker");
+            assert!(text.contains(&human_bytes(1_572_864)), "{name}: size");
+            for repo in &r.repositories {
+                let line = format!("prod/apps/{} ({} images)", repo.repository, repo.images);
+                let html_line = format!(
+                    "prod/apps/{} <small>{} images</small>",
+                    repo.repository, repo.images
+                );
+                assert!(
+                    text.contains(&line) || text.contains(&html_line),
+                    "{name} lacks {line:?}"
+                );
+            }
+            if *name == "html" {
+                for (id, n) in [
+                    ("repositories", 3),
+                    ("images", 17),
+                    ("delete_image", 1),
+                    ("delete_tag", 1),
+                ] {
+                    assert!(text.contains(&format!("id={id}>{n}</dd>")), "{name}: {id}");
+                }
+                assert!(text.contains("data-bytes=1572864"), "{name}: bytes");
+            } else {
+                assert!(text.contains("3 repositories, 17 images"), "{name}");
+                assert!(text.contains("1 delete_image, 1 delete_tag"), "{name}");
+                assert!(text.contains("(1572864 bytes)"), "{name}");
+            }
+        }
+        // The JSON marks an untagged deletion by its empty tags.
+        let v: serde_json::Value = serde_json::from_str(&formats[0].1).unwrap();
+        assert_eq!(
+            v["repositories"][0]["actions"][0]["tags"],
+            serde_json::json!([])
+        );
+        assert_eq!(v["repositories"][1]["actions"], serde_json::json!([]));
+    }
+
+    /// Issue 11 #24: digests and names of every shape, byte-sliced nowhere.
+    #[test]
+    fn no_digest_or_name_makes_a_renderer_panic() {
+        for digest in [
+            "",
+            "é",
+            "sha256:",
+            "sha256:ééééééééééé",
+            "sha256:€€€€€€€€€€€€€€",
+            "漢字漢字漢字漢字",
+            "a\u{301}\u{301}\u{301}\u{301}\u{301}",
+        ] {
+            let mut r = sample();
+            r.repositories[0].actions[0].digest = digest.into();
+            r.repositories[0].namespace = digest.into();
+            for text in [
+                render_table(&r),
+                render_markdown(&r),
+                render_html(&r),
+                r.to_json(),
+            ] {
+                assert!(text.contains(digest));
+            }
+        }
+    }
+}

@@ -769,7 +769,7 @@ impl Validator<'_> {
             Some(n) => {
                 self.err(
                     rp.key("keep_latest"),
-                    format!("{n} is out of range; expected 0 or more"),
+                    format!("{n} is out of range; expected 1 or more"),
                 );
                 None
             }
@@ -778,6 +778,26 @@ impl Validator<'_> {
             self.err(
                 rp.key("untagged"),
                 "`untagged = true` matches images without tags; it cannot be combined with `tags`",
+            );
+        }
+        for (key, list, absent) in [
+            ("namespaces", &r.namespaces, "every namespace"),
+            ("repositories", &r.repositories, "every repository"),
+        ] {
+            if list.as_ref().is_some_and(|l| l.is_empty()) {
+                self.err(
+                    rp.key(key),
+                    format!("empty list matches nothing; remove `{key}` to match {absent}"),
+                );
+            }
+        }
+        if r.keep_latest == Some(0) {
+            self.err(
+                rp.key("keep_latest"),
+                match action {
+                    RuleAction::Delete => "0 keeps nothing: every matched image would rank past it; remove `keep_latest` to judge by `older_than` alone",
+                    RuleAction::Keep => "0 keeps nothing; use 1 or more, or remove `keep_latest`",
+                },
             );
         }
         if let Some(t) = &r.tags

@@ -20,17 +20,29 @@ pub enum KcrTime {
 
 impl KcrTime {
     /// Interpret the time in `tz` (the API's zone) and convert it to UTC.
+    /// When the wall-clock time is ambiguous (a repeated daylight-saving hour)
+    /// or does not exist (a skipped one), the latest instant it can stand for
+    /// is taken: the image then looks younger, the safe side for retention.
     pub fn to_utc(self, tz: &Tz) -> DateTime<Utc> {
         match self {
             KcrTime::Zoned(t) => t.with_timezone(&Utc),
-            KcrTime::Local(naive) => match tz.from_local_datetime(&naive).earliest() {
+            KcrTime::Local(naive) => match tz.from_local_datetime(&naive).latest() {
                 Some(t) => t.with_timezone(&Utc),
-                // A wall-clock time inside a DST gap: read it an hour later, as clocks do.
-                None => tz
-                    .from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                    .earliest()
-                    .map(|t| t.with_timezone(&Utc))
-                    .unwrap_or_else(|| Utc.from_utc_datetime(&naive)),
+                // In a gap: read with the smallest offset in force around it
+                // (the one before a spring-forward), which gives the latest instant.
+                None => {
+                    let as_utc = Utc.from_utc_datetime(&naive);
+                    let day = chrono::Duration::days(1);
+                    [as_utc - day, as_utc, as_utc + day]
+                        .iter()
+                        .map(|t| {
+                            use chrono::Offset;
+                            let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+                            as_utc - chrono::Duration::seconds(offset.local_minus_utc().into())
+                        })
+                        .max()
+                        .unwrap_or(as_utc)
+                }
             },
         }
     }
@@ -287,5 +299,25 @@ mod tests {
             "2022-06-20T08:02:09+00:00"
         );
         assert!(serde_json::from_str::<Probe>(r#"{"t": "yesterday"}"#).is_err());
+    }
+
+    /// Issue 11 #27: a zone-less time in a repeated hour is the later instant,
+    /// one in a skipped hour the latest it can stand for (the image looks younger).
+    #[test]
+    fn daylight_saving_readings_take_the_later_instant() {
+        let ny = chrono_tz::America::New_York;
+        let t = |s: &str| KcrTime::parse(s).unwrap().to_utc(&ny).to_rfc3339();
+        // 2026-11-01 01:30 happens twice in New York: 05:30Z (EDT) and 06:30Z (EST).
+        assert_eq!(t("2026-11-01 01:30:00"), "2026-11-01T06:30:00+00:00");
+        // 2026-03-08 02:30 never happens: 06:30Z (EDT) or 07:30Z (EST) — the later.
+        assert_eq!(t("2026-03-08 02:30:00"), "2026-03-08T07:30:00+00:00");
+        // Ordinary times are unchanged.
+        assert_eq!(t("2026-07-01 12:00:00"), "2026-07-01T16:00:00+00:00");
+        // Samoa skipped 2011-12-30 whole (UTC-10 → UTC+14): the earlier offset, the later instant.
+        let samoa = chrono_tz::Pacific::Apia;
+        let u = KcrTime::parse("2011-12-30 12:00:00")
+            .unwrap()
+            .to_utc(&samoa);
+        assert_eq!(u.to_rfc3339(), "2011-12-30T22:00:00+00:00");
     }
 }

@@ -78,16 +78,12 @@ pub fn plan_summary(plan: &Plan) -> String {
         .iter()
         .filter(|r| r.blocked.is_some())
         .count();
-    let skipped = plan
-        .repositories
-        .iter()
-        .filter(|r| r.skipped.is_some())
-        .count();
+    let skipped = plan.incomplete().len();
     if blocked > 0 {
         s.push_str(&format!(", {blocked} repositories blocked"));
     }
     if skipped > 0 {
-        s.push_str(&format!(", {skipped} repositories skipped"));
+        s.push_str(&format!(", {skipped} listings skipped"));
     }
     s
 }
@@ -374,8 +370,15 @@ impl RetentionJob {
         report.config_fingerprint = Some(config_fingerprint(rc));
         store_report(ctx, &report, now)?;
         let summary = plan_summary(&plan);
+        // A listing that failed makes the run partial: a failure with the
+        // reason, after doing what the complete listings allow.
+        let partial = plan.partial_reason();
         if rc.mode == Mode::DryRun {
-            return Ok(Outcome::Success(format!("dry-run: {summary}")));
+            let text = format!("dry-run: {summary}");
+            return match partial {
+                Some(why) => Err(JobError::Failed(format!("{text}; {why}"))),
+                None => Ok(Outcome::Success(text)),
+            };
         }
         if let Some(b) = &plan.blocked {
             return Ok(Outcome::Blocked(b.clone()));
@@ -406,6 +409,9 @@ impl RetentionJob {
         }
         if executed.has_failures() {
             return Err(JobError::Failed(text));
+        }
+        if let Some(why) = partial {
+            return Err(JobError::Failed(format!("{text}; {why}")));
         }
         Ok(Outcome::Success(text))
     }

@@ -189,7 +189,11 @@ pub struct Plan {
     pub repositories: Vec<RepositoryPlan>,
     /// `max_deletions_per_run` exceeded: the whole run is blocked.
     pub blocked: Option<String>,
-    /// Rules that judged nothing in this inventory (worth a warning).
+    /// Listings that failed above the repository level (`instance: why`,
+    /// `instance/namespace: why`): nothing below them is known.
+    pub skipped: Vec<String>,
+    /// Rules that judged nothing in this inventory (worth a warning). A rule
+    /// whose scope was not listed completely is never called idle.
     pub idle_rules: Vec<String>,
 }
 
@@ -204,6 +208,33 @@ impl Plan {
     }
     pub fn reclaimable_bytes(&self) -> u64 {
         self.actions().map(|(_, a)| a.freed_bytes()).sum()
+    }
+
+    /// Everything that could not be listed completely: instances and
+    /// namespaces first, then repositories (`instance/namespace/repository: why`).
+    /// Not empty means the run is partial (exit 1, run result `failure`).
+    pub fn incomplete(&self) -> Vec<String> {
+        let mut out = self.skipped.clone();
+        out.extend(self.repositories.iter().filter_map(|r| {
+            r.skipped
+                .as_ref()
+                .map(|s| format!("{}/{}/{}: {s}", r.instance, r.namespace, r.repository))
+        }));
+        out
+    }
+
+    /// Why the run is partial, in one line, if it is.
+    pub fn partial_reason(&self) -> Option<String> {
+        let all = self.incomplete();
+        match all.len() {
+            0 => None,
+            n => Some(format!(
+                "partial: {n} listing{} failed, nothing planned below {}: {}",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "it" } else { "them" },
+                all.join("; ")
+            )),
+        }
     }
 
     /// Write an action out with its rules and human reason.
@@ -278,8 +309,12 @@ fn chrono(d: Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
 }
 
+fn namespace_applies(rule: &RetentionRule, namespace: &str) -> bool {
+    rule.namespaces.is_empty() || rule.namespaces.iter().any(|p| p.is_match(namespace))
+}
+
 fn rule_applies(rule: &RetentionRule, namespace: &str, repository: &str) -> bool {
-    (rule.namespaces.is_empty() || rule.namespaces.iter().any(|p| p.is_match(namespace)))
+    namespace_applies(rule, namespace)
         && (rule.repositories.is_empty()
             || rule.repositories.iter().any(|p| p.is_match(repository)))
         && !rule
@@ -604,6 +639,17 @@ pub fn plan_repository(
     (decisions, actions)
 }
 
+/// The ratio in millionths, exactly as written in the config for up to six decimals.
+fn ratio_millionths(ratio: f64) -> u128 {
+    (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u128
+}
+
+/// Whether `deletes` of `images` is more than `ratio` × `images`, compared in
+/// integers: a float product (0.57 × 100 = 56.99…) would block 57 of 100.
+pub fn over_ratio(deletes: usize, images: usize, ratio: f64) -> bool {
+    deletes as u128 * 1_000_000 > ratio_millionths(ratio) * images as u128
+}
+
 /// Plan the whole inventory (actions only; see [`plan_explained`]).
 pub fn plan(inventory: &Inventory, cfg: &RetentionConfig, now: DateTime<Utc>) -> Plan {
     plan_with(inventory, cfg, now, false)
@@ -622,16 +668,38 @@ fn plan_with(
 ) -> Plan {
     let mut used = vec![false; cfg.rules.len()];
     let bounds: Vec<RuleBounds> = cfg.rules.iter().map(RuleBounds::from).collect();
+    // Rules whose scope holds something not listed completely: never "idle".
+    let mut unknown = vec![false; cfg.rules.len()];
+    let mut skipped = Vec::new();
     let mut repositories = Vec::new();
     let mut instances: Vec<_> = inventory.instances.iter().collect();
     instances.sort_by(|a, b| a.name.cmp(&b.name));
     for inst in instances {
+        if let Some(e) = &inst.error {
+            skipped.push(format!("{}: {e}", inst.name));
+            unknown.iter_mut().for_each(|u| *u = true);
+        }
         let mut namespaces: Vec<_> = inst.namespaces.iter().collect();
         namespaces.sort_by(|a, b| a.name.cmp(&b.name));
         for ns in namespaces {
+            if let Some(e) = &ns.error {
+                skipped.push(format!("{}/{}: {e}", inst.name, ns.name));
+                for (ri, r) in cfg.rules.iter().enumerate() {
+                    if namespace_applies(r, &ns.name) {
+                        unknown[ri] = true;
+                    }
+                }
+            }
             let mut repos: Vec<_> = ns.repositories.iter().collect();
             repos.sort_by(|a, b| a.name.cmp(&b.name));
             for repo in repos {
+                if repo.skipped.is_some() {
+                    for (ri, r) in cfg.rules.iter().enumerate() {
+                        if rule_applies(r, &ns.name, &repo.name) {
+                            unknown[ri] = true;
+                        }
+                    }
+                }
                 let mut rp = RepositoryPlan {
                     instance: inst.name.clone(),
                     namespace: ns.name.clone(),
@@ -673,8 +741,7 @@ fn plan_with(
                         .iter()
                         .filter(|a| a.kind == ActionKind::DeleteImage)
                         .count();
-                    let limit = cfg.max_deletion_ratio * rp.images as f64;
-                    if deletes as f64 > limit {
+                    if over_ratio(deletes, rp.images, cfg.max_deletion_ratio) {
                         rp.blocked = Some(format!(
                             "{deletes} of {} images would be deleted, over max_deletion_ratio {}",
                             rp.images, cfg.max_deletion_ratio
@@ -698,8 +765,8 @@ fn plan_with(
     let idle_rules = cfg
         .rules
         .iter()
-        .zip(&used)
-        .filter(|(_, u)| !**u)
+        .zip(used.iter().zip(&unknown))
+        .filter(|(_, (u, unknown))| !**u && !**unknown)
         .map(|(r, _)| r.name.clone())
         .collect();
     Plan {
@@ -707,6 +774,7 @@ fn plan_with(
         rules: bounds,
         repositories,
         blocked,
+        skipped,
         idle_rules,
     }
 }

@@ -43,7 +43,9 @@ pub struct Summary {
     pub reclaimable_bytes: u64,
     /// Repositories blocked by the ratio guard, and the run if the budget blocked it.
     pub blocked: Vec<String>,
-    /// Repositories whose listing failed or changed mid-way.
+    /// Listings that failed or changed mid-way: instances and namespaces
+    /// (`prod: …`, `prod/ns: …`), then repositories (`prod/ns/app: …`).
+    /// Not empty means the run was partial.
     pub skipped: Vec<String>,
 }
 
@@ -60,7 +62,8 @@ pub struct ReportRepository {
 impl Report {
     pub fn from_plan(plan: &Plan, mode: &str, instances: Vec<ReportInstance>) -> Report {
         let mut blocked = Vec::new();
-        let mut skipped = Vec::new();
+        // Instances and namespaces that could not be listed, then repositories.
+        let mut skipped = plan.skipped.clone();
         if let Some(b) = &plan.blocked {
             blocked.push(format!("run: {b}"));
         }
@@ -149,11 +152,6 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn short(digest: &str) -> &str {
-    let d = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &d[..d.len().min(12)]
-}
-
 /// What a delete frees, for people: `-` for a tag deletion.
 fn size_text(a: &PlannedAction) -> String {
     if a.size > 0 {
@@ -163,66 +161,116 @@ fn size_text(a: &PlannedAction) -> String {
     }
 }
 
+/// The tags an action deletes, the untagged marker, and for a `delete_tag`
+/// the image's other tags (what verification compares).
 fn tags_text(a: &PlannedAction, sep: &str) -> String {
-    if a.tags.is_empty() {
-        "(untagged)".into()
+    let mut s = if a.tags.is_empty() {
+        UNTAGGED.to_owned()
     } else {
         a.tags.join(sep)
+    };
+    if !a.image_tags.is_empty() && a.image_tags != a.tags {
+        s.push_str(&format!(" (image tags: {})", a.image_tags.join(sep)));
     }
+    s
+}
+
+/// How every human format marks an image without tags.
+pub const UNTAGGED: &str = "(untagged)";
+
+/// A time as every format writes it: RFC 3339 in UTC, to the second.
+pub fn time_text(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn repo_name(r: &ReportRepository) -> String {
+    format!("{}/{}/{}", r.instance, r.namespace, r.repository)
 }
 
 fn summary_lines(r: &Report) -> Vec<String> {
     let s = &r.summary;
     let mut v = vec![
-        format!(
-            "mode: {}, generated {}",
-            r.mode,
-            r.generated_at.to_rfc3339()
-        ),
-        format!("{} repositories, {} images", s.repositories, s.images),
-        format!(
-            "planned: {} delete_image, {} delete_tag, {} reclaimable",
-            s.delete_image,
-            s.delete_tag,
-            human_bytes(s.reclaimable_bytes)
-        ),
+        format!("schema: {}", r.schema),
+        format!("mode: {}, generated {}", r.mode, time_text(&r.generated_at)),
     ];
+    if !r.instances.is_empty() {
+        let list: Vec<String> = r
+            .instances
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.id))
+            .collect();
+        v.push(format!("instances: {}", list.join(", ")));
+    }
+    v.push(format!(
+        "{} repositories, {} images",
+        s.repositories, s.images
+    ));
+    v.push(format!(
+        "planned: {} delete_image, {} delete_tag, {} reclaimable ({} bytes)",
+        s.delete_image,
+        s.delete_tag,
+        human_bytes(s.reclaimable_bytes),
+        s.reclaimable_bytes
+    ));
     v.extend(s.blocked.iter().map(|b| format!("BLOCKED {b}")));
-    v.extend(s.skipped.iter().map(|b| format!("skipped {b}")));
+    v.extend(s.skipped.iter().map(|b| format!("SKIPPED {b}")));
     v
+}
+
+/// Repositories the plan has no action for (listed, so every format names every repository).
+fn quiet_repositories(r: &Report) -> impl Iterator<Item = &ReportRepository> {
+    r.repositories.iter().filter(|x| x.actions.is_empty())
 }
 
 pub fn render_table(r: &Report) -> String {
     let mut out = summary_lines(r).join("\n") + "\n";
     for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
+        let _ = writeln!(out, "\n{} ({} images)", repo_name(repo), repo.images);
         let _ = writeln!(
             out,
-            "\n{}/{}/{} ({} images)",
-            repo.instance, repo.namespace, repo.repository, repo.images
-        );
-        let _ = writeln!(
-            out,
-            "  {:<12}  {:<12}  {:<20}  {:>10}  {:<30}  REASON",
-            "ACTION", "DIGEST", "PUSHED", "SIZE", "TAGS"
+            "  {:<12}  {:<71}  {:<20}  {:>10}  {:<30}  {:<16}  REASON",
+            "ACTION", "DIGEST", "PUSHED", "SIZE", "TAGS", "RULES"
         );
         for a in &repo.actions {
             let _ = writeln!(
                 out,
-                "  {:<12}  {:<12}  {:<20}  {:>10}  {:<30}  {}",
+                "  {:<12}  {:<71}  {:<20}  {:>10}  {:<30}  {:<16}  {}",
                 a.action.as_str(),
-                short(&a.digest),
-                a.pushed_at.format("%Y-%m-%d %H:%M"),
+                a.digest,
+                time_text(&a.pushed_at),
                 size_text(a),
                 tags_text(a, ","),
+                a.rules.join(","),
                 a.reason
             );
+        }
+    }
+    let mut quiet = quiet_repositories(r).peekable();
+    if quiet.peek().is_some() {
+        out.push_str("\nwithout actions:\n");
+        for repo in quiet {
+            let _ = writeln!(out, "  {} ({} images)", repo_name(repo), repo.images);
         }
     }
     out
 }
 
 fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|").replace('<', "&lt;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' | '\\' | '`' | '*' | '_' | '[' | ']' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn render_markdown(r: &Report) -> String {
@@ -233,19 +281,33 @@ pub fn render_markdown(r: &Report) -> String {
     for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
         let _ = write!(
             out,
-            "\n### `{}/{}/{}` ({} images)\n\n| action | digest | pushed | size | tags | reason |\n|---|---|---|---:|---|---|\n",
-            repo.instance, repo.namespace, repo.repository, repo.images
+            "\n### {} ({} images)\n\n| action | digest | pushed | size | tags | rules | reason |\n|---|---|---|---:|---|---|---|\n",
+            md_escape(&repo_name(repo)),
+            repo.images
         );
         for a in &repo.actions {
             let _ = writeln!(
                 out,
-                "| {} | `{}` | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 a.action.as_str(),
-                short(&a.digest),
-                a.pushed_at.format("%Y-%m-%d %H:%M"),
+                md_escape(&a.digest),
+                time_text(&a.pushed_at),
                 size_text(a),
-                md_escape(&a.tags.join(", ")),
+                md_escape(&tags_text(a, ", ")),
+                md_escape(&a.rules.join(", ")),
                 md_escape(&a.reason)
+            );
+        }
+    }
+    let mut quiet = quiet_repositories(r).peekable();
+    if quiet.peek().is_some() {
+        out.push_str("\n### Without actions\n\n");
+        for repo in quiet {
+            let _ = writeln!(
+                out,
+                "- {} ({} images)",
+                md_escape(&repo_name(repo)),
+                repo.images
             );
         }
     }
@@ -257,6 +319,7 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// One self-contained page: summary, a section per repository, sortable tables.
@@ -265,15 +328,29 @@ pub fn render_html(r: &Report) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
-        "<h1>Retention report</h1><p class=meta>mode <b>{}</b>, generated {}</p>\
-         <dl class=summary>\
+        "<h1>Retention report</h1><p class=meta>mode <b>{}</b>, generated {}, schema {}</p>",
+        html_escape(&r.mode),
+        time_text(&r.generated_at),
+        html_escape(&r.schema),
+    );
+    if !r.instances.is_empty() {
+        body.push_str("<p class=instances>instances: ");
+        let list: Vec<String> = r
+            .instances
+            .iter()
+            .map(|i| format!("{} ({})", html_escape(&i.name), html_escape(&i.id)))
+            .collect();
+        body.push_str(&list.join(", "));
+        body.push_str("</p>");
+    }
+    let _ = write!(
+        body,
+        "<dl class=summary>\
          <dt>Repositories</dt><dd id=repositories>{}</dd>\
          <dt>Images</dt><dd id=images>{}</dd>\
          <dt>delete_image</dt><dd id=delete_image>{}</dd>\
          <dt>delete_tag</dt><dd id=delete_tag>{}</dd>\
          <dt>Reclaimable</dt><dd id=reclaimable data-bytes={}>{}</dd></dl>",
-        html_escape(&r.mode),
-        r.generated_at.to_rfc3339(),
         s.repositories,
         s.images,
         s.delete_image,
@@ -281,11 +358,14 @@ pub fn render_html(r: &Report) -> String {
         s.reclaimable_bytes,
         human_bytes(s.reclaimable_bytes)
     );
-    for (class, items) in [("blocked", &s.blocked), ("skipped", &s.skipped)] {
+    for (class, label, items) in [
+        ("blocked", "BLOCKED", &s.blocked),
+        ("skipped", "SKIPPED", &s.skipped),
+    ] {
         if !items.is_empty() {
             let _ = write!(body, "<ul class={class}>");
             for i in items {
-                let _ = write!(body, "<li>{}</li>", html_escape(i));
+                let _ = write!(body, "<li>{label} {}</li>", html_escape(i));
             }
             body.push_str("</ul>");
         }
@@ -293,35 +373,41 @@ pub fn render_html(r: &Report) -> String {
     for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
         let _ = write!(
             body,
-            "<section><h2>{}/{}/{} <small>{} images</small></h2><table class=sortable><thead><tr>\
+            "<section><h2>{} <small>{} images</small></h2><table class=sortable><thead><tr>\
              <th>action</th><th>digest</th><th>pushed</th><th data-type=num>size</th><th>tags</th><th>rules</th><th>reason</th>\
              </tr></thead><tbody>",
-            html_escape(&repo.instance),
-            html_escape(&repo.namespace),
-            html_escape(&repo.repository),
+            html_escape(&repo_name(repo)),
             repo.images
         );
         for a in &repo.actions {
             let _ = write!(
                 body,
-                "<tr class={}><td>{}</td><td title=\"{}\"><code>{}</code></td><td>{}</td><td data-sort={}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class={}><td>{}</td><td><code>{}</code></td><td>{}</td><td data-sort={}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 a.action.as_str(),
                 a.action.as_str(),
                 html_escape(&a.digest),
-                short(&a.digest),
-                a.pushed_at.format("%Y-%m-%d %H:%M"),
+                time_text(&a.pushed_at),
                 a.size,
                 size_text(a),
-                if a.tags.is_empty() {
-                    "<i>untagged</i>".to_owned()
-                } else {
-                    html_escape(&a.tags.join(", "))
-                },
+                html_escape(&tags_text(a, ", ")),
                 html_escape(&a.rules.join(", ")),
                 html_escape(&a.reason)
             );
         }
         body.push_str("</tbody></table></section>");
+    }
+    let mut quiet = quiet_repositories(r).peekable();
+    if quiet.peek().is_some() {
+        body.push_str("<h2>Without actions</h2><ul class=quiet>");
+        for repo in quiet {
+            let _ = write!(
+                body,
+                "<li>{} ({} images)</li>",
+                html_escape(&repo_name(repo)),
+                repo.images
+            );
+        }
+        body.push_str("</ul>");
     }
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>kcr-housekeeper retention report</title>\
@@ -331,7 +417,7 @@ pub fn render_html(r: &Report) -> String {
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{margin:0 0 .2em}\
 .meta{color:#666}dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
-dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}\
+dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}ul.quiet{color:#666}\
 table{border-collapse:collapse;margin:.5em 0 2em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{cursor:pointer;background:#f4f4f4;user-select:none}td:nth-child(3),td:nth-child(4){white-space:nowrap}th.asc:after{content:' ▲'}th.desc:after{content:' ▼'}\
 tr.delete_image td:first-child{color:#a00;font-weight:600}code{font-size:12px}";

@@ -123,6 +123,9 @@ pub struct Faults {
     pub seed: Option<u64>,
     /// How long a `timeout` fault holds its answer (zero: 30 s).
     pub stall: Duration,
+    /// Image listings drift between pages: every `DescribeImages` page after
+    /// the first starts one image early (a push and a delete while paging).
+    pub page_drift: bool,
 }
 
 /// Where the simulated registry's contents come from.
@@ -506,6 +509,35 @@ fn json_response(status: u16, body: &Value) -> Response {
     r
 }
 
+/// `Faults::page_drift`: a `DescribeImages` page after the first starts one
+/// item earlier than asked, as if an image was pushed (and another deleted,
+/// `TotalCount` unchanged) while the client paged. The previous page's last
+/// image comes again; the listing's last image is never seen.
+fn drift_page(
+    world: &mut crate::sim::world::World,
+    action: &str,
+    params: &crate::sim::world::ParamMap,
+    now: chrono::NaiveDateTime,
+    random: &mut dyn FnMut() -> u128,
+    mut answer: Value,
+) -> Value {
+    let marker = params.get("Marker").and_then(|m| m.parse::<usize>().ok());
+    let (Some(m), "DescribeImages") = (marker.filter(|m| *m > 0), action) else {
+        return answer;
+    };
+    let mut earlier = params.clone();
+    earlier.insert("Marker".into(), (m - 1).to_string());
+    if let (Ok(shifted), Some(Value::Array(page))) = (
+        world.handle(action, &earlier, now, random),
+        answer.get_mut("ImageSet"),
+    ) && let Some(Value::Array(items)) = shifted.get("ImageSet")
+    {
+        let len = page.len();
+        *page = items.iter().take(len).cloned().collect();
+    }
+    answer
+}
+
 async fn api(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -598,11 +630,19 @@ async fn api(
         }
         let now = shared.now_beijing();
         let mut random = || shared.random();
-        shared
-            .world
-            .lock()
-            .expect("world lock")
-            .handle(action, &params, now, &mut random)
+        let mut world = shared.world.lock().expect("world lock");
+        let answer = world.handle(action, &params, now, &mut random)?;
+        if shared.faults.page_drift {
+            return Ok(drift_page(
+                &mut world,
+                action,
+                &params,
+                now,
+                &mut random,
+                answer,
+            ));
+        }
+        Ok(answer)
     })();
     let (status, code, mut body) = match &outcome {
         Ok(v) => {
