@@ -394,19 +394,14 @@ fn first_duplicate<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a s
     names.into_iter().find(|n| !seen.insert(*n))
 }
 
-/// Signs that an image listing drifted between pages: a digest listed twice,
-/// or a tag on two images (a tag names one image at a time).
+/// The sign that an image listing drifted between pages: a digest listed
+/// twice (with `TotalCount` unchanged, another image was then never seen).
 fn image_drift(images: &[ImageInfo]) -> Option<String> {
     let mut digests = std::collections::HashSet::new();
-    if let Some(d) = images.iter().find(|i| !digests.insert(&i.digest)) {
-        return Some(format!("image {} listed twice", d.digest));
-    }
-    first_duplicate(
-        images
-            .iter()
-            .flat_map(|i| i.tags.iter().map(|t| t.as_str())),
-    )
-    .map(|t| format!("tag {t:?} listed on two images"))
+    images
+        .iter()
+        .find(|i| !digests.insert(&i.digest))
+        .map(|d| format!("image {} listed twice", d.digest))
 }
 
 /// Every image of one repository, newest first; an error rather than a
