@@ -154,6 +154,7 @@ mod content {
                 .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
                 .unwrap(),
             mode: "dry-run".into(),
+            config_fingerprint: Some("fp-5e1f0a".into()),
             instances: vec![ReportInstance {
                 name: "prod".into(),
                 id: "4f9c-prod-id".into(),
@@ -250,6 +251,7 @@ mod content {
             r.mode.clone(),
             time_text(&r.generated_at),
             "4f9c-prod-id".into(),
+            "fp-5e1f0a".into(),
         ];
         atoms.extend(r.summary.blocked.iter().cloned());
         atoms.extend(r.summary.skipped.iter().cloned());

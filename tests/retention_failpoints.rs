@@ -46,6 +46,7 @@ const SOURCES: &[&str] = &[
     "src/retention/executor.rs",
     "src/retention/mod.rs",
     "src/cli.rs",
+    "src/inventory.rs",
 ];
 
 fn write_config(sim: &Simulator, dir: &Path) -> String {

@@ -201,6 +201,9 @@ fn summary_lines(r: &Report) -> Vec<String> {
             .collect();
         v.push(format!("instances: {}", list.join(", ")));
     }
+    if let Some(f) = &r.config_fingerprint {
+        v.push(format!("retention config fingerprint: {f}"));
+    }
     v.push(format!(
         "{} repositories, {} images",
         s.repositories, s.images
@@ -333,6 +336,13 @@ pub fn render_html(r: &Report) -> String {
         time_text(&r.generated_at),
         html_escape(&r.schema),
     );
+    if let Some(f) = &r.config_fingerprint {
+        let _ = write!(
+            body,
+            "<p class=meta>retention config fingerprint {}</p>",
+            html_escape(f)
+        );
+    }
     if !r.instances.is_empty() {
         body.push_str("<p class=instances>instances: ");
         let list: Vec<String> = r
