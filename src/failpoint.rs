@@ -13,6 +13,7 @@
 //! - `KCR_HOUSEKEEPER_FAILPOINT=NAME` or `NAME=abort` aborts the process at
 //!   NAME (a crash); `NAME=error` makes the call fail with the site's error;
 //!   `NAME=error*N` fails the first N passes only (then the call proceeds).
+//!   Several, comma-separated, arm several points at once.
 //! - `KCR_HOUSEKEEPER_FAILPOINT_TRACE=FILE` appends every name passed, one a
 //!   line, so a test can enumerate the failpoints a clean run goes through and
 //!   then inject at each one.
@@ -38,10 +39,9 @@ pub fn hit<E>(_name: &'static str, _make: impl FnOnce(String) -> E) -> Result<()
 mod armed {
     use std::io::Write;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
-    static ERRORS_LEFT: Mutex<Option<(String, u32)>> = Mutex::new(None);
-    static INIT: AtomicU32 = AtomicU32::new(0);
+    /// Errors left to inject, per failpoint name (set on its first pass).
+    static ERRORS_LEFT: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
 
     pub(super) fn hit<E>(name: &'static str, make: impl FnOnce(String) -> E) -> Result<(), E> {
         if let Ok(path) = std::env::var("KCR_HOUSEKEEPER_FAILPOINT_TRACE")
@@ -55,10 +55,14 @@ mod armed {
         let Ok(spec) = std::env::var("KCR_HOUSEKEEPER_FAILPOINT") else {
             return Ok(());
         };
-        let (target, mode) = spec.split_once('=').unwrap_or((spec.as_str(), "abort"));
-        if target != name {
+        // A comma-separated list: a fault reached only after another one
+        // (a retry after a lost reply) is injected together with it.
+        let Some(mode) = spec.split(',').find_map(|one| {
+            let (target, mode) = one.split_once('=').unwrap_or((one, "abort"));
+            (target.trim() == name).then(|| mode.trim().to_owned())
+        }) else {
             return Ok(());
-        }
+        };
         if mode == "abort" {
             eprintln!("failpoint {name}: aborting");
             std::process::abort();
@@ -71,11 +75,11 @@ mod armed {
             .and_then(|n| n.parse().ok())
             .unwrap_or(u32::MAX);
         let mut left = ERRORS_LEFT.lock().unwrap_or_else(|p| p.into_inner());
-        if INIT.swap(1, Ordering::SeqCst) == 0 {
-            *left = Some((name.to_string(), limit));
+        if !left.iter().any(|(n, _)| n == name) {
+            left.push((name.to_string(), limit));
         }
-        match left.as_mut() {
-            Some((n, count)) if n == name && *count > 0 => {
+        match left.iter_mut().find(|(n, _)| n == name) {
+            Some((_, count)) if *count > 0 => {
                 *count -= 1;
                 eprintln!("failpoint {name}: injected error");
                 Err(make(format!("injected fault at failpoint {name}")))

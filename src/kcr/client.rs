@@ -614,6 +614,45 @@ mod tests {
     use super::*;
     use crate::kcr::types::{CreateInstanceToken, DescribeImages};
 
+    struct Count(std::sync::atomic::AtomicU32);
+    impl ApiObserver for Count {
+        fn observe(&self, _: &'static str, _: &str, _: Duration) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Defect 17: an API that is gone is not retried past
+    /// `max_consecutive_failures` requests in a row, across calls.
+    #[tokio::test]
+    async fn stops_retrying_after_max_consecutive_failures() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cc = ClientConfig::new(
+            format!("http://127.0.0.1:{port}"),
+            Credentials::new("AK", "SK"),
+        );
+        cc.requests_per_second = 1000.0;
+        cc.retry = RetryPolicy {
+            max_attempts: 50,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(1),
+        };
+        cc.max_consecutive_failures = 4;
+        let count = Arc::new(Count(AtomicU32::new(0)));
+        let client = Client::with_observer(cc, Some(count.clone())).unwrap();
+        let req = DescribeImages::all("i", "ns", "repo");
+        assert!(client.call(&req).await.is_err());
+        assert_eq!(count.0.load(Ordering::SeqCst), 4, "4 attempts, not 50");
+        assert!(client.failing());
+        // Still failing: the next call tries once, without retries.
+        assert!(client.call(&req).await.is_err());
+        assert_eq!(count.0.load(Ordering::SeqCst), 5);
+    }
+
     #[test]
     fn error_document_becomes_api_error() {
         let body = br#"{"RequestId":"r-9","Error":{"Type":"Sender","Code":"InvalidParameterValue","Message":"bad MaxResults"}}"#;

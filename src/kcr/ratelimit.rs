@@ -129,6 +129,21 @@ mod tests {
         assert!((rl.current_rate() - 10.0).abs() < 1e-9);
     }
 
+    /// Defect 19: the check and the delete take their slots together; the
+    /// delete then waits for nothing.
+    #[tokio::test(start_paused = true)]
+    async fn reserved_slots_are_taken_together() {
+        let rl = RateLimiter::new(2.0);
+        let start = Instant::now();
+        rl.acquire().await; // slot at 0 s
+        rl.acquire_n(2).await; // slots at 0.5 s and 1.0 s: returns at 1.0 s
+        let t = start.elapsed().as_secs_f64();
+        assert!((0.99..1.01).contains(&t), "{t}");
+        rl.acquire().await; // the next slot: 1.5 s
+        let t = start.elapsed().as_secs_f64();
+        assert!((1.49..1.51).contains(&t), "{t}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn never_below_the_floor() {
         let rl = RateLimiter::new(1.0);

@@ -328,7 +328,12 @@ impl Attempt<'_, '_> {
                     repo_name: t.repository.clone(),
                     image_id: a.digest.clone(),
                 };
-                client.call_once(r, &call).await.map(|_| ())
+                client.call_once(r, &call).await.map(|_| ()).and_then(|()| {
+                    // A reply lost after the registry applied the delete.
+                    failpoint::hit("retention.api.delete_image.reply_lost", |m| {
+                        lost_reply("DeleteImages", m)
+                    })
+                })
             }
             ActionKind::DeleteTag => {
                 if let Err(m) = failpoint::hit("retention.api.delete_tag", |m| m) {
@@ -340,7 +345,11 @@ impl Attempt<'_, '_> {
                     repo_name: t.repository.clone(),
                     tag_name: a.tags[0].clone(),
                 };
-                client.call_once(r, &call).await.map(|_| ())
+                client.call_once(r, &call).await.map(|_| ()).and_then(|()| {
+                    failpoint::hit("retention.api.delete_tag.reply_lost", |m| {
+                        lost_reply("DeleteRepoTag", m)
+                    })
+                })
             }
         };
         match result {
@@ -420,6 +429,15 @@ impl Attempt<'_, '_> {
                 }
             },
         }
+    }
+}
+
+/// An applied call whose answer was lost on the way (a test's failpoint).
+fn lost_reply(action: &'static str, detail: String) -> Error {
+    Error::Transport {
+        action,
+        kind: crate::kcr::TransportKind::Reset,
+        detail,
     }
 }
 
