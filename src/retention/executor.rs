@@ -502,10 +502,11 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             break;
         }
         let limit = env.client.max_consecutive_failures();
-        if failures_in_row >= limit || env.client.failing() {
+        // This run's own calls decide: a failure streak the shared client
+        // carries from another job (the API since back) does not stop it.
+        if failures_in_row >= limit {
             out.stopped = Some(format!(
-                "stopped after {} failed API calls in a row ([kcr] max_consecutive_failures = {limit})",
-                failures_in_row.max(env.client.consecutive_failures())
+                "stopped after {failures_in_row} failed API calls in a row ([kcr] max_consecutive_failures = {limit})"
             ));
             out.not_attempted = total - i;
             break;
