@@ -433,3 +433,92 @@ async fn the_daemon_records_a_partial_run_as_a_failure() {
         }
     }
 }
+
+/// Issue 11 #25: a namespace whose repository listing failed is named in
+/// `summary.skipped` and makes the run partial; the other namespaces are planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_namespace_is_skipped_loudly() {
+    let s = setup(Condition::Success, Some("retention")).await;
+    let mut inv = s.inv.clone();
+    inv.envs.push((
+        "KCR_HOUSEKEEPER_FAILPOINT".into(),
+        "retention.api.list_repositories=error*1".into(),
+    ));
+    let (o, v) = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(BIN);
+        c.args(["plan", "retention", "--format", "json", "--config"])
+            .arg(&inv.config)
+            .env_remove("KCR_HOUSEKEEPER_CONFIG");
+        for (k, val) in &inv.envs {
+            c.env(k, val);
+        }
+        let o = c.output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o, v)
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let skipped = v["summary"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let text = skipped[0].as_str().unwrap();
+    let (ns, why) = text
+        .strip_prefix("demo/")
+        .and_then(|t| t.split_once(": "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!ns.contains('/'), "a namespace, not a repository: {text}");
+    assert!(
+        why.contains("failpoint retention.api.list_repositories"),
+        "{text}"
+    );
+    assert!(
+        !v["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["namespace"] == ns),
+        "nothing listed under {ns}"
+    );
+    assert!(
+        v["summary"]["repositories"].as_u64().unwrap() > 0,
+        "the rest is planned"
+    );
+}
+
+/// Issue 11 #16 for the quota job: storage figures with a listing missing are
+/// partial, and the run is a failure naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_job_fails_when_a_storage_listing_is_partial() {
+    let sim = sim(SimOptions {
+        faults: Faults {
+            page_drift: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    add_big_repository(&sim);
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_head(&sim, dir.path()) + &body(dir.path(), false);
+    let cfg = parse_config(&sim, &text, dir.path());
+    let state = kcr_housekeeper::state::Store::open(&cfg.state.path).unwrap();
+    let run_id = state.start_run("quota", "cli", chrono::Utc::now()).unwrap();
+    let ctx = JobContext {
+        client: client_for(&sim),
+        config: Arc::new(cfg),
+        state,
+        metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
+        cancel: Default::default(),
+        run_id,
+        inventory: Default::default(),
+    };
+    match kcr_housekeeper::quota::QuotaJob.run(&ctx).await {
+        Err(JobError::Failed(why)) => {
+            assert!(
+                why.contains("storage: demo/apps/big: DescribeImages"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
