@@ -204,7 +204,11 @@ impl InventoryCache {
             return inv.clone();
         }
         let inv = std::sync::Arc::new(Inventory::collect(client, instances, Utc::now()).await);
-        *latest = Some((std::time::Instant::now(), inv.clone()));
+        // A snapshot with a failed listing is not shared: the next job lists
+        // again rather than inheriting the gap for `max_age`.
+        *latest = inv
+            .is_complete()
+            .then(|| (std::time::Instant::now(), inv.clone()));
         inv
     }
 
@@ -256,6 +260,16 @@ impl Inventory {
             taken_at: now,
             instances: all,
         }
+    }
+
+    /// Every instance, namespace and repository was listed completely.
+    pub fn is_complete(&self) -> bool {
+        self.instances.iter().all(|i| {
+            i.error.is_none()
+                && i.namespaces.iter().all(|n| {
+                    n.error.is_none() && n.repositories.iter().all(|r| r.skipped.is_none())
+                })
+        })
     }
 
     pub fn image_count(&self) -> usize {

@@ -296,6 +296,11 @@ async fn every_command_exits_as_the_readme_table_says() {
         started.elapsed().as_secs_f64()
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(300),
+        "bounded: {:?}",
+        started.elapsed()
+    );
 }
 
 fn plan_json(s: &Invocation) -> (Output, serde_json::Value) {

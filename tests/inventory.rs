@@ -73,3 +73,21 @@ async fn a_fresh_snapshot_is_reused_and_an_old_one_is_not() {
     let _ = cache.get(&client, &inst, Duration::from_secs(60)).await;
     assert_eq!(sim.count("DescribeNamespace"), 3, "invalidated");
 }
+
+/// A snapshot with a failed listing is not reused: the next job lists again.
+#[tokio::test]
+async fn a_partial_snapshot_is_not_reused() {
+    let sim = sim(SimOptions::default()).await;
+    let client = client_for(&sim);
+    let inst = vec![InstanceConfig {
+        id: "00000000-0000-4000-8000-00000000dead".into(),
+        name: "gone".into(),
+        registry: Some("r".into()),
+    }];
+    let cache = InventoryCache::default();
+    let a = cache.get(&client, &inst, Duration::from_secs(60)).await;
+    assert!(!a.is_complete());
+    let b = cache.get(&client, &inst, Duration::from_secs(60)).await;
+    assert!(!std::sync::Arc::ptr_eq(&a, &b), "listed again");
+    assert_eq!(sim.count("DescribeNamespace"), 2);
+}
