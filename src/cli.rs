@@ -693,6 +693,21 @@ fn token_plans_text(plans: &[crate::tokens::planner::TokenPlan]) -> String {
         for u in &p.upcoming {
             text.push_str(&format!("  at {}: {}\n", u.at.to_rfc3339(), u.what));
         }
+        if let Some(at) = p.backoff_until {
+            text.push_str(&format!(
+                "  backing off after failed rotations: next attempt at {}\n",
+                at.to_rfc3339()
+            ));
+        }
+        for f in &p.foreign {
+            text.push_str(&format!(
+                "  foreign: token {} is left alone: {}\n",
+                f.token_id, f.why
+            ));
+        }
+        for n in &p.notes {
+            text.push_str(&format!("  note: {n}\n"));
+        }
     }
     text
 }
@@ -713,6 +728,11 @@ fn token_plans_json(plans: &[crate::tokens::planner::TokenPlan]) -> String {
                 "upcoming": p.upcoming.iter().map(|u| serde_json::json!({
                     "at": u.at.to_rfc3339(), "what": u.what,
                 })).collect::<Vec<_>>(),
+                "next_attempt_at": p.backoff_until.map(|at| at.to_rfc3339()),
+                "foreign": p.foreign.iter().map(|f| serde_json::json!({
+                    "token_id": f.token_id, "why": f.why,
+                })).collect::<Vec<_>>(),
+                "notes": p.notes,
             })
         })
         .collect();

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub token_rotations: IntCounterVec,
     pub token_rotation_in_progress: IntGaugeVec,
     pub token_last_rotation: GaugeVec,
+    pub token_foreign: IntGaugeVec,
     pub namespace_public: IntGaugeVec,
     pub namespace_drift: IntGaugeVec,
     pub namespace_changes: IntCounterVec,
@@ -236,6 +237,12 @@ impl Metrics {
             "Unix time the managed token was last rotated successfully.",
             &["token"],
         );
+        let token_foreign = int_gauge_vec(
+            &r,
+            "kcr_housekeeper_token_foreign",
+            "Tokens with a managed token's name on its instance that another installation manages (never touched).",
+            &["token", "instance"],
+        );
         let namespace_public = int_gauge_vec(
             &r,
             "kcr_namespace_public",
@@ -306,6 +313,7 @@ impl Metrics {
             token_rotations,
             token_rotation_in_progress,
             token_last_rotation,
+            token_foreign,
             retention_planned,
             retention_reclaimable,
             retention_deleted,
@@ -348,7 +356,7 @@ impl Metrics {
     /// included), whether or not it has a value yet.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 29] = [
+        let collectors: [&dyn Collector; 30] = [
             &self.tasks,
             &self.build_info,
             &self.job_runs,
@@ -371,6 +379,7 @@ impl Metrics {
             &self.token_rotations,
             &self.token_rotation_in_progress,
             &self.token_last_rotation,
+            &self.token_foreign,
             &self.namespace_public,
             &self.namespace_drift,
             &self.namespace_changes,

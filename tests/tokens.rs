@@ -70,7 +70,7 @@ impl<'a> Run<'a> {
                 attempts: 2,
                 backoff: std::time::Duration::from_millis(5),
                 verify_timeout: std::time::Duration::from_secs(5),
-                registry_override: None,
+                ..Settings::default()
             },
         }
     }
@@ -277,14 +277,24 @@ async fn rotates_delivers_a_working_credential_and_retires_the_old_token_on_sche
     );
 }
 
+/// Defect 2 (and 7): an exec sink cannot be undone, so a token an exec
+/// consumer may have received is never discarded: it stays enabled until a
+/// newer rotation supersedes it normally; the file sinks are put back; the
+/// next attempt backs off instead of creating a token every cycle.
 #[tokio::test]
-async fn a_failing_sink_leaves_the_old_token_in_place_and_no_new_token_behind() {
-    let sim = sim(SimOptions::default()).await;
+async fn a_failing_exec_sink_keeps_the_token_it_may_have_received_and_backs_off() {
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), r#"{"auths": {}}"#).unwrap();
+    let received = dir.path().join("received.json");
     let sinks = format!(
-        r#"{}, {{ kind = "exec", command = ["/bin/sh", "-c", "cat >/dev/null; exit 3"] }}"#,
-        file_sinks(dir.path())
+        r#"{}, {{ kind = "exec", command = ["/bin/sh", "-c", "cat > {}"] }}, {{ kind = "exec", command = ["/bin/sh", "-c", "cat >/dev/null; exit 3"] }}"#,
+        file_sinks(dir.path()),
+        received.display()
     );
     let run = Run::new(&sim, config(&sim, dir.path(), &sinks, ""));
     let before = tokens(&run.client).await;
@@ -292,10 +302,22 @@ async fn a_failing_sink_leaves_the_old_token_in_place_and_no_new_token_behind() 
     let err = out[0].error.clone().expect("the rotation fails");
     assert!(err.contains("exited with"), "{err}");
     assert!(out[0].rotated_to.is_none());
+    // The first exec consumer got the new token: it must still work.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&received).unwrap()).unwrap();
+    let kept = doc["token_id"].as_str().unwrap().to_string();
     let after = tokens(&run.client).await;
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    assert!(token(&after, &kept).unwrap().enable, "kept, not discarded");
     assert_eq!(
-        after, before,
-        "old token enabled, the new one disabled and deleted"
+        login_status(
+            &sim,
+            doc["username"].as_str().unwrap(),
+            doc["token"].as_str().unwrap()
+        )
+        .await,
+        200,
+        "the exec consumer's credential works"
     );
     // The file sinks are as they were: the config restored, the env file never existed.
     assert_eq!(
@@ -308,6 +330,12 @@ async fn a_failing_sink_leaves_the_old_token_in_place_and_no_new_token_behind() 
             "kcr_housekeeper_token_rotations_total{result=\"failure\",token=\"ci-pull\"} 1"
         )
     );
+    // The next cycle does not create another token: it backs off.
+    let creates = sim.count("CreateInstanceToken");
+    let out = run.cycle().await;
+    assert_eq!(out[0].error, None, "{out:?}");
+    assert_eq!(sim.count("CreateInstanceToken"), creates, "{out:?}");
+    assert!(token(&tokens(&run.client).await, &kept).unwrap().enable);
 }
 
 #[tokio::test]
@@ -327,10 +355,22 @@ async fn a_refused_login_leaves_the_old_token_in_place() {
                 .await;
         }
     });
-    let sim = sim(SimOptions::default()).await;
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut run = Run::new(&sim, config(&sim, dir.path(), &file_sinks(dir.path()), ""));
+    let ran = dir.path().join("exec-ran");
+    let sinks = format!(
+        r#"{}, {{ kind = "exec", command = ["/bin/sh", "-c", "cat >/dev/null; touch {}"] }}"#,
+        file_sinks(dir.path()),
+        ran.display()
+    );
+    let cfg = config(&sim, dir.path(), &sinks, "");
+    let mut run = Run::new(&sim, cfg.clone());
     run.settings.registry_override = Some(format!("http://{addr}"));
+    run.settings.retry_base = std::time::Duration::from_secs(15 * 60);
     let before = tokens(&run.client).await;
     let out = run.cycle().await;
     let err = out[0].error.clone().expect("verification fails");
@@ -339,8 +379,52 @@ async fn a_refused_login_leaves_the_old_token_in_place() {
         "{err}"
     );
     assert_eq!(tokens(&run.client).await, before);
-    assert!(!dir.path().join("ci-pull.env").exists(), "sink put back");
-    assert!(!dir.path().join("config.json").exists(), "sink put back");
+    // Defect 2: verified before delivering anywhere: no sink ever saw the refused token.
+    assert!(!ran.exists(), "the exec sink never ran");
+    assert!(!dir.path().join("ci-pull.env").exists(), "never written");
+    assert!(!dir.path().join("config.json").exists(), "never written");
+
+    // Defect 7: the failure backs off (15 min, then 30 min, ...), journaled across restarts.
+    let creates = || sim.count("CreateInstanceToken");
+    assert_eq!(creates(), 1);
+    run.cycle().await;
+    assert_eq!(creates(), 1, "no new token right after a failure");
+    sim.advance(Duration::minutes(14));
+    let restarted = {
+        let mut r = Run::new(&sim, cfg.clone());
+        r.settings = run.settings.clone();
+        r
+    };
+    restarted.cycle().await;
+    assert_eq!(creates(), 1, "the backoff survives a restart");
+    let clock = || sim_utc(&sim);
+    let engine = Engine {
+        client: &restarted.client,
+        config: &restarted.config,
+        state: &restarted.state,
+        metrics: None,
+        run_id: None,
+        cancel: None,
+        clock: &clock,
+        settings: restarted.settings.clone(),
+    };
+    let plan = engine.plan().await.unwrap();
+    let next = plan[0].backoff_until.expect("the plan says when");
+    assert!(
+        (next - sim_utc(&sim)).num_seconds().abs() <= 61,
+        "next attempt in about a minute: {next}"
+    );
+    assert!(plan[0].steps.is_empty(), "{:?}", plan[0].steps);
+    sim.advance(Duration::minutes(2));
+    restarted.cycle().await;
+    assert_eq!(creates(), 2, "tried again once the backoff ended");
+    sim.advance(Duration::minutes(20));
+    restarted.cycle().await;
+    assert_eq!(creates(), 2, "the second failure doubles the wait");
+    sim.advance(Duration::minutes(11));
+    restarted.cycle().await;
+    assert_eq!(creates(), 3);
+    assert_eq!(tokens(&run.client).await, before, "each refused token discarded");
 }
 
 #[tokio::test]
@@ -387,6 +471,7 @@ async fn an_ambiguous_create_is_found_by_its_rotation_id_and_discarded() {
             created_at: now,
             updated_at: now,
             error: Some("create outcome unknown: timeout".into()),
+            absent_since: None,
         }])
         .unwrap();
     let lost = run
@@ -394,7 +479,7 @@ async fn an_ambiguous_create_is_found_by_its_rotation_id_and_discarded() {
         .call(&CreateInstanceToken {
             instance_id: DEMO_INSTANCE.into(),
             lifetime: TokenLifetime::Days(30),
-            desc: Some(desc("ci-pull", "r-lost")),
+            desc: Some(desc("ci-pull", &run.state.install_id().unwrap(), "r-lost")),
         })
         .await
         .unwrap()
@@ -528,4 +613,225 @@ async fn login_follows_a_bearer_challenge_to_its_realm() {
         matches!(refused, Err(VerifyError::Refused { status: 401, .. })),
         "{refused:?}"
     );
+}
+
+/// Defect 6: two installations (separate state) managing the same name on
+/// one instance never touch each other's tokens: each sees the other's as
+/// foreign (plan and metric), and both credentials keep working past the
+/// overlap and delete_after.
+#[tokio::test]
+async fn two_installations_of_one_name_leave_each_other_alone() {
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Run::new(&sim, config(&sim, da.path(), &file_sinks(da.path()), ""));
+    let b = Run::new(&sim, config(&sim, db.path(), &file_sinks(db.path()), ""));
+    assert_ne!(a.state.install_id().unwrap(), b.state.install_id().unwrap());
+    let ta = a.cycle().await[0].rotated_to.clone().expect("a rotates");
+    let tb = b.cycle().await[0].rotated_to.clone().expect("b rotates");
+    for _ in 0..3 {
+        sim.advance(Duration::days(4));
+        for run in [&a, &b] {
+            let out = run.cycle().await;
+            assert_eq!(out[0].error, None, "{out:?}");
+        }
+    }
+    let all = tokens(&a.client).await;
+    assert!(token(&all, &ta).unwrap().enable, "a's token untouched by b");
+    assert!(token(&all, &tb).unwrap().enable, "b's token untouched by a");
+    for dir in [da.path(), db.path()] {
+        let (user, secret, _) = env_sink(dir);
+        assert_eq!(login_status(&sim, &user, &secret).await, 200);
+    }
+    // Only the seed (the old format, older than both) was retired.
+    assert!(token(&all, SEED).is_none());
+    for e in sim.requests() {
+        if let Some(id) = e.params.get("TokenId") {
+            assert_eq!(id, SEED, "{e:?}: only the seed is ever disabled or deleted");
+        }
+    }
+    let text = a.metrics.render();
+    assert!(
+        text.contains("kcr_housekeeper_token_foreign{instance=\"demo\",token=\"ci-pull\"} 1"),
+        "{text}"
+    );
+    let clock = || sim_utc(&sim);
+    let engine = Engine {
+        client: &a.client,
+        config: &a.config,
+        state: &a.state,
+        metrics: None,
+        run_id: None,
+        cancel: None,
+        clock: &clock,
+        settings: a.settings.clone(),
+    };
+    let plan = engine.plan().await.unwrap();
+    assert_eq!(plan[0].foreign.len(), 1);
+    assert_eq!(plan[0].foreign[0].token_id, tb);
+}
+
+/// Defect 9: the registry lists new tokens later than list_lag: the
+/// delivered token is neither replaced nor forgotten on one missed listing,
+/// and once listed it is retired on schedule like any other.
+#[tokio::test]
+async fn listing_lag_beyond_list_lag_neither_replaces_nor_forgets_a_delivered_token() {
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
+    // list_lag defaults to 2 minutes; the registry takes 3 to list a new token.
+    sim.world(|w| w.token_list_delay = chrono::Duration::minutes(3));
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(&sim, config(&sim, dir.path(), &file_sinks(dir.path()), ""));
+    let t1 = run.cycle().await[0].rotated_to.clone().expect("rotated");
+    for _ in 0..3 {
+        sim.advance(Duration::seconds(150));
+        let out = run.cycle().await;
+        assert_eq!(out[0].error, None, "{out:?}");
+        assert_eq!(sim.count("CreateInstanceToken"), 1, "not replaced: {out:?}");
+    }
+    // Listed now. Rotate again later: t1 must be retired, not forgotten.
+    sim.advance(Duration::days(21));
+    let out = run.cycle().await;
+    let t2 = out[0].rotated_to.clone().expect("second rotation");
+    for _ in 0..4 {
+        sim.advance(Duration::seconds(150));
+        run.cycle().await;
+    }
+    sim.advance(Duration::days(1) + Duration::hours(1));
+    run.cycle().await;
+    let all = tokens(&run.client).await;
+    assert!(!token(&all, &t1).unwrap().enable, "t1 disabled after the overlap");
+    assert_eq!(env_sink(dir.path()).2, t2);
+    sim.advance(Duration::days(8));
+    run.cycle().await;
+    assert!(token(&tokens(&run.client).await, &t1).is_none(), "t1 deleted");
+}
+
+/// Defect 10: a managed token moved to another instance: the old instance's
+/// token is retired there (disabled after the overlap, then deleted).
+#[tokio::test]
+async fn moving_a_token_to_another_instance_retires_the_old_one() {
+    let sim = sim(SimOptions::default()).await;
+    const SECOND: &str = "eb1d0d73-4845-4283-a736-0000000000b2";
+    sim.world(|w| {
+        let mut i = w.instances[0].clone();
+        i.id = SECOND.into();
+        i.name = "second".into();
+        i.tokens.clear();
+        w.instances.push(i);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let first = config(&sim, dir.path(), &file_sinks(dir.path()), "");
+    let t_old = Run::new(&sim, first.clone()).cycle().await[0]
+        .rotated_to
+        .clone()
+        .unwrap();
+    // The same name, now on the second instance (the demo instance stays configured).
+    let head = demo_head(&sim, dir.path());
+    let text = format!(
+        "{head}[[instances]]\nid = \"{SECOND}\"\nname = \"second\"\nregistry = \"{}\"\n\
+         [tokens]\n[[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"second\"\nlifetime = \"30d\"\n\
+         rotate_before = \"10d\"\noverlap = \"24h\"\ndelete_after = \"7d\"\nsinks = [{}]\n",
+        sim.endpoint().trim_start_matches("http://"),
+        file_sinks(dir.path())
+    );
+    let run = Run::new(&sim, parse_config(&sim, &text, dir.path()));
+    let out = run.cycle().await;
+    let t_new = out[0].rotated_to.clone().expect("rotated on the second instance");
+    let on = |inst: &str| {
+        let inst = inst.to_string();
+        sim.world(move |w| {
+            w.instances
+                .iter()
+                .find(|i| i.id == inst)
+                .unwrap()
+                .tokens
+                .iter()
+                .map(|t| (t.id.clone(), t.enable))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert!(on(SECOND).contains(&(t_new.clone(), true)));
+    assert!(on(DEMO_INSTANCE).contains(&(t_old.clone(), true)), "inside the overlap");
+    sim.advance(Duration::hours(25));
+    let out = run.cycle().await;
+    assert_eq!(out[0].error, None, "{out:?}");
+    assert!(
+        on(DEMO_INSTANCE).contains(&(t_old.clone(), false)),
+        "disabled on its own instance: {out:?}"
+    );
+    sim.advance(Duration::days(7) + Duration::hours(1));
+    run.cycle().await;
+    assert!(
+        !on(DEMO_INSTANCE).iter().any(|(id, _)| *id == t_old),
+        "deleted on its own instance"
+    );
+    let (user, secret, id) = env_sink(dir.path());
+    assert_eq!(id, t_new);
+    assert_eq!(login_status(&sim, &user, &secret).await, 200);
+}
+
+/// Defect 14: one `apply` carries out every step due now, including those
+/// an earlier step made due (here: adopting an earlier version's token that
+/// was already disabled, whose `disable` record is then due).
+#[tokio::test]
+async fn one_apply_leaves_nothing_due_now() {
+    let sim = sim(SimOptions::default()).await;
+    sim.world(|w| {
+        w.instances[0]
+            .tokens
+            .iter_mut()
+            .find(|t| t.id == SEED)
+            .unwrap()
+            .enable = false;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(&sim, config(&sim, dir.path(), &file_sinks(dir.path()), ""));
+    let out = run.cycle().await;
+    assert_eq!(out[0].error, None, "{out:?}");
+    let clock = || sim_utc(&sim);
+    let engine = Engine {
+        client: &run.client,
+        config: &run.config,
+        state: &run.state,
+        metrics: None,
+        run_id: None,
+        cancel: None,
+        clock: &clock,
+        settings: run.settings.clone(),
+    };
+    let plan = engine.plan().await.unwrap();
+    let due: Vec<String> = plan[0].steps.iter().map(|s| s.describe()).collect();
+    assert!(due.is_empty(), "still due after one apply: {due:?} (did: {out:?})");
+}
+
+/// Defect 11: `check` computes the real Desc length (prefix, name, install
+/// id, rotation id) and refuses a name that would exceed 256 bytes, naming
+/// the file, line and key.
+#[test]
+fn a_name_too_long_for_the_desc_is_refused_with_file_line_and_key() {
+    use kcr_housekeeper::tokens::planner::{DESC_MAX, MAX_NAME_LEN, desc_len};
+    assert_eq!(desc_len(MAX_NAME_LEN), DESC_MAX);
+    let text = |n: usize| {
+        format!(
+            "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"r\"\n\
+             [tokens]\n[[tokens.managed]]\nname = \"{}\"\ninstance = \"prod\"\n\
+             sinks = [{{ kind = \"file\", path = \"/tmp/x.env\" }}]\n",
+            "n".repeat(n)
+        )
+    };
+    let parse = |t: &str| {
+        kcr_housekeeper::config::parse(t, "tokens.toml", Path::new("."), &|_: &str| None)
+    };
+    assert!(parse(&text(MAX_NAME_LEN)).is_ok());
+    let err = parse(&text(MAX_NAME_LEN + 1)).unwrap_err().to_string();
+    assert!(err.contains("tokens.toml:9"), "{err}");
+    assert!(err.contains("tokens.managed[0].name"), "{err}");
+    assert!(err.contains(&format!("would be {} bytes", DESC_MAX + 1)), "{err}");
 }

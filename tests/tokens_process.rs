@@ -1,9 +1,10 @@
-//! Token rotation in the real binary. Crash safety: the process is aborted at
-//! every step boundary (the `failpoints` feature, enabled for tests only) and
-//! started again; after each restart the sinks hold a valid, unexpired
-//! credential, no undelivered token stays enabled, and at most one extra token
-//! exists. Secrecy: a full rotation in the daemon with debug logging leaves
-//! the secret nowhere but the sinks.
+//! Token rotation in the real binary. Fault matrix: every failpoint a
+//! rotation passes (enumerated by a traced clean run, then the points each
+//! injected error leads to) gets (a) an injected error and (b) an abort and
+//! restart; after each, the sinks hold a credential the registry accepts, no
+//! undelivered token is enabled, at most one extra token exists and every
+//! mutation the registry applied is audited. Secrecy: a full rotation in the
+//! daemon with debug logging leaves the secret nowhere but the sinks.
 
 mod common;
 
@@ -12,6 +13,7 @@ use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::tokens::planner::parse_desc;
 use kcr_housekeeper::tokens::rotate::FAILPOINTS;
+use std::collections::{BTreeMap, BTreeSet};
 use secrecy::ExposeSecret;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -76,7 +78,7 @@ async fn managed_tokens(sim: &Simulator) -> Vec<TokenInfo> {
             t.desc
                 .as_deref()
                 .and_then(parse_desc)
-                .is_some_and(|(n, _)| n == "ci-pull")
+                .is_some_and(|d| d.name == "ci-pull")
         })
         .collect()
 }
@@ -87,71 +89,6 @@ fn env_value(dir: &Path, key: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap()
         .to_string()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_crash_at_any_step_a_restart_restores_every_invariant() {
-    for fp in FAILPOINTS {
-        let sim = sim(SimOptions::default()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(&sim, dir.path());
-
-        let crashed = apply(&sim, &config, Some(fp));
-        assert!(!crashed.status.success(), "{fp}: the failpoint aborts");
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt;
-            assert_eq!(crashed.status.signal(), Some(6), "{fp}: SIGABRT");
-        }
-        assert!(
-            String::from_utf8_lossy(&crashed.stderr).contains(&format!("failpoint {fp}")),
-            "{fp}"
-        );
-
-        // A crash may leave a creation whose outcome is unknown: the restart
-        // waits out list_lag before concluding it never happened.
-        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-        let restarted = apply(&sim, &config, None);
-        let stderr = String::from_utf8_lossy(&restarted.stderr);
-        assert!(restarted.status.success(), "{fp}: restart fails: {stderr}");
-
-        // The sinks hold a valid, unexpired credential.
-        let user = env_value(dir.path(), "KCR_USERNAME");
-        let secret = env_value(dir.path(), "KCR_TOKEN");
-        let sink_id = env_value(dir.path(), "KCR_TOKEN_ID");
-        let status = reqwest::Client::new()
-            .get(format!("{}/v2/", sim.endpoint()))
-            .basic_auth(&user, Some(&secret))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200, "{fp}: the delivered credential logs in");
-        let docker = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-        use base64::Engine as _;
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
-        assert!(docker.contains(&auth), "{fp}: both sinks agree");
-
-        // No undelivered token stays enabled; at most one extra token exists.
-        let tokens = managed_tokens(&sim).await;
-        for t in tokens.iter().filter(|t| t.enable) {
-            assert!(
-                t.token_id == sink_id || t.token_id == SEED,
-                "{fp}: enabled token {} is neither delivered nor the previous one: {tokens:?}",
-                t.token_id
-            );
-        }
-        assert!(
-            tokens.len() <= 3,
-            "{fp}: seed + current + at most one extra: {tokens:?}"
-        );
-
-        // And the next cycle has nothing left to repair.
-        let again = apply(&sim, &config, None);
-        let out = String::from_utf8_lossy(&again.stdout);
-        assert!(again.status.success(), "{fp}: {out}");
-        assert!(out.contains("nothing to do"), "{fp}: {out}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,6 +253,7 @@ async fn sigkill_at_random_points_during_rotation() {
                 latency: std::time::Duration::from_millis(15),
                 ..Default::default()
             },
+            log_in_memory: true,
             ..Default::default()
         })
         .await;
@@ -377,7 +315,7 @@ async fn sigkill_at_random_points_during_rotation() {
             let audited = match e.action.as_deref() {
                 // The record names the rotation (its token id is known only once created).
                 Some("CreateInstanceToken") => {
-                    let rid = parse_desc(&e.params["Desc"]).unwrap().1.to_owned();
+                    let rid = parse_desc(&e.params["Desc"]).unwrap().rotation_id.to_owned();
                     records.iter().any(|r| {
                         r["action"] == "create_token"
                             && r["detail"]
@@ -404,4 +342,309 @@ async fn sigkill_at_random_points_during_rotation() {
         }
     }
     assert!(landed >= 3, "kills landed mid-rotation in {landed} rounds");
+}
+
+// ------------------------------------------------------------------ fault matrix
+
+/// One rotation scenario in its own simulator and directory: the sinks start
+/// with the seed token's working credential (an earlier installation's), and
+/// overlap, delete_after and list_lag are short, so that three runs 600 ms
+/// apart rotate, disable the old token and delete it.
+struct Scenario {
+    sim: Simulator,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+const FAST: &str = r#"[tokens]
+list_lag = "500ms"
+[[tokens.managed]]
+name = "ci-pull"
+instance = "demo"
+lifetime = "30d"
+rotate_before = "10d"
+overlap = "500ms"
+delete_after = "500ms"
+"#;
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+impl Scenario {
+    async fn new() -> Scenario {
+        let sim = sim(SimOptions {
+            log_in_memory: true,
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let registry = sim.endpoint().trim_start_matches("http://").to_string();
+        let user = sim.world(|w| {
+            let t = w.instances[0]
+                .tokens
+                .iter_mut()
+                .find(|t| t.id == SEED)
+                .unwrap();
+            t.secret = Some("seed-secret".into());
+            t.username.clone()
+        });
+        std::fs::write(
+            dir.path().join("ci-pull.env"),
+            format!("KCR_REGISTRY={registry}\nKCR_USERNAME={user}\nKCR_TOKEN=seed-secret\nKCR_TOKEN_ID={SEED}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({"auths": {registry: {"auth": b64(&format!("{user}:seed-secret"))}}})
+                .to_string(),
+        )
+        .unwrap();
+        let text = format!(
+            "{head}[log]\nlevel = \"info\"\n{FAST}sinks = [\n  {{ kind = \"docker-config\", path = \"{d}/config.json\" }},\n  {{ kind = \"file\", path = \"{d}/ci-pull.env\", format = \"env\" }},\n  {{ kind = \"exec\", command = [\"/bin/sh\", \"-c\", \"cat > {d}/exec.json\"] }},\n]\n",
+            head = demo_head(&sim, dir.path()),
+        );
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, text).unwrap();
+        Scenario { sim, dir, config }
+    }
+
+    async fn apply(&self, failpoint: Option<&str>, trace: Option<&Path>) -> Output {
+        let creds = self.sim.credentials();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
+        cmd.args(["apply", "tokens", "--yes", "--config"])
+            .arg(&self.config)
+            .env("AK", &creds.access_key_id)
+            .env("SK", creds.secret_access_key.expose_secret())
+            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+            .env_remove("KCR_HOUSEKEEPER_FAILPOINT_TRACE")
+            .env_remove("KCR_HOUSEKEEPER_LOG");
+        if let Some(fp) = failpoint {
+            cmd.env("KCR_HOUSEKEEPER_FAILPOINT", fp);
+        }
+        if let Some(t) = trace {
+            cmd.env("KCR_HOUSEKEEPER_FAILPOINT_TRACE", t);
+        }
+        cmd.output().await.unwrap()
+    }
+
+    /// Three runs 600 ms apart with `spec` armed until `target` fires, then a
+    /// clean restart past list_lag. Returns whether `target` fired and the
+    /// restart's output.
+    async fn drive(&self, spec: Option<&str>, target: Option<&str>, trace: Option<&Path>) -> (bool, Output) {
+        let mut fired = false;
+        for run in 0..3 {
+            if run > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            }
+            let armed = if fired { None } else { spec };
+            let out = self.apply(armed, trace).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if let Some(t) = target
+                && armed.is_some()
+                && stderr.contains(&format!("failpoint {t}:"))
+            {
+                fired = true;
+                if spec.is_some_and(|s| s.contains(&format!("{t}=abort"))) {
+                    use std::os::unix::process::ExitStatusExt;
+                    assert_eq!(out.status.signal(), Some(6), "{t}: aborted: {stderr}");
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let restart = self.apply(None, trace).await;
+        (fired, restart)
+    }
+
+    /// The invariants after any fault and a restart.
+    async fn check(&self, label: &str) {
+        let dir = self.dir.path();
+        let user = env_value(dir, "KCR_USERNAME");
+        let secret = env_value(dir, "KCR_TOKEN");
+        let sink_id = env_value(dir, "KCR_TOKEN_ID");
+        let status = reqwest::Client::new()
+            .get(format!("{}/v2/", self.sim.endpoint()))
+            .basic_auth(&user, Some(&secret))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{label}: the sinks' credential logs in");
+        let docker = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(
+            docker.contains(&b64(&format!("{user}:{secret}"))),
+            "{label}: both file sinks agree"
+        );
+        let journal = kcr_housekeeper::state::Store::open(&dir.join("state.db"))
+            .unwrap()
+            .journal_for("ci-pull")
+            .unwrap();
+        let tokens = managed_tokens(&self.sim).await;
+        for t in tokens.iter().filter(|t| t.enable) {
+            let delivered = journal.iter().any(|r| {
+                r.token_id.as_deref() == Some(t.token_id.as_str())
+                    && ["delivering", "verified", "current", "superseded"].contains(&r.step.as_str())
+            });
+            assert!(
+                t.token_id == sink_id || t.token_id == SEED || delivered,
+                "{label}: enabled token {} was never delivered: {journal:?}",
+                t.token_id
+            );
+        }
+        assert!(
+            tokens.len() <= 3,
+            "{label}: seed + current + at most one extra: {tokens:?}"
+        );
+        // Every token mutation the registry applied is in the audit table.
+        let audit = kcr_housekeeper::state::Store::open(&dir.join("state.db"))
+            .unwrap()
+            .audit_since(None)
+            .unwrap();
+        for e in self.sim.requests().into_iter().filter(|e| e.code == "OK") {
+            let audited = match e.action.as_deref() {
+                Some("CreateInstanceToken") => {
+                    let rid = parse_desc(&e.params["Desc"]).unwrap().rotation_id.to_owned();
+                    audit.iter().any(|r| {
+                        r.action == "create_token" && r.detail.contains(&format!("rotation {rid}:"))
+                    })
+                }
+                Some(a @ ("ModifyInstanceTokenStatus" | "DeleteInstanceToken")) => {
+                    let action = if a == "DeleteInstanceToken" {
+                        "delete_token"
+                    } else {
+                        "disable_token"
+                    };
+                    audit
+                        .iter()
+                        .any(|r| r.action == action && r.target == e.params["TokenId"])
+                }
+                _ => continue,
+            };
+            assert!(audited, "{label}: {e:?} applied but not audited: {audit:?}");
+        }
+    }
+}
+
+fn traced(path: &Path) -> Vec<String> {
+    let mut seen = Vec::new();
+    for l in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        if !seen.iter().any(|s: &String| s == l) {
+            seen.push(l.to_string());
+        }
+    }
+    seen
+}
+
+/// The Step 7 method: every failpoint a rotation passes gets an injected
+/// error and an abort + restart, and so does every point that only an
+/// injected error leads to (a double fault). The invariants hold after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failpoint_on_the_rotation_path_fails_safe_as_an_error_and_as_a_crash() {
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    // 1. A clean traced run enumerates the points.
+    let clean = Scenario::new().await;
+    let trace = clean.dir.path().join("trace");
+    let (_, restart) = clean.drive(None, None, Some(&trace)).await;
+    assert!(restart.status.success(), "{restart:?}");
+    clean.check("clean run").await;
+    let points = traced(&trace);
+    for must in [
+        "tokens.api.create",
+        "tokens.verify",
+        "tokens.state.journal_delivering",
+        "tokens.rotate.deliver",
+        "tokens.state.journal_verified",
+        "tokens.state.mark_current",
+        "tokens.api.disable",
+        "tokens.api.delete",
+    ] {
+        assert!(points.iter().any(|p| p == must), "{must} not passed: {points:?}");
+    }
+    for p in &points {
+        assert!(p.starts_with("tokens."), "a foreign point on the rotation path: {p}");
+    }
+
+    // 2. Each point: an injected error (traced, to find the points errors lead to), and an abort.
+    let jobs: Vec<(String, String)> = points
+        .iter()
+        .flat_map(|p| [(p.clone(), format!("{p}=error")), (p.clone(), format!("{p}=abort"))])
+        .collect();
+    let results: Vec<(String, String, bool, Vec<String>)> = futures::stream::iter(jobs)
+        .map(|(point, spec)| async move {
+            let s = Scenario::new().await;
+            let trace = s.dir.path().join("trace");
+            let (fired, restart) = s.drive(Some(&spec), Some(&point), Some(&trace)).await;
+            assert!(
+                restart.status.success(),
+                "{spec}: the restart fails: {}",
+                String::from_utf8_lossy(&restart.stderr)
+            );
+            s.check(&spec).await;
+            (point, spec, fired, traced(&trace))
+        })
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    let mut exercised = BTreeSet::new();
+    let mut second: BTreeMap<String, String> = BTreeMap::new();
+    for (point, spec, fired, seen) in &results {
+        assert!(fired, "{spec}: the point was never reached");
+        exercised.insert(point.clone());
+        if spec.ends_with("=error") {
+            for p in seen {
+                if !points.contains(p) {
+                    second.entry(p.clone()).or_insert_with(|| point.clone());
+                }
+            }
+        }
+    }
+
+    // 3. Points only an injected error leads to: that error plus an error or an abort there.
+    let jobs: Vec<(String, String)> = second
+        .iter()
+        .flat_map(|(p, primary)| {
+            [
+                (p.clone(), format!("{primary}=error,{p}=error")),
+                (p.clone(), format!("{primary}=error,{p}=abort")),
+            ]
+        })
+        .collect();
+    let results: Vec<(String, String, bool)> = futures::stream::iter(jobs)
+        .map(|(point, spec)| async move {
+            let s = Scenario::new().await;
+            let (fired, restart) = s.drive(Some(&spec), Some(&point), None).await;
+            assert!(
+                restart.status.success(),
+                "{spec}: the restart fails: {}",
+                String::from_utf8_lossy(&restart.stderr)
+            );
+            s.check(&spec).await;
+            (point, spec, fired)
+        })
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    for (point, spec, fired) in &results {
+        assert!(fired, "{spec}: the point was never reached");
+        exercised.insert(point.clone());
+    }
+    let missing: Vec<&&str> = FAILPOINTS
+        .iter()
+        .filter(|p| !exercised.contains(**p))
+        .collect();
+    eprintln!(
+        "failpoints exercised: {} ({} on a clean rotation, {} behind an injected error), {} scenarios, each as an error and as an abort, in {:?}; declared but not reached: {missing:?}",
+        exercised.len(),
+        points.len(),
+        second.len(),
+        2 * (points.len() + second.len()),
+        started.elapsed()
+    );
+    assert!(
+        missing.is_empty(),
+        "declared failpoints no scenario reached: {missing:?}"
+    );
 }

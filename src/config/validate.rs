@@ -894,6 +894,10 @@ impl Validator<'_> {
             {
                 self.err(mp.key("name"), format!("invalid name {:?}: use lowercase letters, digits and '-' (it is written into the token's Desc)", m.name));
             }
+            let desc_len = crate::tokens::planner::desc_len(m.name.len());
+            if desc_len > crate::tokens::planner::DESC_MAX {
+                self.err(mp.key("name"), format!("name is {} bytes: the token's Desc (kcr-housekeeper/<name>/<install-id>/<rotation-id>) would be {desc_len} bytes, over the API's limit of {}; use at most {} bytes", m.name.len(), crate::tokens::planner::DESC_MAX, crate::tokens::planner::MAX_NAME_LEN));
+            }
             if managed.iter().any(|o| o.name == m.name) {
                 self.err(
                     mp.key("name"),

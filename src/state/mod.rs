@@ -101,6 +101,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit_v2 RENAME TO audit;
     CREATE INDEX audit_by_time ON audit(at);
     CREATE INDEX audit_by_job ON audit(job, id);",
+    // 3: tokens (Step 7): this installation's id (written into every managed
+    // token's Desc), when a journaled token was first missing from a listing,
+    // and the backoff after failed rotations, per (token, instance).
+    "ALTER TABLE rotation_journal ADD COLUMN absent_since TEXT;
+    CREATE INDEX rotation_by_token_instance ON rotation_journal(token_name, instance, created_at);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE token_backoff (
+        token_name TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        failures INTEGER NOT NULL,
+        last_failure_at TEXT NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (token_name, instance)
+    );",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -326,6 +343,18 @@ pub struct RotationRecord {
     /// When the step was reached.
     pub updated_at: DateTime<Utc>,
     pub error: Option<String>,
+    /// When its token was first missing from a listing (cleared once listed):
+    /// a token is forgotten only after two listings `list_lag` apart missed it.
+    pub absent_since: Option<DateTime<Utc>>,
+}
+
+/// Consecutive failed rotations of one managed token on one instance: the
+/// next attempt waits (exponentially, capped by the planner).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBackoff {
+    pub failures: u32,
+    pub last_failure_at: DateTime<Utc>,
+    pub error: String,
 }
 
 /// A stored report: when it was generated, and its bytes.
@@ -761,12 +790,12 @@ impl Store {
         let tx = conn.transaction()?;
         {
             let mut up = tx.prepare(
-                "INSERT INTO rotation_journal (rotation_id, token_name, instance, token_id, previous_token_id, step, expires_at, created_at, updated_at, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                "INSERT INTO rotation_journal (rotation_id, token_name, instance, token_id, previous_token_id, step, expires_at, created_at, updated_at, error, absent_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(rotation_id) DO UPDATE SET token_name = excluded.token_name, instance = excluded.instance,
                    token_id = excluded.token_id, previous_token_id = excluded.previous_token_id, step = excluded.step,
                    expires_at = excluded.expires_at, created_at = excluded.created_at, updated_at = excluded.updated_at,
-                   error = excluded.error",
+                   error = excluded.error, absent_since = excluded.absent_since",
             )?;
             for r in records {
                 up.execute(params![
@@ -779,7 +808,8 @@ impl Store {
                     r.expires_at.map(ts),
                     ts(r.created_at),
                     ts(r.updated_at),
-                    r.error
+                    r.error,
+                    r.absent_since.map(ts)
                 ])?;
             }
         }
@@ -787,11 +817,86 @@ impl Store {
         Ok(())
     }
 
-    /// The journal of one managed token, oldest first.
+    /// This installation's id, generated on first use and kept for the life
+    /// of the state: it tells this installation's tokens from another's that
+    /// manages the same name on the same instance.
+    pub fn install_id(&self) -> Result<String, StateError> {
+        let fresh = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('install_id', ?1)",
+                params![fresh],
+            )?;
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'install_id'",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// The backoff of a managed token on an instance after failed rotations.
+    pub fn token_backoff(
+        &self,
+        token_name: &str,
+        instance: &str,
+    ) -> Result<Option<TokenBackoff>, StateError> {
+        let row: Option<(u32, String, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT failures, last_failure_at, error FROM token_backoff WHERE token_name = ?1 AND instance = ?2",
+                params![token_name, instance],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })?;
+        Ok(row.and_then(|(failures, at, error)| {
+            Some(TokenBackoff {
+                failures,
+                last_failure_at: parse_ts(&at)?,
+                error,
+            })
+        }))
+    }
+
+    /// Count one more failed rotation; returns the consecutive failures.
+    pub fn token_backoff_fail(
+        &self,
+        token_name: &str,
+        instance: &str,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<u32, StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO token_backoff (token_name, instance, failures, last_failure_at, error) VALUES (?1, ?2, 1, ?3, ?4)
+                 ON CONFLICT(token_name, instance) DO UPDATE SET failures = failures + 1,
+                   last_failure_at = excluded.last_failure_at, error = excluded.error",
+                params![token_name, instance, ts(at), error],
+            )?;
+            c.query_row(
+                "SELECT failures FROM token_backoff WHERE token_name = ?1 AND instance = ?2",
+                params![token_name, instance],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// A rotation succeeded: no more backoff.
+    pub fn token_backoff_clear(&self, token_name: &str, instance: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM token_backoff WHERE token_name = ?1 AND instance = ?2",
+                params![token_name, instance],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The journal of one managed token (every instance it lived on), oldest first.
     pub fn journal_for(&self, token_name: &str) -> Result<Vec<RotationRecord>, StateError> {
         self.with(|c| {
             c.prepare(
-                "SELECT rotation_id, token_name, instance, token_id, previous_token_id, step, expires_at, created_at, updated_at, error
+                "SELECT rotation_id, token_name, instance, token_id, previous_token_id, step, expires_at, created_at, updated_at, error, absent_since
                  FROM rotation_journal WHERE token_name = ?1 ORDER BY created_at, rotation_id",
             )?
             .query_map(params![token_name], |r| {
@@ -819,6 +924,10 @@ impl Store {
                     created_at: time(7)?,
                     updated_at: time(8)?,
                     error: r.get(9)?,
+                    absent_since: r
+                        .get::<_, Option<String>>(10)?
+                        .as_deref()
+                        .and_then(parse_ts),
                 })
             })?
             .collect()
@@ -1044,6 +1153,41 @@ mod tests {
             (last[0].id, last[0].outcome, last[0].error.as_deref()),
             (id, AuditStatus::Failed, Some("AccessDenied"))
         );
+    }
+
+    #[test]
+    fn install_id_backoff_and_absence_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let s = Store::open(&path).unwrap();
+        let id = s.install_id().unwrap();
+        assert_eq!(id.len(), 12);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(s.token_backoff_fail("t", "prod", now(), "boom").unwrap(), 1);
+        assert_eq!(s.token_backoff_fail("t", "prod", now(), "bang").unwrap(), 2);
+        s.journal_put(&[RotationRecord {
+            rotation_id: "r1".into(),
+            token_name: "t".into(),
+            instance: "prod".into(),
+            token_id: Some("x".into()),
+            previous_token_id: None,
+            step: "current".into(),
+            expires_at: None,
+            created_at: now(),
+            updated_at: now(),
+            error: None,
+            absent_since: Some(now()),
+        }])
+        .unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.install_id().unwrap(), id, "generated once per state");
+        let b = s.token_backoff("t", "prod").unwrap().unwrap();
+        assert_eq!((b.failures, b.error.as_str()), (2, "bang"));
+        assert_eq!(s.token_backoff("t", "staging").unwrap(), None);
+        assert_eq!(s.journal_for("t").unwrap()[0].absent_since, Some(now()));
+        s.token_backoff_clear("t", "prod").unwrap();
+        assert_eq!(s.token_backoff("t", "prod").unwrap(), None);
     }
 
     #[test]

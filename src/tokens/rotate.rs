@@ -2,15 +2,30 @@
 //! ([`super::planner`]) and carries the plan out, journaling every step in
 //! state before taking it and auditing every mutation.
 //!
-//! Failure keeps the old token in place: a sink that cannot be written or a
-//! login that fails puts the file sinks back as they were, then disables and
-//! deletes the new token (its secret was never kept). `exec` sinks that
-//! already ran cannot be undone; they run after the file sinks, in order.
+//! Order of a rotation (DESIGN §6 tokens): journal `creating` → create →
+//! journal `created` → log in with the in-memory secret → journal
+//! `delivering` → file sinks, then exec sinks → journal `verified` → mark
+//! current. Failure rules:
+//! - before any sink was written, the new token is disabled and deleted
+//!   (its secret was never kept) and the rotation is `abandoned`;
+//! - once delivery began, the file sinks are put back; the token is discarded
+//!   only if every file sink was restored and no exec sink was started (an
+//!   exec consumer cannot be undone). Otherwise it is kept (journal
+//!   `delivering`) and retired like a superseded token once a newer rotation
+//!   is current;
+//! - after every sink holds it, nothing discards it: a failed journal write
+//!   leaves it `delivering` (kept), a failed "mark current" leaves it
+//!   `verified` (finished next cycle);
+//! - every failure counts towards the backoff before the next attempt.
+//!
+//! Every fallible call on this path passes a failpoint first
+//! ([`crate::failpoint`], names in [`FAILPOINTS`]); `fp_sites_cover_every_question_mark`
+//! below checks that no `?` lacks one.
 
-use super::planner::{self, Current, Listed, Planned, Step, TokenPlan};
+use super::planner::{self, Current, Inputs, Listed, Planned, Step, TokenPlan};
 use super::sinks::{self, Delivery, SinkError};
 use super::verify;
-use crate::config::{Config, InstanceConfig, ManagedToken, TokenLifetime as CfgLifetime};
+use crate::config::{Config, InstanceConfig, ManagedToken, Sink, TokenLifetime as CfgLifetime};
 use crate::kcr::{
     Action, Client, CreateInstanceToken, DeleteInstanceToken, DescribeInstanceToken,
     ModifyInstanceTokenStatus, TokenLifetime,
@@ -56,9 +71,57 @@ pub enum TokenError {
     /// A safety invariant would be broken; nothing was done.
     #[error("{0}")]
     Invariant(String),
+    /// A test's fault injection ([`crate::failpoint`]).
+    #[error("{0}")]
+    Injected(String),
     #[error("cancelled before finishing")]
     Cancelled,
 }
+
+/// Passes the failpoint `name` (an injected fault becomes [`TokenError::Injected`]).
+#[inline]
+fn fp(name: &'static str) -> Result<(), TokenError> {
+    crate::failpoint::hit(name, TokenError::Injected)
+}
+
+/// Every failpoint of the rotation path, in the order a clean rotation
+/// first passes them (then the retirement steps).
+pub const FAILPOINTS: &[&str] = &[
+    "tokens.lock",
+    "tokens.state.install_id",
+    "tokens.api.list",
+    "tokens.state.journal_read",
+    "tokens.state.backoff_read",
+    "tokens.rotate.preflight",
+    "tokens.state.journal_creating",
+    "tokens.state.audit_create",
+    "tokens.api.create",
+    "tokens.state.journal_create_failed",
+    "tokens.state.audit_finish",
+    "tokens.state.journal_created",
+    "tokens.verify",
+    "tokens.rotate.snapshot",
+    "tokens.state.journal_delivering",
+    "tokens.rotate.deliver",
+    "tokens.rotate.sink_done",
+    "tokens.rotate.restore",
+    "tokens.state.journal_restored",
+    "tokens.state.journal_kept",
+    "tokens.state.journal_verified",
+    "tokens.state.mark_current",
+    "tokens.state.backoff_clear",
+    "tokens.state.backoff_fail",
+    "tokens.state.journal_adopt",
+    "tokens.state.journal_absence",
+    "tokens.state.journal_forget",
+    "tokens.state.audit_disable",
+    "tokens.api.disable",
+    "tokens.state.journal_disabled",
+    "tokens.state.audit_delete",
+    "tokens.api.delete",
+    "tokens.state.journal_deleted",
+    "tokens.state.journal_abandoned",
+];
 
 /// Tunables that are not config keys (tests shorten them).
 #[derive(Clone, Debug)]
@@ -71,6 +134,12 @@ pub struct Settings {
     pub verify_timeout: Duration,
     /// Log in here instead of the instance's registry (the embedded simulator).
     pub registry_override: Option<String>,
+    /// The wait after a failed rotation before the next attempt, doubled
+    /// after each further failure (capped at `rotate_before / 4`).
+    pub retry_base: Duration,
+    /// Plan-and-apply passes per token per cycle: every step due now is
+    /// applied, including those the previous pass made due.
+    pub max_passes: u32,
 }
 
 impl Default for Settings {
@@ -80,6 +149,8 @@ impl Default for Settings {
             backoff: Duration::from_millis(500),
             verify_timeout: Duration::from_secs(15),
             registry_override: None,
+            retry_base: Duration::from_secs(15 * 60),
+            max_passes: 8,
         }
     }
 }
@@ -107,28 +178,6 @@ pub struct Engine<'a> {
     pub settings: Settings,
 }
 
-/// Test-only crash points: with the `failpoints` feature, the process aborts
-/// at the named step boundary (`KCR_HOUSEKEEPER_FAILPOINT=after-create`).
-#[inline]
-fn failpoint(_name: &str) {
-    #[cfg(feature = "failpoints")]
-    if std::env::var("KCR_HOUSEKEEPER_FAILPOINT").as_deref() == Ok(_name) {
-        eprintln!("failpoint {_name}: aborting");
-        std::process::abort();
-    }
-}
-
-/// The names of the crash points, in the order a rotation passes them.
-pub const FAILPOINTS: [&str; 7] = [
-    "after-journal-creating",
-    "after-create",
-    "after-journal-delivering",
-    "after-first-sink",
-    "after-deliver",
-    "after-verify",
-    "after-mark-current",
-];
-
 fn lifetime(l: CfgLifetime) -> TokenLifetime {
     match l {
         CfgLifetime::Hours(h) => TokenLifetime::Hours(h),
@@ -143,9 +192,16 @@ struct Audited<'s> {
 }
 
 impl Audited<'_> {
+    /// A failure here is logged: the record exists (write-ahead) and reads
+    /// `started`, so the call is audited either way.
     fn finish(self, outcome: &str, target: Option<&str>) {
-        if let Err(e) = self.state.audit_finish(self.id, outcome, target) {
-            tracing::error!(error = %e, "cannot write the audit record");
+        let r = fp("tokens.state.audit_finish").and_then(|()| {
+            self.state
+                .audit_finish(self.id, outcome, target)
+                .map_err(TokenError::from)
+        });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot write the audit record's outcome");
         }
     }
 }
@@ -153,6 +209,14 @@ impl Audited<'_> {
 /// Holds the cross-process lock for the duration of a cycle.
 struct CycleLock {
     _file: Option<std::fs::File>,
+}
+
+/// How a rotation that failed after its token was created ends.
+enum Disposition {
+    /// No sink holds it: disable and delete it now.
+    Discard,
+    /// A sink may hold it: keep it (journal `delivering`), retire it normally later.
+    Keep(String),
 }
 
 impl<'a> Engine<'a> {
@@ -184,6 +248,7 @@ impl<'a> Engine<'a> {
         options.create(true).truncate(false).write(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        fp("tokens.lock")?;
         let file = options
             .open(&lock_path)
             .map_err(|source| TokenError::LockIo {
@@ -202,17 +267,27 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn instance(&self, mt: &ManagedToken) -> Result<&'a InstanceConfig, TokenError> {
+    fn install_id(&self) -> Result<String, TokenError> {
+        fp("tokens.state.install_id")?;
+        Ok(self.state.install_id()?)
+    }
+
+    fn instance_named(&self, token: &str, name: &str) -> Result<&'a InstanceConfig, TokenError> {
         self.config
-            .instance_by_name(&mt.instance)
+            .instance_by_name(name)
             .ok_or_else(|| TokenError::UnknownInstance {
-                token: mt.name.clone(),
-                instance: mt.instance.clone(),
+                token: token.to_string(),
+                instance: name.to_string(),
             })
+    }
+
+    fn instance(&self, mt: &ManagedToken) -> Result<&'a InstanceConfig, TokenError> {
+        self.instance_named(&mt.name, &mt.instance)
     }
 
     async fn list(&self, inst: &InstanceConfig) -> Result<Vec<Listed>, TokenError> {
         let tz = *self.client.timezone();
+        fp("tokens.api.list")?;
         let raw = self
             .client
             .list_all(DescribeInstanceToken {
@@ -231,18 +306,21 @@ impl<'a> Engine<'a> {
                 token_id: t.token_id,
                 enabled: t.enable,
                 desc: t.desc,
+                created_at: t.create_time.map(|c| c.to_utc(&tz)),
                 expires_at: t.expire_time.map(|e| e.to_utc(&tz)),
             })
             .collect())
     }
 
     fn journal(&self, name: &str) -> Result<Vec<RotationRecord>, TokenError> {
+        fp("tokens.state.journal_read")?;
         Ok(self.state.journal_for(name)?)
     }
 
     /// Write-ahead audit record for a mutation about to be sent; no record, no mutation.
     fn audit_start(
         &self,
+        point: &'static str,
         inst: &str,
         action: &str,
         target: &str,
@@ -257,6 +335,7 @@ impl<'a> Engine<'a> {
             detail,
             outcome: "",
         };
+        fp(point)?;
         let id = self.state.audit_begin(&rec, self.now())?;
         Ok(Audited {
             state: self.state,
@@ -264,37 +343,80 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Plan one managed token: its journal, the listing of its instance and
+    /// of every configured instance its journal still has tokens on, its
+    /// backoff. `listings` caches listings within one planning round.
+    async fn plan_one(
+        &self,
+        mt: &ManagedToken,
+        install_id: &str,
+        listings: &mut HashMap<String, Vec<Listed>>,
+    ) -> Result<TokenPlan, TokenError> {
+        let journal = self.journal(&mt.name)?;
+        let mut wanted = vec![mt.instance.clone()];
+        for r in &journal {
+            let live = !matches!(Step::parse(&r.step), Some(Step::Deleted));
+            if live
+                && !wanted.contains(&r.instance)
+                && self.config.instance_by_name(&r.instance).is_some()
+            {
+                wanted.push(r.instance.clone());
+            }
+        }
+        for name in wanted {
+            if !listings.contains_key(&name) {
+                let inst = self.instance_named(&mt.name, &name)?;
+                listings.insert(name, self.list(inst).await?);
+            }
+        }
+        fp("tokens.state.backoff_read")?;
+        let backoff = self.state.token_backoff(&mt.name, &mt.instance)?;
+        let plan = planner::plan_token(
+            mt,
+            &Inputs {
+                install_id,
+                journal: &journal,
+                listings,
+                backoff: backoff.as_ref(),
+                retry_base: self.settings.retry_base,
+                list_lag: self.list_lag(),
+                now: self.now(),
+            },
+        );
+        if let Some(m) = self.metrics {
+            m.token_foreign
+                .with_label_values(&[&mt.name, &mt.instance])
+                .set(plan.foreign.len() as i64);
+        }
+        for f in &plan.foreign {
+            tracing::warn!(token = %mt.name, token_id = %f.token_id, why = %f.why, "a token of this name is not this installation's: left alone");
+        }
+        Ok(plan)
+    }
+
     /// Plan every managed token (no changes).
     pub async fn plan(&self) -> Result<Vec<TokenPlan>, TokenError> {
         let Some(tc) = &self.config.tokens else {
             return Ok(Vec::new());
         };
-        let mut listings: HashMap<String, Vec<Listed>> = HashMap::new();
+        let install_id = self.install_id()?;
+        let mut listings = HashMap::new();
         let mut plans = Vec::new();
         for mt in &tc.managed {
-            let inst = self.instance(mt)?;
-            if !listings.contains_key(&inst.name) {
-                listings.insert(inst.name.clone(), self.list(inst).await?);
-            }
-            let journal = self.journal(&mt.name)?;
-            plans.push(planner::plan_token(
-                mt,
-                &journal,
-                &listings[&inst.name],
-                tc.list_lag,
-                self.now(),
-            ));
+            self.instance(mt)?;
+            plans.push(self.plan_one(mt, &install_id, &mut listings).await?);
         }
         Ok(plans)
     }
 
-    /// One cycle: for each managed token, plan and carry the plan out. A
-    /// failure of one token does not stop the others.
+    /// One cycle: for each managed token, plan and carry out every step due
+    /// now. A failure of one token does not stop the others.
     pub async fn run(&self) -> Result<Vec<TokenOutcome>, TokenError> {
         let Some(tc) = &self.config.tokens else {
             return Ok(Vec::new());
         };
         let _lock = self.lock()?;
+        let install_id = self.install_id()?;
         let mut outcomes = Vec::new();
         for mt in &tc.managed {
             if self.cancelled() {
@@ -304,7 +426,7 @@ impl<'a> Engine<'a> {
                 name: mt.name.clone(),
                 ..Default::default()
             };
-            if let Err(e) = self.cycle_one(mt, &mut outcome).await {
+            if let Err(e) = self.cycle_one(mt, &install_id, &mut outcome).await {
                 tracing::error!(token = %mt.name, error = %e, "token cycle failed; the current token stays in place");
                 outcome.error = Some(e.to_string());
             }
@@ -314,25 +436,29 @@ impl<'a> Engine<'a> {
         Ok(outcomes)
     }
 
+    /// Plan and apply until nothing is due now (bounded): a step can make
+    /// another due (a rotation makes the adoption of an earlier token due,
+    /// the adoption of a disabled one its `disable` record).
     async fn cycle_one(
         &self,
         mt: &ManagedToken,
+        install_id: &str,
         outcome: &mut TokenOutcome,
     ) -> Result<(), TokenError> {
-        let inst = self.instance(mt)?;
-        // Pass 1 may rotate; pass 2 retires what the rotation replaced
-        // (adoption, interrupted deliveries, the previous token's schedule).
-        for pass in 0..2 {
-            let listed = self.list(inst).await?;
-            let journal = self.journal(&mt.name)?;
-            let plan = planner::plan_token(mt, &journal, &listed, self.list_lag(), self.now());
-            let mut changed_current = false;
+        self.instance(mt)?;
+        let mut rotated = false;
+        for _pass in 0..self.settings.max_passes.max(1) {
+            let plan = self
+                .plan_one(mt, install_id, &mut HashMap::new())
+                .await?;
+            let mut applied = 0;
             for step in &plan.steps {
                 if self.cancelled() {
                     return Err(TokenError::Cancelled);
                 }
                 match step {
-                    Planned::Rotate { .. } if pass > 0 => continue,
+                    // One rotation per cycle at most.
+                    Planned::Rotate { .. } if rotated => continue,
                     Planned::AwaitListing { .. } => {
                         tracing::info!(token = %mt.name, step = %step.describe(), "waiting");
                         continue;
@@ -340,13 +466,16 @@ impl<'a> Engine<'a> {
                     _ => {}
                 }
                 tracing::info!(token = %mt.name, step = %step.describe(), "token step");
-                self.execute(mt, inst, &plan, &journal, step, outcome)
-                    .await?;
+                self.execute(mt, &plan, install_id, step, outcome).await?;
                 outcome.done.push(step.describe());
-                changed_current |=
-                    matches!(step, Planned::Rotate { .. } | Planned::MarkCurrent { .. });
+                applied += 1;
+                if matches!(step, Planned::Rotate { .. } | Planned::MarkCurrent { .. }) {
+                    // The current token changed: plan again before retiring anything.
+                    rotated |= matches!(step, Planned::Rotate { .. });
+                    break;
+                }
             }
-            if !changed_current {
+            if applied == 0 {
                 break;
             }
         }
@@ -367,8 +496,21 @@ impl<'a> Engine<'a> {
             })
     }
 
+    /// The journal record of a rotation, fresh from state.
+    fn fresh_record(&self, name: &str, rotation_id: &str) -> Result<RotationRecord, TokenError> {
+        let journal = self.journal(name)?;
+        self.record(&journal, rotation_id)
+    }
+
+    fn put(&self, point: &'static str, records: &[RotationRecord]) -> Result<(), TokenError> {
+        fp(point)?;
+        self.state.journal_put(records)?;
+        Ok(())
+    }
+
     fn set_step(
         &self,
+        point: &'static str,
         mut rec: RotationRecord,
         step: Step,
         error: Option<String>,
@@ -378,56 +520,72 @@ impl<'a> Engine<'a> {
         if error.is_some() {
             rec.error = error;
         }
-        self.state.journal_put(std::slice::from_ref(&rec))?;
+        self.put(point, std::slice::from_ref(&rec))?;
         Ok(rec)
     }
 
     async fn execute(
         &self,
         mt: &ManagedToken,
-        inst: &InstanceConfig,
         plan: &TokenPlan,
-        journal: &[RotationRecord],
+        install_id: &str,
         step: &Planned,
         outcome: &mut TokenOutcome,
     ) -> Result<(), TokenError> {
+        let name = mt.name.as_str();
         match step {
             Planned::AwaitListing { .. } => Ok(()),
             Planned::Discard {
                 rotation_id,
+                instance,
                 token_id,
                 enabled,
                 why,
             } => {
+                let rec = self.fresh_record(name, rotation_id)?;
                 if let Some(id) = token_id {
+                    let inst = self.instance_named(name, instance)?;
                     self.discard_token(mt, inst, id, *enabled, why).await?;
                 }
-                let rec = self.record(journal, rotation_id)?;
-                self.set_step(rec, Step::Abandoned, Some(why.clone()))?;
+                self.set_step(
+                    "tokens.state.journal_abandoned",
+                    rec,
+                    Step::Abandoned,
+                    Some(why.clone()),
+                )?;
                 Ok(())
             }
-            Planned::MarkCurrent { rotation_id } => self.mark_current(&mt.name, rotation_id),
+            Planned::MarkCurrent { rotation_id } => {
+                self.mark_current(name, rotation_id)?;
+                self.backoff_clear(mt);
+                Ok(())
+            }
             Planned::Rotate { reason } => {
+                let inst = self.instance(mt)?;
                 let metrics = self.metrics;
                 let progress =
-                    metrics.map(|m| m.token_rotation_in_progress.with_label_values(&[&mt.name]));
+                    metrics.map(|m| m.token_rotation_in_progress.with_label_values(&[name]));
                 if let Some(p) = &progress {
                     p.set(1);
                 }
-                let result = self.rotate(mt, inst, plan.current.as_ref(), reason).await;
+                let result = self
+                    .rotate(mt, inst, install_id, plan.current.as_ref(), reason)
+                    .await;
                 if let Some(p) = &progress {
                     p.set(0);
                 }
                 let label = if result.is_ok() { "success" } else { "failure" };
                 if let Some(m) = metrics {
-                    m.token_rotations
-                        .with_label_values(&[&mt.name, label])
-                        .inc();
+                    m.token_rotations.with_label_values(&[name, label]).inc();
                     if result.is_ok() {
                         m.token_last_rotation
-                            .with_label_values(&[&mt.name])
+                            .with_label_values(&[name])
                             .set(self.now().timestamp() as f64);
                     }
+                }
+                match &result {
+                    Ok(_) => self.backoff_clear(mt),
+                    Err(e) => self.backoff_fail(mt, e),
                 }
                 outcome.rotated_to = Some(result?);
                 Ok(())
@@ -437,48 +595,94 @@ impl<'a> Engine<'a> {
                 token_id,
             } => {
                 let now = self.now();
-                self.state.journal_put(&[RotationRecord {
-                    rotation_id: rotation_id.clone(),
-                    token_name: mt.name.clone(),
-                    instance: inst.name.clone(),
-                    token_id: Some(token_id.clone()),
-                    previous_token_id: None,
-                    step: Step::Superseded.as_str().into(),
-                    expires_at: None,
-                    created_at: now,
-                    updated_at: now,
-                    error: Some(
-                        "adopted: carries this token's Desc but was not in the journal".into(),
-                    ),
-                }])?;
-                Ok(())
+                self.put(
+                    "tokens.state.journal_adopt",
+                    &[RotationRecord {
+                        rotation_id: rotation_id.clone(),
+                        token_name: mt.name.clone(),
+                        instance: mt.instance.clone(),
+                        token_id: Some(token_id.clone()),
+                        previous_token_id: None,
+                        step: Step::Superseded.as_str().into(),
+                        expires_at: None,
+                        created_at: now,
+                        updated_at: now,
+                        error: Some(
+                            "adopted: an earlier version's token of this name, not in the journal"
+                                .into(),
+                        ),
+                        absent_since: None,
+                    }],
+                )
+            }
+            Planned::NoteListing {
+                rotation_id,
+                absent,
+                ..
+            } => {
+                let mut rec = self.fresh_record(name, rotation_id)?;
+                rec.absent_since = absent.then(|| self.now());
+                self.put("tokens.state.journal_absence", &[rec])
             }
             Planned::Disable {
                 rotation_id,
+                instance,
                 token_id,
             } => {
                 self.guard_not_current(plan, token_id)?;
+                let rec = self.fresh_record(name, rotation_id)?;
+                let inst = self.instance_named(name, instance)?;
                 self.disable(mt, inst, token_id, "overlap ended").await?;
-                let rec = self.record(journal, rotation_id)?;
-                self.set_step(rec, Step::Disabled, None)?;
+                self.set_step("tokens.state.journal_disabled", rec, Step::Disabled, None)?;
                 Ok(())
             }
             Planned::Delete {
                 rotation_id,
+                instance,
                 token_id,
             } => {
                 self.guard_not_current(plan, token_id)?;
+                let rec = self.fresh_record(name, rotation_id)?;
+                let inst = self.instance_named(name, instance)?;
                 self.delete(mt, inst, token_id, "delete_after elapsed")
                     .await?;
-                let rec = self.record(journal, rotation_id)?;
-                self.set_step(rec, Step::Deleted, None)?;
+                self.set_step("tokens.state.journal_deleted", rec, Step::Deleted, None)?;
                 Ok(())
             }
             Planned::Forget { rotation_id, .. } => {
-                let rec = self.record(journal, rotation_id)?;
-                self.set_step(rec, Step::Deleted, Some("no longer listed".into()))?;
+                let rec = self.fresh_record(name, rotation_id)?;
+                self.set_step(
+                    "tokens.state.journal_forget",
+                    rec,
+                    Step::Deleted,
+                    Some("missing from two listings list_lag apart".into()),
+                )?;
                 Ok(())
             }
+        }
+    }
+
+    /// A failed rotation: the next attempt backs off (journaled, survives restarts).
+    fn backoff_fail(&self, mt: &ManagedToken, e: &TokenError) {
+        let r = fp("tokens.state.backoff_fail").and_then(|()| {
+            self.state
+                .token_backoff_fail(&mt.name, &mt.instance, self.now(), &e.to_string())
+                .map_err(TokenError::from)
+        });
+        match r {
+            Ok(n) => tracing::warn!(token = %mt.name, failures = n, "rotation failed; backing off before the next attempt"),
+            Err(w) => tracing::error!(token = %mt.name, error = %w, "cannot record the rotation's failure; the next cycle may try again without waiting"),
+        }
+    }
+
+    fn backoff_clear(&self, mt: &ManagedToken) {
+        let r = fp("tokens.state.backoff_clear").and_then(|()| {
+            self.state
+                .token_backoff_clear(&mt.name, &mt.instance)
+                .map_err(TokenError::from)
+        });
+        if let Err(e) = r {
+            tracing::error!(token = %mt.name, error = %e, "cannot clear the rotation backoff; the next rotation may wait longer");
         }
     }
 
@@ -510,6 +714,7 @@ impl<'a> Engine<'a> {
     #[allow(clippy::too_many_arguments)] // each is one fact about the one call
     async fn mutate<A: Action>(
         &self,
+        points: (&'static str, &'static str),
         mt: &ManagedToken,
         inst: &InstanceConfig,
         action: &str,
@@ -519,7 +724,11 @@ impl<'a> Engine<'a> {
         done_if_gone: bool,
     ) -> Result<(), TokenError> {
         let detail = format!("{}: {why}", mt.name);
-        let audit = self.audit_start(&inst.name, action, token_id, &detail)?;
+        let audit = self.audit_start(points.0, &inst.name, action, token_id, &detail)?;
+        if let Err(e) = fp(points.1) {
+            audit.finish("failed: injected", None);
+            return Err(e);
+        }
         match self.client.call(&request).await {
             Ok(_) => {
                 audit.finish("applied", None);
@@ -552,8 +761,18 @@ impl<'a> Engine<'a> {
             token_id: token_id.to_string(),
             enable: false,
         };
-        self.mutate(mt, inst, "disable_token", token_id, why, request, false)
-            .await
+        let points = ("tokens.state.audit_disable", "tokens.api.disable");
+        self.mutate(
+            points,
+            mt,
+            inst,
+            "disable_token",
+            token_id,
+            why,
+            request,
+            false,
+        )
+        .await
     }
 
     async fn delete(
@@ -567,8 +786,18 @@ impl<'a> Engine<'a> {
             instance_id: inst.id.clone(),
             token_id: token_id.to_string(),
         };
-        self.mutate(mt, inst, "delete_token", token_id, why, request, true)
-            .await
+        let points = ("tokens.state.audit_delete", "tokens.api.delete");
+        self.mutate(
+            points,
+            mt,
+            inst,
+            "delete_token",
+            token_id,
+            why,
+            request,
+            true,
+        )
+        .await
     }
 
     /// Disable, then delete, a token whose secret is lost.
@@ -593,6 +822,7 @@ impl<'a> Engine<'a> {
     fn mark_current(&self, name: &str, rotation_id: &str) -> Result<(), TokenError> {
         let now = self.now();
         let mut changed = Vec::new();
+        // Every instance's: a token moved to another instance supersedes the old one.
         for mut r in self.journal(name)? {
             if r.rotation_id == rotation_id {
                 r.step = Step::Current.as_str().into();
@@ -605,29 +835,61 @@ impl<'a> Engine<'a> {
             }
         }
         // One transaction: there is always exactly one current rotation.
-        self.state.journal_put(&changed)?;
-        Ok(())
+        self.put("tokens.state.mark_current", &changed)
     }
 
     fn new_rotation_id(&self) -> String {
-        format!(
+        let id = format!(
             "r{}-{:04x}",
             self.now().format("%Y%m%dT%H%M%SZ"),
             rand::random::<u16>()
-        )
+        );
+        debug_assert_eq!(id.len(), planner::ROTATION_ID_LEN);
+        id
     }
 
-    /// create → deliver → verify → mark current. Returns the new token id.
+    /// A rotation that failed after its token was created, before any sink
+    /// was written: disable and delete the token, close the rotation. If
+    /// that fails, the journal still says `creating`/`created` and the next
+    /// cycle discards it.
+    async fn discard_new(
+        &self,
+        mt: &ManagedToken,
+        inst: &InstanceConfig,
+        rotation_id: &str,
+        token_id: &str,
+        why: &str,
+    ) {
+        let r = async {
+            self.discard_token(mt, inst, token_id, true, why).await?;
+            let latest = self.fresh_record(&mt.name, rotation_id)?;
+            self.set_step(
+                "tokens.state.journal_abandoned",
+                latest,
+                Step::Abandoned,
+                Some(why.to_string()),
+            )?;
+            Ok::<(), TokenError>(())
+        }
+        .await;
+        if let Err(d) = r {
+            tracing::error!(token = %mt.name, token_id = %token_id, error = %d, "cannot discard the failed rotation's token; the next cycle retries");
+        }
+    }
+
+    /// create → journal → verify → deliver → mark current. Returns the new token id.
     async fn rotate(
         &self,
         mt: &ManagedToken,
         inst: &InstanceConfig,
+        install_id: &str,
         current: Option<&Current>,
         reason: &str,
     ) -> Result<String, TokenError> {
         let token = mt.name.clone();
         // Checked up front: a sink that cannot work fails the rotation before a token exists.
         for sink in &mt.sinks {
+            fp("tokens.rotate.preflight")?;
             sinks::preflight(sink).map_err(|source| TokenError::Sink {
                 token: token.clone(),
                 source,
@@ -646,45 +908,59 @@ impl<'a> Engine<'a> {
             created_at: now,
             updated_at: now,
             error: None,
+            absent_since: None,
         };
-        self.state.journal_put(std::slice::from_ref(&rec))?;
-        failpoint("after-journal-creating");
+        self.put(
+            "tokens.state.journal_creating",
+            std::slice::from_ref(&rec),
+        )?;
         let detail = format!("{}: rotation {rotation_id}: {reason}", mt.name);
         // The token id is known only once created: the record names the rotation until then.
         let audit = self.audit_start(
+            "tokens.state.audit_create",
             &inst.name,
             "create_token",
             &format!("rotation {rotation_id}"),
             &detail,
         )?;
-        let created = match self
-            .client
-            .call(&CreateInstanceToken {
-                instance_id: inst.id.clone(),
-                lifetime: lifetime(mt.lifetime),
-                desc: Some(planner::desc(&mt.name, &rotation_id)),
-            })
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                audit.finish(&format!("failed: {}", e.code()), None);
-                if e.surely_not_applied() {
-                    self.set_step(
-                        rec,
-                        Step::Abandoned,
-                        Some(format!("create failed: {}", e.code())),
-                    )?;
-                } else {
-                    // Maybe created: the next cycle finds it by its rotation id and discards it.
-                    rec.error = Some(format!("create outcome unknown: {}", e.code()));
-                    self.state.journal_put(std::slice::from_ref(&rec))?;
-                }
-                return Err(TokenError::Api {
-                    token,
+        let request = CreateInstanceToken {
+            instance_id: inst.id.clone(),
+            lifetime: lifetime(mt.lifetime),
+            desc: Some(planner::desc(&mt.name, install_id, &rotation_id)),
+        };
+        let sent = match fp("tokens.api.create") {
+            // An injected fault before sending: surely not applied.
+            Err(e) => Err((e, true, "injected".to_string())),
+            Ok(()) => self.client.call(&request).await.map_err(|e| {
+                let (applied, code) = (e.surely_not_applied(), e.code().to_string());
+                let err = TokenError::Api {
+                    token: token.clone(),
                     what: "create_token".into(),
                     source: Box::new(e),
-                });
+                };
+                (err, applied, code)
+            }),
+        };
+        let created = match sent {
+            Ok(c) => c,
+            Err((err, surely_not_applied, code)) => {
+                audit.finish(&format!("failed: {code}"), None);
+                if surely_not_applied {
+                    rec.step = Step::Abandoned.as_str().into();
+                    rec.error = Some(format!("create failed: {code}"));
+                } else {
+                    // Maybe created: the next cycle finds it by its rotation id and discards it.
+                    rec.error = Some(format!("create outcome unknown: {code}"));
+                }
+                rec.updated_at = self.now();
+                if let Err(w) = self.put(
+                    "tokens.state.journal_create_failed",
+                    std::slice::from_ref(&rec),
+                ) {
+                    // Still `creating`: the next cycle waits out list_lag, then closes it.
+                    tracing::error!(token = %mt.name, error = %w, "cannot journal the failed create");
+                }
+                return Err(err);
             }
         };
         let tz = *self.client.timezone();
@@ -692,9 +968,16 @@ impl<'a> Engine<'a> {
         rec.token_id = Some(token_id.clone());
         rec.expires_at = created.expire_time.map(|t| t.to_utc(&tz));
         audit.finish("applied", Some(&token_id));
-        let rec = self.set_step(rec, Step::Created, None)?;
-        failpoint("after-create");
         tracing::info!(token = %mt.name, token_id = %token_id, rotation = %rotation_id, "token created");
+        let rec = match self.set_step("tokens.state.journal_created", rec, Step::Created, None) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("rotation failed: {e}");
+                self.discard_new(mt, inst, &rotation_id, &token_id, &why)
+                    .await;
+                return Err(e);
+            }
+        };
 
         let delivery = Delivery {
             registry: inst.registry.as_deref().unwrap_or_default(),
@@ -703,13 +986,87 @@ impl<'a> Engine<'a> {
             token_id: &token_id,
             expires_at: rec.expires_at,
         };
-        let result = self
-            .deliver_and_verify(mt, inst, rec.clone(), &delivery)
-            .await;
+        // Verify before any sink sees it: a refused token is discarded while nothing depends on it.
+        let prepared = async {
+            if mt.verify {
+                let base = self
+                    .settings
+                    .registry_override
+                    .clone()
+                    .unwrap_or_else(|| {
+                        verify::base_url(inst.registry.as_deref().unwrap_or_default())
+                    });
+                let timeout = self.settings.verify_timeout;
+                fp("tokens.verify")?;
+                self.with_retries(|| verify::login(&base, &created.username, &created.token, timeout))
+                    .await
+                    .map_err(|source| TokenError::Verify {
+                        token: token.clone(),
+                        source,
+                    })?;
+            }
+            let mut priors = Vec::new();
+            for sink in &mt.sinks {
+                fp("tokens.rotate.snapshot")?;
+                priors.extend(sinks::snapshot(sink).map_err(|source| TokenError::Sink {
+                    token: token.clone(),
+                    source,
+                })?);
+            }
+            let rec = self.set_step("tokens.state.journal_delivering", rec, Step::Delivering, None)?;
+            Ok::<_, TokenError>((priors, rec))
+        }
+        .await;
+        let (priors, rec) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("rotation failed: {e}");
+                self.discard_new(mt, inst, &rotation_id, &token_id, &why)
+                    .await;
+                return Err(e);
+            }
+        };
+
+        // File sinks first: they can be put back; exec sinks cannot.
+        let mut order: Vec<&Sink> = mt.sinks.iter().collect();
+        order.sort_by_key(|s| matches!(s, Sink::Exec { .. }));
+        let mut exec_started = false;
+        let mut failure = None;
+        for sink in order {
+            exec_started |= matches!(sink, Sink::Exec { .. });
+            let r = match fp("tokens.rotate.deliver") {
+                Err(e) => Err(e),
+                Ok(()) => self
+                    .with_retries(|| sinks::deliver(sink, &delivery))
+                    .await
+                    .map_err(|source| TokenError::Sink {
+                        token: token.clone(),
+                        source,
+                    })
+                    .and_then(|()| fp("tokens.rotate.sink_done")),
+            };
+            if let Err(e) = r {
+                failure = Some(e);
+                break;
+            }
+        }
+        let result = match failure {
+            Some(e) => Err(e),
+            // Every sink holds it: from here on it is never discarded.
+            None => match self.set_step("tokens.state.journal_verified", rec.clone(), Step::Verified, None) {
+                Err(e) => {
+                    tracing::error!(token = %mt.name, token_id = %token_id, error = %e, "delivered everywhere but cannot journal it; the token is kept and retired once a newer one is current");
+                    return Err(e);
+                }
+                Ok(_) => Ok(()),
+            },
+        };
         match result {
             Ok(()) => {
-                self.mark_current(&mt.name, &rotation_id)?;
-                failpoint("after-mark-current");
+                if let Err(e) = self.mark_current(&mt.name, &rotation_id) {
+                    tracing::error!(token = %mt.name, token_id = %token_id, error = %e, "delivered and verified but not yet marked current; the next cycle finishes it");
+                    return Err(e);
+                }
                 if let Some(m) = self.metrics
                     && let Some(e) = rec.expires_at
                 {
@@ -720,81 +1077,61 @@ impl<'a> Engine<'a> {
             }
             Err(e) => {
                 let why = format!("rotation failed: {e}");
-                if let Err(d) = self.discard_token(mt, inst, &token_id, true, &why).await {
-                    tracing::error!(token = %mt.name, token_id = %token_id, error = %d, "cannot discard the failed rotation's token; the next cycle retries");
-                    return Err(e);
+                match self.put_back(&priors, exec_started) {
+                    Disposition::Discard => {
+                        // Journal first that no sink holds it; if that fails it stays `delivering` (kept).
+                        match self.set_step(
+                            "tokens.state.journal_restored",
+                            rec,
+                            Step::Created,
+                            Some(format!("{why}; every sink put back")),
+                        ) {
+                            Ok(_) => {
+                                self.discard_new(mt, inst, &rotation_id, &token_id, &why)
+                                    .await
+                            }
+                            Err(w) => {
+                                tracing::error!(token = %mt.name, token_id = %token_id, error = %w, "cannot journal the restored sinks; the token is kept");
+                            }
+                        }
+                    }
+                    Disposition::Keep(because) => {
+                        tracing::warn!(token = %mt.name, token_id = %token_id, because = %because, "the failed rotation's token is kept until a newer one is current");
+                        let mut kept = rec;
+                        kept.error = Some(format!("{why}; kept: {because}"));
+                        if let Err(w) = self.put("tokens.state.journal_kept", &[kept]) {
+                            tracing::error!(token = %mt.name, error = %w, "cannot journal why the token is kept; it stays `delivering`");
+                        }
+                    }
                 }
-                let latest = self.record(&self.journal(&mt.name)?, &rotation_id)?;
-                self.set_step(latest, Step::Abandoned, Some(why))?;
                 Err(e)
             }
         }
     }
 
-    async fn deliver_and_verify(
-        &self,
-        mt: &ManagedToken,
-        inst: &InstanceConfig,
-        rec: RotationRecord,
-        d: &Delivery<'_>,
-    ) -> Result<(), TokenError> {
-        let token = mt.name.clone();
-        let sink_err = |source| TokenError::Sink {
-            token: token.clone(),
-            source,
-        };
-        let mut priors = Vec::new();
-        for sink in &mt.sinks {
-            priors.extend(sinks::snapshot(sink).map_err(sink_err)?);
-        }
-        let rec = self.set_step(rec, Step::Delivering, None)?;
-        failpoint("after-journal-delivering");
-        let mut delivered = 0;
-        // File sinks first: they can be undone if a later step fails.
-        let mut order: Vec<_> = mt.sinks.iter().collect();
-        order.sort_by_key(|s| matches!(s, crate::config::Sink::Exec { .. }));
-        let mut failure = None;
-        for sink in order {
-            if let Err(e) = self.with_retries(|| sinks::deliver(sink, d)).await {
-                failure = Some(sink_err(e));
-                break;
-            }
-            delivered += 1;
-            if delivered == 1 {
-                failpoint("after-first-sink");
-            }
-        }
-        if failure.is_none() {
-            let rec = self.set_step(rec, Step::Delivered, None)?;
-            failpoint("after-deliver");
-            if mt.verify {
-                let base = self.settings.registry_override.clone().unwrap_or_else(|| {
-                    verify::base_url(inst.registry.as_deref().unwrap_or_default())
-                });
-                let timeout = self.settings.verify_timeout;
-                if let Err(e) = self
-                    .with_retries(|| verify::login(&base, d.username, d.secret, timeout))
-                    .await
-                {
-                    failure = Some(TokenError::Verify {
-                        token: token.clone(),
-                        source: e,
-                    });
-                }
-            }
-            if failure.is_none() {
-                self.set_step(rec, Step::Verified, None)?;
-                failpoint("after-verify");
-                return Ok(());
-            }
-        }
-        // Put the file sinks back: the old token stays what they hold.
-        for p in &priors {
-            if let Err(e) = sinks::restore(p) {
+    /// Put every file sink back after a failed delivery, and say whether the
+    /// token may be discarded.
+    fn put_back(&self, priors: &[sinks::Prior], exec_started: bool) -> Disposition {
+        let mut failed = 0;
+        for p in priors {
+            let r = fp("tokens.rotate.restore").and_then(|()| {
+                sinks::restore(p).map_err(|source| TokenError::Sink {
+                    token: String::new(),
+                    source,
+                })
+            });
+            if let Err(e) = r {
+                failed += 1;
                 tracing::error!(error = %e, "cannot restore a sink after a failed rotation");
             }
         }
-        Err(failure.expect("set on every path here"))
+        match (exec_started, failed) {
+            (true, _) => Disposition::Keep("an exec sink may have received it".into()),
+            (false, 0) => Disposition::Discard,
+            (false, n) => Disposition::Keep(format!(
+                "{n} sink(s) could not be put back and may hold it"
+            )),
+        }
     }
 
     async fn with_retries<T, E: std::fmt::Display, F, Fut>(&self, mut f: F) -> Result<T, E>
@@ -838,7 +1175,7 @@ impl<'a> Engine<'a> {
                             .desc
                             .as_deref()
                             .and_then(planner::parse_desc)
-                            .is_some_and(|(n, _)| managed.contains(&n));
+                            .is_some_and(|d| managed.contains(&d.name));
                         if let Some(e) = t.expires_at {
                             rows.push((inst.name.clone(), t.token_id, is_managed, t.enabled, e));
                         }
