@@ -424,7 +424,11 @@ async fn a_refused_login_leaves_the_old_token_in_place() {
     sim.advance(Duration::minutes(11));
     restarted.cycle().await;
     assert_eq!(creates(), 3);
-    assert_eq!(tokens(&run.client).await, before, "each refused token discarded");
+    assert_eq!(
+        tokens(&run.client).await,
+        before,
+        "each refused token discarded"
+    );
 }
 
 #[tokio::test]
@@ -706,11 +710,17 @@ async fn listing_lag_beyond_list_lag_neither_replaces_nor_forgets_a_delivered_to
     sim.advance(Duration::days(1) + Duration::hours(1));
     run.cycle().await;
     let all = tokens(&run.client).await;
-    assert!(!token(&all, &t1).unwrap().enable, "t1 disabled after the overlap");
+    assert!(
+        !token(&all, &t1).unwrap().enable,
+        "t1 disabled after the overlap"
+    );
     assert_eq!(env_sink(dir.path()).2, t2);
     sim.advance(Duration::days(8));
     run.cycle().await;
-    assert!(token(&tokens(&run.client).await, &t1).is_none(), "t1 deleted");
+    assert!(
+        token(&tokens(&run.client).await, &t1).is_none(),
+        "t1 deleted"
+    );
 }
 
 /// Defect 10: a managed token moved to another instance: the old instance's
@@ -743,7 +753,10 @@ async fn moving_a_token_to_another_instance_retires_the_old_one() {
     );
     let run = Run::new(&sim, parse_config(&sim, &text, dir.path()));
     let out = run.cycle().await;
-    let t_new = out[0].rotated_to.clone().expect("rotated on the second instance");
+    let t_new = out[0]
+        .rotated_to
+        .clone()
+        .expect("rotated on the second instance");
     let on = |inst: &str| {
         let inst = inst.to_string();
         sim.world(move |w| {
@@ -758,7 +771,10 @@ async fn moving_a_token_to_another_instance_retires_the_old_one() {
         })
     };
     assert!(on(SECOND).contains(&(t_new.clone(), true)));
-    assert!(on(DEMO_INSTANCE).contains(&(t_old.clone(), true)), "inside the overlap");
+    assert!(
+        on(DEMO_INSTANCE).contains(&(t_old.clone(), true)),
+        "inside the overlap"
+    );
     sim.advance(Duration::hours(25));
     let out = run.cycle().await;
     assert_eq!(out[0].error, None, "{out:?}");
@@ -808,7 +824,10 @@ async fn one_apply_leaves_nothing_due_now() {
     };
     let plan = engine.plan().await.unwrap();
     let due: Vec<String> = plan[0].steps.iter().map(|s| s.describe()).collect();
-    assert!(due.is_empty(), "still due after one apply: {due:?} (did: {out:?})");
+    assert!(
+        due.is_empty(),
+        "still due after one apply: {due:?} (did: {out:?})"
+    );
 }
 
 /// Defect 11: `check` computes the real Desc length (prefix, name, install
@@ -826,12 +845,14 @@ fn a_name_too_long_for_the_desc_is_refused_with_file_line_and_key() {
             "n".repeat(n)
         )
     };
-    let parse = |t: &str| {
-        kcr_housekeeper::config::parse(t, "tokens.toml", Path::new("."), &|_: &str| None)
-    };
+    let parse =
+        |t: &str| kcr_housekeeper::config::parse(t, "tokens.toml", Path::new("."), &|_: &str| None);
     assert!(parse(&text(MAX_NAME_LEN)).is_ok());
     let err = parse(&text(MAX_NAME_LEN + 1)).unwrap_err().to_string();
     assert!(err.contains("tokens.toml:9"), "{err}");
     assert!(err.contains("tokens.managed[0].name"), "{err}");
-    assert!(err.contains(&format!("would be {} bytes", DESC_MAX + 1)), "{err}");
+    assert!(
+        err.contains(&format!("would be {} bytes", DESC_MAX + 1)),
+        "{err}"
+    );
 }

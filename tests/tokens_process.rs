@@ -13,8 +13,8 @@ use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::tokens::planner::parse_desc;
 use kcr_housekeeper::tokens::rotate::FAILPOINTS;
-use std::collections::{BTreeMap, BTreeSet};
 use secrecy::ExposeSecret;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -315,7 +315,10 @@ async fn sigkill_at_random_points_during_rotation() {
             let audited = match e.action.as_deref() {
                 // The record names the rotation (its token id is known only once created).
                 Some("CreateInstanceToken") => {
-                    let rid = parse_desc(&e.params["Desc"]).unwrap().rotation_id.to_owned();
+                    let rid = parse_desc(&e.params["Desc"])
+                        .unwrap()
+                        .rotation_id
+                        .to_owned();
                     records.iter().any(|r| {
                         r["action"] == "create_token"
                             && r["detail"]
@@ -430,12 +433,22 @@ impl Scenario {
         cmd.output().await.unwrap()
     }
 
-    /// Three runs 600 ms apart with `spec` armed until `target` fires, then a
-    /// clean restart past list_lag. Returns whether `target` fired and the
+    /// Four to six runs 600 ms apart (rotate, disable the old token, delete
+    /// it, note and forget what a fault left) with `spec` armed until `target`
+    /// fires, then a clean restart past list_lag. Returns whether `target` fired and the
     /// restart's output.
-    async fn drive(&self, spec: Option<&str>, target: Option<&str>, trace: Option<&Path>) -> (bool, Output) {
+    async fn drive(
+        &self,
+        spec: Option<&str>,
+        target: Option<&str>,
+        trace: Option<&Path>,
+    ) -> (bool, Output) {
         let mut fired = false;
-        for run in 0..3 {
+        for run in 0..6 {
+            // Points behind a fault may need a run or two more.
+            if run >= 4 && (fired || target.is_none()) {
+                break;
+            }
             if run > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(600)).await;
             }
@@ -485,7 +498,8 @@ impl Scenario {
         for t in tokens.iter().filter(|t| t.enable) {
             let delivered = journal.iter().any(|r| {
                 r.token_id.as_deref() == Some(t.token_id.as_str())
-                    && ["delivering", "verified", "current", "superseded"].contains(&r.step.as_str())
+                    && ["delivering", "verified", "current", "superseded"]
+                        .contains(&r.step.as_str())
             });
             assert!(
                 t.token_id == sink_id || t.token_id == SEED || delivered,
@@ -505,7 +519,10 @@ impl Scenario {
         for e in self.sim.requests().into_iter().filter(|e| e.code == "OK") {
             let audited = match e.action.as_deref() {
                 Some("CreateInstanceToken") => {
-                    let rid = parse_desc(&e.params["Desc"]).unwrap().rotation_id.to_owned();
+                    let rid = parse_desc(&e.params["Desc"])
+                        .unwrap()
+                        .rotation_id
+                        .to_owned();
                     audit.iter().any(|r| {
                         r.action == "create_token" && r.detail.contains(&format!("rotation {rid}:"))
                     })
@@ -561,90 +578,231 @@ async fn every_failpoint_on_the_rotation_path_fails_safe_as_an_error_and_as_a_cr
         "tokens.api.disable",
         "tokens.api.delete",
     ] {
-        assert!(points.iter().any(|p| p == must), "{must} not passed: {points:?}");
+        assert!(
+            points.iter().any(|p| p == must),
+            "{must} not passed: {points:?}"
+        );
     }
     for p in &points {
-        assert!(p.starts_with("tokens."), "a foreign point on the rotation path: {p}");
+        assert!(
+            p.starts_with("tokens."),
+            "a foreign point on the rotation path: {p}"
+        );
     }
 
-    // 2. Each point: an injected error (traced, to find the points errors lead to), and an abort.
-    let jobs: Vec<(String, String)> = points
-        .iter()
-        .flat_map(|p| [(p.clone(), format!("{p}=error")), (p.clone(), format!("{p}=abort"))])
-        .collect();
-    let results: Vec<(String, String, bool, Vec<String>)> = futures::stream::iter(jobs)
-        .map(|(point, spec)| async move {
-            let s = Scenario::new().await;
-            let trace = s.dir.path().join("trace");
-            let (fired, restart) = s.drive(Some(&spec), Some(&point), Some(&trace)).await;
-            assert!(
-                restart.status.success(),
-                "{spec}: the restart fails: {}",
-                String::from_utf8_lossy(&restart.stderr)
-            );
-            s.check(&spec).await;
-            (point, spec, fired, traced(&trace))
-        })
-        .buffer_unordered(6)
-        .collect()
-        .await;
+    // 2. Each point: an injected error (traced, to find the points only that
+    // error leads to) and an abort + restart. Then the same for each point
+    // found behind an error, with that error still armed (a double fault),
+    // and so on, three levels deep.
+    let mut known: BTreeSet<String> = points.iter().cloned().collect();
+    let mut frontier: Vec<(String, String)> =
+        points.iter().map(|p| (String::new(), p.clone())).collect();
     let mut exercised = BTreeSet::new();
-    let mut second: BTreeMap<String, String> = BTreeMap::new();
-    for (point, spec, fired, seen) in &results {
-        assert!(fired, "{spec}: the point was never reached");
-        exercised.insert(point.clone());
-        if spec.ends_with("=error") {
-            for p in seen {
-                if !points.contains(p) {
-                    second.entry(p.clone()).or_insert_with(|| point.clone());
+    let mut scenarios = 0;
+    let mut behind_errors = 0;
+    for _level in 0..3 {
+        if frontier.is_empty() {
+            break;
+        }
+        let jobs: Vec<(String, String, String)> = frontier
+            .iter()
+            .flat_map(|(prefix, p)| {
+                ["error", "abort"]
+                    .map(|mode| (prefix.clone(), p.clone(), format!("{prefix}{p}={mode}")))
+            })
+            .collect();
+        scenarios += jobs.len();
+        let results: Vec<(String, String, String, bool, Vec<String>)> = futures::stream::iter(jobs)
+            .map(|(prefix, point, spec)| async move {
+                let s = Scenario::new().await;
+                let trace = s.dir.path().join("trace");
+                let (fired, restart) = s.drive(Some(&spec), Some(&point), Some(&trace)).await;
+                assert!(
+                    restart.status.success(),
+                    "{spec}: the restart fails: {}",
+                    String::from_utf8_lossy(&restart.stderr)
+                );
+                s.check(&spec).await;
+                (prefix, point, spec, fired, traced(&trace))
+            })
+            .buffer_unordered(6)
+            .collect()
+            .await;
+        let mut next: BTreeMap<String, String> = BTreeMap::new();
+        for (prefix, point, spec, fired, seen) in &results {
+            assert!(fired, "{spec}: the point was never reached");
+            exercised.insert(point.clone());
+            if spec.ends_with("=error") {
+                for q in seen {
+                    if !known.contains(q) && !next.contains_key(q) {
+                        next.insert(q.clone(), format!("{prefix}{point}=error,"));
+                    }
                 }
             }
         }
-    }
-
-    // 3. Points only an injected error leads to: that error plus an error or an abort there.
-    let jobs: Vec<(String, String)> = second
-        .iter()
-        .flat_map(|(p, primary)| {
-            [
-                (p.clone(), format!("{primary}=error,{p}=error")),
-                (p.clone(), format!("{primary}=error,{p}=abort")),
-            ]
-        })
-        .collect();
-    let results: Vec<(String, String, bool)> = futures::stream::iter(jobs)
-        .map(|(point, spec)| async move {
-            let s = Scenario::new().await;
-            let (fired, restart) = s.drive(Some(&spec), Some(&point), None).await;
-            assert!(
-                restart.status.success(),
-                "{spec}: the restart fails: {}",
-                String::from_utf8_lossy(&restart.stderr)
-            );
-            s.check(&spec).await;
-            (point, spec, fired)
-        })
-        .buffer_unordered(6)
-        .collect()
-        .await;
-    for (point, spec, fired) in &results {
-        assert!(fired, "{spec}: the point was never reached");
-        exercised.insert(point.clone());
+        behind_errors += next.len();
+        known.extend(next.keys().cloned());
+        frontier = next.into_iter().map(|(q, prefix)| (prefix, q)).collect();
     }
     let missing: Vec<&&str> = FAILPOINTS
         .iter()
         .filter(|p| !exercised.contains(**p))
         .collect();
     eprintln!(
-        "failpoints exercised: {} ({} on a clean rotation, {} behind an injected error), {} scenarios, each as an error and as an abort, in {:?}; declared but not reached: {missing:?}",
+        "failpoints exercised: {} ({} on a clean rotation, {} behind injected errors), each as an error and as an abort: {scenarios} scenarios in {:?}; declared but not reached: {missing:?}",
         exercised.len(),
         points.len(),
-        second.len(),
-        2 * (points.len() + second.len()),
+        behind_errors,
         started.elapsed()
     );
     assert!(
         missing.is_empty(),
         "declared failpoints no scenario reached: {missing:?}"
+    );
+}
+
+fn config_with_sinks(sim: &Simulator, dir: &Path, sinks: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{head}[log]\nlevel = \"info\"\n[tokens]\nlist_lag = \"2s\"\n[[tokens.managed]]\nname = \"ci-pull\"\n\
+         instance = \"demo\"\nlifetime = \"30d\"\nrotate_before = \"10d\"\nsinks = [{sinks}]\n",
+        head = demo_head(sim, dir),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Defect 1: the state database is locked (another process holds
+/// `BEGIN EXCLUSIVE` longer than the busy timeout) right after the sinks
+/// received the new token, so journaling the delivery fails. The token the
+/// sinks hold must stay alive: no restore-less discard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_failing_after_delivery_never_discards_the_delivered_token() {
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("exec-ran");
+    let d = dir.path().display();
+    let config = config_with_sinks(
+        &sim,
+        dir.path(),
+        &format!(
+            "{{ kind = \"docker-config\", path = \"{d}/config.json\" }}, {{ kind = \"file\", path = \"{d}/ci-pull.env\", format = \"env\" }}, \
+             {{ kind = \"exec\", command = [\"/bin/sh\", \"-c\", \"cat >/dev/null; touch {}; sleep 1\"] }}",
+            marker.display()
+        ),
+    );
+    let creds = sim.credentials();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+        .args(["apply", "tokens", "--yes", "--config"])
+        .arg(&config)
+        .env("AK", &creds.access_key_id)
+        .env("SK", creds.secret_access_key.expose_secret())
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec sink never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The exec sink runs for another second; lock the state past the 5 s busy timeout.
+    let db = dir.path().join("state.db");
+    let locker = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(2)).unwrap();
+        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(6500));
+        c.execute_batch("COMMIT").unwrap();
+    });
+    let out = child.wait_with_output().await.unwrap();
+    locker.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the journal write failed: {stderr}");
+    let user = env_value(dir.path(), "KCR_USERNAME");
+    let secret = env_value(dir.path(), "KCR_TOKEN");
+    assert!(
+        sim.world(|w| w.login(&user, &secret, sim.now())),
+        "the sinks hold a live credential: {stderr}"
+    );
+    let id = env_value(dir.path(), "KCR_TOKEN_ID");
+    let tokens = managed_tokens(&sim).await;
+    assert!(
+        tokens.iter().any(|t| t.token_id == id && t.enable),
+        "{tokens:?}"
+    );
+    assert_eq!(sim.count("DeleteInstanceToken"), 0, "nothing discarded");
+}
+
+/// Defect 3: a file sink fails mid-delivery and putting the sinks back fails
+/// too (a full disk): the token a sink may still hold is kept, not discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_sinks_could_not_be_put_back_is_kept() {
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = config_with_sinks(
+        &sim,
+        dir.path(),
+        &format!(
+            "{{ kind = \"docker-config\", path = \"{d}/config.json\" }}, {{ kind = \"file\", path = \"{d}/ci-pull.env\", format = \"env\" }}"
+        ),
+    );
+    let out = apply(
+        &sim,
+        &config,
+        Some("tokens.rotate.sink_done=error,tokens.rotate.restore=error"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("failpoint tokens.rotate.restore"),
+        "{stderr}"
+    );
+    // The docker config got the new token before the failure and could not be put back.
+    let docker: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let registry = sim.endpoint().trim_start_matches("http://").to_string();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD
+        .decode(docker["auths"][&registry]["auth"].as_str().unwrap())
+        .unwrap();
+    let (user, secret) = String::from_utf8(auth)
+        .unwrap()
+        .split_once(':')
+        .map(|(u, s)| (u.to_string(), s.to_string()))
+        .unwrap();
+    assert!(
+        sim.world(|w| w.login(&user, &secret, sim.now())),
+        "the sink's credential still works"
+    );
+    assert_eq!(
+        sim.count("ModifyInstanceTokenStatus"),
+        0,
+        "nothing disabled"
+    );
+    assert_eq!(sim.count("DeleteInstanceToken"), 0, "nothing deleted");
+    let journal = kcr_housekeeper::state::Store::open(&dir.path().join("state.db"))
+        .unwrap()
+        .journal_for("ci-pull")
+        .unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].step, "delivering", "{journal:?}");
+    assert!(
+        journal[0].error.as_deref().unwrap().contains("kept"),
+        "{journal:?}"
     );
 }

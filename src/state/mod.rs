@@ -827,11 +827,9 @@ impl Store {
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('install_id', ?1)",
                 params![fresh],
             )?;
-            c.query_row(
-                "SELECT value FROM meta WHERE key = 'install_id'",
-                [],
-                |r| r.get(0),
-            )
+            c.query_row("SELECT value FROM meta WHERE key = 'install_id'", [], |r| {
+                r.get(0)
+            })
         })
     }
 

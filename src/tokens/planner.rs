@@ -235,7 +235,9 @@ impl Planned {
                 token_id,
                 absent: true,
                 ..
-            } => format!("note token {token_id} missing from the listing (forgotten only if still missing after list_lag)"),
+            } => format!(
+                "note token {token_id} missing from the listing (forgotten only if still missing after list_lag)"
+            ),
             Planned::NoteListing { token_id, .. } => {
                 format!("note token {token_id} listed again")
             }
@@ -368,8 +370,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     let by_rid = |r: &RotationRecord| {
         listed_on(&r.instance)?.iter().find(|t| {
             ours(t, &cfg.name).is_some_and(|d| {
-                d.rotation_id == r.rotation_id
-                    && d.install_id.is_none_or(|i| i == input.install_id)
+                d.rotation_id == r.rotation_id && d.install_id.is_none_or(|i| i == input.install_id)
             })
         })
     };
@@ -452,7 +453,10 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     let current_rec = current_rec.filter(|_| current.is_some());
     // Retire others only while the current token is listed (or too young to be).
     let current_confirmed = current_rec.is_some_and(|r| {
-        now < r.created_at + lag || here.iter().any(|t| Some(&t.token_id) == r.token_id.as_ref())
+        now < r.created_at + lag
+            || here
+                .iter()
+                .any(|t| Some(&t.token_id) == r.token_id.as_ref())
     });
 
     // Interrupted rotations.
@@ -867,7 +871,10 @@ mod tests {
             Planned::Forget { token_id, .. } => format!("forget {token_id}"),
             Planned::NoteListing {
                 token_id, absent, ..
-            } => format!("note {token_id} {}", if *absent { "missing" } else { "listed" }),
+            } => format!(
+                "note {token_id} {}",
+                if *absent { "missing" } else { "listed" }
+            ),
         }
     }
 
@@ -1099,7 +1106,10 @@ mod tests {
                     rec("r0", Some("t0"), Step::Superseded, 900, 25),
                     rec("r1", Some("t1"), Step::Current, 500, 500),
                 ],
-                vec![listed("t0", "r0", true, 100), listed("t1", "r1", false, 100)],
+                vec![
+                    listed("t0", "r0", true, 100),
+                    listed("t1", "r1", false, 100),
+                ],
                 vec!["rotate"],
             ),
             (
@@ -1254,10 +1264,7 @@ mod tests {
                 error: "boom".into(),
             };
             let p = plan_token(&cfg(), &inputs(&journal, &listings, Some(&b)));
-            let rotate = p
-                .steps
-                .iter()
-                .any(|s| matches!(s, Planned::Rotate { .. }));
+            let rotate = p.steps.iter().any(|s| matches!(s, Planned::Rotate { .. }));
             match next {
                 None => {
                     assert!(rotate, "{failures} failures {ago}h ago: due");
@@ -1345,17 +1352,26 @@ mod tests {
         };
         let t_old = listed("t-old", "r0", true, 20 * 24);
         // Before the first rotation on prod: the old instance's current is not ours here.
-        let journal = vec![on(rec("r0", Some("t-old"), Step::Current, 500, 500), "staging")];
+        let journal = vec![on(
+            rec("r0", Some("t-old"), Step::Current, 500, 500),
+            "staging",
+        )];
         let listings = HashMap::from([
             ("prod".to_string(), vec![]),
             ("staging".to_string(), vec![t_old.clone()]),
         ]);
         let p = plan_token(&cfg(), &inputs(&journal, &listings, None));
         assert_eq!(p.current, None);
-        assert_eq!(p.steps.iter().map(short).collect::<Vec<_>>(), vec!["rotate"]);
+        assert_eq!(
+            p.steps.iter().map(short).collect::<Vec<_>>(),
+            vec!["rotate"]
+        );
         // After it: the old token is retired on its own instance.
         let journal = vec![
-            on(rec("r0", Some("t-old"), Step::Superseded, 500, 25), "staging"),
+            on(
+                rec("r0", Some("t-old"), Step::Superseded, 500, 25),
+                "staging",
+            ),
             rec("r1", Some("t1"), Step::Current, 25, 25),
         ];
         let listings = HashMap::from([
