@@ -364,9 +364,9 @@ impl<'a> Engine<'a> {
             }
         }
         for name in wanted {
-            if !listings.contains_key(&name) {
-                let inst = self.instance_named(&mt.name, &name)?;
-                listings.insert(name, self.list(inst).await?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = listings.entry(name) {
+                let inst = self.instance_named(&mt.name, slot.key())?;
+                slot.insert(self.list(inst).await?);
             }
         }
         fp("tokens.state.backoff_read")?;
