@@ -806,6 +806,11 @@ async fn apply_tokens_cmd(
         .map_err(io)?;
     if plans.iter().all(|p| p.steps.is_empty()) {
         writeln!(out, "nothing to do").map_err(io)?;
+        if plans.iter().any(|p| p.backoff_until.is_some()) {
+            return Err(CliError::Failed(anyhow::anyhow!(
+                "a rotation is due but backs off after failed attempts (see above)"
+            )));
+        }
         return Ok(());
     }
     if !confirmed(args.yes, "apply these token steps?", out)? {

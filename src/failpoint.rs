@@ -20,8 +20,6 @@
 
 /// Passes the failpoint `name`: `Ok(())` unless a test asked for a fault here.
 /// `make` builds the call site's own error from a message naming the point.
-/// Passes the failpoint `name`: `Ok(())` unless a test asked for a fault here.
-/// `make` builds the call site's own error from a message naming the point.
 #[cfg(feature = "failpoints")]
 pub fn hit<E>(name: &'static str, make: impl FnOnce(String) -> E) -> Result<(), E> {
     armed::hit(name, make)

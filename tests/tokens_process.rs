@@ -617,9 +617,10 @@ async fn every_failpoint_on_the_rotation_path_fails_safe_as_an_error_and_as_a_cr
                 let s = Scenario::new().await;
                 let trace = s.dir.path().join("trace");
                 let (fired, restart) = s.drive(Some(&spec), Some(&point), Some(&trace)).await;
+                // Success, or 1 while backing off after the injected failure; never a crash.
                 assert!(
-                    restart.status.success(),
-                    "{spec}: the restart fails: {}",
+                    matches!(restart.status.code(), Some(0 | 1)),
+                    "{spec}: the restart crashed: {}",
                     String::from_utf8_lossy(&restart.stderr)
                 );
                 s.check(&spec).await;

@@ -116,6 +116,7 @@ const MIGRATIONS: &[&str] = &[
         failures INTEGER NOT NULL,
         last_failure_at TEXT NOT NULL,
         error TEXT NOT NULL,
+        config TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (token_name, instance)
     );",
 ];
@@ -355,6 +356,9 @@ pub struct TokenBackoff {
     pub failures: u32,
     pub last_failure_at: DateTime<Utc>,
     pub error: String,
+    /// A fingerprint of the token's config when it failed: a changed config
+    /// (the operator fixed a sink) is tried at once.
+    pub config: String,
 }
 
 /// A stored report: when it was generated, and its bytes.
@@ -839,37 +843,42 @@ impl Store {
         token_name: &str,
         instance: &str,
     ) -> Result<Option<TokenBackoff>, StateError> {
-        let row: Option<(u32, String, String)> = self.with(|c| {
+        let row: Option<(u32, String, String, String)> = self.with(|c| {
             c.query_row(
-                "SELECT failures, last_failure_at, error FROM token_backoff WHERE token_name = ?1 AND instance = ?2",
+                "SELECT failures, last_failure_at, error, config FROM token_backoff WHERE token_name = ?1 AND instance = ?2",
                 params![token_name, instance],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
         })?;
-        Ok(row.and_then(|(failures, at, error)| {
+        Ok(row.and_then(|(failures, at, error, config)| {
             Some(TokenBackoff {
                 failures,
                 last_failure_at: parse_ts(&at)?,
                 error,
+                config,
             })
         }))
     }
 
-    /// Count one more failed rotation; returns the consecutive failures.
+    /// Count one more failed rotation under the config `config` (a
+    /// fingerprint; failures under another config start over at 1); returns
+    /// the consecutive failures.
     pub fn token_backoff_fail(
         &self,
         token_name: &str,
         instance: &str,
         at: DateTime<Utc>,
         error: &str,
+        config: &str,
     ) -> Result<u32, StateError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO token_backoff (token_name, instance, failures, last_failure_at, error) VALUES (?1, ?2, 1, ?3, ?4)
-                 ON CONFLICT(token_name, instance) DO UPDATE SET failures = failures + 1,
-                   last_failure_at = excluded.last_failure_at, error = excluded.error",
-                params![token_name, instance, ts(at), error],
+                "INSERT INTO token_backoff (token_name, instance, failures, last_failure_at, error, config) VALUES (?1, ?2, 1, ?3, ?4, ?5)
+                 ON CONFLICT(token_name, instance) DO UPDATE SET
+                   failures = CASE WHEN config = excluded.config THEN failures + 1 ELSE 1 END,
+                   last_failure_at = excluded.last_failure_at, error = excluded.error, config = excluded.config",
+                params![token_name, instance, ts(at), error, config],
             )?;
             c.query_row(
                 "SELECT failures FROM token_backoff WHERE token_name = ?1 AND instance = ?2",
@@ -1161,8 +1170,16 @@ mod tests {
         let id = s.install_id().unwrap();
         assert_eq!(id.len(), 12);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(s.token_backoff_fail("t", "prod", now(), "boom").unwrap(), 1);
-        assert_eq!(s.token_backoff_fail("t", "prod", now(), "bang").unwrap(), 2);
+        assert_eq!(
+            s.token_backoff_fail("t", "prod", now(), "boom", "c1")
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.token_backoff_fail("t", "prod", now(), "bang", "c1")
+                .unwrap(),
+            2
+        );
         s.journal_put(&[RotationRecord {
             rotation_id: "r1".into(),
             token_name: "t".into(),
@@ -1184,6 +1201,12 @@ mod tests {
         assert_eq!((b.failures, b.error.as_str()), (2, "bang"));
         assert_eq!(s.token_backoff("t", "staging").unwrap(), None);
         assert_eq!(s.journal_for("t").unwrap()[0].absent_since, Some(now()));
+        assert_eq!(b.config, "c1");
+        assert_eq!(
+            s.token_backoff_fail("t", "prod", now(), "x", "c2").unwrap(),
+            1,
+            "another config starts over"
+        );
         s.token_backoff_clear("t", "prod").unwrap();
         assert_eq!(s.token_backoff("t", "prod").unwrap(), None);
     }

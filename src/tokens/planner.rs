@@ -301,7 +301,8 @@ pub struct Inputs<'a> {
     /// Every token of each instance listed this cycle, by instance name; the
     /// token's own instance must be there.
     pub listings: &'a HashMap<String, Vec<Listed>>,
-    /// Consecutive failed rotations on the token's instance.
+    /// Consecutive failed rotations on the token's instance; ignored when
+    /// they failed under another config than [`config_fingerprint`] of `cfg`.
     pub backoff: Option<&'a TokenBackoff>,
     /// The wait after the first failure (doubled after each further one).
     pub retry_base: std::time::Duration,
@@ -318,6 +319,14 @@ fn step_of(r: &RotationRecord) -> Option<Step> {
 
 fn std_to_chrono(d: std::time::Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
+}
+
+/// A fingerprint of a managed token's config: failures under another
+/// config (the operator changed a sink) do not hold the next attempt back.
+pub fn config_fingerprint(cfg: &ManagedToken) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{cfg:?}").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// When the next rotation may be tried after `b`: the base doubled per
@@ -542,8 +551,9 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     }
 
     // Rotation, unless backing off after failures.
-    let backoff_until = input
-        .backoff
+    let fingerprint = config_fingerprint(cfg);
+    let backoff = input.backoff.filter(|b| b.config == fingerprint);
+    let backoff_until = backoff
         .map(|b| backoff_until(b, input.retry_base, cfg.rotate_before))
         .filter(|at| *at > now);
     if !in_flight {
@@ -577,7 +587,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                 }
             }
         };
-        match (reason, backoff_until, input.backoff) {
+        match (reason, backoff_until, backoff) {
             (Some(reason), Some(at), Some(b)) => upcoming.push(Upcoming {
                 at,
                 what: format!(
@@ -1201,7 +1211,14 @@ mod tests {
         };
         let cur = rec("r1", Some("t1"), Step::Current, 500, 500);
         let t1 = listed("t1", "r1", true, 20 * 24);
-        let cases: Vec<(&str, Vec<RotationRecord>, Vec<Listed>, Vec<&str>, Vec<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<RotationRecord>,
+            Vec<Listed>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "another installation's current token: reported, not adopted",
                 vec![cur.clone()],
@@ -1257,11 +1274,24 @@ mod tests {
             (20, 59, Some(1)), // capped at 10d / 4 = 60h
             (20, 60, None),
         ];
+        // Failures under another config (a sink was fixed) hold nothing back.
+        let other = TokenBackoff {
+            failures: 5,
+            last_failure_at: now(),
+            error: "boom".into(),
+            config: "another config".into(),
+        };
+        let p = plan_token(&cfg(), &inputs(&journal, &listings, Some(&other)));
+        assert_eq!(
+            p.steps.iter().map(short).collect::<Vec<_>>(),
+            vec!["rotate"]
+        );
         for (failures, ago, next) in cases {
             let b = TokenBackoff {
                 failures,
                 last_failure_at: now() - hours(ago),
                 error: "boom".into(),
+                config: config_fingerprint(&cfg()),
             };
             let p = plan_token(&cfg(), &inputs(&journal, &listings, Some(&b)));
             let rotate = p.steps.iter().any(|s| matches!(s, Planned::Rotate { .. }));
@@ -1299,7 +1329,13 @@ mod tests {
         let cur = rec("r1", Some("t1"), Step::Current, 500, 500);
         let t1 = listed("t1", "r1", true, 20 * 24);
         let t0 = listed("t0", "r0", true, 100);
-        let cases: Vec<(&str, Vec<RotationRecord>, Vec<Listed>, Vec<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<RotationRecord>,
+            Vec<Listed>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "retiring token missed once: noted, not forgotten",
                 vec![old.clone(), cur.clone()],

@@ -71,6 +71,9 @@ pub enum TokenError {
     /// A safety invariant would be broken; nothing was done.
     #[error("{0}")]
     Invariant(String),
+    /// A rotation is due, but waits after failed ones: the run is not a success.
+    #[error("token {token}: {what}")]
+    BackingOff { token: String, what: String },
     /// A test's fault injection ([`crate::failpoint`]).
     #[error("{0}")]
     Injected(String),
@@ -255,7 +258,19 @@ impl<'a> Engine<'a> {
                 path: lock_path.display().to_string(),
                 source,
             })?;
-        match file.try_lock() {
+        // A child forked by another thread of this process (an exec sink)
+        // holds a copy of a just-released lock until it execs: wait briefly.
+        let mut tries = 0;
+        let outcome = loop {
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(()) => Ok(CycleLock { _file: Some(file) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(TokenError::Locked {
                 path: lock_path.display().to_string(),
@@ -447,8 +462,16 @@ impl<'a> Engine<'a> {
     ) -> Result<(), TokenError> {
         self.instance(mt)?;
         let mut rotated = false;
+        let mut backing_off = None;
         for _pass in 0..self.settings.max_passes.max(1) {
             let plan = self.plan_one(mt, install_id, &mut HashMap::new()).await?;
+            backing_off = plan.backoff_until.map(|at| {
+                let what = plan.upcoming.iter().find(|u| u.at == at);
+                match what {
+                    Some(u) => format!("backing off until {}: {}", at.to_rfc3339(), u.what),
+                    None => format!("next rotation attempt at {}", at.to_rfc3339()),
+                }
+            });
             let mut applied = 0;
             for step in &plan.steps {
                 if self.cancelled() {
@@ -477,7 +500,14 @@ impl<'a> Engine<'a> {
                 break;
             }
         }
-        Ok(())
+        match backing_off {
+            // Skipped, not done: never reported as a success.
+            Some(what) if !rotated => Err(TokenError::BackingOff {
+                token: mt.name.clone(),
+                what,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn record(
@@ -664,7 +694,13 @@ impl<'a> Engine<'a> {
     fn backoff_fail(&self, mt: &ManagedToken, e: &TokenError) {
         let r = fp("tokens.state.backoff_fail").and_then(|()| {
             self.state
-                .token_backoff_fail(&mt.name, &mt.instance, self.now(), &e.to_string())
+                .token_backoff_fail(
+                    &mt.name,
+                    &mt.instance,
+                    self.now(),
+                    &e.to_string(),
+                    &planner::config_fingerprint(mt),
+                )
                 .map_err(TokenError::from)
         });
         match r {
@@ -988,13 +1024,9 @@ impl<'a> Engine<'a> {
         // Verify before any sink sees it: a refused token is discarded while nothing depends on it.
         let prepared = async {
             if mt.verify {
-                let base = self
-                    .settings
-                    .registry_override
-                    .clone()
-                    .unwrap_or_else(|| {
-                        verify::base_url(inst.registry.as_deref().unwrap_or_default())
-                    });
+                let base = self.settings.registry_override.clone().unwrap_or_else(|| {
+                    verify::base_url(inst.registry.as_deref().unwrap_or_default())
+                });
                 let timeout = self.settings.verify_timeout;
                 fp("tokens.verify")?;
                 self.with_retries(|| {
