@@ -1141,11 +1141,11 @@ async fn apply_retention_cmd(
     executed.waiting = waiting;
     executed.results.extend(already);
     for (t, a, o) in &executed.results {
-        if let Outcome::Stale(why) | Outcome::Failed(why) = o {
-            let kind = if matches!(o, Outcome::Stale(_)) {
-                "dropped (stale)"
-            } else {
-                "FAILED"
+        if let Outcome::Stale(why) | Outcome::Failed(why) | Outcome::Unknown(why) = o {
+            let kind = match o {
+                Outcome::Stale(_) => "dropped (stale)",
+                Outcome::Unknown(_) => "UNKNOWN",
+                _ => "FAILED",
             };
             writeln!(
                 out,

@@ -773,3 +773,92 @@ async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
         "the newest records, oldest first"
     );
 }
+
+fn audit_records(sim: &Simulator, config: &str) -> Vec<serde_json::Value> {
+    let o = run(sim, &["audit", "--config", config, "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Review finding 1: a delete whose answer was lost is never audited
+/// `failed`: when the check after it cannot settle it, the outcome is
+/// unknown (`interrupted`, with the delete's error, exit 1, counted apart
+/// from failures); when the check finds the image gone, our delete did it
+/// (`applied`, not `already_done`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_whose_answer_was_lost_is_unknown_or_applied_never_failed() {
+    let sim = sim(generated(
+        "namespaces=1,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // No check before the first delete: the only checks are the ones after a lost answer.
+    let config = write_config(&sim, dir.path(), "verify_before_delete = false", PROTECT);
+    let with_faults = |spec: &str| {
+        let mut c = command(&sim, &["apply", "retention", "--yes", "--config", &config]);
+        c.env("KCR_HOUSEKEEPER_FAILPOINT", spec);
+        std::thread::spawn(move || c.output().unwrap())
+            .join()
+            .unwrap()
+    };
+    // The answer lost, and the check after it fails too: unknown.
+    let o =
+        with_faults("retention.api.delete_image.reply_lost=error*1,retention.api.verify=error*1");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("1 outcome unknown"), "{out}");
+    assert!(out.contains(", 0 failed"), "{out}");
+    assert!(out.contains("UNKNOWN: delete_image"), "{out}");
+    let records = audit_records(&sim, &config);
+    let unknown: Vec<_> = records
+        .iter()
+        .filter(|r| r["outcome"] == "interrupted")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{records:?}");
+    let why = unknown[0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("outcome unknown")
+            && why.contains("DeleteImages")
+            && why.contains("verification"),
+        "the delete's error is kept: {why}"
+    );
+    assert!(
+        records.iter().all(|r| r["outcome"] != "failed"),
+        "{records:?}"
+    );
+    // The registry did apply it.
+    let target = unknown[0]["target"].as_str().unwrap();
+    let digest = target.split_once('@').unwrap().1;
+    assert!(deletes_in_log(&sim).iter().any(|(_, d)| d == digest));
+
+    // A fresh world: the answer lost, the check finds the image gone: applied by us.
+    let sim2 = sim_fresh().await;
+    let dir2 = tempfile::tempdir().unwrap();
+    let config2 = write_config(&sim2, dir2.path(), "verify_before_delete = false", PROTECT);
+    let mut c = command(
+        &sim2,
+        &["apply", "retention", "--yes", "--config", &config2],
+    );
+    c.env(
+        "KCR_HOUSEKEEPER_FAILPOINT",
+        "retention.api.delete_image.reply_lost=error*1",
+    );
+    let o = std::thread::spawn(move || c.output().unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let records = audit_records(&sim2, &config2);
+    assert!(
+        records.iter().all(|r| r["outcome"] == "applied"),
+        "nothing was in place before this run: every effect is ours: {records:?}"
+    );
+}
+
+async fn sim_fresh() -> Simulator {
+    sim(generated(
+        "namespaces=1,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await
+}

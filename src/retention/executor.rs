@@ -48,6 +48,10 @@ pub enum Outcome {
     /// Dropped by verification: the registry no longer matches the plan.
     Stale(String),
     Failed(String),
+    /// A delete was sent and its answer lost (timeout, reset, server
+    /// error), and no later check settled whether it happened: audited
+    /// `interrupted` with the delete's error, counted apart from failures.
+    Unknown(String),
 }
 
 impl Outcome {
@@ -57,6 +61,7 @@ impl Outcome {
             Outcome::AlreadyDone => (AuditStatus::AlreadyDone, None),
             Outcome::Stale(why) => (AuditStatus::Stale, Some(why)),
             Outcome::Failed(why) => (AuditStatus::Failed, Some(why)),
+            Outcome::Unknown(why) => (AuditStatus::Interrupted, Some(why)),
         }
     }
 }
@@ -88,9 +93,14 @@ impl Executed {
     pub fn stale(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Stale(_)))
     }
-    /// Something went wrong: a failed action, a stop, an unwritten audit record.
+    /// Deletes sent whose effect nobody could confirm or rule out.
+    pub fn unknown(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Unknown(_)))
+    }
+    /// Something went wrong: a failed action, an unknown outcome, a stop,
+    /// an unwritten audit record.
     pub fn has_failures(&self) -> bool {
-        self.failed() > 0 || self.stopped.is_some() || self.audit_errors > 0
+        self.failed() > 0 || self.unknown() > 0 || self.stopped.is_some() || self.audit_errors > 0
     }
 }
 
@@ -365,16 +375,40 @@ impl Attempt<'_, '_> {
     async fn run(&mut self) -> Outcome {
         let client = self.env.client;
         let mut last_delete_error: Option<CallError> = None;
+        // The last delete that may have reached the registry without its
+        // answer reaching us: until a check settles it, the outcome is unknown.
+        let mut sent_unanswered: Option<String> = None;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let (error, from_delete) = match self.step(attempt, last_delete_error.take()).await {
-                Ok(outcome) => return outcome,
+                Ok(outcome) => {
+                    return match (outcome, &sent_unanswered) {
+                        // Our delete was sent, its answer lost, and the check
+                        // finds the effect in place: ours (KCR cannot tell us
+                        // otherwise; someone else deleting the same object
+                        // within that round trip is the remaining doubt).
+                        (Outcome::AlreadyDone, Some(_)) => Outcome::Applied,
+                        (outcome, _) => outcome,
+                    };
+                }
                 Err(e) => e,
+            };
+            if from_delete {
+                sent_unanswered = error.retryable.then(|| error.text.clone());
+            }
+            let give_up = |why: String| match &sent_unanswered {
+                Some(delete) if from_delete => {
+                    Outcome::Unknown(format!("outcome unknown: {delete}"))
+                }
+                Some(delete) => Outcome::Unknown(format!(
+                    "outcome unknown: {delete}; the check after it failed: {why}"
+                )),
+                None => Outcome::Failed(why),
             };
             // A refused check is final; a refused delete gets one more check (did it happen?).
             if !error.retryable && !from_delete {
-                return Outcome::Failed(error.text);
+                return give_up(error.text);
             }
             let stop = *self.failures_in_row >= client.max_consecutive_failures();
             let pause = if error.retryable {
@@ -388,7 +422,7 @@ impl Attempt<'_, '_> {
                     tokio::time::sleep(pause).await;
                     last_delete_error = Some(error);
                 }
-                _ => return Outcome::Failed(error.text),
+                _ => return give_up(error.text),
             }
         }
     }
@@ -544,6 +578,9 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             tracing::error!(error = %e, target = %target, "cannot write the audit record");
         }
         match &outcome {
+            Outcome::Unknown(e) => {
+                tracing::warn!(instance = %t.instance, action = a.action.as_str(), target = %audit_target(&t, &a), error = %e, "retention action: outcome unknown")
+            }
             Outcome::Applied | Outcome::AlreadyDone => {
                 effects.note_done(&t, &a);
                 env.metrics

@@ -95,6 +95,12 @@ pub fn executed_summary(e: &Executed) -> String {
         e.stale(),
         e.failed()
     );
+    if e.unknown() > 0 {
+        s.push_str(&format!(
+            ", {} outcome unknown (sent, answer lost, not confirmed since)",
+            e.unknown()
+        ));
+    }
     if e.waiting > 0 {
         s.push_str(&format!(", {} waiting for grace", e.waiting));
     }
