@@ -1026,9 +1026,6 @@ async fn apply_retention_cmd(
             retention::plan_summary(&fresh),
         ),
     };
-    let (done_before, dropped): (Vec<_>, Vec<_>) = dropped
-        .into_iter()
-        .partition(|d| d.reason.starts_with(retention::ALREADY_DONE));
     for d in &dropped {
         let kind = if d.reason.starts_with("stale") {
             "dropped (stale)"
@@ -1067,17 +1064,9 @@ async fn apply_retention_cmd(
             partial.join("; ")
         ))
     };
-    // The file's actions an earlier apply already did count as done.
-    let already: Vec<_> = done_before
-        .into_iter()
-        .map(|d| (d.target, d.action, Outcome::AlreadyDone))
-        .collect();
     if items.is_empty() {
         writeln!(out, "nothing to do").map_err(io)?;
-        let executed = executor::Executed {
-            results: already,
-            ..Default::default()
-        };
+        let executed = executor::Executed::default();
         writeln!(out, "retention: {}", retention::executed_summary(&executed)).map_err(io)?;
         return if partial.is_empty() {
             Ok(())
@@ -1139,7 +1128,6 @@ async fn apply_retention_cmd(
     interrupt.abort();
     bar.finish();
     executed.waiting = waiting;
-    executed.results.extend(already);
     for (t, a, o) in &executed.results {
         if let Outcome::Stale(why) | Outcome::Failed(why) | Outcome::Unknown(why) = o {
             let kind = match o {

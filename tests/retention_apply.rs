@@ -862,3 +862,59 @@ async fn sim_fresh() -> Simulator {
     ))
     .await
 }
+
+/// Review finding 2: actions made up in a plan file (a digest the registry
+/// does not have, an empty digest, a delete_tag of a tag the image does not
+/// carry) are dropped and listed as not in the current plan, never counted
+/// as done.
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_plan_actions_are_dropped_and_listed_not_counted_done() {
+    let sim = sim_fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "", PROTECT);
+    let (mut plan, _) = plan_json(&sim, &config, dir.path());
+    let repo = &plan["repositories"][0];
+    let (ns, rp) = (
+        repo["namespace"].as_str().unwrap().to_owned(),
+        repo["repository"].as_str().unwrap().to_owned(),
+    );
+    let (digest, tags) = sim.world(|w| {
+        let img = &w.instances[0].namespaces[&ns].repos[&rp].images[0];
+        (img.digest.clone(), img.tags.clone())
+    });
+    let made_up = format!("sha256:{}", "f".repeat(64));
+    let forged = |action: &str, digest: &str, tags: Vec<String>, image_tags: Vec<String>| {
+        serde_json::json!({
+            "action": action, "digest": digest, "tags": tags, "image_tags": image_tags,
+            "size": 1, "pushed_at": "2020-01-01T00:00:00Z", "rules": ["ci"], "reason": "made up"
+        })
+    };
+    let made = vec![
+        forged("delete_image", &made_up, vec![], vec![]),
+        forged("delete_image", "", vec![], vec![]),
+        forged(
+            "delete_tag",
+            &digest,
+            vec!["no-such-tag".into()],
+            tags.clone(),
+        ),
+    ];
+    for r in plan["repositories"].as_array_mut().unwrap() {
+        r["actions"] = serde_json::json!([]);
+    }
+    plan["repositories"][0]["actions"] = serde_json::Value::Array(made);
+    let path = write_plan(dir.path(), "made-up.json", &plan);
+    let o = apply_plan(&sim, &config, &path);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(
+        out.matches("dropped: ").count(),
+        3,
+        "every made-up action is listed: {out}"
+    );
+    assert_eq!(out.matches("not in the current plan").count(), 3, "{out}");
+    assert!(out.contains("no-such-tag"), "{out}");
+    assert!(!out.contains("already done:"), "{out}");
+    assert!(out.contains("0 applied or already done"), "{out}");
+    assert!(deletes_in_log(&sim).is_empty());
+}

@@ -138,9 +138,6 @@ pub fn config_fingerprint(rc: &RetentionConfig) -> String {
 /// Why an action of a reviewed plan file is not executed.
 pub const NO_LONGER_CONDEMNED: &str = "no longer condemned by the current rules";
 pub const NOT_IN_CURRENT_PLAN: &str = "not in the current plan";
-/// ... because its effect is in place already (an earlier apply did it).
-pub const ALREADY_DONE: &str = "already done";
-
 /// An action of a plan file left out of the run, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dropped {
@@ -149,30 +146,6 @@ pub struct Dropped {
     /// Starts with [`NO_LONGER_CONDEMNED`] or [`NOT_IN_CURRENT_PLAN`], or
     /// says the image changed (`stale: …`).
     pub reason: String,
-}
-
-/// `Some(reason)` when the fully listed repository shows the action's effect
-/// in place: the image gone (`delete_image`), or the tag on no image (`delete_tag`).
-fn already_done(
-    listed: Option<&crate::inventory::RepositoryInventory>,
-    a: &PlannedAction,
-) -> Option<String> {
-    let repo = listed.filter(|r| r.skipped.is_none())?;
-    let has = |digest: &str| repo.images.iter().any(|i| i.digest.to_string() == digest);
-    match a.action {
-        ActionKind::DeleteImage if !has(&a.digest) => {
-            Some(format!("{ALREADY_DONE}: the image is gone"))
-        }
-        ActionKind::DeleteTag if a.tags.len() == 1 => {
-            let tag = a.tags[0].as_str();
-            let anywhere = repo
-                .images
-                .iter()
-                .any(|i| i.tags.iter().any(|t| t.as_str() == tag));
-            (!anywhere).then(|| format!("{ALREADY_DONE}: the tag is gone"))
-        }
-        _ => None,
-    }
 }
 
 /// What a reviewed plan file may still do: the actions both the file and a
@@ -241,23 +214,37 @@ pub fn intersect(
             r.namespace.as_str(),
             r.repository.as_str(),
         ));
-        let listed = inventory
-            .instances
-            .iter()
-            .find(|i| i.name == r.instance)
-            .and_then(|i| i.namespaces.iter().find(|n| n.name == r.namespace))
-            .and_then(|n| n.repositories.iter().find(|x| x.name == r.repository));
+        let inst_listed = inventory.instances.iter().find(|i| i.name == r.instance);
+        let ns_listed =
+            inst_listed.and_then(|i| i.namespaces.iter().find(|n| n.name == r.namespace));
+        // A listing that failed above the repository: nothing is known of it.
+        let unlisted = inst_listed
+            .and_then(|i| i.error.as_deref())
+            .map(|why| format!("instance {}: {why}", r.instance))
+            .or_else(|| {
+                ns_listed
+                    .and_then(|n| n.error.as_deref())
+                    .map(|why| format!("namespace {}: {why}", r.namespace))
+            });
+        let listed = ns_listed.and_then(|n| n.repositories.iter().find(|x| x.name == r.repository));
         let image = listed.and_then(|x| x.images.iter().find(|i| i.digest.to_string() == a.digest));
-        let reason = if let Some(why) = repo_plan.and_then(|p| p.skipped.as_deref()) {
+        let reason = if let Some(why) = unlisted.as_deref() {
+            format!("{NOT_IN_CURRENT_PLAN}: the repository could not be listed ({why})")
+        } else if let Some(why) = repo_plan.and_then(|p| p.skipped.as_deref()) {
             format!("{NOT_IN_CURRENT_PLAN}: the repository could not be listed ({why})")
         } else if let Some(why) = repo_plan.and_then(|p| p.blocked.as_deref()) {
             format!("{NOT_IN_CURRENT_PLAN}: the repository is blocked ({why})")
         } else if listed.is_none() {
             format!("{NOT_IN_CURRENT_PLAN}: the repository is not in the registry now")
-        } else if let Some(done) = already_done(listed, a) {
-            done
         } else if image.is_none() {
+            // Gone, or never there (an action made up by hand): either way
+            // not something this run may claim as done.
             format!("{NOT_IN_CURRENT_PLAN}: the image is not in the registry now")
+        } else if let (ActionKind::DeleteTag, Some(tag), Some(i)) =
+            (a.action, a.tags.first(), image)
+            && !i.tags.iter().any(|t| t.as_str() == tag.as_str())
+        {
+            format!("{NOT_IN_CURRENT_PLAN}: the image has no tag {tag:?} now")
         } else if image.is_some_and(|i| {
             let mut now: Vec<String> = i.tags.iter().map(|t| t.to_string()).collect();
             now.sort();
