@@ -215,6 +215,9 @@ pub enum CliError {
     /// Exit 130: stopped by Ctrl-C (SIGINT) between two actions.
     #[error("{0}")]
     Interrupted(String),
+    /// Exit 143: stopped by SIGTERM (as by Ctrl-C, with SIGTERM's code).
+    #[error("{0}")]
+    Terminated(String),
 }
 
 impl CliError {
@@ -224,6 +227,7 @@ impl CliError {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Blocked(_) => 3,
             CliError::Interrupted(_) => 130,
+            CliError::Terminated(_) => 143,
         }
     }
 }
@@ -938,21 +942,74 @@ fn read_plan_file(
     Ok(report)
 }
 
-/// Ctrl-C during an apply: stop at the next action boundary (a second one stops at once).
-fn cancel_on_interrupt(
-    cancel: &tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
+/// SIGINT or SIGTERM during an apply: the first stops at the next action
+/// boundary (`soft`), a second abandons the current action (`hard`); the
+/// caller closes the run and its audit records either way. `code()` is the
+/// exit code of the first signal: 130 (SIGINT) or 143 (SIGTERM).
+struct StopSignals {
+    hard: tokio_util::sync::CancellationToken,
+    code: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StopSignals {
+    fn install(soft: &tokio_util::sync::CancellationToken) -> Result<StopSignals, CliError> {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let (soft, hard) = (soft.clone(), tokio_util::sync::CancellationToken::new());
+        let code = std::sync::Arc::new(AtomicU8::new(130));
+        #[cfg(unix)]
+        let (mut int, mut term) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let install = |k| signal(k).map_err(|e| failed(e, "installing signal handlers"));
+            (
+                install(SignalKind::interrupt())?,
+                install(SignalKind::terminate())?,
+            )
+        };
+        let task = {
+            let (hard, code) = (hard.clone(), code.clone());
+            tokio::spawn(async move {
+                #[cfg(unix)]
+                let mut next = async || {
+                    tokio::select! {
+                        _ = int.recv() => 130u8,
+                        _ = term.recv() => 143u8,
+                    }
+                };
+                #[cfg(not(unix))]
+                let next = async || {
+                    let _ = tokio::signal::ctrl_c().await;
+                    130u8
+                };
+                code.store(next().await, Ordering::SeqCst);
+                eprintln!(
+                    "stopping after the current action (Ctrl-C or SIGTERM again to stop now)"
+                );
+                soft.cancel();
+                next().await;
+                eprintln!("stopping now: the current action's outcome is unknown");
+                hard.cancel();
+            })
+        };
+        Ok(StopSignals { hard, code, task })
+    }
+
+    fn code(&self) -> u8 {
+        self.code.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn error(&self, text: String) -> CliError {
+        match self.code() {
+            143 => CliError::Terminated(text),
+            _ => CliError::Interrupted(text),
         }
-        eprintln!("interrupted: stopping after the current action (Ctrl-C again to stop now)");
-        cancel.cancel();
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(130);
-        }
-    })
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// `apply retention [--plan FILE]`: a fresh plan (current config, fresh
@@ -1107,10 +1164,11 @@ async fn apply_retention_cmd(
         crate::state::StateError::Injected,
     )
     .map_err(|e| failed(e, "recording the run"))?;
+    // Before the run row exists: from here on a stop signal closes it.
+    let signals = StopSignals::install(&cancel)?;
     let run_id = state
         .start_run("retention", "cli", Utc::now())
         .map_err(|e| failed(e, "recording the run"))?;
-    let interrupt = cancel_on_interrupt(&cancel);
     let bar = Bar::new("deleting", "actions", ready.len() as u64);
     let tick = || bar.inc();
     let env = ExecEnv {
@@ -1124,9 +1182,33 @@ async fn apply_retention_cmd(
         verify: rc.verify_before_delete || file.is_some(),
         tick: &tick,
     };
-    let mut executed = executor::execute(&env, ready).await;
-    interrupt.abort();
+    let total = ready.len();
+    let executed = tokio::select! {
+        biased;
+        e = executor::execute(&env, ready) => Some(e),
+        _ = signals.hard.cancelled() => None,
+    };
     bar.finish();
+    let Some(mut executed) = executed else {
+        // Stopped in the middle of an action: its record and the run are
+        // closed here, so nothing stays `started` or open.
+        let closed = state.close_interrupted_audit_of_run(run_id);
+        let text = format!(
+            "stopped during an action by a second signal ({total} actions were to run); the outcome of the action in flight is unknown (audited interrupted)"
+        );
+        let finished = state.finish_run(
+            run_id,
+            Utc::now(),
+            crate::state::RunResult::Failure,
+            &text,
+            Some("interrupted"),
+        );
+        closed
+            .and(finished)
+            .map_err(|e| failed(e, "recording the run"))?;
+        writeln!(out, "retention: {text}").map_err(io)?;
+        return Err(signals.error(format!("retention: interrupted; {text}")));
+    };
     executed.waiting = waiting;
     for (t, a, o) in &executed.results {
         if let Outcome::Stale(why) | Outcome::Failed(why) | Outcome::Unknown(why) = o {
@@ -1164,9 +1246,7 @@ async fn apply_retention_cmd(
     .and_then(|()| state.finish_run(run_id, Utc::now(), result, &text, error))
     .map_err(|e| failed(e, "recording the run"))?;
     if executed.cancelled {
-        return Err(CliError::Interrupted(format!(
-            "retention: interrupted; {text}"
-        )));
+        return Err(signals.error(format!("retention: interrupted; {text}")));
     }
     if executed.has_failures() {
         return Err(CliError::Failed(anyhow::anyhow!("retention: {text}")));

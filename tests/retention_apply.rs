@@ -918,3 +918,89 @@ async fn made_up_plan_actions_are_dropped_and_listed_not_counted_done() {
     assert!(out.contains("0 applied or already done"), "{out}");
     assert!(deletes_in_log(&sim).is_empty());
 }
+
+/// Start a slow one-shot apply and wait until it has deleted something.
+async fn slow_apply(dir: &Path) -> (Simulator, String, std::process::Child) {
+    let sim = sim(generated(
+        "namespaces=2,repos=3,images=25,seed=24",
+        Faults {
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        },
+    ))
+    .await;
+    let config = write_config(&sim, dir, "", PROTECT);
+    let child = command(&sim, &["apply", "retention", "--yes", "--config", &config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while deletes_in_log(&sim).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "deletes start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (sim, config, child)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let kill = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// No audit record left `started`, and the run row closed as a failure.
+fn assert_closed(dir: &Path, sim: &Simulator, config: &str) {
+    let records = audit_records(sim, config);
+    assert!(!records.is_empty());
+    assert!(
+        records.iter().all(|r| r["outcome"] != "started"),
+        "no call left unfinished: {records:?}"
+    );
+    let store = kcr_housekeeper::state::Store::open(&dir.join("state.db")).unwrap();
+    let runs = store.runs(Some("retention"), 10).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].finished_at.is_some(), "the run is closed: {runs:?}");
+    assert_eq!(
+        runs[0].result,
+        Some(kcr_housekeeper::state::RunResult::Failure)
+    );
+}
+
+/// Review finding 3: SIGTERM during a one-shot apply stops at the next
+/// action boundary like Ctrl-C, prints the summary, exits 143, and closes
+/// the run and every audit record.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_between_actions_exits_143_and_closes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, config, child) = slow_apply(dir.path()).await;
+    signal(&child, "-TERM");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("cancelled before the end") && out.contains("not attempted"),
+        "{out}"
+    );
+    assert_closed(dir.path(), &sim, &config);
+}
+
+/// Review finding 3: a second Ctrl-C stops at once, yet leaves no
+/// `started` record and no open run (the action in flight: interrupted).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_ctrl_c_stops_at_once_and_closes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, config, child) = slow_apply(dir.path()).await;
+    signal(&child, "-INT");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    signal(&child, "-INT");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert_closed(dir.path(), &sim, &config);
+}

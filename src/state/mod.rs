@@ -697,6 +697,17 @@ impl Store {
         })
     }
 
+    /// The records of one run left `started` (the run stopped mid-call):
+    /// their outcome is unknown. Touches no other process's records.
+    pub fn close_interrupted_audit_of_run(&self, run_id: i64) -> Result<usize, StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE audit SET outcome = 'interrupted', error = ?1 WHERE outcome = 'started' AND run_id = ?2",
+                params![AUDIT_INTERRUPTED_WHY, run_id],
+            )
+        })
+    }
+
     /// Audit records at or after `since`, oldest first.
     pub fn audit_since(
         &self,
