@@ -10,7 +10,10 @@
 //! `exec` sinks get the secret on standard input, never in argv or the
 //! environment. They run with a cleared environment (only `PATH`, `HOME`,
 //! `LANG`, `KCR_REGISTRY`, `KCR_TOKEN_ID` and the sink's own `env` table) in
-//! their own process group, which is killed as a whole on timeout.
+//! their own process group, which is killed as a whole on timeout. A sink
+//! succeeds when it exits 0 within its timeout; what it left running in the
+//! background is left alone. Its error output goes into the error with every
+//! part of the secret redacted (see `shown_stderr`).
 //!
 //! Every fallible call passes a failpoint named `tokens.sink.<what>`
 //! (`tokens.sink.restore.<what>` when putting a file back).
@@ -546,9 +549,120 @@ impl Drop for GroupKill {
     }
 }
 
-/// At most this much of an `exec` sink's error output is kept.
-const STDERR_LIMIT: u64 = 64 * 1024;
+/// At most this much of an `exec` sink's error output is kept: the last
+/// bytes it wrote (the end of its output is where its error usually is).
+const STDERR_LIMIT: usize = 64 * 1024;
+/// How long a failed sink's error output is still read after it exited: a
+/// background process it left behind may hold the pipe open indefinitely.
+const STDERR_GRACE: Duration = Duration::from_secs(1);
+/// At most this many characters of it go into the error.
+const STDERR_SHOWN: usize = 300;
+/// What stands for any part of the secret in a sink's error output.
+const REDACTED: &[u8] = b"[redacted]";
 
+/// The last [`STDERR_LIMIT`] bytes of an `exec` sink's error output.
+#[derive(Default)]
+struct ErrTail {
+    buf: Vec<u8>,
+    /// Its beginning was dropped: the buffer starts at a cut.
+    cut: bool,
+}
+
+impl ErrTail {
+    fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() > STDERR_LIMIT {
+            let excess = self.buf.len() - STDERR_LIMIT;
+            self.buf.drain(..excess);
+            self.cut = true;
+        }
+    }
+}
+
+/// Read `stderr` to its end, keeping its tail. The pipe is drained rather
+/// than closed when the limit is reached, so a verbose sink never blocks or
+/// dies on a write.
+async fn read_tail(mut stderr: tokio::process::ChildStderr, tail: &mut ErrTail) {
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        match stderr.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => tail.push(&chunk[..n]),
+        }
+    }
+}
+
+/// The longest `k` such that the first `k` bytes of `text` end the secret: a
+/// piece of it left at the start of a text cut out of a longer one.
+fn piece_at_start(text: &[u8], secret: &[u8]) -> usize {
+    (1..=text.len().min(secret.len()))
+        .rev()
+        .find(|&k| text[..k] == secret[secret.len() - k..])
+        .unwrap_or(0)
+}
+
+/// `text` with every occurrence of the secret (overlapping ones too) and,
+/// when `cut` (its beginning was cut off), any piece of the secret it starts
+/// with replaced by `[redacted]`. Adjacent hidden parts share one marker.
+fn redact(text: &[u8], secret: &[u8], cut: bool) -> Vec<u8> {
+    if secret.is_empty() {
+        return text.to_vec();
+    }
+    let mut hidden = vec![false; text.len()];
+    for (i, w) in text.windows(secret.len()).enumerate() {
+        if w == secret {
+            hidden[i..i + secret.len()].fill(true);
+        }
+    }
+    if cut {
+        hidden[..piece_at_start(text, secret)].fill(true);
+    }
+    let mut out = Vec::with_capacity(text.len());
+    for (i, &b) in text.iter().enumerate() {
+        if !hidden[i] {
+            out.push(b);
+        } else if i == 0 || !hidden[i - 1] {
+            out.extend_from_slice(REDACTED);
+        }
+    }
+    out
+}
+
+/// What of a failed sink's error output goes into the error: its last
+/// [`STDERR_SHOWN`] characters, with no part of the secret. The secret is
+/// redacted before any cut, and a piece of it at a cut edge is redacted
+/// too, so neither the [`STDERR_LIMIT`] cut nor the [`STDERR_SHOWN`] one can
+/// leave a prefix or suffix of it behind.
+fn shown_stderr(tail: &ErrTail, secret: &[u8]) -> String {
+    let text = redact(&tail.buf, secret, tail.cut);
+    let text = String::from_utf8_lossy(&text);
+    let text = text.trim();
+    let chars = text.chars().count();
+    if chars <= STDERR_SHOWN {
+        return if tail.cut {
+            format!("…{text}")
+        } else {
+            text.to_owned()
+        };
+    }
+    let (start, _) = text
+        .char_indices()
+        .nth(chars - STDERR_SHOWN)
+        .expect("within the text");
+    let shown = redact(&text.as_bytes()[start..], secret, true);
+    format!("…{}", String::from_utf8_lossy(&shown))
+}
+
+/// Run an `exec` sink.
+///
+/// Its success is decided by its own exit status within `timeout`, not by
+/// its standard error reaching its end. Processes it leaves running in the
+/// background after it exited are left alone, successful or not (as a
+/// `docker`/systemd `ExecStartPost` hook may start a daemon); once the sink
+/// is reaped its process-group id may be reused, so killing that group
+/// could hit someone else. Their standard error goes to a closed pipe once
+/// the sink was dealt with. On timeout (or when the delivery is cancelled)
+/// the sink's whole process group is killed.
 async fn exec(
     command: &[String],
     env: &BTreeMap<String, String>,
@@ -588,50 +702,54 @@ async fn exec(
     let mut stdin = child.stdin.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let doc = serde_json::to_vec(&json_document(d)).expect("serialises");
-    let run = async {
-        fp("tokens.sink.exec_stdin")?;
-        // A program that exits without reading its input is its own failure; keep going to collect the status.
-        let _ = stdin.write_all(&doc).await;
-        drop(stdin);
-        let mut err = Vec::new();
-        let read_err = async {
-            let _ = stderr.take(STDERR_LIMIT).read_to_end(&mut err).await;
+    let mut tail = ErrTail::default();
+    let status = {
+        let read_err = read_tail(stderr, &mut tail);
+        tokio::pin!(read_err);
+        let mut err_done = false;
+        let run = async {
+            fp("tokens.sink.exec_stdin")?;
+            // A program that exits without reading its input is its own failure; keep going to collect the status.
+            let _ = stdin.write_all(&doc).await;
+            drop(stdin);
+            fp("tokens.sink.exec_wait")?;
+            // Drain its error output while waiting, so that it never blocks
+            // on a full pipe; but only its exit ends the wait.
+            loop {
+                tokio::select! {
+                    status = child.wait() => return status.map_err(|e| fail(e.to_string())),
+                    () = &mut read_err, if !err_done => err_done = true,
+                }
+            }
         };
-        fp("tokens.sink.exec_wait")?;
-        let (status, ()) = tokio::join!(child.wait(), read_err);
-        let status = status.map_err(|e| fail(e.to_string()))?;
-        Ok::<_, SinkError>((status, err))
-    };
-    let (status, err) = match tokio::time::timeout(timeout, run).await {
-        Ok(r) => r?,
-        Err(_) => {
-            group.kill();
-            // Reap it; bounded, should the group kill have failed somehow.
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            return Err(fail(format!(
-                "did not finish within {}; its process group was killed",
-                crate::duration::format(timeout)
-            )));
+        let status = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r?,
+            Err(_) => {
+                group.kill();
+                // Reap it; bounded, should the group kill have failed somehow.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                return Err(fail(format!(
+                    "did not finish within {}; its process group was killed",
+                    crate::duration::format(timeout)
+                )));
+            }
+        };
+        // It exited and was reaped: its process group id may be reused now.
+        group.pgid = None;
+        if status.success() {
+            return Ok(());
         }
+        if !err_done {
+            // What it wrote before exiting is in the pipe already; a
+            // background process may keep it open, so do not wait for its end.
+            let _ = tokio::time::timeout(STDERR_GRACE, &mut read_err).await;
+        }
+        status
     };
-    // It exited and was reaped: its process group id may be reused now.
-    group.pgid = None;
-    if status.success() {
-        return Ok(());
-    }
     // Its error output may echo what it was given: never pass the secret on.
-    let stderr = String::from_utf8_lossy(&err).replace(d.secret.expose_secret(), "[redacted]");
-    let tail: String = stderr
-        .trim()
-        .chars()
-        .rev()
-        .take(300)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    Err(fail(format!("exited with {status}: {tail}")))
+    let shown = shown_stderr(&tail, d.secret.expose_secret().as_bytes());
+    Err(fail(format!("exited with {status}: {shown}")))
 }
 
 #[cfg(test)]
@@ -1090,5 +1208,209 @@ mod tests {
                 .status();
         }
         assert!(!survived, "the grandchild {pid} outlived the timeout");
+    }
+
+    /// A 40-character secret, so that a leaked piece is easy to see.
+    const LONG_SECRET: &str = "kcrS3cretAbcdefGhijklMnopqrStuvwxYz012345";
+
+    /// No 8-character piece of the secret is in `text`.
+    fn assert_no_piece(text: &str, secret: &str) {
+        for w in secret.as_bytes().windows(8) {
+            let w = std::str::from_utf8(w).unwrap();
+            assert!(!text.contains(w), "{w:?} of the secret is in {text:?}");
+        }
+    }
+
+    fn failing_sink(script: String) -> Sink {
+        Sink::Exec {
+            command: vec!["sh".into(), "-c".into(), script],
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Sinks-A: an exec sink that exits 0 is done, even though a background
+    /// process it started keeps its standard error open; that process is
+    /// left alone.
+    #[tokio::test]
+    async fn an_exec_sink_that_exits_0_succeeds_despite_a_background_child_holding_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let secret = SecretString::from("s3cret");
+        let sink = Sink::Exec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "cat > /dev/null; sleep 30 & echo $! > {}; exit 0",
+                    pidfile.display()
+                ),
+            ],
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+        };
+        let started = std::time::Instant::now();
+        let r = deliver(&sink, &delivery(&secret)).await;
+        let took = started.elapsed();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let left_alone = alive(pid);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        r.unwrap();
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(
+            left_alone,
+            "a successful sink's background process is left alone"
+        );
+    }
+
+    /// Sinks-A: a failing exec sink whose background process keeps standard
+    /// error open fails with its status and what it wrote, promptly, not as
+    /// a timeout.
+    #[tokio::test]
+    async fn a_failing_exec_sink_with_a_background_child_reports_its_status_not_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let secret = SecretString::from("s3cret");
+        let sink = Sink::Exec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "cat > /dev/null; echo publish refused >&2; sleep 30 & echo $! > {}; exit 4",
+                    pidfile.display()
+                ),
+            ],
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(10),
+        };
+        let started = std::time::Instant::now();
+        let r = deliver(&sink, &delivery(&secret)).await;
+        let took = started.elapsed();
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("exit status: 4") && e.contains("publish refused"),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    /// Sinks-B, the reviewer's repro: 65520 bytes of output, then the secret
+    /// (straddling the 64 KiB mark), exit 1.
+    #[tokio::test]
+    async fn a_secret_across_the_64_kib_mark_of_stderr_is_redacted() {
+        let secret = SecretString::from(LONG_SECRET);
+        let sink = failing_sink(format!(
+            "cat > /dev/null; head -c 65520 /dev/zero | tr '\\0' x >&2; printf %s {LONG_SECRET} >&2; exit 1"
+        ));
+        let e = deliver(&sink, &delivery(&secret))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("exit status: 1") && e.contains("[redacted]"),
+            "{e}"
+        );
+        assert_no_piece(&e, LONG_SECRET);
+    }
+
+    /// Sinks-B: output longer than what is kept, cut inside a secret, made
+    /// of the secret over and over (so that the cut edge is what is shown).
+    #[tokio::test]
+    async fn a_secret_cut_by_the_stderr_limit_leaves_no_piece() {
+        let secret = SecretString::from(LONG_SECRET);
+        // 41 bytes a line: the kept 65536 bytes start inside a secret.
+        let sink = failing_sink(format!(
+            "cat > /dev/null; yes {LONG_SECRET} | head -n 3000 >&2; exit 1"
+        ));
+        let e = deliver(&sink, &delivery(&secret))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[redacted]"), "{e}");
+        assert_no_piece(&e, LONG_SECRET);
+        let sink = failing_sink(format!(
+            "cat > /dev/null; yes {LONG_SECRET} | head -n 3000 | tr -d '\\n' >&2; exit 1"
+        ));
+        let e = deliver(&sink, &delivery(&secret))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[redacted]"), "{e}");
+        assert_no_piece(&e, LONG_SECRET);
+    }
+
+    /// Sinks-B: wherever the 64 KiB and the 300-character cuts fall in or
+    /// around the secret, no piece of it is shown.
+    #[test]
+    fn no_cut_of_the_error_output_leaves_a_piece_of_the_secret() {
+        let secret = LONG_SECRET.as_bytes();
+        for k in 0..=secret.len() {
+            // The kept buffer starts with the last `k` bytes of the secret.
+            let mut tail = ErrTail::default();
+            tail.push(&secret[secret.len() - k..]);
+            tail.push(b" then the error");
+            tail.cut = true;
+            let shown = shown_stderr(&tail, secret);
+            assert_no_piece(&shown, LONG_SECRET);
+            assert!(shown.ends_with("then the error"), "{shown}");
+            if k >= 4 {
+                assert!(shown.contains("[redacted]"), "{shown}");
+            }
+            // The 300-character cut falls `k` bytes before the secret's end.
+            for filler in [STDERR_SHOWN - k, STDERR_SHOWN + 5 - k] {
+                let mut tail = ErrTail::default();
+                tail.push(b"start ");
+                tail.push(secret);
+                tail.push(&vec![b'x'; filler]);
+                let shown = shown_stderr(&tail, secret);
+                assert_no_piece(&shown, LONG_SECRET);
+                assert!(shown.chars().count() <= STDERR_SHOWN + 1, "{shown}");
+            }
+        }
+        // Overlapping occurrences are all hidden, under one marker.
+        let tail = ErrTail {
+            buf: b"abab-ababab-".to_vec(),
+            cut: false,
+        };
+        assert_eq!(shown_stderr(&tail, b"abab"), "[redacted]-[redacted]-");
+        // Nothing to hide, no cut: unchanged.
+        let tail = ErrTail {
+            buf: b" plain error\n".to_vec(),
+            cut: false,
+        };
+        assert_eq!(shown_stderr(&tail, secret), "plain error");
+    }
+
+    /// Only the last 64 KiB of error output are kept, and the cut is marked.
+    #[test]
+    fn the_error_output_keeps_its_end() {
+        let mut tail = ErrTail::default();
+        for _ in 0..10 {
+            tail.push(&[b'a'; 10_000]);
+        }
+        tail.push(b"the real error");
+        assert!(tail.cut && tail.buf.len() == STDERR_LIMIT);
+        let shown = shown_stderr(&tail, b"s3cret");
+        assert!(
+            shown.starts_with('…') && shown.ends_with("the real error"),
+            "{shown}"
+        );
+        assert_eq!(shown.chars().count(), STDERR_SHOWN + 1);
     }
 }
