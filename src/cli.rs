@@ -1102,8 +1102,13 @@ async fn apply_retention_cmd(
         )
         .map_err(io)?;
     }
-    // The caps apply to what runs, exactly as to a fresh run.
-    if let Some(b) = &fresh.blocked {
+    // The caps apply to what runs, exactly as to a fresh run: the fresh
+    // plan's own run cap only when it is what runs (a plan file runs the
+    // intersection, capped below; ratio-blocked repositories have no
+    // actions in the fresh plan, so none in the intersection either).
+    if file.is_none()
+        && let Some(b) = &fresh.blocked
+    {
         return Err(CliError::Blocked(format!("retention: {b}")));
     }
     if items.len() as u64 > rc.max_deletions_per_run {

@@ -1002,5 +1002,61 @@ async fn a_second_ctrl_c_stops_at_once_and_closes_the_run() {
         .await
         .unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    // Usually the second signal lands during an action (stopping now);
+    // either way nothing may stay open.
+    eprintln!("{}", text(&o));
     assert_closed(dir.path(), &sim, &config);
+}
+
+/// Review finding 4: the run cap applies to what a plan file runs (the
+/// intersection), not to the whole fresh plan: a file trimmed under the
+/// cap runs, a file over it is blocked naming its own count.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_cap_applies_to_the_intersection_not_the_fresh_plan() {
+    let sim = sim_fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "", PROTECT);
+    let (mut plan, _) = plan_json(&sim, &config, dir.path());
+    let all = actions(&plan).len();
+    assert!(all > 5, "the fresh plan is over the cap: {all}");
+    // Keep two delete_image actions of the file.
+    let mut kept = 0;
+    for r in plan["repositories"].as_array_mut().unwrap() {
+        let acts = r["actions"].as_array().unwrap().clone();
+        let mine: Vec<_> = acts
+            .into_iter()
+            .filter(|a| a["action"] == "delete_image")
+            .take(2 - kept)
+            .collect();
+        kept += mine.len();
+        r["actions"] = serde_json::Value::Array(mine);
+    }
+    assert_eq!(kept, 2);
+    let path = write_plan(dir.path(), "two.json", &plan);
+    write_config(&sim, dir.path(), "max_deletions_per_run = 5", PROTECT);
+    let o = apply_plan(&sim, &config, &path);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(deletes_in_log(&sim).len(), 2, "{}", text(&o));
+    // Over the cap: blocked, naming the intersection's count.
+    write_config(&sim, dir.path(), "max_deletions_per_run = 1", PROTECT);
+    let (mut plan, _) = plan_json(&sim, &config, dir.path());
+    for r in plan["repositories"].as_array_mut().unwrap() {
+        let acts = r["actions"].as_array().unwrap().clone();
+        r["actions"] = serde_json::Value::Array(
+            acts.into_iter()
+                .filter(|a| a["action"] == "delete_image")
+                .take(1)
+                .collect(),
+        );
+    }
+    let path = write_plan(dir.path(), "few.json", &plan);
+    let n = actions(&plan).len();
+    assert!(n > 1, "one delete_image per repository: {n}");
+    let o = apply_plan(&sim, &config, &path);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{n} actions exceed max_deletions_per_run 1")),
+        "{}",
+        text(&o)
+    );
 }
