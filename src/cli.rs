@@ -1160,7 +1160,12 @@ async fn apply_retention_cmd(
         format!("apply {} actions?", ready.len())
     };
     if !ready.is_empty() && !confirmed(args.yes, &prompt, out)? {
-        return Ok(());
+        // Declined: nothing applied, but a partial listing still is one.
+        return if partial.is_empty() {
+            Ok(())
+        } else {
+            Err(partial_error())
+        };
     }
     let metrics = crate::metrics::Metrics::new();
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -1060,3 +1060,92 @@ async fn the_run_cap_applies_to_the_intersection_not_the_fresh_plan() {
         text(&o)
     );
 }
+
+/// Review finding 5: declining the confirmation after a partial listing
+/// exits 1 (something was skipped), through a pseudo-terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn declining_after_a_partial_listing_exits_1() {
+    let sim = sim(generated(
+        "namespaces=2,repos=2,images=20,seed=5",
+        Faults::default(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "", PROTECT);
+    let decline = |failpoint: Option<&str>| {
+        let line = format!("{BIN} apply retention --config {config}");
+        // `script` gives the command a terminal, so the prompt is asked.
+        let mut script = Command::new("script");
+        script.args(["-qec", &line, "/dev/null"]).env(
+            "TEST_SK",
+            sim.credentials().secret_access_key.expose_secret(),
+        );
+        if let Some(f) = failpoint {
+            script.env("KCR_HOUSEKEEPER_FAILPOINT", f);
+        }
+        script
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut child = script.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    // Complete listing, declined: 0.
+    let o = decline(None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("nothing applied"), "{}", text(&o));
+    // One namespace unlisted, declined: 1, naming it.
+    let o = decline(Some("retention.api.list_repositories=error*1"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("nothing applied"), "{}", text(&o));
+    assert!(text(&o).contains("partial"), "{}", text(&o));
+    assert!(deletes_in_log(&sim).is_empty());
+}
+
+/// Review finding 5: when the instance could not be listed, a plan file's
+/// actions are dropped as "could not be listed", not as "not in the
+/// registry now"; exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_file_on_an_unlisted_instance_says_it_could_not_be_listed() {
+    let sim = sim_fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "", PROTECT);
+    let (plan, path) = plan_json(&sim, &config, dir.path());
+    let n = actions(&plan).len();
+    assert!(n > 0);
+    let mut c = command(
+        &sim,
+        &[
+            "apply",
+            "retention",
+            "--yes",
+            "--config",
+            &config,
+            "--plan",
+            &path,
+        ],
+    );
+    c.env(
+        "KCR_HOUSEKEEPER_FAILPOINT",
+        "retention.api.list_namespaces=error*1",
+    );
+    let o = std::thread::spawn(move || c.output().unwrap())
+        .join()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(
+        out.matches("the repository could not be listed (instance gen:")
+            .count(),
+        n,
+        "{out}"
+    );
+    assert!(!out.contains("not in the registry now"), "{out}");
+    assert!(deletes_in_log(&sim).is_empty());
+}
