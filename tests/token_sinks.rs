@@ -843,3 +843,102 @@ async fn every_sink_failpoint_fails_safe() {
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------- exec sinks, from the binary
+
+/// The token an exec sink was given (it saved its standard input to `path`).
+fn delivered_token(path: &Path) -> String {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the sink ran")).unwrap();
+    doc["token"].as_str().unwrap().to_owned()
+}
+
+/// Sinks-A, the reviewer's repro through the binary: a hook that exits 0
+/// but leaves a background process holding its standard error is a
+/// success, not three timeouts; the background process is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_sink_leaving_a_background_process_succeeds() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("stdin.json");
+    let pidfile = dir.path().join("pid");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"exec\", timeout = \"5s\", command = [\"/bin/sh\", \"-c\", 'cat > {}; sleep 60 & echo $! > {}; exit 0'] }}",
+            got.display(),
+            pidfile.display()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let o = apply(&sim, &config, &[]);
+    let took = started.elapsed();
+    let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+    let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("did not finish"), "{}", text(&o));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&got).unwrap()).unwrap();
+    let tokens = managed_tokens(&sim).await;
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t.enable && t.token_id == doc["token_id"].as_str().unwrap()),
+        "the delivered token is kept and enabled: {tokens:?}\n{}",
+        text(&o)
+    );
+    assert!(!delivered_token(&got).is_empty());
+}
+
+/// Sinks-B, the reviewer's repro through the binary: a failing hook writes
+/// 65520 bytes and then the token to its standard error. No 8-character
+/// piece of the token reaches the daemon's output, its state database
+/// (rotation journal, audit) or anything else it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_exec_sink_echoing_the_token_past_64_kib_leaks_no_piece_of_it() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let got = sink_dir.join("stdin.json");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"exec\", command = [\"/bin/sh\", \"-c\", '''cat > {g}; head -c 65520 /dev/zero | tr '\\0' x >&2; sed 's/.*\"token\": *\"\\([^\"]*\\)\".*/\\1/' {g} | tr -d '\\n' >&2; exit 1'''] }}",
+            g = got.display()
+        ),
+    );
+    let o = apply(&sim, &config, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let token = delivered_token(&got);
+    assert!(token.len() >= 16, "{token}");
+    let out = text(&o);
+    assert!(out.contains("[redacted]"), "{out}");
+    // Everything the daemon wrote: its output and every file next to the config.
+    let mut written = vec![("output".to_owned(), out.into_bytes())];
+    for e in std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+    {
+        if e.path().is_file() {
+            written.push((
+                e.path().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            ));
+        }
+    }
+    for (what, bytes) in &written {
+        for piece in token.as_bytes().windows(8) {
+            assert!(
+                !bytes.windows(8).any(|w| w == piece),
+                "{:?} of the token is in {what}",
+                String::from_utf8_lossy(piece)
+            );
+        }
+    }
+}
