@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use kcr_housekeeper::sim::{Faults, GenerateSpec, SimOptions, Simulator, WorldSource};
+use kcr_housekeeper::sim::{Faults, Simulator};
 use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -32,14 +32,6 @@ name = "untagged"
 untagged = true
 older_than = "1d"
 "#;
-
-fn generated(spec: &str, faults: Faults) -> SimOptions {
-    SimOptions {
-        source: WorldSource::Generate(spec.parse::<GenerateSpec>().unwrap()),
-        faults,
-        ..Default::default()
-    }
-}
 
 fn write_config(sim: &Simulator, dir: &Path, head: &str) -> String {
     let id = sim.world(|w| w.instances[0].id.clone());
@@ -75,24 +67,6 @@ fn run(sim: &Simulator, args: &[&str]) -> Output {
     })
     .join()
     .unwrap()
-}
-
-/// Registry contents: (namespace/repo, digest) → tags.
-fn snapshot(sim: &Simulator) -> BTreeMap<(String, String), BTreeSet<String>> {
-    sim.world(|w| {
-        let mut m = BTreeMap::new();
-        for (ns_name, ns) in &w.instances[0].namespaces {
-            for (repo_name, repo) in &ns.repos {
-                for img in &repo.images {
-                    m.insert(
-                        (format!("{ns_name}/{repo_name}"), img.digest.clone()),
-                        img.tags.iter().cloned().collect(),
-                    );
-                }
-            }
-        }
-        m
-    })
 }
 
 fn plan_json(sim: &Simulator, config: &str, dir: &Path) -> (serde_json::Value, String) {
@@ -171,7 +145,7 @@ async fn enforce_matches_plan(faults: Faults) {
 }
 
 async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
-    let sim = sim(generated(spec, faults)).await;
+    let sim = sim(generated_world(spec, faults)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
     // A short client timeout: timeouts are one of the faults.
@@ -184,7 +158,7 @@ async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
         ),
     )
     .unwrap();
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let (plan, plan_path) = plan_json(&sim, &config, dir.path());
     let planned = plan["summary"]["delete_image"].as_u64().unwrap()
         + plan["summary"]["delete_tag"].as_u64().unwrap();
@@ -211,7 +185,7 @@ async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
                 &plan_path,
             ],
         );
-        if o.status.success() || snapshot(&sim) == expected {
+        if o.status.success() || registry_snapshot(&sim) == expected {
             break;
         }
         assert_eq!(
@@ -227,7 +201,7 @@ async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
         );
     }
     assert_eq!(
-        snapshot(&sim),
+        registry_snapshot(&sim),
         expected,
         "the registry is exactly in the planned state"
     );
@@ -280,18 +254,18 @@ async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enforce_without_a_plan_file_matches_a_fresh_plan() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=2,images=25,seed=22",
         Faults::default(),
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let (plan, _) = plan_json(&sim, &config, dir.path());
     let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(snapshot(&sim), expected_after(&before, &plan));
+    assert_eq!(registry_snapshot(&sim), expected_after(&before, &plan));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -349,7 +323,7 @@ async fn enforce_matches_the_plan_under_every_fault_kind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tag_changed_between_plan_and_apply_is_not_deleted() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
@@ -409,7 +383,7 @@ async fn a_tag_changed_between_plan_and_apply_is_not_deleted() {
         )),
         "{stdout}"
     );
-    let still = snapshot(&sim);
+    let still = registry_snapshot(&sim);
     assert!(
         still
             .get(&(format!("{ns}/{rp}"), digest))
@@ -427,14 +401,14 @@ async fn a_tag_changed_between_plan_and_apply_is_not_deleted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn budget_block_deletes_nothing_and_exits_3() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "max_deletions_per_run = 2");
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert_eq!(
         o.status.code(),
@@ -443,13 +417,13 @@ async fn budget_block_deletes_nothing_and_exits_3() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("max_deletions_per_run 2"));
-    assert_eq!(snapshot(&sim), before);
+    assert_eq!(registry_snapshot(&sim), before);
     assert!(deletes_in_log(&sim).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ratio_block_leaves_the_repository_alone() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
@@ -469,10 +443,10 @@ async fn ratio_block_leaves_the_repository_alone() {
         .iter()
         .map(|b| b.as_str().unwrap().split(':').next().unwrap().to_owned())
         .collect();
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success());
-    let after = snapshot(&sim);
+    let after = registry_snapshot(&sim);
     for repo in &blocked_repos {
         let key = repo.trim_start_matches("gen/");
         let pick = |m: &BTreeMap<(String, String), BTreeSet<String>>| {
@@ -487,14 +461,14 @@ async fn ratio_block_leaves_the_repository_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_plan_executes_only_the_plan() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=8",
         Faults::default(),
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let (plan, plan_path) = plan_json(&sim, &config, dir.path());
     // After review, the registry gains an old untagged image the rules would condemn.
     sim.world(|w| {
@@ -526,13 +500,13 @@ async fn apply_plan_executes_only_the_plan() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut expected = expected_after(&before, &plan);
-    let extra = snapshot(&sim)
+    let extra = registry_snapshot(&sim)
         .into_iter()
         .find(|((_, d), _)| d.ends_with("ffff"))
         .unwrap();
     expected.insert(extra.0.clone(), extra.1);
     assert_eq!(
-        snapshot(&sim),
+        registry_snapshot(&sim),
         expected,
         "exactly the reviewed actions, nothing more"
     );
@@ -540,7 +514,7 @@ async fn apply_plan_executes_only_the_plan() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_plan_files_exit_2() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=1,images=5,seed=8",
         Faults::default(),
     ))
@@ -610,7 +584,7 @@ async fn bad_plan_files_exit_2() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_without_yes_off_a_terminal_refuses() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=1,images=20,seed=8",
         Faults::default(),
     ))
@@ -625,7 +599,7 @@ async fn apply_without_yes_off_a_terminal_refuses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn applying_a_plan_twice_is_idempotent() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=3,images=25,seed=23",
         Faults::default(),
     ))
@@ -650,7 +624,7 @@ async fn applying_a_plan_twice_is_idempotent() {
         ],
     );
     assert!(first.status.success());
-    let after_first = snapshot(&sim);
+    let after_first = registry_snapshot(&sim);
     let sent = deletes_in_log(&sim).len();
     let second = run(
         &sim,
@@ -671,7 +645,7 @@ async fn applying_a_plan_twice_is_idempotent() {
     );
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(out.contains(", 0 stale, 0 failed"), "{out}");
-    assert_eq!(snapshot(&sim), after_first);
+    assert_eq!(registry_snapshot(&sim), after_first);
     assert_eq!(
         deletes_in_log(&sim).len(),
         sent,
@@ -681,14 +655,14 @@ async fn applying_a_plan_twice_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grace_applies_an_action_only_after_it_was_planned_long_enough() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "grace = \"1h\"");
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -696,7 +670,11 @@ async fn grace_applies_an_action_only_after_it_was_planned_long_enough() {
         out.contains("0 applied or already done") && out.contains("waiting for grace"),
         "{out}"
     );
-    assert_eq!(snapshot(&sim), before, "nothing deleted on first sight");
+    assert_eq!(
+        registry_snapshot(&sim),
+        before,
+        "nothing deleted on first sight"
+    );
     assert!(deletes_in_log(&sim).is_empty());
     // With grace 0s the same actions go at once.
     let config = write_config(&sim, dir.path(), "grace = \"0s\"");
@@ -713,7 +691,7 @@ async fn grace_applies_an_action_only_after_it_was_planned_long_enough() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
     use rand::{Rng, SeedableRng};
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=3,images=25,seed=24",
         Faults {
             latency: std::time::Duration::from_millis(2),
@@ -723,7 +701,7 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     let (plan, plan_path) = plan_json(&sim, &config, dir.path());
     let expected = expected_after(&before, &plan);
     let sk = sim
@@ -759,13 +737,13 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
             kills += 1;
         }
         child.wait().unwrap();
-        if snapshot(&sim) == expected {
+        if registry_snapshot(&sim) == expected {
             break;
         }
     }
     assert!(kills >= 2, "the kills landed mid-run ({kills})");
     for _ in 0..3 {
-        if snapshot(&sim) == expected {
+        if registry_snapshot(&sim) == expected {
             break;
         }
         let o = run(
@@ -787,7 +765,7 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
         );
     }
     assert_eq!(
-        snapshot(&sim),
+        registry_snapshot(&sim),
         expected,
         "the registry is exactly in the planned state"
     );

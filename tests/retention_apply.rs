@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use kcr_housekeeper::retention::executor::{self, ExecEnv, Outcome, Target};
 use kcr_housekeeper::retention::{ActionKind, PlannedAction};
-use kcr_housekeeper::sim::{Faults, GenerateSpec, SimOptions, Simulator, WorldSource};
+use kcr_housekeeper::sim::{Faults, Simulator};
 use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -35,14 +35,6 @@ name = "untagged"
 untagged = true
 older_than = "1d"
 "#;
-
-fn generated(spec: &str, faults: Faults) -> SimOptions {
-    SimOptions {
-        source: WorldSource::Generate(spec.parse::<GenerateSpec>().unwrap()),
-        faults,
-        ..Default::default()
-    }
-}
 
 /// A config for the simulator; `protect` is the `[retention.protect] tags` list.
 fn write_config(sim: &Simulator, dir: &Path, head: &str, protect: &str) -> String {
@@ -90,24 +82,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// Registry contents: (namespace/repo, digest) → tags.
-fn snapshot(sim: &Simulator) -> BTreeMap<(String, String), BTreeSet<String>> {
-    sim.world(|w| {
-        let mut m = BTreeMap::new();
-        for (ns_name, ns) in &w.instances[0].namespaces {
-            for (repo_name, repo) in &ns.repos {
-                for img in &repo.images {
-                    m.insert(
-                        (format!("{ns_name}/{repo_name}"), img.digest.clone()),
-                        img.tags.iter().cloned().collect(),
-                    );
-                }
-            }
-        }
-        m
-    })
 }
 
 fn plan_json(sim: &Simulator, config: &str, dir: &Path) -> (serde_json::Value, String) {
@@ -198,7 +172,7 @@ fn write_plan(dir: &Path, name: &str, plan: &serde_json::Value) -> String {
 /// apply the old plan: nothing protected is deleted, and the rest goes.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_old_plan_never_deletes_what_the_current_config_protects() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=2,images=25,seed=21",
         Faults::default(),
     ))
@@ -220,7 +194,7 @@ async fn an_old_plan_never_deletes_what_the_current_config_protects() {
         condemned_main > 3,
         "the plan deletes main-* tags: {condemned_main}"
     );
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     // After review, the operator protects main-*.
     write_config(&sim, dir.path(), "", &format!("{PROTECT}, \"main-*\""));
     let o = apply_plan(&sim, &config, &plan_path);
@@ -232,7 +206,7 @@ async fn an_old_plan_never_deletes_what_the_current_config_protects() {
     );
     assert!(out.contains("fingerprint differs"), "{out}");
     // No main-* tag (and no image carrying one) is gone.
-    let after = snapshot(&sim);
+    let after = registry_snapshot(&sim);
     for ((repo, digest), tags) in &before {
         for tag in tags.iter().filter(|t| t.starts_with("main-")) {
             assert!(
@@ -265,7 +239,7 @@ async fn an_old_plan_never_deletes_what_the_current_config_protects() {
 /// Item 15: an action added to the file by hand is not executed, even when it verifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_action_added_by_hand_is_not_executed() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=8",
         Faults::default(),
     ))
@@ -303,7 +277,7 @@ async fn an_action_added_by_hand_is_not_executed() {
         "{out}"
     );
     assert!(
-        snapshot(&sim).contains_key(&(key, digest.clone())),
+        registry_snapshot(&sim).contains_key(&(key, digest.clone())),
         "the image survives"
     );
     assert!(!deletes_in_log(&sim).iter().any(|(_, id)| *id == digest));
@@ -312,7 +286,7 @@ async fn an_action_added_by_hand_is_not_executed() {
 /// Item 15: too old a plan, a plan without its `instances` binding: exit 2, nothing deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn old_and_unbound_plans_are_refused() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=8",
         Faults::default(),
     ))
@@ -347,7 +321,7 @@ async fn old_and_unbound_plans_are_refused() {
 /// Item 15: the per-run cap and grace apply to a plan file's actions as to a fresh run.
 #[tokio::test(flavor = "multi_thread")]
 async fn caps_and_grace_apply_to_a_plan_file() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
@@ -355,7 +329,7 @@ async fn caps_and_grace_apply_to_a_plan_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "", PROTECT);
     let (_, plan_path) = plan_json(&sim, &config, dir.path());
-    let before = snapshot(&sim);
+    let before = registry_snapshot(&sim);
     write_config(&sim, dir.path(), "max_deletions_per_run = 2", PROTECT);
     let o = apply_plan(&sim, &config, &plan_path);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
@@ -363,7 +337,7 @@ async fn caps_and_grace_apply_to_a_plan_file() {
     let o = apply_plan(&sim, &config, &plan_path);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("waiting for grace"), "{}", text(&o));
-    assert_eq!(snapshot(&sim), before);
+    assert_eq!(registry_snapshot(&sim), before);
     assert!(deletes_in_log(&sim).is_empty());
 }
 
@@ -384,7 +358,7 @@ fn push_image(sim: &Simulator, digest: &str, tags: &[&str], days: i64) -> (Strin
 /// Item 18: several delete_tag actions on one image all run in one apply.
 #[tokio::test(flavor = "multi_thread")]
 async fn several_tags_of_one_image_all_go_in_one_apply() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=1,images=6,seed=9",
         Faults::default(),
     ))
@@ -407,7 +381,7 @@ async fn several_tags_of_one_image_all_go_in_one_apply() {
     let o = apply_plan(&sim, &config, &plan_path);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(", 0 stale, 0 failed"), "{}", text(&o));
-    let tags = snapshot(&sim)
+    let tags = registry_snapshot(&sim)
         .into_iter()
         .find(|((_, d), _)| *d == digest)
         .unwrap()
@@ -419,7 +393,7 @@ async fn several_tags_of_one_image_all_go_in_one_apply() {
 /// (under lost replies: the delete is applied, its answer is garbled).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_is_never_retried_without_a_fresh_check() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=3,images=25,seed=23",
         Faults {
             fault_rate: 0.3,
@@ -542,7 +516,7 @@ async fn execute(
 /// item 24: a delete_tag without a tag fails cleanly instead of panicking.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_tag_is_stale_and_a_tagless_delete_tag_fails_without_panic() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=1,images=4,seed=9",
         Faults::default(),
     ))
@@ -565,7 +539,7 @@ async fn a_moved_tag_is_stale_and_a_tagless_delete_tag_fails_without_panic() {
     assert_eq!(done.done(), 0);
     assert!(deletes_in_log(&sim).is_empty(), "nothing deleted");
     assert!(
-        snapshot(&sim)
+        registry_snapshot(&sim)
             .get(&(format!("{ns}/{repo}"), b))
             .unwrap()
             .contains("pr-1"),
@@ -579,7 +553,7 @@ async fn a_moved_tag_is_stale_and_a_tagless_delete_tag_fails_without_panic() {
 /// Item 24: a plan file with a tagless delete_tag does not panic the binary.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_file_with_a_tagless_delete_tag_does_not_panic() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=23",
         Faults::default(),
     ))
@@ -610,7 +584,7 @@ async fn a_plan_file_with_a_tagless_delete_tag_does_not_panic() {
 /// max_consecutive_failures failed calls, leaves the rest, and exits 1.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_apply_stops_soon_when_the_api_goes_away() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=3,images=25,seed=24",
         Faults {
             latency: Duration::from_millis(20),
@@ -651,7 +625,7 @@ async fn the_apply_stops_soon_when_the_api_goes_away() {
 /// boundary, prints the summary and exits 130; every started call is finished in the audit.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_between_actions_and_exits_130() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=3,images=25,seed=24",
         Faults {
             latency: Duration::from_millis(100),
@@ -703,7 +677,7 @@ async fn ctrl_c_stops_between_actions_and_exits_130() {
 /// Audit: the outcome is a status with the error in its own field; --job and --limit filter.
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
@@ -787,7 +761,7 @@ fn audit_records(sim: &Simulator, config: &str) -> Vec<serde_json::Value> {
 /// (`applied`, not `already_done`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_whose_answer_was_lost_is_unknown_or_applied_never_failed() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
@@ -856,7 +830,7 @@ async fn a_delete_whose_answer_was_lost_is_unknown_or_applied_never_failed() {
 }
 
 async fn sim_fresh() -> Simulator {
-    sim(generated(
+    sim(generated_world(
         "namespaces=1,repos=2,images=20,seed=5",
         Faults::default(),
     ))
@@ -921,7 +895,7 @@ async fn made_up_plan_actions_are_dropped_and_listed_not_counted_done() {
 
 /// Start a slow one-shot apply and wait until it has deleted something.
 async fn slow_apply(dir: &Path) -> (Simulator, String, std::process::Child) {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=3,images=25,seed=24",
         Faults {
             latency: Duration::from_millis(100),
@@ -1065,7 +1039,7 @@ async fn the_run_cap_applies_to_the_intersection_not_the_fresh_plan() {
 /// exits 1 (something was skipped), through a pseudo-terminal.
 #[tokio::test(flavor = "multi_thread")]
 async fn declining_after_a_partial_listing_exits_1() {
-    let sim = sim(generated(
+    let sim = sim(generated_world(
         "namespaces=2,repos=2,images=20,seed=5",
         Faults::default(),
     ))

@@ -79,23 +79,6 @@ fn run(sim: &Simulator, args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
-fn snapshot(sim: &Simulator) -> BTreeMap<(String, String), BTreeSet<String>> {
-    sim.world(|w| {
-        let mut m = BTreeMap::new();
-        for (ns_name, ns) in &w.instances[0].namespaces {
-            for (repo_name, repo) in &ns.repos {
-                for img in &repo.images {
-                    m.insert(
-                        (format!("{ns_name}/{repo_name}"), img.digest.clone()),
-                        img.tags.iter().cloned().collect(),
-                    );
-                }
-            }
-        }
-        m
-    })
-}
-
 /// One world, its config, and the plan of its rules before anything ran.
 struct Case {
     sim: Simulator,
@@ -134,7 +117,7 @@ async fn case() -> Case {
     let plan: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let mut allowed = BTreeSet::new();
-    let mut expected = snapshot(&sim);
+    let mut expected = registry_snapshot(&sim);
     for r in plan["repositories"].as_array().unwrap() {
         let repo = format!(
             "{}/{}",
@@ -273,7 +256,7 @@ async fn every_failpoint_of_the_retention_apply_fails_safe() {
     let trace = clean.dir.path().join("trace");
     let o = clean.apply(&[("KCR_HOUSEKEEPER_FAILPOINT_TRACE", trace.to_str().unwrap())]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(snapshot(&clean.sim), clean.expected);
+    assert_eq!(registry_snapshot(&clean.sim), clean.expected);
     clean.check_invariants("clean run");
     // Each point with the fault that leads to it, if it is reached only after one.
     let mut work: Vec<(String, Option<String>)> =
@@ -311,7 +294,11 @@ async fn every_failpoint_of_the_retention_apply_fails_safe() {
             let recoverable = mode == "error" && name.ends_with(".reply_lost");
             if recoverable {
                 assert!(o.status.success(), "{out}");
-                assert_eq!(snapshot(&c.sim), c.expected, "{spec}: exactly the plan");
+                assert_eq!(
+                    registry_snapshot(&c.sim),
+                    c.expected,
+                    "{spec}: exactly the plan"
+                );
             } else {
                 assert!(!o.status.success(), "a fault must not exit 0: {out}");
             }
@@ -333,7 +320,7 @@ async fn every_failpoint_of_the_retention_apply_fails_safe() {
             );
             c.check_invariants(&format!("{spec}, then a clean run"));
             assert_eq!(
-                snapshot(&c.sim),
+                registry_snapshot(&c.sim),
                 c.expected,
                 "{spec}, then a clean run: exactly the plan"
             );

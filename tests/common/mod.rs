@@ -86,3 +86,34 @@ pub fn namespace_visibility(sim: &Simulator) -> std::collections::BTreeMap<Strin
             .collect()
     })
 }
+
+/// A simulator over a generated registry, with faults.
+pub fn generated_world(spec: &str, faults: Faults) -> SimOptions {
+    SimOptions {
+        source: kcr_housekeeper::sim::WorldSource::Generate(
+            spec.parse::<kcr_housekeeper::sim::GenerateSpec>().unwrap(),
+        ),
+        faults,
+        ..Default::default()
+    }
+}
+
+/// Registry contents: (namespace/repo, digest) → tags.
+pub fn registry_snapshot(
+    sim: &Simulator,
+) -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
+    sim.world(|w| {
+        let mut m = std::collections::BTreeMap::new();
+        for (ns_name, ns) in &w.instances[0].namespaces {
+            for (repo_name, repo) in &ns.repos {
+                for img in &repo.images {
+                    m.insert(
+                        (format!("{ns_name}/{repo_name}"), img.digest.clone()),
+                        img.tags.iter().cloned().collect(),
+                    );
+                }
+            }
+        }
+        m
+    })
+}
