@@ -525,7 +525,11 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
             }
             Step::Verified => {
                 let id = r.token_id.as_deref().unwrap_or_default();
+                // Every sink holds it: never discarded. Once a newer rotation is
+                // current it is retired like a superseded token (below).
+                let replaced = current_rec.is_some_and(|c| c.created_at > r.created_at);
                 match presence(r, id) {
+                    _ if replaced => {}
                     Presence::Listed(_) | Presence::Maybe | Presence::Unknown => {
                         steps.push(Planned::MarkCurrent { rotation_id: rid });
                         in_flight = true;
@@ -534,7 +538,10 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                         note_missing(&mut steps, r, id);
                         in_flight = true;
                     }
-                    Presence::Gone => steps.push(discard(None, "its token no longer exists")),
+                    // Missing from two listings: a rotation may start beside it (the
+                    // registry may only lag); it is not given up, so a late listing
+                    // can never lead to discarding what the sinks hold.
+                    Presence::Gone => {}
                 }
             }
             Step::Abandoned => {
@@ -666,8 +673,10 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                 Some(Step::Superseded | Step::Disabled) => true,
                 // An older `current` left behind (or one on an instance the token left).
                 Some(Step::Current) => r.rotation_id != c.rotation_id,
-                // Kept since a sink may hold it; replaced now.
-                Some(Step::Delivering | Step::Delivered) => crec.created_at > r.created_at,
+                // Kept since a sink may hold it (or every sink does); replaced now.
+                Some(Step::Delivering | Step::Delivered | Step::Verified) => {
+                    crec.created_at > r.created_at
+                }
                 // Forgotten after two missed listings, yet listed again (a registry
                 // lagging longer still): retire it rather than orphan it.
                 Some(Step::Deleted) => r.token_id.as_deref().is_some_and(|id| {
@@ -1028,6 +1037,25 @@ mod tests {
                 ],
                 vec![listed("t2", "r2", true, 720), listed("t3", "r3", true, 720)],
                 vec!["disable t2"],
+            ),
+            (
+                "verified, superseded by a newer current one past the overlap: retired, never discarded",
+                vec![
+                    rec("r2", Some("t2"), Step::Verified, 30, 30),
+                    rec("r3", Some("t3"), Step::Current, 26, 25),
+                ],
+                vec![listed("t2", "r2", true, 720), listed("t3", "r3", true, 720)],
+                vec!["disable t2"],
+            ),
+            (
+                "verified, its token missing from two listings (a lagging registry): never discarded; the due rotation goes on",
+                vec![c_old.clone(), {
+                    let mut r = rec("r2", Some("t2"), Step::Verified, 3, 3);
+                    r.absent_since = Some(now() - hours(2));
+                    r
+                }],
+                vec![t_old.clone()],
+                vec!["rotate"],
             ),
             (
                 "verified before a crash: finish it",

@@ -633,8 +633,11 @@ fn redact(text: &[u8], secret: &[u8], cut: bool) -> Vec<u8> {
 /// redacted before any cut, and a piece of it at a cut edge is redacted
 /// too, so neither the [`STDERR_LIMIT`] cut nor the [`STDERR_SHOWN`] one can
 /// leave a prefix or suffix of it behind.
-fn shown_stderr(tail: &ErrTail, secret: &[u8]) -> String {
-    let text = redact(&tail.buf, secret, tail.cut);
+fn shown_stderr(tail: &ErrTail, secrets: &[&[u8]]) -> String {
+    let mut text = tail.buf.clone();
+    for secret in secrets {
+        text = redact(&text, secret, tail.cut);
+    }
     let text = String::from_utf8_lossy(&text);
     let text = text.trim();
     let chars = text.chars().count();
@@ -649,8 +652,35 @@ fn shown_stderr(tail: &ErrTail, secret: &[u8]) -> String {
         .char_indices()
         .nth(chars - STDERR_SHOWN)
         .expect("within the text");
-    let shown = redact(&text.as_bytes()[start..], secret, true);
+    let mut shown = text.as_bytes()[start..].to_vec();
+    for secret in secrets {
+        shown = redact(&shown, secret, true);
+    }
     format!("…{}", String::from_utf8_lossy(&shown))
+}
+
+/// Every form in which a sink may hold, and a hook may echo, the secret: as
+/// it is, and base64-encoded alone and as `username:secret` (the docker and
+/// containers `auth` value, which logs in as well as the secret does).
+fn secret_forms(d: &Delivery<'_>) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let secret = d.secret.expose_secret();
+    let mut forms = vec![secret.as_bytes().to_vec()];
+    for plain in [secret.to_owned(), format!("{}:{secret}", d.username)] {
+        for engine in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            forms.push(engine.encode(&plain).into_bytes());
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    // Longest first, so a longer form is hidden whole before a shorter one
+    // inside it could split it.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
 }
 
 /// Run an `exec` sink.
@@ -748,7 +778,9 @@ async fn exec(
         status
     };
     // Its error output may echo what it was given: never pass the secret on.
-    let shown = shown_stderr(&tail, d.secret.expose_secret().as_bytes());
+    let forms = secret_forms(d);
+    let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
+    let shown = shown_stderr(&tail, &forms);
     Err(fail(format!("exited with {status}: {shown}")))
 }
 
@@ -938,6 +970,29 @@ mod tests {
             e.contains("exit status: 3") && !e.contains("s3cret") && e.contains("[redacted]"),
             "{e}"
         );
+        // A hook that echoes the docker `auth` value (base64 of user:secret,
+        // as good as the secret for a login) or the secret in base64.
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode("kcr-user:s3cret");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cret");
+        let echo_encoded = Sink::Exec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("cat >/dev/null; echo '{{\"auth\": \"{auth}\"}} {b64}' >&2; exit 4"),
+            ],
+            env: Default::default(),
+            timeout: Duration::from_secs(10),
+        };
+        let e = deliver(&echo_encoded, &delivery(&secret))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("exit status: 4") && !e.contains(&auth) && !e.contains(&b64),
+            "{e}"
+        );
+        assert_eq!(e.matches("[redacted]").count(), 2, "{e}");
         let slow = Sink::Exec {
             command: vec!["sleep".into(), "5".into()],
             env: Default::default(),
@@ -1366,7 +1421,7 @@ mod tests {
             tail.push(&secret[secret.len() - k..]);
             tail.push(b" then the error");
             tail.cut = true;
-            let shown = shown_stderr(&tail, secret);
+            let shown = shown_stderr(&tail, &[secret]);
             assert_no_piece(&shown, LONG_SECRET);
             assert!(shown.ends_with("then the error"), "{shown}");
             if k >= 4 {
@@ -1378,7 +1433,7 @@ mod tests {
                 tail.push(b"start ");
                 tail.push(secret);
                 tail.push(&vec![b'x'; filler]);
-                let shown = shown_stderr(&tail, secret);
+                let shown = shown_stderr(&tail, &[secret]);
                 assert_no_piece(&shown, LONG_SECRET);
                 assert!(shown.chars().count() <= STDERR_SHOWN + 1, "{shown}");
             }
@@ -1388,13 +1443,13 @@ mod tests {
             buf: b"abab-ababab-".to_vec(),
             cut: false,
         };
-        assert_eq!(shown_stderr(&tail, b"abab"), "[redacted]-[redacted]-");
+        assert_eq!(shown_stderr(&tail, &[b"abab"]), "[redacted]-[redacted]-");
         // Nothing to hide, no cut: unchanged.
         let tail = ErrTail {
             buf: b" plain error\n".to_vec(),
             cut: false,
         };
-        assert_eq!(shown_stderr(&tail, secret), "plain error");
+        assert_eq!(shown_stderr(&tail, &[secret]), "plain error");
     }
 
     /// Only the last 64 KiB of error output are kept, and the cut is marked.
@@ -1406,7 +1461,7 @@ mod tests {
         }
         tail.push(b"the real error");
         assert!(tail.cut && tail.buf.len() == STDERR_LIMIT);
-        let shown = shown_stderr(&tail, b"s3cret");
+        let shown = shown_stderr(&tail, &[b"s3cret"]);
         assert!(
             shown.starts_with('…') && shown.ends_with("the real error"),
             "{shown}"
