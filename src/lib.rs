@@ -5,11 +5,9 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod duration;
 pub mod failpoint;
 pub mod inventory;
 pub mod jobs;
-pub mod kcr;
 pub mod metrics;
 pub mod namespaces;
 pub mod pattern;
@@ -19,6 +17,11 @@ pub mod schedule;
 pub mod scheduler;
 pub mod server;
 pub mod signal;
-pub mod sim;
 pub mod state;
 pub mod tokens;
+
+// The layers below the daemon live in their own crates (crates/); re-exported
+// under their old paths so `kcr_housekeeper::kcr::Client` keeps working.
+pub use kcr;
+pub use kcr_duration as duration;
+pub use kcr_sim as sim;

@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 //! A KCR simulator faithful enough that passing against it means passing
 //! against the real service (DESIGN §10): SigV4 verification with the
 //! reference's error codes, GET and POST (form and JSON) requests, parameter

@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 //! The KCR OpenAPI (service `kcrs`, version 2021-11-09): signer, typed
 //! actions, tolerant decoding, and the client with retries and rate limiting.
 

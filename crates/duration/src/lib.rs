@@ -3,6 +3,7 @@
 //! Written here rather than taken from a crate on purpose: the accepted units
 //! are exactly these (no months or years, whose length is ambiguous), and
 //! every error says which part is wrong.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::time::Duration;
@@ -23,7 +24,7 @@ impl std::error::Error for DurationError {}
 ///
 /// ```
 /// use std::time::Duration;
-/// use kcr_housekeeper::duration::parse;
+/// use kcr_duration::parse;
 /// assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
 /// assert!(parse("1.5h").is_err());
 /// ```

@@ -6,9 +6,9 @@
 //! so a scenario does not age.
 
 use super::world::{self, Image, Instance, Namespace, Repo, Token, World};
-use crate::duration;
-use crate::kcr::decode::KCR_TIME_FORMAT;
 use chrono::{Duration, NaiveDateTime};
+use kcr::decode::KCR_TIME_FORMAT;
+use kcr_duration as duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

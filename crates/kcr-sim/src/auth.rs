@@ -2,9 +2,9 @@
 //! the reference's error codes and messages.
 
 use super::world::ApiError;
-use crate::kcr::signer::{self, AuthorizationDefect, CanonicalInput, PlusIs};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use http::HeaderMap;
+use kcr::signer::{self, AuthorizationDefect, CanonicalInput, PlusIs};
 
 /// How far a request's `X-Amz-Date` may be from the server clock.
 pub const MAX_SKEW: chrono::Duration = chrono::Duration::minutes(15);

@@ -8,8 +8,8 @@ use chrono::{Duration, NaiveDateTime};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 
-use crate::kcr::decode::KCR_TIME_FORMAT;
-use crate::kcr::signer::constant_time_eq;
+use kcr::decode::KCR_TIME_FORMAT;
+use kcr::signer::constant_time_eq;
 
 /// An error answer: HTTP status, KCR code and message.
 #[derive(Clone, Debug, PartialEq, Eq)]

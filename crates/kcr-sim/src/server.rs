@@ -4,9 +4,6 @@
 use super::auth;
 use super::scenario::{self, GenerateSpec, Scenario, ScenarioError};
 use super::world::{ApiError, ParamMap, World, uuid_from};
-use crate::kcr::client::{Credentials, SERVICE};
-use crate::kcr::signer::{self, PlusIs};
-use crate::kcr::types::API_VERSION;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use kcr::client::{Credentials, SERVICE};
+use kcr::signer::{self, PlusIs};
+use kcr::types::API_VERSION;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use secrecy::ExposeSecret;
@@ -514,9 +514,9 @@ fn json_response(status: u16, body: &Value) -> Response {
 /// `TotalCount` unchanged) while the client paged. The previous page's last
 /// image comes again; the listing's last image is never seen.
 fn drift_page(
-    world: &mut crate::sim::world::World,
+    world: &mut crate::world::World,
     action: &str,
-    params: &crate::sim::world::ParamMap,
+    params: &crate::world::ParamMap,
     now: chrono::NaiveDateTime,
     random: &mut dyn FnMut() -> u128,
     mut answer: Value,

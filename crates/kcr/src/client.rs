@@ -612,7 +612,7 @@ pub fn decode_response<A: Action>(status: u16, body: &[u8]) -> Result<A::Output,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kcr::types::{CreateInstanceToken, DescribeImages};
+    use crate::types::{CreateInstanceToken, DescribeImages};
 
     struct Count(std::sync::atomic::AtomicU32);
     impl ApiObserver for Count {
