@@ -38,7 +38,7 @@ const REACHED_ELSEWHERE: &[(&str, &str)] = &[(
 const SOURCES: &[&str] = &[
     "src/retention/executor.rs",
     "src/retention/mod.rs",
-    "src/cli.rs",
+    "src/cli/apply_retention.rs",
     "src/inventory.rs",
 ];
 

@@ -1,0 +1,160 @@
+//! `apply`: apply a job once, now.
+
+use super::common::{confirmed, namespaces_config, tokens_config};
+use super::plan::namespace_plan;
+use super::tokens_text::token_plans_text;
+use super::{CliError, PlannableJob, failed, io};
+use crate::app;
+use crate::config::Config;
+use chrono::Utc;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    pub job: PlannableJob,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    /// Execute exactly this reviewed JSON plan (after re-verifying each action)
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+}
+
+pub(super) async fn run(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.job == PlannableJob::Tokens {
+        return apply_tokens_cmd(c, args, out).await;
+    }
+    if args.job == PlannableJob::Namespaces {
+        return apply_namespaces_cmd(c, args, out).await;
+    }
+    super::apply_retention::apply_retention_cmd(c, args, out).await
+}
+
+pub(super) async fn apply_namespaces_cmd(
+    c: &Config,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::namespaces::Applied;
+    namespaces_config(c)?;
+    if let Some(p) = &args.plan {
+        return Err(CliError::Usage(format!(
+            "{}: apply namespaces takes no --plan; it re-reads every namespace before changing it",
+            p.display()
+        )));
+    }
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let plan = namespace_plan(c, &conn).await?;
+    out.write_all(crate::namespaces::render_table(&plan).as_bytes())
+        .map_err(io)?;
+    if let Some(b) = &plan.blocked {
+        return Err(CliError::Blocked(b.clone()));
+    }
+    let n = plan.changes().count();
+    if n == 0 {
+        writeln!(out, "nothing to do").map_err(io)?;
+        return Ok(());
+    }
+    if !confirmed(args.yes, &format!("change {n} namespaces?"), out)? {
+        return Ok(());
+    }
+    let env = crate::namespaces::ExecEnv {
+        client: &conn.client,
+        config: c,
+        state: &state,
+        metrics: None,
+        cancel: None,
+        run_id: None,
+    };
+    let applied = crate::namespaces::execute(&env, &plan).await;
+    let mut failures = 0;
+    for (d, r) in &applied {
+        let what = match r {
+            Applied::Applied => "changed".to_string(),
+            Applied::AlreadyDone => "already as desired".to_string(),
+            Applied::Stale(why) => format!("skipped: {why}"),
+            Applied::Failed(why) => {
+                failures += 1;
+                format!("FAILED: {why}")
+            }
+        };
+        writeln!(
+            out,
+            "{}/{} → {}: {what}",
+            d.instance, d.namespace, d.desired
+        )
+        .map_err(io)?;
+    }
+    if failures > 0 {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "{failures} namespace changes failed"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn token_engine<'a>(
+    c: &'a Config,
+    conn: &'a app::Connection,
+    state: &'a crate::state::Store,
+) -> crate::tokens::rotate::Engine<'a> {
+    crate::tokens::rotate::Engine {
+        client: &conn.client,
+        config: c,
+        state,
+        metrics: None,
+        run_id: None,
+        cancel: None,
+        clock: &|| Utc::now(),
+        settings: crate::tokens::settings_for(c, &conn.client),
+    }
+}
+
+pub(super) async fn apply_tokens_cmd(
+    c: &Config,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    tokens_config(c)?;
+    if let Some(p) = &args.plan {
+        return Err(CliError::Usage(format!(
+            "{}: apply tokens takes no --plan: a rotation is planned and applied in one step",
+            p.display()
+        )));
+    }
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let engine = token_engine(c, &conn, &state);
+    let plans = engine
+        .plan()
+        .await
+        .map_err(|e| failed(e, "planning tokens"))?;
+    out.write_all(token_plans_text(&plans).as_bytes())
+        .map_err(io)?;
+    if plans.iter().all(|p| p.steps.is_empty()) {
+        writeln!(out, "nothing to do").map_err(io)?;
+        if plans.iter().any(|p| p.backoff_until.is_some()) {
+            return Err(CliError::Failed(anyhow::anyhow!(
+                "a rotation is due but backs off after failed attempts (see above)"
+            )));
+        }
+        return Ok(());
+    }
+    if !confirmed(args.yes, "apply these token steps?", out)? {
+        return Ok(());
+    }
+    let outcomes = engine
+        .run()
+        .await
+        .map_err(|e| failed(e, "rotating tokens"))?;
+    writeln!(out, "tokens: {}", crate::tokens::outcome_summary(&outcomes)).map_err(io)?;
+    if outcomes.iter().any(|o| o.error.is_some()) {
+        return Err(CliError::Failed(anyhow::anyhow!("a token step failed")));
+    }
+    Ok(())
+}

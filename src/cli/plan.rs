@@ -1,0 +1,137 @@
+//! `plan`: what a job would do, without changing anything.
+
+use super::apply::token_engine;
+use super::common::{collect_inventory, emit, namespaces_config, retention_config, tokens_config};
+use super::tokens_text::{token_plans_json, token_plans_text};
+use super::{CliError, PlannableJob, failed};
+use crate::config::Config;
+use crate::{app, retention};
+use chrono::Utc;
+use clap::{Args, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Markdown,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    pub job: PlannableJob,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Write the report here instead of standard output (a JSON plan can be applied with apply --plan)
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+pub(super) async fn run(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.job == PlannableJob::Tokens {
+        return plan_tokens_cmd(c, args, out).await;
+    }
+    if args.job == PlannableJob::Namespaces {
+        return plan_namespaces_cmd(c, args, out).await;
+    }
+    let rc = retention_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let now = Utc::now();
+    let inventory = collect_inventory(&conn.client, c, now).await;
+    let plan = retention::plan(&inventory, rc, now);
+    for r in &plan.idle_rules {
+        eprintln!("warning: rule {r:?} matches nothing in this registry");
+    }
+    let mut report = retention::report::Report::from_plan(
+        &plan,
+        rc.mode.as_str(),
+        retention::report_instances(c),
+    );
+    report.config_fingerprint = Some(retention::config_fingerprint(rc));
+    let text = match args.format {
+        ReportFormat::Table => retention::report::render_table(&report),
+        ReportFormat::Json => report.to_json(),
+        ReportFormat::Markdown => retention::report::render_markdown(&report),
+        ReportFormat::Html => retention::report::render_html(&report),
+    };
+    emit(args.output.as_deref(), &text, out)?;
+    partial_result(&plan)
+}
+
+/// Exit 1 when anything could not be listed completely (DESIGN §4: never 0
+/// when something was skipped); the report has already been written.
+pub(super) fn partial_result(plan: &retention::Plan) -> Result<(), CliError> {
+    match plan.partial_reason() {
+        Some(why) => Err(CliError::Failed(anyhow::anyhow!("retention: {why}"))),
+        None => Ok(()),
+    }
+}
+
+pub(super) async fn namespace_plan(
+    c: &Config,
+    conn: &app::Connection,
+) -> Result<crate::namespaces::NamespacePlan, CliError> {
+    let nc = namespaces_config(c)?;
+    let listed = crate::namespaces::list(&conn.client, c)
+        .await
+        .map_err(|e| failed(e, "listing namespaces"))?;
+    Ok(crate::namespaces::plan(nc, &listed))
+}
+
+pub(super) async fn plan_namespaces_cmd(
+    c: &Config,
+    args: &PlanArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    namespaces_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let plan = namespace_plan(c, &conn).await?;
+    let text = match args.format {
+        ReportFormat::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "schema": "kcr-housekeeper/namespace-plan/v1",
+                "summary": crate::namespaces::summary(&plan),
+                "blocked": plan.blocked,
+                "namespaces": plan.decisions,
+            }))
+            .expect("serialises")
+                + "\n"
+        }
+        ReportFormat::Table => {
+            crate::namespaces::render_table(&plan) + &crate::namespaces::summary(&plan) + "\n"
+        }
+        f => {
+            return Err(CliError::Usage(format!(
+                "plan namespaces: format {f:?} is not available (table or json)"
+            )));
+        }
+    };
+    emit(args.output.as_deref(), &text, out)
+}
+
+pub(super) async fn plan_tokens_cmd(
+    c: &Config,
+    args: &PlanArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    tokens_config(c)?;
+    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+    let state =
+        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let plans = token_engine(c, &conn, &state)
+        .plan()
+        .await
+        .map_err(|e| failed(e, "planning tokens"))?;
+    let text = match args.format {
+        ReportFormat::Json => token_plans_json(&plans),
+        ReportFormat::Table => token_plans_text(&plans),
+        f => {
+            return Err(CliError::Usage(format!(
+                "plan tokens: format {f:?} is not available (table or json)"
+            )));
+        }
+    };
+    emit(args.output.as_deref(), &text, out)
+}
