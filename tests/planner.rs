@@ -708,3 +708,260 @@ fn empty_scope_lists_and_keep_latest_zero_are_errors() {
     );
     assert!(config::parse(&text, "t.toml", Path::new("."), &|_: &str| None).is_ok());
 }
+
+// ------------------------------------------------------------ version order
+
+fn semver_rule(tags: &str, keep_latest: u32, extra: &str) -> RetentionConfig {
+    cfg(
+        "",
+        &format!(
+            "[[retention.rules]]\nname = \"versions\"\ntags = {tags}\nkeep_latest = {keep_latest}\norder_by = \"semver\"\n{extra}"
+        ),
+    )
+}
+
+#[test]
+fn semver_order_keeps_the_highest_versions_not_the_newest_pushes() {
+    // The hotfix v1.2.9 is pushed after v2.0.0: by push time it is among the
+    // two newest; by version, v2.0.0 and v1.3.0 are the two highest.
+    let images = vec![
+        img(1, 1.0, &["v1.2.9"]),
+        img(2, 10.0, &["v2.0.0"]),
+        img(3, 15.0, &["v1.3.0"]),
+        img(4, 20.0, &["v1.2.8"]),
+    ];
+    let by_version = plan(&one(images.clone()), &semver_rule("[\"v*\"]", 2, ""), now());
+    assert_eq!(
+        acts(&by_version),
+        vec![
+            (1, "delete_image", t(&["v1.2.9"])),
+            (4, "delete_image", t(&["v1.2.8"]))
+        ]
+    );
+    let pushed = cfg(
+        "",
+        "[[retention.rules]]\nname = \"versions\"\ntags = [\"v*\"]\nkeep_latest = 2\n",
+    );
+    let by_push = plan(&one(images), &pushed, now());
+    assert_eq!(
+        acts(&by_push),
+        vec![
+            (3, "delete_image", t(&["v1.3.0"])),
+            (4, "delete_image", t(&["v1.2.8"]))
+        ]
+    );
+}
+
+/// (tags of each image newest push first) → image numbers in rank order.
+fn version_ranks(images: &[&[&str]]) -> Vec<u32> {
+    let images: Vec<ImageInfo> = images
+        .iter()
+        .enumerate()
+        .map(|(i, tags)| img(i as u32 + 1, i as f64 + 1.0, tags))
+        .collect();
+    let cfg = semver_rule("[\"*\"]", 1, "");
+    let mut ranks: Vec<(usize, usize)> =
+        kcr_housekeeper::retention::planner::rule_ranks(&cfg.rules[0], &images)
+            .into_iter()
+            .map(|(i, _, r)| (r, i))
+            .collect();
+    ranks.sort();
+    ranks.dedup();
+    ranks.into_iter().map(|(_, i)| i as u32 + 1).collect()
+}
+
+/// (what, each image's tags newest push first, image numbers in rank order)
+type VersionCase<'a> = (&'a str, &'a [&'a [&'a str]], &'a [u32]);
+
+#[test]
+fn version_order_table() {
+    let cases: &[VersionCase] = &[
+        (
+            "hotfix pushed after a major release ranks below it",
+            &[&["v1.2.9"], &["v2.0.0"], &["v1.2.10"]],
+            &[2, 3, 1],
+        ),
+        (
+            "pre-releases rank below their release, numerically",
+            &[
+                &["2.0.0-rc.2"],
+                &["2.0.0-rc.10"],
+                &["2.0.0"],
+                &["2.0.0-alpha"],
+            ],
+            &[3, 2, 1, 4],
+        ),
+        (
+            "a pre-release of a higher version is above a lower release",
+            &[&["1.9.9"], &["v2.0.0-beta.1"]],
+            &[2, 1],
+        ),
+        (
+            "build metadata is ignored: equal precedence ties by push time",
+            &[
+                &["1.0.0+build.1"],
+                &["1.0.0+build.9"],
+                &["1.0.1+a"],
+                &["v1.0.0"],
+            ],
+            &[3, 1, 2, 4],
+        ),
+        (
+            "tags that are not versions rank after every version, newest push first",
+            &[
+                &["latest"],
+                &["0.0.1"],
+                &["main-abc1234"],
+                &["1.2"],
+                &["v1.0.0"],
+            ],
+            &[5, 2, 1, 3, 4],
+        ),
+        (
+            "an image ranks by its highest version tag",
+            &[&["v1.0.0"], &["v0.9.0", "v3.0.0", "stable"], &["v2.0.0"]],
+            &[2, 3, 1],
+        ),
+        (
+            "leading zeros and a capital V are not versions",
+            &[&["V9.0.0"], &["01.0.0"], &["1.0.0"]],
+            &[3, 1, 2],
+        ),
+    ];
+    for (what, images, want) in cases {
+        assert_eq!(version_ranks(images), *want, "{what}");
+    }
+}
+
+#[test]
+fn semver_order_with_group_by_keeps_the_highest_version_of_each_major() {
+    let rules =
+        "tags = [\"re:^v(?P<major>[0-9]+)\\\\.[0-9]+\\\\.[0-9]+$\"]\ngroup_by = \"major\"\n";
+    let images = vec![
+        img(1, 1.0, &["v1.4.1"]),
+        img(2, 2.0, &["v2.1.0"]),
+        img(3, 3.0, &["v1.5.0"]),
+        img(4, 4.0, &["v2.0.3"]),
+    ];
+    let c = cfg(
+        "",
+        &format!(
+            "[[retention.rules]]\nname = \"versions\"\nkeep_latest = 1\norder_by = \"semver\"\n{rules}"
+        ),
+    );
+    let p = plan_explained(&one(images), &c, now());
+    assert_eq!(
+        acts(&p),
+        vec![
+            (1, "delete_image", t(&["v1.4.1"])),
+            (4, "delete_image", t(&["v2.0.3"]))
+        ]
+    );
+    // Reports and explain say the rank is in version order.
+    let (_, a) = p
+        .planned_actions()
+        .find(|(_, a)| a.tags == ["v1.4.1"])
+        .unwrap();
+    assert_eq!(
+        a.reason,
+        "every tag condemned; v1.4.1: rule versions: rank 1 in version order ≥ keep_latest 1"
+    );
+    let kept = &p.repositories[0].decisions[2].tags[0];
+    assert_eq!(kept.tag, "v1.5.0");
+    assert_eq!(
+        kept.verdict,
+        Verdict::Spared {
+            rules: vec!["versions".into()],
+            reason: "rule versions: rank 0 in version order < keep_latest 1".into()
+        }
+    );
+}
+
+#[test]
+fn order_by_is_validated_with_file_line_and_key() {
+    let text = "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"r\"\n[retention]\n\
+        [[retention.rules]]\nname = \"a\"\nkeep_latest = 2\norder_by = \"version\"\n\
+        [[retention.rules]]\nname = \"b\"\nuntagged = true\nkeep_latest = 2\norder_by = \"semver\"\n";
+    let err = config::parse(text, "t.toml", Path::new("."), &|_: &str| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t.toml:11")
+            && err.contains("retention.rules[0].order_by")
+            && err.contains("expected \"pushed\" or \"semver\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("t.toml:16") && err.contains("retention.rules[1].order_by"),
+        "{err}"
+    );
+}
+
+fn arb_version_tag() -> impl Strategy<Value = String> {
+    let pre = prop::sample::select(vec![
+        "",
+        "-alpha",
+        "-alpha.1",
+        "-alpha.10",
+        "-beta",
+        "-rc.2",
+        "-1",
+    ]);
+    let build = prop::sample::select(vec!["", "+b1", "+zz.9"]);
+    prop_oneof![
+        4 => (any::<bool>(), 0u64..3, 0u64..3, 0u64..12, pre, build).prop_map(|(v, a, b, c, p, m)| {
+            format!("{}{a}.{b}.{c}{p}{m}", if v { "v" } else { "" })
+        }),
+        1 => prop::sample::select(vec!["latest", "main", "1.2", "nightly-5"]).prop_map(String::from),
+    ]
+}
+
+proptest! {
+    /// Ranks are a total order (each matched image one distinct rank, all of
+    /// an image's tags share it) consistent with SemVer precedence: a higher
+    /// version never ranks after a lower one, versions before non-versions,
+    /// and ties (equal precedence, no version) in push order.
+    #[test]
+    fn version_ranks_are_a_total_order_consistent_with_semver(
+        raw in prop::collection::vec((0u32..400, prop::collection::vec(arb_version_tag(), 1..3)), 0..20)
+    ) {
+        use kcr_housekeeper::retention::planner::{rule_ranks, tag_version};
+        let mut images: Vec<ImageInfo> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, (hours, tags))| {
+                let mut tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                tags.sort();
+                tags.dedup();
+                let mut im = img(i as u32, 0.0, &tags);
+                im.pushed_at = now() - Duration::hours(i64::from(*hours));
+                im
+            })
+            .collect();
+        kcr_housekeeper::inventory::sort_images(&mut images);
+        let cfg = semver_rule("[\"*\"]", 1, "");
+        let mut rank_of: Vec<Option<usize>> = vec![None; images.len()];
+        for (i, _, r) in rule_ranks(&cfg.rules[0], &images) {
+            prop_assert!(rank_of[i].is_none_or(|x| x == r), "image {i} has two ranks");
+            rank_of[i] = Some(r);
+        }
+        let mut ranks: Vec<usize> = rank_of.iter().map(|r| r.unwrap()).collect();
+        ranks.sort();
+        prop_assert_eq!(ranks, (0..images.len()).collect::<Vec<_>>());
+        let best = |i: usize| {
+            images[i].tags.iter().filter_map(|t| tag_version(t)).max_by(|a, b| a.cmp_precedence(b))
+        };
+        for a in 0..images.len() {
+            for b in 0..images.len() {
+                let (ra, rb) = (rank_of[a].unwrap(), rank_of[b].unwrap());
+                let before = match (best(a), best(b)) {
+                    (Some(va), Some(vb)) => va.cmp_precedence(&vb).reverse().then(a.cmp(&b)),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => a.cmp(&b),
+                };
+                prop_assert_eq!(ra.cmp(&rb), before, "images {} and {}", a, b);
+            }
+        }
+    }
+}

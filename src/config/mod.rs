@@ -184,6 +184,19 @@ pub struct RetentionRule {
     pub keep_latest: Option<u32>,
     pub newer_than: Option<Duration>,
     pub group_by: Option<String>,
+    /// How matched images are ranked for `keep_latest`.
+    pub order_by: OrderBy,
+}
+
+/// The order a rule ranks its matched images in (rank 0 first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OrderBy {
+    /// Newest push first, ties by digest.
+    #[default]
+    Pushed,
+    /// Highest SemVer 2.0 version among the image's matching tags first;
+    /// images with no version tag after every version, newest push first.
+    Semver,
 }
 
 #[derive(Clone, Debug)]

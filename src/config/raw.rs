@@ -154,6 +154,7 @@ pub struct RawRule {
     pub keep_latest: Option<i64>,
     pub newer_than: Option<String>,
     pub group_by: Option<String>,
+    pub order_by: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -851,6 +851,23 @@ impl Validator<'_> {
                 }
             }
         }
+        let order_by = match r.order_by.as_deref() {
+            None | Some("pushed") => OrderBy::Pushed,
+            Some("semver") => OrderBy::Semver,
+            Some(other) => {
+                self.err(
+                    rp.key("order_by"),
+                    format!("unknown order {other:?}; expected \"pushed\" or \"semver\""),
+                );
+                OrderBy::Pushed
+            }
+        };
+        if order_by == OrderBy::Semver && untagged {
+            self.err(
+                rp.key("order_by"),
+                "`order_by = \"semver\"` ranks images by their version tags; untagged images have none",
+            );
+        }
         if self.errors.len() > before {
             return None;
         }
@@ -866,6 +883,7 @@ impl Validator<'_> {
             keep_latest,
             newer_than,
             group_by: r.group_by,
+            order_by,
         })
     }
 
