@@ -93,7 +93,7 @@ async fn each_fault_reaches_the_client_as_the_right_error() {
                 );
                 assert!(applied, "{kind:?} is applied before the answer is spoiled");
             }
-            FaultKind::TotalCount => {
+            FaultKind::TotalCount | FaultKind::TotalCountLow => {
                 // Not a listing: answered normally.
                 assert!(r.is_ok() && applied, "{kind:?}");
                 let listed = c.list_all(DescribeNamespace::all(DEMO_INSTANCE)).await;

@@ -33,6 +33,8 @@ async fn listing_uses_exactly_the_lower_bound_of_calls() {
                 public: false,
                 create_time: sim.now(),
                 repos: Default::default(),
+                retention_rules: Vec::new(),
+                retention_trigger: None,
             },
         )
     });

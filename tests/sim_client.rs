@@ -941,3 +941,170 @@ async fn iam_policies_scope_a_key_to_its_namespace() {
             .is_ok()
     );
 }
+
+/// Step 9 item 12: a page that came back full while the offset reached
+/// `TotalCount` is followed by one more page; an item there means the count
+/// was wrong, and the listing is `ListingChanged`, never 99 of 100 images.
+#[tokio::test]
+async fn a_full_last_page_is_checked_by_one_more_page() {
+    // 100 images, TotalCount answered as 99: the first page (99) seems to end it.
+    let sim = sim(SimOptions {
+        faults: Faults {
+            fault_rate: 1.0,
+            kinds: vec![FaultKind::TotalCountLow],
+            seed: Some(1),
+            ..Default::default()
+        },
+        ..generated("namespaces=1,repos=1,images=100,seed=4")
+    })
+    .await;
+    let client = client_for(&sim);
+    let id = sim.world(|w| w.instances[0].id.clone());
+    let err = client
+        .list_all(DescribeImages::all(&id, "team0", "app0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ListingChanged", "{err}");
+    let markers: Vec<String> = sim
+        .requests()
+        .into_iter()
+        .filter(|e| e.action.as_deref() == Some("DescribeImages"))
+        .map(|e| e.params["Marker"].clone())
+        .collect();
+    assert_eq!(markers, ["0", "99"], "exactly one extra page");
+
+    // Honest counts: 99 images end with one extra, empty page; 98 need none.
+    for (images, calls) in [(99, 2), (98, 1)] {
+        let sim = sim_for(&format!("namespaces=1,repos=1,images={images},seed=4")).await;
+        let client = client_for(&sim);
+        let id = sim.world(|w| w.instances[0].id.clone());
+        let got = client
+            .list_all(DescribeImages::all(&id, "team0", "app0"))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), images);
+        assert_eq!(sim.count("DescribeImages"), calls, "{images} images");
+    }
+}
+
+async fn sim_for(spec: &str) -> kcr_housekeeper::sim::Simulator {
+    sim(generated(spec)).await
+}
+
+/// Step 9 item 2: the external endpoint as the SDK reads it, and a registry
+/// `/v2/` that refuses callers no policy lets through, whatever their login.
+#[tokio::test]
+async fn external_endpoint_gates_the_registry() {
+    let sim = sim(SimOptions::default()).await;
+    let client = client_for(&sim);
+    let e = client
+        .call(&DescribeExternalEndpoint {
+            instance_id: DEMO_INSTANCE.into(),
+        })
+        .await
+        .unwrap();
+    assert!(e.is_open(), "the demo lets loopback in");
+    assert_eq!(e.policies[0].entry, "127.0.0.0/8");
+    assert!(e.policies[0].desc.contains("simulator"), "says why");
+    let http = reqwest::Client::new();
+    let v2 = format!("{}/v2/", sim.endpoint());
+    let anon = http.get(&v2).send().await.unwrap();
+    assert_eq!(anon.status().as_u16(), 401, "open: reachable, login needed");
+
+    // Closed (a new instance's default): 403 to anyone, even with a live token.
+    let created = client
+        .call(&CreateInstanceToken {
+            instance_id: DEMO_INSTANCE.into(),
+            lifetime: TokenLifetime::Days(1),
+            desc: None,
+        })
+        .await
+        .unwrap();
+    let login = |http: &reqwest::Client| {
+        http.get(&v2)
+            .basic_auth(&created.username, Some(created.token.expose_secret()))
+            .send()
+    };
+    assert_eq!(login(&http).await.unwrap().status().as_u16(), 200);
+    sim.world(|w| w.instances[0].external_endpoint.opened = false);
+    let e = client
+        .call(&DescribeExternalEndpoint {
+            instance_id: DEMO_INSTANCE.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.status, "Closed");
+    assert_eq!(http.get(&v2).send().await.unwrap().status().as_u16(), 403);
+    assert_eq!(login(&http).await.unwrap().status().as_u16(), 403);
+    // Opened, but to another range only: still 403 from loopback.
+    sim.world(|w| {
+        let ep = &mut w.instances[0].external_endpoint;
+        ep.opened = true;
+        ep.policies = vec![("10.0.0.0/8".parse().unwrap(), "office".into())];
+    });
+    assert_eq!(login(&http).await.unwrap().status().as_u16(), 403);
+}
+
+/// Step 9 item 3: server-side retention is read per namespace; an endpoint
+/// that does not know the action is "not supported", not an error.
+#[tokio::test]
+async fn server_side_retention_reads_and_unknown_actions() {
+    use kcr_housekeeper::sim::world::{RetentionRule, RetentionTrigger};
+    let sim = sim(SimOptions::default()).await;
+    sim.world(|w| {
+        let ns = w.instances[0].namespaces.get_mut("ci").unwrap();
+        ns.retention_rules = vec![RetentionRule {
+            id: 3,
+            disabled: false,
+            registry_scope: "**".into(),
+            rule_type: "byNum".into(),
+            untagged: true,
+            template: "latestPushedK".into(),
+            tag_patten: None,
+            param: Some(5),
+        }];
+        ns.retention_trigger = Some(RetentionTrigger {
+            display_text: Some("daily".into()),
+            cron: Some("0 0 0 * * *".into()),
+            optional: vec![],
+        });
+    });
+    let client = client_for(&sim);
+    let ask = |ns: &str| DescribeRetentionRule {
+        instance_id: DEMO_INSTANCE.into(),
+        namespace: ns.into(),
+    };
+    let rules = client.call(&ask("ci")).await.unwrap();
+    assert_eq!(rules.rules.len(), 1);
+    assert_eq!(rules.rules[0].id.as_deref(), Some("3"));
+    assert_eq!(rules.rules[0].param.as_deref(), Some("5"));
+    assert!(client.call(&ask("apps")).await.unwrap().rules.is_empty());
+    let t = client
+        .call(&GetRetentionTrigger {
+            instance_id: DEMO_INSTANCE.into(),
+            namespace: "ci".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(t.trigger.unwrap().cron.as_deref(), Some("0 0 0 * * *"));
+    // A missing namespace is an error, not "not supported".
+    let e = client
+        .call_if_supported(&ask("nosuchns"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "InvalidParameterValue");
+
+    // An action the endpoint does not know: NoSuchEntity 404 → Supported::No.
+    #[derive(Clone)]
+    struct Unknown;
+    impl Action for Unknown {
+        const NAME: &'static str = "DescribeSomethingNew";
+        const READ_ONLY: bool = true;
+        type Output = Ack;
+        fn write_params(&self, _: &mut Params) {}
+    }
+    match client.call_if_supported(&Unknown).await.unwrap() {
+        Supported::No { code } => assert_eq!(code, "NoSuchEntity"),
+        other => panic!("expected not supported, got {other:?}"),
+    }
+}

@@ -49,7 +49,7 @@ pub struct SimArgs {
     /// Share (0-1) of API requests answered with an injected fault
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub fault_rate: f64,
-    /// Faults to draw from (comma-separated): 5xx, 409, timeout, reset, truncated, ill-typed, total-count
+    /// Faults to draw from (comma-separated): 5xx, 409, timeout, reset, truncated, ill-typed, total-count, total-count-low
     #[arg(long, value_delimiter = ',', default_value = "5xx,409")]
     pub fault_kinds: Vec<FaultKind>,
     /// How long a `timeout` fault holds its answer

@@ -5,7 +5,10 @@
 //! time) or relative to the simulator's start: `now`, `now-14d`, `now+36h`,
 //! so a scenario does not age.
 
-use super::world::{self, Image, Instance, Namespace, Repo, Token, World};
+use super::world::{
+    self, ExternalEndpoint, Image, Instance, Namespace, Repo, RetentionRule, RetentionTrigger,
+    Token, World,
+};
 use chrono::{Duration, NaiveDateTime};
 use kcr::decode::KCR_TIME_FORMAT;
 use kcr_duration as duration;
@@ -56,6 +59,22 @@ pub struct ScInstance {
     pub project_id: String,
     #[serde(rename = "InternalEndpoint", default)]
     pub internal_endpoint: Option<String>,
+    /// The registry's host name (default `<InstanceName>.ksyunkcr.com`). The
+    /// simulator's `/v2/` serves every instance; a request whose host names
+    /// an instance's `RegistryHost` (ports ignored) is that instance's.
+    #[serde(
+        rename = "RegistryHost",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub registry_host: Option<String>,
+    /// Public access; absent = Closed, as a new KCR instance is.
+    #[serde(
+        rename = "ExternalEndpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_endpoint: Option<ScExternalEndpoint>,
     #[serde(rename = "NamespaceQuota", default = "default_ns_quota")]
     pub namespace_quota: u64,
     #[serde(rename = "RepoQuota", default = "default_repo_quota")]
@@ -65,6 +84,43 @@ pub struct ScInstance {
     #[serde(default)]
     pub namespaces: Vec<ScNamespace>,
 }
+
+/// `{"Status": "Opened"|"Closed", "PolicySet": [{"Entry": "CIDR", "Desc": "…"}]}`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScExternalEndpoint {
+    #[serde(rename = "Status")]
+    pub status: String,
+    #[serde(rename = "PolicySet", default)]
+    pub policy_set: Vec<ScPolicy>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScPolicy {
+    #[serde(rename = "Entry")]
+    pub entry: String,
+    #[serde(rename = "Desc", default)]
+    pub desc: String,
+}
+
+impl ScExternalEndpoint {
+    /// Opened to loopback callers: how the demo and generated worlds let the
+    /// daemon on this host reach their registry (a real instance starts Closed).
+    pub fn loopback() -> Self {
+        ScExternalEndpoint {
+            status: "Opened".into(),
+            policy_set: vec![ScPolicy {
+                entry: "127.0.0.0/8".into(),
+                desc: LOOPBACK_DESC.into(),
+            }],
+        }
+    }
+}
+
+/// Says why a simulated world's endpoint is open.
+pub const LOOPBACK_DESC: &str =
+    "simulator: loopback may reach the registry (a new KCR instance refuses all outside access)";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +153,19 @@ pub struct ScNamespace {
     pub create_time: String,
     #[serde(default)]
     pub repos: Vec<ScRepo>,
+    /// Server-side retention rules (`DescribeRetentionRule`'s items).
+    #[serde(
+        rename = "RetentionRules",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub retention_rules: Vec<RetentionRule>,
+    #[serde(
+        rename = "RetentionTrigger",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retention_trigger: Option<RetentionTrigger>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -266,6 +335,8 @@ impl Scenario {
                             public: ns.public,
                             create_time: create,
                             repos,
+                            retention_rules: ns.retention_rules,
+                            retention_trigger: ns.retention_trigger,
                         },
                     )
                     .is_some()
@@ -276,7 +347,40 @@ impl Scenario {
                     )));
                 }
             }
+            let external_endpoint = match i.external_endpoint {
+                None => ExternalEndpoint::default(),
+                Some(e) => {
+                    let opened = match e.status.as_str() {
+                        "Opened" => true,
+                        "Closed" => false,
+                        other => {
+                            return Err(err(format!(
+                                "{at}.ExternalEndpoint.Status {other:?}: expected \"Opened\" or \"Closed\""
+                            )));
+                        }
+                    };
+                    let mut policies = Vec::new();
+                    for (pi, pol) in e.policy_set.into_iter().enumerate() {
+                        let net = pol
+                            .entry
+                            .parse::<ipnet::IpNet>()
+                            .or_else(|_| pol.entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                            .map_err(|_| {
+                                err(format!(
+                                    "{at}.ExternalEndpoint.PolicySet[{pi}].Entry {:?} is not an address or CIDR",
+                                    pol.entry
+                                ))
+                            })?;
+                        policies.push((net, pol.desc));
+                    }
+                    ExternalEndpoint { opened, policies }
+                }
+            };
             instances.push(Instance {
+                registry_host: i
+                    .registry_host
+                    .unwrap_or_else(|| format!("{}.ksyunkcr.com", i.instance_name)),
+                external_endpoint,
                 internal_endpoint: i
                     .internal_endpoint
                     .unwrap_or_else(|| format!("{}-vpc.ksyunkcr.com", i.instance_name)),
@@ -480,6 +584,8 @@ pub fn generate(spec: &GenerateSpec) -> Scenario {
                 public: ni % 4 == 3,
                 create_time: "now-400d".into(),
                 repos,
+                retention_rules: Vec::new(),
+                retention_trigger: None,
             });
         }
         instances.push(ScInstance {
@@ -492,6 +598,8 @@ pub fn generate(spec: &GenerateSpec) -> Scenario {
             charge_type: "HourlyInstantSettlement".into(),
             project_id: "0".into(),
             internal_endpoint: None,
+            registry_host: None,
+            external_endpoint: Some(ScExternalEndpoint::loopback()),
             namespace_quota: (u64::from(spec.namespaces) * 5 / 4).max(10),
             repo_quota: (u64::from(spec.namespaces) * u64::from(spec.repos) * 2).max(100),
             tokens,

@@ -64,6 +64,10 @@ pub enum FaultKind {
     /// Listings only: `TotalCount` one higher than the truth, as if an item
     /// appeared while the client was paging. Other actions are answered normally.
     TotalCount,
+    /// Listings only: `TotalCount` one lower than the truth (a count that lags
+    /// a push). Not in [`FaultKind::ALL`]: ask for it by name
+    /// (`--fault-kinds total-count-low`).
+    TotalCountLow,
 }
 
 impl FaultKind {
@@ -86,6 +90,7 @@ impl FaultKind {
             FaultKind::Truncated => "truncated",
             FaultKind::IllTyped => "ill-typed",
             FaultKind::TotalCount => "total-count",
+            FaultKind::TotalCountLow => "total-count-low",
         }
     }
 }
@@ -99,10 +104,11 @@ impl std::str::FromStr for FaultKind {
         }
         FaultKind::ALL
             .into_iter()
+            .chain([FaultKind::TotalCountLow])
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown fault kind {s:?} (use {})",
+                    "unknown fault kind {s:?} (use {}, total-count-low)",
                     FaultKind::ALL.map(|k| k.as_str()).join(", ")
                 )
             })
@@ -323,11 +329,14 @@ impl Simulator {
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
         });
         Ok(Simulator {
             shared,
@@ -674,6 +683,11 @@ async fn api(
     {
         map.insert("TotalCount".into(), Value::from(n + 1));
     }
+    if let (Some(FaultKind::TotalCountLow), Value::Object(map)) = (spoil, &mut body)
+        && let Some(n) = map.get("TotalCount").and_then(Value::as_u64)
+    {
+        map.insert("TotalCount".into(), Value::from(n.saturating_sub(1)));
+    }
     if let (Some(FaultKind::IllTyped), Value::Object(map)) = (spoil, &mut body) {
         for (k, v) in map.iter_mut() {
             if v.is_array() {
@@ -692,7 +706,11 @@ async fn api(
         ) => {
             format!("OK+{}", k.as_str())
         }
-        Some(FaultKind::TotalCount) if body.get("TotalCount").is_some() => "OK+total-count".into(),
+        Some(k @ (FaultKind::TotalCount | FaultKind::TotalCountLow))
+            if body.get("TotalCount").is_some() =>
+        {
+            format!("OK+{}", k.as_str())
+        }
         _ => code,
     };
     shared.record(LogEntry {
@@ -752,7 +770,18 @@ async fn api(
 }
 
 /// Docker registry API version check with Basic auth against live tokens.
-async fn registry(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+///
+/// Access control first, as KCR does: the instance the request is for (the
+/// one whose `RegistryHost` the `Host` header names; else the one whose token
+/// the Basic credentials are; else every instance) must have its external
+/// endpoint Opened with a policy entry containing the caller's address, or
+/// the answer is 403 whatever the credentials.
+async fn registry(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
     let creds = headers
         .get(header::AUTHORIZATION)
@@ -764,16 +793,49 @@ async fn registry(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
                 .ok()
         })
         .and_then(|raw| String::from_utf8(raw).ok());
-    let ok = match creds.as_deref().and_then(|c| c.split_once(':')) {
-        Some((user, secret)) => {
-            shared
-                .world
-                .lock()
-                .expect("world lock")
-                .login(user, secret, shared.now_beijing())
-        }
-        None => false,
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let (allowed, ok) = {
+        let world = shared.world.lock().expect("world lock");
+        let now = shared.now_beijing();
+        let login = creds
+            .as_deref()
+            .and_then(|c| c.split_once(':'))
+            .and_then(|(user, secret)| world.login_instance(user, secret, now));
+        let allowed = match world.instance_for_host(host).or(login) {
+            Some(i) => i.external_endpoint.allows(peer.ip()),
+            None => world
+                .instances
+                .iter()
+                .all(|i| i.external_endpoint.allows(peer.ip())),
+        };
+        (allowed, login.is_some())
     };
+    if !allowed {
+        shared.record(LogEntry {
+            ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            method: "GET".into(),
+            path: uri.path().to_owned(),
+            action: None,
+            params: BTreeMap::new(),
+            status: 403,
+            code: "DENIED".into(),
+            request_id: String::new(),
+            injected: false,
+            micros: started.elapsed().as_micros() as u64,
+        });
+        let mut r = json_response(
+            403,
+            &json!({"errors": [{"code": "DENIED", "message": "access denied by the instance's external endpoint access policy", "detail": null}]}),
+        );
+        r.headers_mut().insert(
+            "Docker-Distribution-API-Version",
+            HeaderValue::from_static("registry/2.0"),
+        );
+        return r;
+    }
     let status = if ok { 200 } else { 401 };
     shared.record(LogEntry {
         ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),

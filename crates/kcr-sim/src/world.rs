@@ -112,6 +112,86 @@ pub struct Namespace {
     pub public: bool,
     pub create_time: NaiveDateTime,
     pub repos: BTreeMap<String, Repo>,
+    /// Server-side (Harbor) retention rules, as `DescribeRetentionRule` answers them.
+    pub retention_rules: Vec<RetentionRule>,
+    /// When the server-side retention runs (`GetRetentionTrigger`).
+    pub retention_trigger: Option<RetentionTrigger>,
+}
+
+/// One server-side retention rule, field names and spelling as the Kingsoft
+/// SDKs' `DescribeRetentionRule` answer (`TagPatten` included).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    #[serde(rename = "Id")]
+    pub id: i64,
+    #[serde(rename = "Disabled", default)]
+    pub disabled: bool,
+    /// Which repositories the rule covers (`**` = all).
+    #[serde(rename = "RegistryScope", default = "all_repos")]
+    pub registry_scope: String,
+    /// `byTagPatten` (by tag) or `byNum` (by count).
+    #[serde(rename = "Type", default = "by_num")]
+    pub rule_type: String,
+    #[serde(rename = "UnTagged", default)]
+    pub untagged: bool,
+    /// Harbor's retention template (`latestPushedK`, `nDaysSinceLastPush`, …).
+    #[serde(rename = "Template", default = "latest_pushed")]
+    pub template: String,
+    #[serde(rename = "TagPatten", default)]
+    pub tag_patten: Option<String>,
+    #[serde(rename = "Param", default)]
+    pub param: Option<i64>,
+}
+
+fn all_repos() -> String {
+    "**".into()
+}
+fn by_num() -> String {
+    "byNum".into()
+}
+fn latest_pushed() -> String {
+    "latestPushedK".into()
+}
+
+/// The server-side retention's schedule, as `GetRetentionTrigger` answers it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionTrigger {
+    #[serde(rename = "DisplayText", default)]
+    pub display_text: Option<String>,
+    #[serde(rename = "Cron", default)]
+    pub cron: Option<String>,
+    #[serde(rename = "Optional", default)]
+    pub optional: Vec<String>,
+}
+
+/// The instance's public (external) access: "新创建的KCR实例默认拒绝所有外部访问" —
+/// closed, or open to the listed address ranges only.
+#[derive(Clone, Debug, Default)]
+pub struct ExternalEndpoint {
+    pub opened: bool,
+    /// `(Entry, Desc)`: an address range (CIDR) allowed through and why.
+    pub policies: Vec<(ipnet::IpNet, String)>,
+}
+
+impl ExternalEndpoint {
+    /// Opened, letting loopback callers through (the simulator's default worlds).
+    pub fn loopback(desc: &str) -> Self {
+        ExternalEndpoint {
+            opened: true,
+            policies: vec![("127.0.0.0/8".parse().expect("a CIDR"), desc.to_owned())],
+        }
+    }
+
+    /// May `addr` reach the registry? Only when opened and some entry contains it.
+    pub fn allows(&self, addr: std::net::IpAddr) -> bool {
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.opened && self.policies.iter().any(|(net, _)| net.contains(&addr))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +205,9 @@ pub struct Instance {
     pub charge_type: String,
     pub project_id: String,
     pub internal_endpoint: String,
+    /// The registry's public host name (`docker login <RegistryHost>`).
+    pub registry_host: String,
+    pub external_endpoint: ExternalEndpoint,
     pub namespace_quota: u64,
     pub repo_quota: u64,
     pub tokens: Vec<Token>,
@@ -302,6 +385,9 @@ impl World {
             "DeleteRepoTag" => self.delete_repo_tag(p, now),
             "StartImageScan" => self.start_image_scan(p, now),
             "DescribeImageScan" => self.describe_image_scan(p),
+            "DescribeExternalEndpoint" => self.describe_external_endpoint(p),
+            "DescribeRetentionRule" => self.describe_retention_rule(p),
+            "GetRetentionTrigger" => self.get_retention_trigger(p),
             other => Err(ApiError::no_such_action(other)),
         }
     }
@@ -354,6 +440,9 @@ impl World {
             charge_type: charge_type.to_owned(),
             project_id: optional(p, "ProjectId").unwrap_or("0").to_owned(),
             internal_endpoint: format!("{name}-vpc.ksyunkcr.com"),
+            registry_host: format!("{name}.ksyunkcr.com"),
+            // A new instance refuses all outside access (the user guide).
+            external_endpoint: ExternalEndpoint::default(),
             namespace_quota: ns_quota,
             repo_quota,
             tokens: Vec::new(),
@@ -558,14 +647,78 @@ impl World {
 
     /// Registry login: a live (enabled, unexpired) token with this username and secret.
     pub fn login(&self, username: &str, secret: &str, now: NaiveDateTime) -> bool {
-        self.instances.iter().flat_map(|i| &i.tokens).any(|t| {
-            t.enable
-                && t.expire_time.is_none_or(|e| e > now)
-                && t.username == username
-                && t.secret
-                    .as_deref()
-                    .is_some_and(|s| constant_time_eq(s, secret))
+        self.login_instance(username, secret, now).is_some()
+    }
+
+    /// The instance whose live token these credentials are.
+    pub fn login_instance(
+        &self,
+        username: &str,
+        secret: &str,
+        now: NaiveDateTime,
+    ) -> Option<&Instance> {
+        self.instances.iter().find(|i| {
+            i.tokens.iter().any(|t| {
+                t.enable
+                    && t.expire_time.is_none_or(|e| e > now)
+                    && t.username == username
+                    && t.secret
+                        .as_deref()
+                        .is_some_and(|s| constant_time_eq(s, secret))
+            })
         })
+    }
+
+    /// The instance a registry request is for: the one whose `RegistryHost`
+    /// names the request's host (ports ignored, so a test can name
+    /// `127.0.0.1` or `localhost`), else `None`.
+    pub fn instance_for_host(&self, host: &str) -> Option<&Instance> {
+        let bare = |h: &str| {
+            let h = h.trim();
+            let h = match h.rsplit_once(':') {
+                Some((a, p)) if !a.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) => a,
+                _ => h,
+            };
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        };
+        let want = bare(host);
+        self.instances
+            .iter()
+            .find(|i| bare(&i.registry_host) == want)
+    }
+
+    // ------------------------------------------------------------ access and server-side retention
+
+    fn describe_external_endpoint(&self, p: &ParamMap) -> Answer {
+        let i = self.instance(p)?;
+        let e = &i.external_endpoint;
+        Ok(json!({
+            "InstanceId": i.id,
+            "Status": if e.opened { "Opened" } else { "Closed" },
+            "PolicySet": e.policies.iter().map(|(net, desc)| json!({"Entry": net.to_string(), "Desc": desc})).collect::<Vec<_>>(),
+        }))
+    }
+
+    fn namespace_of<'a>(&'a self, p: &ParamMap) -> Result<&'a Namespace, ApiError> {
+        let i = self.instance(p)?;
+        let ns = required(p, "Namespace")?;
+        i.namespaces
+            .get(ns)
+            .ok_or_else(|| ApiError::invalid_because("Namespace", "namespace not found"))
+    }
+
+    /// `Data`: the namespace's rules (an empty list when it has none).
+    fn describe_retention_rule(&self, p: &ParamMap) -> Answer {
+        let ns = self.namespace_of(p)?;
+        Ok(json!({ "Data": ns.retention_rules }))
+    }
+
+    /// `Data`: the trigger, or `null` when the namespace has none.
+    fn get_retention_trigger(&self, p: &ParamMap) -> Answer {
+        let ns = self.namespace_of(p)?;
+        Ok(json!({ "Data": ns.retention_trigger }))
     }
 
     // ------------------------------------------------------------ namespaces
@@ -610,6 +763,8 @@ impl World {
                 public,
                 create_time: now,
                 repos: BTreeMap::new(),
+                retention_rules: Vec::new(),
+                retention_trigger: None,
             },
         );
         Ok(json!({}))

@@ -5,7 +5,7 @@
 use super::error::{Error, TransportKind};
 use super::ratelimit::RateLimiter;
 use super::signer::{self, CanonicalInput};
-use super::types::{API_VERSION, Action, MAX_PAGE, Page, Paginated, Params, RetryClass};
+use super::types::{API_VERSION, Action, MAX_PAGE, Page, Paginated, Params, RetryClass, Supported};
 use chrono::Utc;
 use chrono_tz::Tz;
 use futures::Stream;
@@ -450,8 +450,28 @@ impl Client {
         decode_response::<A>(status, &body)
     }
 
+    /// [`Client::call`] for an action a real endpoint may not offer (one of
+    /// the SDK-only actions: `DescribeExternalEndpoint`,
+    /// `DescribeRetentionRule`, `GetRetentionTrigger`): an "unknown action"
+    /// answer ([`Error::is_not_supported`]) is [`Supported::No`], not an error.
+    pub async fn call_if_supported<A: Action>(
+        &self,
+        action: &A,
+    ) -> Result<Supported<A::Output>, Error> {
+        match self.call(action).await {
+            Ok(out) => Ok(Supported::Yes(out)),
+            Err(e) if e.is_not_supported() => Ok(Supported::No {
+                code: e.code().to_owned(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A stream of pages of `MaxResults=99`, checking that `TotalCount`
-    /// stays put and that the listing delivers all it announced.
+    /// stays put and that the listing delivers all it announced. A full page
+    /// that reaches `TotalCount` is followed by one more request: an item in
+    /// it (or a changed `TotalCount`) is [`Error::ListingChanged`], never a
+    /// silently shorter list; more items than `TotalCount` likewise.
     pub fn pages<P: Paginated + 'static>(
         &self,
         request: P,
@@ -462,6 +482,8 @@ impl Client {
             offset: u64,
             total: Option<u64>,
             done: bool,
+            /// The next request only checks that the listing ended.
+            checking_end: bool,
         }
         let cursor = Cursor {
             client: self.clone(),
@@ -469,6 +491,7 @@ impl Client {
             offset: 0,
             total: None,
             done: false,
+            checking_end: false,
         };
         futures::stream::try_unfold(cursor, |mut c| async move {
             if c.done {
@@ -487,8 +510,32 @@ impl Client {
             }
             c.total = Some(page.total);
             let got = page.items.len() as u64;
+            if c.checking_end {
+                // The page after a full last page: anything in it, or a new
+                // TotalCount (checked above), means TotalCount was wrong.
+                if got > 0 {
+                    return Err(Error::ListingChanged {
+                        action: P::NAME,
+                        before: page.total,
+                        after: c.offset + got,
+                    });
+                }
+                return Ok(None);
+            }
             c.offset += got;
-            if c.offset >= page.total {
+            if c.offset > page.total {
+                // More items than TotalCount announced.
+                return Err(Error::ListingChanged {
+                    action: P::NAME,
+                    before: page.total,
+                    after: c.offset,
+                });
+            }
+            if c.offset == page.total && got == u64::from(MAX_PAGE) {
+                // A full page that reached TotalCount: one more page proves
+                // the listing really ends here (TotalCount can lag behind).
+                c.checking_end = true;
+            } else if c.offset >= page.total {
                 c.done = true;
             } else if got == 0 {
                 return Err(Error::ListingShort {

@@ -138,6 +138,23 @@ impl Error {
             || matches!(self, Error::Api { status, .. } if (400..500).contains(status))
     }
 
+    /// The endpoint does not know the action (KCR's `NoSuchEntity` "InnerApi
+    /// that does not exist", `InvalidAction`, `UnsupportedOperation`, or a
+    /// bare 404): the feature is not offered there, which is not a failure.
+    pub fn is_not_supported(&self) -> bool {
+        match self {
+            Error::Api { code, .. } => {
+                let c = code.as_str();
+                c == "NoSuchEntity"
+                    || c.starts_with("InvalidAction")
+                    || c.starts_with("UnsupportedOperation")
+                    || c == "UnsupportedAction"
+            }
+            Error::Http { status, .. } => *status == 404,
+            _ => false,
+        }
+    }
+
     /// The HTTP status, when an answer arrived.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -181,6 +198,22 @@ mod tests {
         };
         assert!(t.is_retryable() && !t.surely_not_applied());
         assert_eq!(t.code(), "Timeout");
+    }
+
+    #[test]
+    fn unknown_actions_are_not_supported_other_errors_are_errors() {
+        assert!(api(404, "NoSuchEntity").is_not_supported());
+        assert!(api(400, "InvalidAction").is_not_supported());
+        assert!(api(400, "UnsupportedOperation").is_not_supported());
+        assert!(!api(403, "AccessDenied").is_not_supported());
+        assert!(!api(400, "InvalidParameterValue").is_not_supported());
+        assert!(!api(500, "ServiceUnavailable").is_not_supported());
+        let http = |status| Error::Http {
+            action: "X",
+            status,
+        };
+        assert!(http(404).is_not_supported());
+        assert!(!http(502).is_not_supported());
     }
 
     #[test]

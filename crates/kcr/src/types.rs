@@ -818,10 +818,244 @@ pub struct ImageScan {
 
 image_action!(DescribeImageScan => ImageScan, read_only: true);
 
+// ------------------------------------------------- access and server-side retention
+//
+// Not in the reference (2021-11-09); names and shapes as the Kingsoft SDKs
+// carry them. A real endpoint that does not know them answers with an
+// "unknown action" error, which [`crate::Client::call_if_supported`]
+// turns into [`Supported::No`].
+
+/// An action's answer, or the endpoint's word that it does not offer the action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Supported<T> {
+    Yes(T),
+    /// The endpoint does not know the action; `code` is its error code.
+    No {
+        code: String,
+    },
+}
+
+impl<T> Supported<T> {
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Supported::Yes(t) => Some(t),
+            Supported::No { .. } => None,
+        }
+    }
+}
+
+/// `DescribeExternalEndpoint`: the instance's public access policy.
+#[derive(Clone, Debug)]
+pub struct DescribeExternalEndpoint {
+    pub instance_id: String,
+}
+
+/// One allowed address range of the external endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    #[serde(rename = "Entry", default, deserialize_with = "decode::null_default")]
+    pub entry: String,
+    #[serde(rename = "Desc", default, deserialize_with = "decode::null_default")]
+    pub desc: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ExternalEndpoint {
+    /// `Opened` or `Closed` (anything else is passed on as the API wrote it).
+    #[serde(rename = "Status", default, deserialize_with = "decode::null_default")]
+    pub status: String,
+    #[serde(
+        rename = "PolicySet",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
+    pub policies: Vec<EndpointPolicy>,
+    #[serde(rename = "RequestId", alias = "requestId", default, skip_serializing)]
+    pub request_id: String,
+}
+
+impl ExternalEndpoint {
+    pub fn is_open(&self) -> bool {
+        self.status.eq_ignore_ascii_case("Opened")
+    }
+}
+
+impl Action for DescribeExternalEndpoint {
+    const NAME: &'static str = "DescribeExternalEndpoint";
+    const READ_ONLY: bool = true;
+    type Output = ExternalEndpoint;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id);
+    }
+}
+
+/// `DescribeRetentionRule`: a namespace's server-side (Harbor) retention rules.
+#[derive(Clone, Debug)]
+pub struct DescribeRetentionRule {
+    pub instance_id: String,
+    pub namespace: String,
+}
+
+/// One server-side retention rule (the SDK's field names, `TagPatten` included).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ServerRetentionRule {
+    #[serde(rename = "Id", default, deserialize_with = "decode::opt_id")]
+    pub id: Option<String>,
+    #[serde(rename = "Disabled", default, deserialize_with = "decode::flag")]
+    pub disabled: bool,
+    #[serde(rename = "RegistryScope", default)]
+    pub registry_scope: Option<String>,
+    #[serde(rename = "Type", default)]
+    pub rule_type: Option<String>,
+    #[serde(rename = "UnTagged", default, deserialize_with = "decode::flag")]
+    pub untagged: bool,
+    #[serde(rename = "Template", default)]
+    pub template: Option<String>,
+    #[serde(rename = "TagPatten", default)]
+    pub tag_patten: Option<String>,
+    #[serde(rename = "Param", default, deserialize_with = "decode::opt_id")]
+    pub param: Option<String>,
+}
+
+/// The rules of one namespace. `Data` may be one rule (the Go SDK's shape),
+/// a list of rules, or `null`/absent (none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionRules {
+    pub rules: Vec<ServerRetentionRule>,
+    pub request_id: String,
+}
+
+impl RetentionRules {
+    /// Rules that are not disabled.
+    pub fn enabled(&self) -> impl Iterator<Item = &ServerRetentionRule> {
+        self.rules.iter().filter(|r| !r.disabled)
+    }
+}
+
+impl<'de> Deserialize<'de> for RetentionRules {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "Data", default)]
+            data: serde_json::Value,
+            #[serde(rename = "RequestId", alias = "requestId", default)]
+            request_id: String,
+        }
+        let raw = Raw::deserialize(d)?;
+        let rules = match raw.data {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .filter(|v| !v.is_null())
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map_err(D::Error::custom)?,
+            serde_json::Value::Object(map) if map.is_empty() => Vec::new(),
+            one @ serde_json::Value::Object(_) => {
+                vec![serde_json::from_value(one).map_err(D::Error::custom)?]
+            }
+            _ => return Err(D::Error::custom("Data: expected a rule, a list or null")),
+        };
+        Ok(RetentionRules {
+            rules,
+            request_id: raw.request_id,
+        })
+    }
+}
+
+impl Action for DescribeRetentionRule {
+    const NAME: &'static str = "DescribeRetentionRule";
+    const READ_ONLY: bool = true;
+    type Output = RetentionRules;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace);
+    }
+}
+
+/// `GetRetentionTrigger`: when a namespace's server-side retention runs.
+#[derive(Clone, Debug)]
+pub struct GetRetentionTrigger {
+    pub instance_id: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ServerRetentionTrigger {
+    #[serde(rename = "DisplayText", default)]
+    pub display_text: Option<String>,
+    #[serde(rename = "Cron", default)]
+    pub cron: Option<String>,
+    #[serde(
+        rename = "Optional",
+        default,
+        deserialize_with = "decode::null_default"
+    )]
+    pub optional: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct RetentionTriggerOutput {
+    #[serde(rename = "Data", default)]
+    pub trigger: Option<ServerRetentionTrigger>,
+    #[serde(rename = "RequestId", alias = "requestId", default)]
+    pub request_id: String,
+}
+
+impl Action for GetRetentionTrigger {
+    const NAME: &'static str = "GetRetentionTrigger";
+    const READ_ONLY: bool = true;
+    type Output = RetentionTriggerOutput;
+    fn write_params(&self, p: &mut Params) {
+        p.set("InstanceId", &self.instance_id)
+            .set("Namespace", &self.namespace);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn retention_rules_decode_as_one_rule_a_list_or_nothing() {
+        let one = r#"{"RequestId":"r","Data":{"Id":7,"Disabled":false,"RegistryScope":"**",
+            "Type":"byNum","UnTagged":true,"Template":"latestPushedK","TagPatten":null,"Param":10}}"#;
+        let r: RetentionRules = serde_json::from_str(one).unwrap();
+        assert_eq!(r.rules.len(), 1);
+        assert_eq!(r.rules[0].id.as_deref(), Some("7"));
+        assert_eq!(r.rules[0].param.as_deref(), Some("10"));
+        assert_eq!(r.enabled().count(), 1);
+        let list =
+            r#"{"Data":[{"Id":"1","Disabled":true},{"Id":2,"TagPatten":"v*","NewField":1}]}"#;
+        let r: RetentionRules = serde_json::from_str(list).unwrap();
+        assert_eq!(r.rules.len(), 2);
+        assert_eq!(r.enabled().count(), 1);
+        for none in [
+            r#"{"Data":null}"#,
+            r#"{}"#,
+            r#"{"Data":{}}"#,
+            r#"{"Data":[]}"#,
+        ] {
+            let r: RetentionRules = serde_json::from_str(none).unwrap();
+            assert!(r.rules.is_empty(), "{none}");
+        }
+        assert!(serde_json::from_str::<RetentionRules>(r#"{"Data":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn external_endpoint_decodes_with_nulls() {
+        let e: ExternalEndpoint = serde_json::from_str(
+            r#"{"Status":"Opened","PolicySet":[{"Entry":"10.0.0.0/8","Desc":null}],"RequestId":"r"}"#,
+        )
+        .unwrap();
+        assert!(e.is_open());
+        assert_eq!(e.policies[0].entry, "10.0.0.0/8");
+        let e: ExternalEndpoint =
+            serde_json::from_str(r#"{"Status":"Closed","PolicySet":null}"#).unwrap();
+        assert!(!e.is_open() && e.policies.is_empty());
+    }
 
     #[test]
     fn create_token_response_with_lower_camel_id_decodes_and_redacts() {
