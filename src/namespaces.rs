@@ -9,7 +9,7 @@ use crate::config::{Config, Mode, NamespacesConfig, Visibility};
 use crate::jobs::{Job, JobContext, JobError, Outcome};
 use crate::kcr::{Client, DescribeNamespace, ModifyNamespaceType};
 use crate::metrics::Metrics;
-use crate::state::{NewAudit, Store};
+use crate::state::{AuditGuard, AuditStatus, Mutation, Store};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -158,6 +158,18 @@ pub enum Applied {
     Failed(String),
 }
 
+impl Applied {
+    /// Its audit status and error.
+    fn status(&self) -> (AuditStatus, Option<&str>) {
+        match self {
+            Applied::Applied => (AuditStatus::Applied, None),
+            Applied::AlreadyDone => (AuditStatus::AlreadyDone, None),
+            Applied::Stale(why) => (AuditStatus::Stale, Some(why)),
+            Applied::Failed(why) => (AuditStatus::Failed, Some(why)),
+        }
+    }
+}
+
 pub struct ExecEnv<'a> {
     pub client: &'a Client,
     pub config: &'a Config,
@@ -183,25 +195,31 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
             d.desired,
             d.rule
         );
-        let (result, started) = apply_one(env, d, &detail).await;
+        let (result, audit) = apply_one(env, d, &detail).await;
         let target_public = d.desired == "public";
-        let outcome = match &result {
-            Applied::Applied => "applied".to_string(),
-            Applied::AlreadyDone => "already-done".to_string(),
-            Applied::Stale(why) => format!("skipped: {why}"),
-            Applied::Failed(why) => format!("failed: {why}"),
-        };
-        let recorded = match started {
-            Some(id) => env.state.audit_finish(id, &outcome, None),
+        let (status, error) = result.status();
+        let recorded = match audit {
+            Some(audit) => audit.finish(status, error),
+            // Decided on the re-read, nothing sent: a failed re-read and an
+            // effect already in place are recorded; a stale change is not.
             None if !matches!(result, Applied::Stale(_)) => env
                 .state
-                .audit(&audit_record(env, d, &detail, &outcome), chrono::Utc::now())
+                .audit_unsent(
+                    &mutation(env, d, &detail),
+                    status,
+                    error,
+                    chrono::Utc::now(),
+                )
                 .map(|_| ()),
             None => Ok(()),
         };
         if let Err(e) = recorded {
             tracing::error!(error = %e, "cannot write the audit record");
         }
+        let outcome = match error {
+            Some(why) => format!("{status}: {why}"),
+            None => status.to_string(),
+        };
         if matches!(result, Applied::Applied)
             && let Some(m) = env.metrics
         {
@@ -215,26 +233,20 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
     out
 }
 
-fn audit_record<'a>(
-    env: &ExecEnv<'_>,
-    d: &'a Decision,
-    detail: &'a str,
-    outcome: &'a str,
-) -> NewAudit<'a> {
-    NewAudit {
+fn mutation<'a>(env: &ExecEnv<'_>, d: &'a Decision, detail: &'a str) -> Mutation<'a> {
+    Mutation {
         job: "namespaces",
         run_id: env.run_id,
         instance: &d.instance,
         action: "modify_namespace_type",
         target: &d.namespace,
         detail,
-        outcome,
     }
 }
 
 /// Re-read, then (write-ahead audit record, then) change. Returns the
 /// outcome and the audit record started for the call, if one was.
-async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, Option<i64>) {
+async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, Option<AuditGuard>) {
     let Some(inst) = env.config.instance_by_name(&d.instance) else {
         return (Applied::Stale("instance no longer configured".into()), None);
     };
@@ -261,11 +273,11 @@ async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, O
             Some(_) => {}
         },
     }
-    let id = match env
+    let audit = match env
         .state
-        .audit_begin(&audit_record(env, d, detail, ""), chrono::Utc::now())
+        .audited(&mutation(env, d, detail), chrono::Utc::now())
     {
-        Ok(id) => id,
+        Ok(audit) => audit,
         Err(e) => {
             return (
                 Applied::Failed(format!("cannot write the audit record: {e}")),
@@ -285,7 +297,7 @@ async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, O
         Ok(_) => Applied::Applied,
         Err(e) => Applied::Failed(e.code().to_string()),
     };
-    (result, Some(id))
+    (result, Some(audit))
 }
 
 /// `kcr_namespace_public` and `kcr_namespace_policy_drift` as of after the run.

@@ -561,19 +561,26 @@ async fn audit_command_lists_records() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
     let store = kcr_housekeeper::state::Store::open(&state).unwrap();
-    let rec = kcr_housekeeper::state::NewAudit {
+    let rec = kcr_housekeeper::state::Mutation {
         job: "retention",
         run_id: None,
         instance: "demo",
         action: "delete_tag",
         target: "apps/web:pr-1",
         detail: "rule ci-builds",
-        outcome: "applied",
     };
+    let applied = kcr_housekeeper::state::AuditStatus::Applied;
     store
-        .audit(&rec, chrono::Utc::now() - chrono::Duration::days(3))
+        .audit_unsent(
+            &rec,
+            applied,
+            None,
+            chrono::Utc::now() - chrono::Duration::days(3),
+        )
         .unwrap();
-    store.audit(&rec, chrono::Utc::now()).unwrap();
+    store
+        .audit_unsent(&rec, applied, None, chrono::Utc::now())
+        .unwrap();
     drop(store);
     let cfg = dir.path().join("c.toml");
     std::fs::write(

@@ -688,16 +688,17 @@ async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
     assert!(o.status.success(), "{}", text(&o));
     let store = kcr_housekeeper::state::Store::open(&dir.path().join("state.db")).unwrap();
     store
-        .audit(
-            &kcr_housekeeper::state::NewAudit {
+        .audit_unsent(
+            &kcr_housekeeper::state::Mutation {
                 job: "tokens",
                 run_id: None,
                 instance: "gen",
                 action: "create_token",
                 target: "t",
                 detail: "",
-                outcome: "failed: AccessDenied",
             },
+            kcr_housekeeper::state::AuditStatus::Failed,
+            Some("AccessDenied"),
             chrono::Utc::now(),
         )
         .unwrap();

@@ -455,7 +455,7 @@ async fn a_sink_in_a_missing_directory_fails_before_any_token_is_created() {
 #[tokio::test]
 async fn an_ambiguous_create_is_found_by_its_rotation_id_and_discarded() {
     use kcr_housekeeper::kcr::{CreateInstanceToken, TokenLifetime};
-    use kcr_housekeeper::state::RotationRecord;
+    use kcr_housekeeper::tokens::journal::{RotationRecord, Step};
     use kcr_housekeeper::tokens::planner::desc;
     let sim = sim(SimOptions::default()).await;
     // New tokens take 30 s to show up in listings.
@@ -471,7 +471,7 @@ async fn an_ambiguous_create_is_found_by_its_rotation_id_and_discarded() {
             instance: "demo".into(),
             token_id: None,
             previous_token_id: None,
-            step: "creating".into(),
+            step: Step::Creating,
             expires_at: None,
             created_at: now,
             updated_at: now,

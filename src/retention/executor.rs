@@ -13,7 +13,7 @@ use super::planner::{ActionKind, PlannedAction};
 use crate::failpoint;
 use crate::kcr::{Client, DeleteImages, DeleteRepoTag, DescribeImages, Error};
 use crate::metrics::Metrics;
-use crate::state::{AuditStatus, NewAudit, StateError, Store};
+use crate::state::{AuditStatus, Mutation, StateError, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -475,20 +475,19 @@ fn lost_reply(action: &'static str, detail: String) -> Error {
     }
 }
 
-fn audit_record<'a>(
+fn mutation<'a>(
     env: &ExecEnv<'a>,
     t: &'a Target,
     a: &'a PlannedAction,
     target: &'a str,
-) -> NewAudit<'a> {
-    NewAudit {
+) -> Mutation<'a> {
+    Mutation {
         job: env.job,
         run_id: env.run_id,
         instance: &t.instance,
         action: a.action.as_str(),
         target,
         detail: &a.reason,
-        outcome: "",
     }
 }
 
@@ -550,7 +549,7 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
         let begun =
             failpoint::hit("retention.state.audit_begin", StateError::Injected).and_then(|()| {
                 env.state
-                    .audit_begin(&audit_record(env, &t, &a, &target), Utc::now())
+                    .audited(&mutation(env, &t, &a, &target), Utc::now())
             });
         let outcome = match (&begun, malformed(&a)) {
             (Err(e), _) => Outcome::Failed(format!("cannot write the audit record: {e}")),
@@ -568,11 +567,10 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             }
         };
         let (status, error) = outcome.status();
-        let recorded = match begun {
-            Ok(id) => failpoint::hit("retention.state.audit_finish", StateError::Injected)
-                .and_then(|()| env.state.audit_finish_status(id, status, error, None)),
-            Err(e) => Err(e),
-        };
+        let recorded = begun.and_then(|audit| {
+            failpoint::hit("retention.state.audit_finish", StateError::Injected)
+                .and_then(|()| audit.finish(status, error))
+        });
         if let Err(e) = recorded {
             out.audit_errors += 1;
             tracing::error!(error = %e, target = %target, "cannot write the audit record");

@@ -16,8 +16,9 @@
 //! token moved) are retired on that instance. Tokens of the same name from
 //! another installation (another install id in `Desc`) are never touched.
 
+pub use super::journal::{RotationRecord, Step};
 use crate::config::ManagedToken;
-use crate::state::{RotationRecord, TokenBackoff};
+use crate::state::TokenBackoff;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::collections::{HashMap, HashSet};
 
@@ -69,64 +70,6 @@ pub fn parse_desc(desc: &str) -> Option<DescParts<'_>> {
             rotation_id,
         }),
         _ => None,
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Step {
-    /// Journaled before CreateInstanceToken: the outcome may be unknown.
-    Creating,
-    /// The token exists; its secret is in this process's memory only.
-    Created,
-    /// Sinks are being written: some may hold the new secret.
-    Delivering,
-    /// Written by versions before Step 7 (delivered, not yet verified):
-    /// treated like `delivering`.
-    Delivered,
-    /// Verified by a registry login (or `verify = false`) and delivered to every sink.
-    Verified,
-    /// The token sinks hold and consumers use.
-    Current,
-    /// A newer rotation is current; this one stays enabled for `overlap`.
-    Superseded,
-    /// Disabled after `overlap`; deleted after `delete_after`.
-    Disabled,
-    Deleted,
-    /// Failed or discarded; its token (if any) was disabled and deleted.
-    Abandoned,
-}
-
-impl Step {
-    pub const ALL: [Step; 10] = [
-        Step::Creating,
-        Step::Created,
-        Step::Delivering,
-        Step::Delivered,
-        Step::Verified,
-        Step::Current,
-        Step::Superseded,
-        Step::Disabled,
-        Step::Deleted,
-        Step::Abandoned,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Creating => "creating",
-            Step::Created => "created",
-            Step::Delivering => "delivering",
-            Step::Delivered => "delivered",
-            Step::Verified => "verified",
-            Step::Current => "current",
-            Step::Superseded => "superseded",
-            Step::Disabled => "disabled",
-            Step::Deleted => "deleted",
-            Step::Abandoned => "abandoned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|x| x.as_str() == s)
     }
 }
 
@@ -311,12 +254,6 @@ pub struct Inputs<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// A journal record with its step parsed; unknown steps are skipped (a newer
-/// version wrote them) and reported by the caller.
-fn step_of(r: &RotationRecord) -> Option<Step> {
-    Step::parse(&r.step)
-}
-
 fn std_to_chrono(d: std::time::Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
 }
@@ -410,7 +347,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     for r in journal {
         if let Some(id) = &r.token_id
             && r.absent_since.is_some()
-            && !matches!(step_of(r), Some(Step::Deleted | Step::Abandoned))
+            && !matches!(r.step, Step::Deleted | Step::Abandoned)
             && let Presence::Listed(_) = presence(r, id)
         {
             steps.push(Planned::NoteListing {
@@ -424,7 +361,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     // The current token: the newest `current` record of this instance whose token is usable.
     let current_rec = journal
         .iter()
-        .filter(|r| step_of(r) == Some(Step::Current) && r.instance == cfg.instance)
+        .filter(|r| r.step == Step::Current && r.instance == cfg.instance)
         .max_by_key(|r| (r.updated_at, r.created_at));
     let mut rotate_reason: Option<String> = None;
     let current = current_rec.and_then(|r| {
@@ -472,7 +409,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     let mut in_flight = false;
     let mut interrupted_delivery = false;
     for r in journal {
-        let Some(step) = step_of(r) else { continue };
+        let step = r.step;
         let rid = r.rotation_id.clone();
         let discard = |token: Option<&Listed>, why: &str| Planned::Discard {
             rotation_id: r.rotation_id.clone(),
@@ -668,18 +605,17 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
             });
         }
         for r in journal {
-            let step = step_of(r);
-            let retiring = match step {
-                Some(Step::Superseded | Step::Disabled) => true,
+            let retiring = match r.step {
+                Step::Superseded | Step::Disabled => true,
                 // An older `current` left behind (or one on an instance the token left).
-                Some(Step::Current) => r.rotation_id != c.rotation_id,
+                Step::Current => r.rotation_id != c.rotation_id,
                 // Kept since a sink may hold it (or every sink does); replaced now.
-                Some(Step::Delivering | Step::Delivered | Step::Verified) => {
+                Step::Delivering | Step::Delivered | Step::Verified => {
                     crec.created_at > r.created_at
                 }
                 // Forgotten after two missed listings, yet listed again (a registry
                 // lagging longer still): retire it rather than orphan it.
-                Some(Step::Deleted) => r.token_id.as_deref().is_some_and(|id| {
+                Step::Deleted => r.token_id.as_deref().is_some_and(|id| {
                     listed_on(&r.instance).is_some_and(|l| l.iter().any(|t| t.token_id == id))
                 }),
                 _ => false,
@@ -714,16 +650,16 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                     continue;
                 }
             };
-            if step == Some(Step::Disabled) || !t.enabled {
+            if r.step == Step::Disabled || !t.enabled {
                 let at = r.updated_at + std_to_chrono(cfg.delete_after);
-                if step == Some(Step::Deleted) && !t.enabled {
+                if r.step == Step::Deleted && !t.enabled {
                     // Forgotten while disabled: delete_after counts from now on.
                     steps.push(Planned::Disable {
                         rotation_id,
                         instance,
                         token_id: id,
                     });
-                } else if step != Some(Step::Disabled) {
+                } else if r.step != Step::Disabled {
                     // Disabled by someone else: record it, then count delete_after from now.
                     steps.push(Planned::Disable {
                         rotation_id,
@@ -744,7 +680,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                 }
             } else {
                 // Overlap counts from when it stopped being the newest delivered token.
-                let since = if step == Some(Step::Superseded) {
+                let since = if r.step == Step::Superseded {
                     r.updated_at
                 } else {
                     r.updated_at.max(crec.updated_at)
@@ -816,7 +752,7 @@ mod tests {
             instance: "prod".into(),
             token_id: token.map(Into::into),
             previous_token_id: None,
-            step: step.as_str().into(),
+            step,
             expires_at: None,
             created_at: now() - hours(age),
             updated_at: now() - hours(since),
@@ -928,7 +864,7 @@ mod tests {
         let d = desc(&name, IID, "r20261122T120000Z-1a2b");
         assert_eq!(d.len(), DESC_MAX);
         assert_eq!(d.len(), desc_len(MAX_NAME_LEN));
-        for s in Step::ALL {
+        for &s in Step::ALL {
             assert_eq!(Step::parse(s.as_str()), Some(s));
         }
     }

@@ -22,6 +22,7 @@
 //! ([`crate::failpoint`], names in [`FAILPOINTS`]); `fp_sites_cover_every_question_mark`
 //! below checks that no `?` lacks one.
 
+use super::journal::RotationRecord;
 use super::planner::{self, Current, Inputs, Listed, Planned, Step, TokenPlan};
 use super::sinks::{self, Delivery, SinkError};
 use super::verify;
@@ -31,7 +32,7 @@ use crate::kcr::{
     ModifyInstanceTokenStatus, TokenLifetime,
 };
 use crate::metrics::Metrics;
-use crate::state::{NewAudit, RotationRecord, StateError, Store};
+use crate::state::{AuditGuard, AuditStatus, Mutation, StateError, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -188,24 +189,19 @@ fn lifetime(l: CfgLifetime) -> TokenLifetime {
     }
 }
 
-/// A started audit record, finished with the call's outcome.
-struct Audited<'s> {
-    state: &'s Store,
-    id: i64,
-}
-
-impl Audited<'_> {
-    /// A failure here is logged: the record exists (write-ahead) and reads
-    /// `started`, so the call is audited either way.
-    fn finish(self, outcome: &str, target: Option<&str>) {
-        let r = fp("tokens.state.audit_finish").and_then(|()| {
-            self.state
-                .audit_finish(self.id, outcome, target)
-                .map_err(TokenError::from)
-        });
-        if let Err(e) = r {
-            tracing::error!(error = %e, "cannot write the audit record's outcome");
+/// Write the outcome of a token mutation. A failure here is logged: the
+/// record exists (write-ahead) and reads `started` (or `interrupted`), so the
+/// call is audited either way.
+fn finish_audit(audit: AuditGuard, status: AuditStatus, error: Option<&str>, target: Option<&str>) {
+    let r = fp("tokens.state.audit_finish").and_then(|()| {
+        match target {
+            Some(t) => audit.finish_as(status, error, t),
+            None => audit.finish(status, error),
         }
+        .map_err(TokenError::from)
+    });
+    if let Err(e) = r {
+        tracing::error!(error = %e, "cannot write the audit record's outcome");
     }
 }
 
@@ -340,22 +336,17 @@ impl<'a> Engine<'a> {
         action: &str,
         target: &str,
         detail: &str,
-    ) -> Result<Audited<'_>, TokenError> {
-        let rec = NewAudit {
+    ) -> Result<AuditGuard, TokenError> {
+        let m = Mutation {
             job: "tokens",
             run_id: self.run_id,
             instance: inst,
             action,
             target,
             detail,
-            outcome: "",
         };
         fp(point)?;
-        let id = self.state.audit_begin(&rec, self.now())?;
-        Ok(Audited {
-            state: self.state,
-            id,
-        })
+        Ok(self.state.audited(&m, self.now())?)
     }
 
     /// Plan one managed token: its journal, the listing of its instance and
@@ -370,7 +361,7 @@ impl<'a> Engine<'a> {
         let journal = self.journal(&mt.name)?;
         let mut wanted = vec![mt.instance.clone()];
         for r in &journal {
-            let live = !matches!(Step::parse(&r.step), Some(Step::Deleted));
+            let live = r.step != Step::Deleted;
             if live
                 && !wanted.contains(&r.instance)
                 && self.config.instance_by_name(&r.instance).is_some()
@@ -543,7 +534,7 @@ impl<'a> Engine<'a> {
         step: Step,
         error: Option<String>,
     ) -> Result<RotationRecord, TokenError> {
-        rec.step = step.as_str().to_string();
+        rec.step = step;
         rec.updated_at = self.now();
         if error.is_some() {
             rec.error = error;
@@ -631,7 +622,7 @@ impl<'a> Engine<'a> {
                         instance: mt.instance.clone(),
                         token_id: Some(token_id.clone()),
                         previous_token_id: None,
-                        step: Step::Superseded.as_str().into(),
+                        step: Step::Superseded,
                         expires_at: None,
                         created_at: now,
                         updated_at: now,
@@ -764,20 +755,20 @@ impl<'a> Engine<'a> {
         let detail = format!("{}: {why}", mt.name);
         let audit = self.audit_start(points.0, &inst.name, action, token_id, &detail)?;
         if let Err(e) = fp(points.1) {
-            audit.finish("failed: injected", None);
+            finish_audit(audit, AuditStatus::Failed, Some("injected"), None);
             return Err(e);
         }
         match self.client.call(&request).await {
             Ok(_) => {
-                audit.finish("applied", None);
+                finish_audit(audit, AuditStatus::Applied, None, None);
                 Ok(())
             }
             Err(_) if done_if_gone && self.gone(inst, token_id).await => {
-                audit.finish("already-done", None);
+                finish_audit(audit, AuditStatus::AlreadyDone, None, None);
                 Ok(())
             }
             Err(e) => {
-                audit.finish(&format!("failed: {}", e.code()), None);
+                finish_audit(audit, AuditStatus::Failed, Some(e.code()), None);
                 Err(TokenError::Api {
                     token: mt.name.clone(),
                     what: format!("{action} {token_id}"),
@@ -863,11 +854,11 @@ impl<'a> Engine<'a> {
         // Every instance's: a token moved to another instance supersedes the old one.
         for mut r in self.journal(name)? {
             if r.rotation_id == rotation_id {
-                r.step = Step::Current.as_str().into();
+                r.step = Step::Current;
                 r.updated_at = now;
                 changed.push(r);
-            } else if Step::parse(&r.step) == Some(Step::Current) {
-                r.step = Step::Superseded.as_str().into();
+            } else if r.step == Step::Current {
+                r.step = Step::Superseded;
                 r.updated_at = now;
                 changed.push(r);
             }
@@ -941,7 +932,7 @@ impl<'a> Engine<'a> {
             instance: inst.name.clone(),
             token_id: None,
             previous_token_id: current.map(|c| c.token_id.clone()),
-            step: Step::Creating.as_str().into(),
+            step: Step::Creating,
             expires_at: None,
             created_at: now,
             updated_at: now,
@@ -979,9 +970,9 @@ impl<'a> Engine<'a> {
         let created = match sent {
             Ok(c) => c,
             Err((err, surely_not_applied, code)) => {
-                audit.finish(&format!("failed: {code}"), None);
+                finish_audit(audit, AuditStatus::Failed, Some(&code), None);
                 if surely_not_applied {
-                    rec.step = Step::Abandoned.as_str().into();
+                    rec.step = Step::Abandoned;
                     rec.error = Some(format!("create failed: {code}"));
                 } else {
                     // Maybe created: the next cycle finds it by its rotation id and discards it.
@@ -1002,7 +993,7 @@ impl<'a> Engine<'a> {
         let token_id = created.token_id.clone();
         rec.token_id = Some(token_id.clone());
         rec.expires_at = created.expire_time.map(|t| t.to_utc(&tz));
-        audit.finish("applied", Some(&token_id));
+        finish_audit(audit, AuditStatus::Applied, None, Some(&token_id));
         tracing::info!(token = %mt.name, token_id = %token_id, rotation = %rotation_id, "token created");
         let rec = match self.set_step("tokens.state.journal_created", rec, Step::Created, None) {
             Ok(r) => r,
@@ -1237,7 +1228,7 @@ impl<'a> Engine<'a> {
                 continue;
             };
             for r in journal {
-                if Step::parse(&r.step) != Some(Step::Current) {
+                if r.step != Step::Current {
                     continue;
                 }
                 if let (Some(id), Some(e)) = (r.token_id, r.expires_at)
