@@ -40,16 +40,80 @@ pub enum Outcome {
     Blocked(String),
 }
 
+/// Why a run failed. [`JobError::code`] is a stable short label for
+/// metrics (`kcr_housekeeper_job_failures_total{job,code}`) and logs; the
+/// message is for people.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
+    /// The job's configuration is missing or unusable.
+    #[error("{0}")]
+    Config(String),
+    /// A KCR API call the run could not do without failed.
     #[error(transparent)]
     Api(#[from] crate::kcr::Error),
+    /// Listing the namespaces failed: nothing was planned.
+    #[error(transparent)]
+    Namespaces(#[from] crate::namespaces::NamespaceError),
+    /// Some listings or measurements failed: the run did what the complete
+    /// ones allow (a partial listing never justifies a deletion).
+    #[error("{0}")]
+    Partial(String),
+    /// Some of the run's changes failed, stopped or have an unknown outcome
+    /// (`code`: `actions`, or the first failed token's error code).
+    #[error("{summary}")]
+    Actions { summary: String, code: &'static str },
+    /// The token rotation could not run (see [`crate::tokens::rotate::TokenError::code`]).
+    #[error(transparent)]
+    Tokens(crate::tokens::rotate::TokenError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cancelled before finishing")]
     Cancelled,
-    #[error("{0}")]
-    Failed(String),
+    #[error("timed out after {}", crate::duration::format(*.0))]
+    TimedOut(Duration),
+}
+
+impl JobError {
+    /// Every label [`JobError::code`] can give, for seeding and documentation.
+    pub const CODES: &[&str] = &[
+        "config",
+        "api",
+        "partial",
+        "actions",
+        "state",
+        "cancelled",
+        "timeout",
+        "sink",
+        "verify",
+        "locked",
+        "invariant",
+        "backoff",
+        "injected",
+    ];
+
+    /// A stable short label: `config`, `api`, `partial`, `actions`, `state`,
+    /// `cancelled`, `timeout`, or a token error's own code (`sink`, `verify`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::Config(_) => "config",
+            JobError::Api(_) | JobError::Namespaces(_) => "api",
+            JobError::Partial(_) => "partial",
+            JobError::Actions { code, .. } => code,
+            JobError::Tokens(e) => e.code(),
+            JobError::State(_) => "state",
+            JobError::Cancelled => "cancelled",
+            JobError::TimedOut(_) => "timeout",
+        }
+    }
+}
+
+impl From<crate::tokens::rotate::TokenError> for JobError {
+    fn from(e: crate::tokens::rotate::TokenError) -> Self {
+        match e {
+            crate::tokens::rotate::TokenError::Cancelled => JobError::Cancelled,
+            e => JobError::Tokens(e),
+        }
+    }
 }
 
 pub trait Job: Send + Sync + 'static {
@@ -84,6 +148,8 @@ pub struct RunSummary {
     pub result: RunResult,
     pub summary: String,
     pub error: Option<String>,
+    /// [`JobError::code`] of a failed run.
+    pub code: Option<&'static str>,
     pub duration: Duration,
 }
 
@@ -253,12 +319,17 @@ impl Runner {
                     .job_runs
                     .with_label_values(&[name, "failure"])
                     .inc();
+                self.metrics
+                    .job_failures
+                    .with_label_values(&[name, "state"])
+                    .inc();
                 return RunSummary {
                     job: name,
                     run_id: 0,
                     result: RunResult::Failure,
                     summary: String::new(),
                     error: Some(e.to_string()),
+                    code: Some("state"),
                     duration: started.elapsed(),
                 };
             }
@@ -282,7 +353,7 @@ impl Runner {
                 cancel.cancel();
                 match tokio::time::timeout(STOP_GRACE, &mut fut).await {
                     Ok(Ok(_)) | Ok(Err(JobError::Cancelled)) | Err(_) => {
-                        Err(JobError::Failed(format!("timed out after {}", crate::duration::format(timeout))))
+                        Err(JobError::TimedOut(timeout))
                     }
                     Ok(Err(e)) => Err(e),
                 }
@@ -290,10 +361,15 @@ impl Runner {
         };
         drop(fut);
         let duration = started.elapsed();
-        let (result, summary, error) = match outcome {
-            Ok(Outcome::Success(s)) => (RunResult::Success, s, None),
-            Ok(Outcome::Blocked(s)) => (RunResult::Blocked, s, None),
-            Err(e) => (RunResult::Failure, String::new(), Some(e.to_string())),
+        let (result, summary, error, code) = match outcome {
+            Ok(Outcome::Success(s)) => (RunResult::Success, s, None, None),
+            Ok(Outcome::Blocked(s)) => (RunResult::Blocked, s, None, None),
+            Err(e) => (
+                RunResult::Failure,
+                String::new(),
+                Some(e.to_string()),
+                Some(e.code()),
+            ),
         };
         let now = Utc::now();
         if let Err(e) = self
@@ -306,6 +382,12 @@ impl Runner {
             .job_runs
             .with_label_values(&[name, result.as_str()])
             .inc();
+        if let Some(code) = code {
+            self.metrics
+                .job_failures
+                .with_label_values(&[name, code])
+                .inc();
+        }
         self.metrics
             .job_duration
             .with_label_values(&[name])
@@ -322,7 +404,7 @@ impl Runner {
                 tracing::info!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), duration_ms = ms, summary = %summary, "job run finished")
             }
             Some(e) => {
-                tracing::warn!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), duration_ms = ms, error = %e, "job run failed")
+                tracing::warn!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), code = code.unwrap_or_default(), duration_ms = ms, error = %e, "job run failed")
             }
         }
         RunSummary {
@@ -331,6 +413,7 @@ impl Runner {
             result,
             summary,
             error,
+            code,
             duration,
         }
     }
@@ -440,6 +523,14 @@ mod tests {
         let s = r.run_now("slow", Trigger::Cli).await.unwrap().unwrap();
         assert_eq!(s.result, RunResult::Failure);
         assert!(s.error.unwrap().contains("timed out after 100ms"));
+        assert_eq!(s.code, Some("timeout"));
+        assert_eq!(
+            metrics
+                .job_failures
+                .with_label_values(&["slow", "timeout"])
+                .get(),
+            1
+        );
         assert_eq!(
             metrics
                 .job_runs
@@ -447,6 +538,46 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    #[test]
+    fn every_error_has_a_listed_stable_code() {
+        use crate::tokens::rotate::TokenError;
+        let errors = [
+            JobError::Config("no [retention] section".into()),
+            JobError::Partial("1 listing failed".into()),
+            JobError::Actions {
+                summary: "2 failed".into(),
+                code: "actions",
+            },
+            JobError::State(StateError::Injected("x".into())),
+            JobError::Cancelled,
+            JobError::TimedOut(Duration::from_secs(1)),
+            TokenError::Invariant("x".into()).into(),
+            TokenError::Locked { path: "p".into() }.into(),
+        ];
+        let codes: Vec<&str> = errors.iter().map(JobError::code).collect();
+        assert_eq!(
+            codes,
+            [
+                "config",
+                "partial",
+                "actions",
+                "state",
+                "cancelled",
+                "timeout",
+                "invariant",
+                "locked"
+            ]
+        );
+        for c in codes {
+            assert!(JobError::CODES.contains(&c), "{c} is listed");
+        }
+        // A cancelled rotation is a cancelled run, not a token failure.
+        assert!(matches!(
+            JobError::from(TokenError::Cancelled),
+            JobError::Cancelled
+        ));
     }
 
     #[tokio::test]

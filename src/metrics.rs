@@ -13,6 +13,7 @@ pub struct Metrics {
     registry: Registry,
     pub build_info: IntGaugeVec,
     pub job_runs: IntCounterVec,
+    pub job_failures: IntCounterVec,
     pub job_last_success: GaugeVec,
     pub job_duration: HistogramVec,
     pub job_running: IntGaugeVec,
@@ -125,6 +126,16 @@ impl Metrics {
             "kcr_housekeeper_job_runs_total",
             "Job runs by outcome: success, failure, blocked (a safety limit stopped it) or skipped (already running).",
             &["job", "result"],
+        );
+        // A separate counter rather than a `code` label on job_runs_total:
+        // that would change the label set of every existing series (the
+        // dashboards, alert rules and their tests select `{job,result}`),
+        // and seeding it at 0 would need a series per (job, result, code).
+        let job_failures = counter_vec(
+            &r,
+            "kcr_housekeeper_job_failures_total",
+            "Failed job runs by cause: config, api, partial (some listings failed), actions (some changes failed), state, cancelled, timeout, or a token error (sink, verify, locked, ...).",
+            &["job", "code"],
         );
         let job_last_success = gauge_vec(
             &r,
@@ -320,6 +331,7 @@ impl Metrics {
             retention_deleted_bytes,
             build_info,
             job_runs,
+            job_failures,
             job_last_success,
             job_duration,
             job_running,
@@ -356,10 +368,11 @@ impl Metrics {
     /// included), whether or not it has a value yet.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 30] = [
+        let collectors: [&dyn Collector; 31] = [
             &self.tasks,
             &self.build_info,
             &self.job_runs,
+            &self.job_failures,
             &self.job_last_success,
             &self.job_duration,
             &self.job_running,

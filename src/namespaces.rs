@@ -377,10 +377,9 @@ impl NamespacesJob {
         ctx: &JobContext,
         nc: &NamespacesConfig,
     ) -> Result<Outcome, JobError> {
-        let listed = list(&ctx.client, &ctx.config).await.map_err(|e| {
-            let NamespaceError::Listing { instance, .. } = &e;
+        let listed = list(&ctx.client, &ctx.config).await.inspect_err(|e| {
+            let NamespaceError::Listing { instance, .. } = e;
             ctx.metrics.up.with_label_values(&[instance]).set(0);
-            JobError::Failed(e.to_string())
         })?;
         let plan = plan(nc, &listed);
         let text = summary(&plan);
@@ -418,10 +417,10 @@ impl NamespacesJob {
             .count();
         let text = format!("enforce: {text}; {done} changed");
         if !failed.is_empty() {
-            return Err(JobError::Failed(format!(
-                "{text}; failed: {}",
-                failed.join(", ")
-            )));
+            return Err(JobError::Actions {
+                summary: format!("{text}; failed: {}", failed.join(", ")),
+                code: "actions",
+            });
         }
         Ok(Outcome::Success(text))
     }
@@ -435,7 +434,7 @@ impl Job for NamespacesJob {
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
             let Some(nc) = ctx.config.namespaces.clone() else {
-                return Err(JobError::Failed(
+                return Err(JobError::Config(
                     "no [namespaces] section in the configuration".into(),
                 ));
             };

@@ -139,7 +139,7 @@ impl Job for QuotaJob {
             if failed.is_empty() {
                 Ok(Outcome::Success(parts.join(", ")))
             } else {
-                Err(JobError::Failed(failed.join("; ")))
+                Err(JobError::Partial(failed.join("; ")))
             }
         })
     }

@@ -424,7 +424,7 @@ async fn the_daemon_records_a_partial_run_as_a_failure() {
         };
         let r = kcr_housekeeper::retention::RetentionJob.run(&ctx).await;
         match r {
-            Err(JobError::Failed(why)) => {
+            Err(JobError::Partial(why)) => {
                 assert!(why.contains("partial: 1 listing failed"), "{mode}: {why}");
                 assert!(why.contains("demo/apps/big"), "{mode}: {why}");
             }
@@ -518,7 +518,7 @@ async fn the_quota_job_fails_when_a_storage_listing_is_partial() {
         inventory: Default::default(),
     };
     match kcr_housekeeper::quota::QuotaJob.run(&ctx).await {
-        Err(JobError::Failed(why)) => {
+        Err(JobError::Partial(why)) => {
             assert!(
                 why.contains("storage: demo/apps/big: DescribeImages"),
                 "{why}"

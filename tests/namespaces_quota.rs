@@ -304,7 +304,8 @@ async fn when_the_api_is_down_quota_keeps_its_last_values() {
         inventory: Default::default(),
     };
     let err = QuotaJob.run(&ctx2).await.unwrap_err();
-    assert!(matches!(err, JobError::Failed(_)));
+    assert!(matches!(err, JobError::Partial(_)));
+    assert_eq!(err.code(), "partial");
     let text = ctx.metrics.render();
     assert!(text.contains(used), "last value kept");
     assert!(text.contains("kcr_up{instance=\"demo\"} 0"));

@@ -369,7 +369,7 @@ impl RetentionJob {
         if rc.mode == Mode::DryRun {
             let text = format!("dry-run: {summary}");
             return match partial {
-                Some(why) => Err(JobError::Failed(format!("{text}; {why}"))),
+                Some(why) => Err(JobError::Partial(format!("{text}; {why}"))),
                 None => Ok(Outcome::Success(text)),
             };
         }
@@ -401,10 +401,13 @@ impl RetentionJob {
             return Err(JobError::Cancelled);
         }
         if executed.has_failures() {
-            return Err(JobError::Failed(text));
+            return Err(JobError::Actions {
+                summary: text,
+                code: "actions",
+            });
         }
         if let Some(why) = partial {
-            return Err(JobError::Failed(format!("{text}; {why}")));
+            return Err(JobError::Partial(format!("{text}; {why}")));
         }
         Ok(Outcome::Success(text))
     }
@@ -418,7 +421,7 @@ impl Job for RetentionJob {
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
             let Some(rc) = ctx.config.retention.clone() else {
-                return Err(JobError::Failed(
+                return Err(JobError::Config(
                     "no [retention] section in the configuration".into(),
                 ));
             };

@@ -11,7 +11,7 @@ pub mod verify;
 use crate::config::{Config, Endpoint, Mode};
 use crate::jobs::{Job, JobContext, JobError, Outcome};
 use futures::future::BoxFuture;
-use rotate::{Engine, Settings, TokenError, TokenOutcome};
+use rotate::{Engine, Settings, TokenOutcome};
 
 /// Settings for this config: with the embedded simulator (`sim:demo`),
 /// registry logins go to it rather than to the configured registry host.
@@ -49,7 +49,7 @@ pub struct TokensJob;
 impl TokensJob {
     async fn run_inner(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         let Some(tc) = &ctx.config.tokens else {
-            return Err(JobError::Failed(
+            return Err(JobError::Config(
                 "no [tokens] section in the configuration".into(),
             ));
         };
@@ -63,12 +63,8 @@ impl TokensJob {
             clock: &system_clock,
             settings: settings_for(&ctx.config, &ctx.client),
         };
-        let failed = |e: TokenError| match e {
-            TokenError::Cancelled => JobError::Cancelled,
-            e => JobError::Failed(e.to_string()),
-        };
         if tc.mode == Mode::DryRun {
-            let plans = engine.plan().await.map_err(failed)?;
+            let plans = engine.plan().await?;
             engine.export_expiry().await;
             let text = plans
                 .iter()
@@ -88,10 +84,13 @@ impl TokensJob {
                 .join(" | ");
             return Ok(Outcome::Success(format!("dry-run: {text}")));
         }
-        let outcomes = engine.run().await.map_err(failed)?;
+        let outcomes = engine.run().await?;
         let text = outcome_summary(&outcomes);
-        if outcomes.iter().any(|o| o.error.is_some()) {
-            return Err(JobError::Failed(text));
+        if let Some(failed) = outcomes.iter().find(|o| o.error.is_some()) {
+            return Err(JobError::Actions {
+                summary: text,
+                code: failed.code.unwrap_or("actions"),
+            });
         }
         Ok(Outcome::Success(text))
     }

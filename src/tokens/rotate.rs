@@ -82,6 +82,24 @@ pub enum TokenError {
     Cancelled,
 }
 
+impl TokenError {
+    /// A stable short label for metrics ([`crate::jobs::JobError::code`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Api { .. } | TokenError::Listing { .. } => "api",
+            TokenError::Sink { .. } => "sink",
+            TokenError::Verify { .. } => "verify",
+            TokenError::UnknownInstance { .. } => "config",
+            TokenError::State(_) | TokenError::LockIo { .. } => "state",
+            TokenError::Locked { .. } => "locked",
+            TokenError::Invariant(_) => "invariant",
+            TokenError::BackingOff { .. } => "backoff",
+            TokenError::Injected(_) => "injected",
+            TokenError::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Passes the failpoint `name` (an injected fault becomes [`TokenError::Injected`]).
 #[inline]
 fn fp(name: &'static str) -> Result<(), TokenError> {
@@ -168,6 +186,8 @@ pub struct TokenOutcome {
     /// The new current token, if this cycle rotated.
     pub rotated_to: Option<String>,
     pub error: Option<String>,
+    /// [`TokenError::code`] of the error.
+    pub code: Option<&'static str>,
 }
 
 pub struct Engine<'a> {
@@ -435,6 +455,7 @@ impl<'a> Engine<'a> {
             if let Err(e) = self.cycle_one(mt, &install_id, &mut outcome).await {
                 tracing::error!(token = %mt.name, error = %e, "token cycle failed; the current token stays in place");
                 outcome.error = Some(e.to_string());
+                outcome.code = Some(e.code());
             }
             outcomes.push(outcome);
         }
