@@ -78,6 +78,7 @@ async fn main() {
             id,
             name: "gen".into(),
             registry: Some("r".into()),
+            scope: Vec::new(),
         }];
         let t = Instant::now();
         let inv = Inventory::collect(&client, &inst, chrono::Utc::now()).await;

@@ -44,6 +44,7 @@ fn inventory(images: usize) -> Inventory {
                 name: format!("app{r}"),
                 images,
                 skipped: None,
+                unlisted: false,
             });
         }
         namespaces.push(NamespaceInventory {

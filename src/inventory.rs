@@ -3,8 +3,14 @@
 //! retries, `TotalCount` checks) with one page of 99 per 99 items and one
 //! call for an empty list. A repository whose listing failed is marked
 //! skipped with the reason: nothing is ever planned from a partial list.
+//!
+//! A listing refused with `AccessDenied` (a key scoped by IAM policies) is
+//! skipped with the reason [`ACCESS_DENIED`]; outside the instance's declared
+//! `scope` the refusal is expected ([`is_expected_skip`]) and does not make a
+//! run partial. Images are listed only for repositories some job needs
+//! ([`Needs`]): fewer calls, and no refusals for repositories nobody asked about.
 
-use crate::config::InstanceConfig;
+use crate::config::{Config, InstanceConfig, StorageGranularity};
 use crate::kcr::{Client, DescribeImages, DescribeNamespace, DescribeRepository, Error};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -41,6 +47,95 @@ pub struct RepositoryInventory {
     pub images: Vec<ImageInfo>,
     /// Set when the image listing failed or changed size mid-way: skip this repository.
     pub skipped: Option<String>,
+    /// No job needs this repository's images: they were not listed (`images`
+    /// is empty and means nothing). Never planned from, never "empty".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
+}
+
+/// The `reason` of a listing refused by IAM (`AccessDenied`).
+pub const ACCESS_DENIED: &str = "access denied";
+/// The `reason` of any other failed or shifted listing.
+pub const LISTING_FAILED: &str = "listing failed";
+/// How a refusal outside the instance's declared `scope` starts: expected,
+/// so reported but not partial.
+pub const OUTSIDE_SCOPE: &str = "access denied (outside the instance's scope)";
+
+/// The metric label of a skip reason: [`ACCESS_DENIED`] or [`LISTING_FAILED`].
+pub fn skip_label(reason: &str) -> &'static str {
+    if reason.starts_with(ACCESS_DENIED) {
+        ACCESS_DENIED
+    } else {
+        LISTING_FAILED
+    }
+}
+
+/// A skip the config declares expected: AccessDenied outside the instance's
+/// `scope`. It is listed in reports but does not make a run partial.
+pub fn is_expected_skip(reason: &str) -> bool {
+    reason.starts_with(OUTSIDE_SCOPE)
+}
+
+/// The skip reason of a failed listing; `in_scope` says whether the listed
+/// thing lies inside the instance's declared scope.
+fn skip_reason(e: &InventoryError, in_scope: bool) -> String {
+    match e {
+        InventoryError::Api(api) if api.code() == "AccessDenied" && in_scope => {
+            format!("{ACCESS_DENIED}: {e}")
+        }
+        InventoryError::Api(api) if api.code() == "AccessDenied" => {
+            format!("{OUTSIDE_SCOPE}: {e}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Which repositories' images the enabled jobs need: every repository when
+/// quota storage metrics or quota relief are on, else those in some
+/// retention rule's scope.
+#[derive(Clone, Debug)]
+pub struct Needs {
+    all: bool,
+    rules: Vec<crate::config::RetentionRule>,
+}
+
+impl Needs {
+    /// Every repository's images.
+    pub fn all() -> Needs {
+        Needs {
+            all: true,
+            rules: Vec::new(),
+        }
+    }
+
+    pub fn from_config(c: &Config) -> Needs {
+        let storage = c
+            .quota
+            .as_ref()
+            .is_some_and(|q| q.storage != StorageGranularity::None);
+        Needs {
+            all: storage,
+            rules: c
+                .retention
+                .as_ref()
+                .map(|r| r.rules.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the images of `namespace/repository` must be listed.
+    pub fn images(&self, namespace: &str, repository: &str) -> bool {
+        self.all
+            || self
+                .rules
+                .iter()
+                .any(|r| crate::retention::planner::rule_applies(r, namespace, repository))
+    }
+
+    /// Identity for the snapshot cache.
+    fn key(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,35 +275,55 @@ pub fn sort_images(images: &mut [ImageInfo]) {
 /// `[inventory] max_age` instead of listing everything again.
 #[derive(Default)]
 pub struct InventoryCache {
-    latest: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Inventory>)>>,
+    #[allow(clippy::type_complexity)]
+    latest: tokio::sync::Mutex<Option<(std::time::Instant, String, std::sync::Arc<Inventory>)>>,
 }
 
 impl InventoryCache {
-    /// A snapshot no older than `max_age`, taking a new one if needed. Concurrent
-    /// callers wait for one listing rather than starting their own.
+    /// A snapshot of what `config`'s jobs need, no older than its
+    /// `[inventory] max_age`, taking a new one if needed. Concurrent callers
+    /// wait for one listing rather than starting their own.
+    pub async fn for_config(&self, client: &Client, config: &Config) -> std::sync::Arc<Inventory> {
+        let needs = Needs::from_config(config);
+        self.get_needed(client, &config.instances, config.inventory.max_age, &needs)
+            .await
+    }
+
+    /// A snapshot of every repository's images no older than `max_age`.
     pub async fn get(
         &self,
         client: &Client,
         instances: &[InstanceConfig],
         max_age: std::time::Duration,
     ) -> std::sync::Arc<Inventory> {
+        self.get_needed(client, instances, max_age, &Needs::all())
+            .await
+    }
+
+    async fn get_needed(
+        &self,
+        client: &Client,
+        instances: &[InstanceConfig],
+        max_age: std::time::Duration,
+        needs: &Needs,
+    ) -> std::sync::Arc<Inventory> {
+        let key = format!("{instances:?}\n{}", needs.key());
         let mut latest = self.latest.lock().await;
-        if let Some((at, inv)) = latest.as_ref()
+        if let Some((at, k, inv)) = latest.as_ref()
             && at.elapsed() <= max_age
-            && inv
-                .instances
-                .iter()
-                .map(|i| &i.id)
-                .eq(instances.iter().map(|i| &i.id))
+            && *k == key
         {
             return inv.clone();
         }
-        let inv = std::sync::Arc::new(Inventory::collect(client, instances, Utc::now()).await);
+        let inv = std::sync::Arc::new(
+            Inventory::collect_needed(client, instances, Utc::now(), &Quiet, needs).await,
+        );
         // A snapshot with a failed listing is not shared: the next job lists
-        // again rather than inheriting the gap for `max_age`.
+        // again rather than inheriting the gap for `max_age`. Expected
+        // refusals (outside the declared scope) are not gaps.
         *latest = inv
             .is_complete()
-            .then(|| (std::time::Instant::now(), inv.clone()));
+            .then(|| (std::time::Instant::now(), key, inv.clone()));
         inv
     }
 
@@ -250,10 +365,21 @@ impl Inventory {
         now: DateTime<Utc>,
         progress: &dyn Progress,
     ) -> Inventory {
+        Self::collect_needed(client, instances, now, progress, &Needs::all()).await
+    }
+
+    /// Like [`Inventory::collect_with`], listing images only where `needs` asks.
+    pub async fn collect_needed(
+        client: &Client,
+        instances: &[InstanceConfig],
+        now: DateTime<Utc>,
+        progress: &dyn Progress,
+        needs: &Needs,
+    ) -> Inventory {
         let all = futures::future::join_all(
             instances
                 .iter()
-                .map(|i| collect_instance(client, i, progress)),
+                .map(|i| collect_instance(client, i, progress, needs)),
         )
         .await;
         Inventory {
@@ -262,14 +388,41 @@ impl Inventory {
         }
     }
 
-    /// Every instance, namespace and repository was listed completely.
+    /// Every instance, namespace and repository was listed completely, but
+    /// for refusals the config declares expected.
     pub fn is_complete(&self) -> bool {
+        let ok = |e: &Option<String>| e.as_deref().is_none_or(is_expected_skip);
         self.instances.iter().all(|i| {
             i.error.is_none()
-                && i.namespaces.iter().all(|n| {
-                    n.error.is_none() && n.repositories.iter().all(|r| r.skipped.is_none())
-                })
+                && i.namespaces
+                    .iter()
+                    .all(|n| ok(&n.error) && n.repositories.iter().all(|r| ok(&r.skipped)))
         })
+    }
+
+    /// Skipped listings per (instance, reason label): what
+    /// `kcr_housekeeper_inventory_skipped` exports. Every instance has both
+    /// labels, zero when nothing was skipped for that reason.
+    pub fn skipped_counts(&self) -> Vec<(String, &'static str, u64)> {
+        let mut out = Vec::new();
+        for i in &self.instances {
+            let mut denied = 0;
+            let mut failed = 0;
+            let reasons = i.error.iter().chain(i.namespaces.iter().flat_map(|n| {
+                n.error
+                    .iter()
+                    .chain(n.repositories.iter().filter_map(|r| r.skipped.as_ref()))
+            }));
+            for r in reasons {
+                match skip_label(r) {
+                    ACCESS_DENIED => denied += 1,
+                    _ => failed += 1,
+                }
+            }
+            out.push((i.name.clone(), ACCESS_DENIED, denied));
+            out.push((i.name.clone(), LISTING_FAILED, failed));
+        }
+        out
     }
 
     pub fn image_count(&self) -> usize {
@@ -286,6 +439,7 @@ async fn collect_instance(
     client: &Client,
     inst: &InstanceConfig,
     progress: &dyn Progress,
+    needs: &Needs,
 ) -> InstanceInventory {
     let listed = async {
         crate::failpoint::hit("retention.api.list_namespaces", InventoryError::Injected)?;
@@ -308,7 +462,8 @@ async fn collect_instance(
                 name: inst.name.clone(),
                 id: inst.id.clone(),
                 namespaces: Vec::new(),
-                error: Some(e.to_string()),
+                // A key that cannot list namespaces is never "expected".
+                error: Some(skip_reason(&e, true)),
             };
         }
     };
@@ -331,20 +486,31 @@ async fn collect_instance(
         );
         match listed {
             Err(e) => NamespaceInventory {
+                error: Some(skip_reason(&e, inst.namespace_in_scope(&ns.namespace))),
                 name: ns.namespace,
                 public: ns.public,
                 repositories: Vec::new(),
-                error: Some(e.to_string()),
             },
             Ok(repos) => {
                 let ns_name = ns.namespace.clone();
-                progress.found(repos.len() as u64);
-                let repositories = futures::future::join_all(repos.into_iter().map(|r| async {
-                    let repo = collect_repository(client, &inst.id, &ns_name, r.repo_name).await;
-                    progress.listed();
-                    repo
-                }))
-                .await;
+                let (wanted, unwanted): (Vec<_>, Vec<_>) = repos
+                    .into_iter()
+                    .partition(|r| needs.images(&ns_name, &r.repo_name));
+                progress.found(wanted.len() as u64);
+                let mut repositories =
+                    futures::future::join_all(wanted.into_iter().map(|r| async {
+                        let repo = collect_repository(client, inst, &ns_name, r.repo_name).await;
+                        progress.listed();
+                        repo
+                    }))
+                    .await;
+                repositories.extend(unwanted.into_iter().map(|r| RepositoryInventory {
+                    name: r.repo_name,
+                    images: Vec::new(),
+                    skipped: None,
+                    unlisted: true,
+                }));
+                repositories.sort_by(|a, b| a.name.cmp(&b.name));
                 NamespaceInventory {
                     name: ns.namespace,
                     public: ns.public,
@@ -367,20 +533,22 @@ async fn collect_instance(
 
 async fn collect_repository(
     client: &Client,
-    instance_id: &str,
+    inst: &InstanceConfig,
     namespace: &str,
     name: String,
 ) -> RepositoryInventory {
-    match list_images(client, instance_id, namespace, &name).await {
+    match list_images(client, &inst.id, namespace, &name).await {
         Ok(images) => RepositoryInventory {
             name,
             images,
             skipped: None,
+            unlisted: false,
         },
         Err(e) => RepositoryInventory {
+            skipped: Some(skip_reason(&e, inst.in_scope(namespace, &name))),
             name,
             images: Vec::new(),
-            skipped: Some(e.to_string()),
+            unlisted: false,
         },
     }
 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub namespace_size: GaugeVec,
     pub repository_images: GaugeVec,
     pub repository_size: GaugeVec,
+    pub inventory_skipped: IntGaugeVec,
 }
 
 impl Metrics {
@@ -296,6 +297,12 @@ impl Metrics {
             "Bytes stored in the repository ([quota] storage = \"repository\").",
             &["instance", "namespace", "repository"],
         );
+        let inventory_skipped = int_gauge_vec(
+            &r,
+            "kcr_housekeeper_inventory_skipped",
+            "Listings skipped in the last registry snapshot, by reason (\"access denied\": refused by IAM; \"listing failed\": any other failure).",
+            &["instance", "reason"],
+        );
         let job_interval = gauge_vec(
             &r,
             "kcr_housekeeper_job_interval_seconds",
@@ -320,6 +327,7 @@ impl Metrics {
             namespace_size,
             repository_images,
             repository_size,
+            inventory_skipped,
             token_expiry,
             token_rotations,
             token_rotation_in_progress,
@@ -342,6 +350,15 @@ impl Metrics {
             quota_used,
             quota_limit,
             quota_ratio,
+        }
+    }
+
+    /// `kcr_housekeeper_inventory_skipped` from a snapshot.
+    pub fn set_inventory_skipped(&self, inv: &crate::inventory::Inventory) {
+        for (instance, reason, n) in inv.skipped_counts() {
+            self.inventory_skipped
+                .with_label_values(&[instance.as_str(), reason])
+                .set(n as i64);
         }
     }
 
@@ -400,6 +417,7 @@ impl Metrics {
             &self.namespace_size,
             &self.repository_images,
             &self.repository_size,
+            &self.inventory_skipped,
         ];
         let mut names: Vec<String> = collectors
             .iter()

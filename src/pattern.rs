@@ -28,6 +28,8 @@ impl PartialEq for Pattern {
     }
 }
 
+impl Eq for Pattern {}
+
 impl Pattern {
     /// ```
     /// use kcr_housekeeper::pattern::Pattern;

@@ -115,14 +115,8 @@ impl Job for QuotaJob {
                 .as_ref()
                 .map_or(StorageGranularity::None, |q| q.storage);
             if storage != StorageGranularity::None {
-                let inventory = ctx
-                    .inventory
-                    .get(
-                        &ctx.client,
-                        &ctx.config.instances,
-                        ctx.config.inventory.max_age,
-                    )
-                    .await;
+                let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
+                ctx.metrics.set_inventory_skipped(&inventory);
                 let rows = storage_rows(&inventory, storage);
                 export_storage(&ctx.metrics, storage, &rows);
                 for inst in inventory.instances.iter().filter(|i| i.error.is_some()) {
@@ -168,19 +162,21 @@ impl StorageGranularity {
 
 /// Every listing of the inventory that failed (instance, namespace or
 /// repository), for the run's failure reason: storage figures without them
-/// are partial.
+/// are partial. Refusals outside an instance's declared scope are expected
+/// and left out.
 pub fn incomplete(inv: &Inventory) -> Vec<String> {
+    let unexpected = |e: &&String| !crate::inventory::is_expected_skip(e);
     let mut out = Vec::new();
     for inst in &inv.instances {
         if let Some(e) = &inst.error {
             out.push(format!("{}: {e}", inst.name));
         }
         for ns in &inst.namespaces {
-            if let Some(e) = &ns.error {
+            if let Some(e) = ns.error.as_ref().filter(unexpected) {
                 out.push(format!("{}/{}: {e}", inst.name, ns.name));
             }
             for r in &ns.repositories {
-                if let Some(e) = &r.skipped {
+                if let Some(e) = r.skipped.as_ref().filter(unexpected) {
                     out.push(format!("{}/{}/{}: {e}", inst.name, ns.name, r.name));
                 }
             }
@@ -204,7 +200,11 @@ pub fn storage_rows(inv: &Inventory, granularity: StorageGranularity) -> Vec<Sto
             match granularity {
                 StorageGranularity::None => {}
                 StorageGranularity::Namespace => {
-                    if ns.repositories.iter().any(|r| r.skipped.is_some()) {
+                    if ns
+                        .repositories
+                        .iter()
+                        .any(|r| r.skipped.is_some() || r.unlisted)
+                    {
                         continue;
                     }
                     let (images, bytes) = ns
@@ -221,7 +221,11 @@ pub fn storage_rows(inv: &Inventory, granularity: StorageGranularity) -> Vec<Sto
                     });
                 }
                 StorageGranularity::Repository => {
-                    for r in ns.repositories.iter().filter(|r| r.skipped.is_none()) {
+                    for r in ns
+                        .repositories
+                        .iter()
+                        .filter(|r| r.skipped.is_none() && !r.unlisted)
+                    {
                         let (images, bytes) = sum(&r.images);
                         rows.push(Storage {
                             instance: inst.name.clone(),

@@ -14,6 +14,7 @@ fn instances(sim: &kcr_housekeeper::sim::Simulator) -> Vec<InstanceConfig> {
         id: sim.world(|w| w.instances[0].id.clone()),
         name: "gen".into(),
         registry: Some("r".into()),
+        scope: Vec::new(),
     }]
 }
 
@@ -63,6 +64,7 @@ async fn a_fresh_snapshot_is_reused_and_an_old_one_is_not() {
         id: DEMO_INSTANCE.into(),
         name: "demo".into(),
         registry: Some("r".into()),
+        scope: Vec::new(),
     }];
     let cache = InventoryCache::default();
     let a = cache.get(&client, &inst, Duration::from_secs(60)).await;
@@ -85,6 +87,7 @@ async fn a_partial_snapshot_is_not_reused() {
         id: "00000000-0000-4000-8000-00000000dead".into(),
         name: "gone".into(),
         registry: Some("r".into()),
+        scope: Vec::new(),
     }];
     let cache = InventoryCache::default();
     let a = cache.get(&client, &inst, Duration::from_secs(60)).await;

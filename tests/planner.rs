@@ -53,6 +53,7 @@ fn inventory(repos: Vec<(&str, &str, Vec<ImageInfo>)>) -> Inventory {
             name: repo.into(),
             images,
             skipped: None,
+            unlisted: false,
         };
         match namespaces.iter_mut().find(|n| n.name == ns) {
             Some(n) => n.repositories.push(r),
@@ -570,6 +571,7 @@ fn failed_listings_make_the_plan_partial_and_no_rule_idle() {
             name: "web".into(),
             images: vec![],
             skipped: Some("DescribeImages: listing changed".into()),
+            unlisted: false,
         });
     let p = plan(&inv, &cfg, now());
     assert_eq!(
@@ -964,4 +966,76 @@ proptest! {
             }
         }
     }
+}
+
+/// Scoped keys (issue 13 #6): a refusal outside the instance's declared
+/// scope is reported but not partial; any other skip is partial; a
+/// repository whose images were not listed (no rule needs them) is left out
+/// of the plan, and one a rule covers anyway is skipped, never "empty".
+#[test]
+fn expected_refusals_are_reported_but_not_partial_and_unlisted_repositories_never_planned() {
+    use kcr_housekeeper::inventory::{ACCESS_DENIED, OUTSIDE_SCOPE};
+    let cfg = cfg(
+        "",
+        "[[retention.rules]]\nname = \"all\"\nrepositories = [\"r*\"]\nolder_than = \"1d\"\n",
+    );
+    let denied = "DescribeImages: HTTP 403 AccessDenied: User: u is not authorized";
+    // (skip reason, partial?)
+    let table = [
+        (format!("{OUTSIDE_SCOPE}: {denied}"), false),
+        (format!("{ACCESS_DENIED}: {denied}"), true),
+        ("DescribeImages: HTTP 500 InternalError".to_string(), true),
+    ];
+    for (reason, partial) in table {
+        let mut inv = inventory(vec![("apps", "r1", vec![img(1, 30.0, &["a"])])]);
+        let repos = &mut inv.instances[0].namespaces[0].repositories;
+        repos.push(RepositoryInventory {
+            name: "r2".into(),
+            images: vec![],
+            skipped: Some(reason.clone()),
+            unlisted: false,
+        });
+        let p = plan(&inv, &cfg, now());
+        assert_eq!(p.partial_reason().is_some(), partial, "{reason}");
+        let r2 = p
+            .repositories
+            .iter()
+            .find(|r| r.repository == "r2")
+            .unwrap();
+        assert!(r2.actions.is_empty() && r2.skipped.as_deref() == Some(reason.as_str()));
+        // Every skip is in the report, expected or not.
+        let report = kcr_housekeeper::retention::report::Report::from_plan(&p, "dry-run", vec![]);
+        assert_eq!(
+            report.summary.skipped,
+            vec![format!("prod/apps/r2: {reason}")]
+        );
+        // The one readable repository is planned either way.
+        assert_eq!(p.count(ActionKind::DeleteImage), 1, "{reason}");
+    }
+    // Unlisted: left out when no rule covers it, skipped when one does.
+    let mut inv = inventory(vec![("apps", "r1", vec![img(1, 30.0, &["a"])])]);
+    for name in ["other", "r9"] {
+        inv.instances[0].namespaces[0]
+            .repositories
+            .push(RepositoryInventory {
+                name: name.into(),
+                images: vec![],
+                skipped: None,
+                unlisted: true,
+            });
+    }
+    let p = plan(&inv, &cfg, now());
+    assert!(!p.repositories.iter().any(|r| r.repository == "other"));
+    let r9 = p
+        .repositories
+        .iter()
+        .find(|r| r.repository == "r9")
+        .unwrap();
+    assert!(
+        r9.skipped
+            .as_deref()
+            .unwrap()
+            .starts_with("images not listed")
+    );
+    assert!(p.partial_reason().is_some());
 }

@@ -87,6 +87,7 @@ fn inventory_of(report: &Report) -> Inventory {
             name: repo,
             images,
             skipped: None,
+            unlisted: false,
         });
     }
     Inventory {

@@ -52,7 +52,9 @@ pub(super) async fn collect_inventory(
     now: chrono::DateTime<Utc>,
 ) -> crate::inventory::Inventory {
     let bar = Bar::new("listing", "repositories", 0);
-    let inv = crate::inventory::Inventory::collect_with(client, &c.instances, now, &bar).await;
+    let needs = crate::inventory::Needs::from_config(c);
+    let inv =
+        crate::inventory::Inventory::collect_needed(client, &c.instances, now, &bar, &needs).await;
     bar.finish();
     for i in inv.instances.iter().filter(|i| i.error.is_some()) {
         eprintln!(

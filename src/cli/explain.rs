@@ -50,6 +50,7 @@ pub(super) async fn run(
                     name: repository.to_owned(),
                     images,
                     skipped: None,
+                    unlisted: false,
                 }],
                 error: None,
             }],

@@ -102,6 +102,36 @@ pub struct InstanceConfig {
     /// The registry host (`prod.ksyunkcr.com`): needed only by managed
     /// tokens (the login and the docker-config key), required there.
     pub registry: Option<String>,
+    /// `namespace/repository` globs the access key is meant to reach
+    /// (`scope = ["team-a/*"]`); empty = the whole instance. An AccessDenied
+    /// outside it is expected (skipped, not partial); inside it is not.
+    pub scope: Vec<Pattern>,
+}
+
+impl InstanceConfig {
+    /// Whether `namespace/repository` is inside the declared scope.
+    pub fn in_scope(&self, namespace: &str, repository: &str) -> bool {
+        self.scope.is_empty()
+            || self
+                .scope
+                .iter()
+                .any(|p| p.is_match(&format!("{namespace}/{repository}")))
+    }
+
+    /// Whether any repository of `namespace` may be inside the declared
+    /// scope: a glob's part before its first `/` matches the namespace, or
+    /// the glob starts with `**` or is a regex (which may match anything).
+    pub fn namespace_in_scope(&self, namespace: &str) -> bool {
+        self.scope.is_empty()
+            || self.scope.iter().any(|p| {
+                let text = p.as_str();
+                if text.starts_with("re:") || text.starts_with("**") {
+                    return true;
+                }
+                let head = text.split('/').next().unwrap_or(text);
+                Pattern::parse(head).is_ok_and(|h| h.is_match(namespace))
+            })
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -75,6 +75,7 @@ pub struct RawInstance {
     pub id: String,
     pub name: String,
     pub registry: Option<String>,
+    pub scope: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -551,10 +551,22 @@ impl Validator<'_> {
             if out.iter().any(|o| o.id == raw.id) {
                 self.err(ip.key("id"), format!("duplicate instance id {:?}", raw.id));
             }
+            let scope = match &raw.scope {
+                Some(globs) if globs.is_empty() => {
+                    self.err(
+                        ip.key("scope"),
+                        "empty scope: leave the key out for the whole instance",
+                    );
+                    Vec::new()
+                }
+                Some(globs) => self.patterns(&ip.key("scope"), globs),
+                None => Vec::new(),
+            };
             out.push(InstanceConfig {
                 id: raw.id,
                 name: raw.name,
                 registry: raw.registry,
+                scope,
             });
         }
         if out.is_empty()

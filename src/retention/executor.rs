@@ -180,6 +180,9 @@ struct CallError {
     text: String,
     /// May the call be made again (after a fresh check)?
     retryable: bool,
+    /// Refused by IAM (`AccessDenied`): a missing permission, the same for
+    /// every action after this one.
+    denied: bool,
 }
 
 impl CallError {
@@ -187,6 +190,7 @@ impl CallError {
         CallError {
             text: format!("{what}: {e}"),
             retryable: e.is_retryable(),
+            denied: e.code() == "AccessDenied",
         }
     }
     /// A test's injected fault: like a refusal, never retried (a delete is
@@ -195,6 +199,7 @@ impl CallError {
         CallError {
             text: format!("{what}: {msg}"),
             retryable: false,
+            denied: false,
         }
     }
 }
@@ -219,11 +224,16 @@ struct Attempt<'e, 'a> {
     expected: Vec<String>,
     /// Failed calls in a row, shared by the run.
     failures_in_row: &'e mut u32,
+    /// The first call IAM refused, if any: the run stops after this action.
+    denied: Option<String>,
 }
 
 impl Attempt<'_, '_> {
     fn failed_call(&mut self, e: CallError) -> CallError {
         *self.failures_in_row += 1;
+        if e.denied && self.denied.is_none() {
+            self.denied = Some(e.text.clone());
+        }
         e
     }
 
@@ -256,6 +266,7 @@ impl Attempt<'_, '_> {
                             out.total_count
                         ),
                         retryable: true,
+                        denied: false,
                     }));
                 }
                 Ok(found.map(|i| i.tag_names))
@@ -551,19 +562,22 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
                 env.state
                     .audited(&mutation(env, &t, &a, &target), Utc::now())
             });
+        let mut denied = None;
         let outcome = match (&begun, malformed(&a)) {
             (Err(e), _) => Outcome::Failed(format!("cannot write the audit record: {e}")),
             (Ok(_), Some(why)) => Outcome::Failed(why),
             (Ok(_), None) => {
-                Attempt {
+                let mut attempt = Attempt {
                     env,
                     t: &t,
                     a: &a,
                     expected: effects.expected(&t, &a),
                     failures_in_row: &mut failures_in_row,
-                }
-                .run()
-                .await
+                    denied: None,
+                };
+                let outcome = attempt.run().await;
+                denied = attempt.denied;
+                outcome
             }
         };
         let (status, error) = outcome.status();
@@ -599,6 +613,15 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
         }
         out.results.push((t, a, outcome));
         (env.tick)();
+        // A missing permission refuses every later action alike: stop
+        // rather than send them, and name the permission.
+        if let Some(why) = denied {
+            out.stopped = Some(format!(
+                "stopped: a permission is missing ({why}); grant it (deploy/iam/) and run again"
+            ));
+            out.not_attempted = total - i - 1;
+            break;
+        }
     }
     for (inst, b) in bytes {
         env.metrics

@@ -343,14 +343,8 @@ pub struct RetentionJob;
 impl RetentionJob {
     async fn run_inner(&self, ctx: &JobContext, rc: &RetentionConfig) -> Result<Outcome, JobError> {
         let now = Utc::now();
-        let inventory = ctx
-            .inventory
-            .get(
-                &ctx.client,
-                &ctx.config.instances,
-                ctx.config.inventory.max_age,
-            )
-            .await;
+        let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
+        ctx.metrics.set_inventory_skipped(&inventory);
         for inst in &inventory.instances {
             ctx.metrics
                 .up

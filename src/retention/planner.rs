@@ -213,13 +213,25 @@ impl Plan {
     }
 
     /// Everything that could not be listed completely: instances and
-    /// namespaces first, then repositories (`instance/namespace/repository: why`).
+    /// namespaces first, then repositories (`instance/namespace/repository: why`),
+    /// but for refusals the config declares expected (outside an instance's
+    /// `scope`), which reports list and runs accept.
     /// Not empty means the run is partial (exit 1, run result `failure`).
     pub fn incomplete(&self) -> Vec<String> {
-        let mut out = self.skipped.clone();
+        let unexpected = |s: &&String| !crate::inventory::is_expected_skip(s);
+        let mut out: Vec<String> = self
+            .skipped
+            .iter()
+            .filter(|s| {
+                let why = s.split_once(": ").map_or(s.as_str(), |(_, why)| why);
+                !crate::inventory::is_expected_skip(why)
+            })
+            .cloned()
+            .collect();
         out.extend(self.repositories.iter().filter_map(|r| {
             r.skipped
                 .as_ref()
+                .filter(unexpected)
                 .map(|s| format!("{}/{}/{}: {s}", r.instance, r.namespace, r.repository))
         }));
         out
@@ -311,11 +323,12 @@ fn chrono(d: Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
 }
 
-fn namespace_applies(rule: &RetentionRule, namespace: &str) -> bool {
+pub fn namespace_applies(rule: &RetentionRule, namespace: &str) -> bool {
     rule.namespaces.is_empty() || rule.namespaces.iter().any(|p| p.is_match(namespace))
 }
 
-fn rule_applies(rule: &RetentionRule, namespace: &str, repository: &str) -> bool {
+/// Whether a rule's scope covers `namespace/repository` (DESIGN §6.1).
+pub fn rule_applies(rule: &RetentionRule, namespace: &str, repository: &str) -> bool {
     namespace_applies(rule, namespace)
         && (rule.repositories.is_empty()
             || rule.repositories.iter().any(|p| p.is_match(repository)))
@@ -802,7 +815,23 @@ fn plan_with(
             let mut repos: Vec<_> = ns.repositories.iter().collect();
             repos.sort_by(|a, b| a.name.cmp(&b.name));
             for repo in repos {
-                if repo.skipped.is_some() {
+                // Images nobody needs were not listed: nothing to plan, and
+                // never to be taken for an empty repository. A rule that
+                // covers one anyway (a config other than the listing's)
+                // finds it skipped.
+                let unlisted = repo.unlisted.then(|| {
+                    "images not listed: no rule of the listing's config covers this repository"
+                        .to_owned()
+                });
+                if unlisted.is_some()
+                    && !cfg
+                        .rules
+                        .iter()
+                        .any(|r| rule_applies(r, &ns.name, &repo.name))
+                {
+                    continue;
+                }
+                if repo.skipped.is_some() || unlisted.is_some() {
                     for (ri, r) in cfg.rules.iter().enumerate() {
                         if rule_applies(r, &ns.name, &repo.name) {
                             unknown[ri] = true;
@@ -817,7 +846,7 @@ fn plan_with(
                     actions: Vec::new(),
                     decisions: Vec::new(),
                     blocked: None,
-                    skipped: repo.skipped.clone(),
+                    skipped: repo.skipped.clone().or(unlisted),
                 };
                 if rp.skipped.is_none() {
                     let applicable: Vec<(usize, &RetentionRule)> = cfg

@@ -1,0 +1,350 @@
+//! Scoped keys (issue 13, item 6): an access key that IAM policies confine
+//! to one namespace. Through the real binary against the simulator with
+//! `--policies`-style principals: the key plans and applies in its namespace,
+//! every other repository is skipped with the reason `access denied` (never
+//! planned, never deleted), and the run succeeds only when the config's
+//! `[[instances]] scope` declares those refusals expected. A key without
+//! DeleteImages stops enforce at the first refusal, naming the permission.
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::jobs::{Job, JobContext, JobError, Outcome};
+use kcr_housekeeper::kcr::{Client, Credentials};
+use kcr_housekeeper::sim::{SimOptions, Simulator};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+const AK: &str = "AKTEAMAPPS";
+const SK: &str = "team-apps-secret";
+
+/// The key may read namespaces and repositories everywhere (those actions
+/// take no resource), and list and delete images only under `apps/`.
+/// `deletes` are the delete actions it is granted there.
+fn policies(deletes: &[&str]) -> kcr_housekeeper::sim::iam::Policies {
+    let mut actions = vec!["\"kcrs:DescribeImages\"".to_string()];
+    actions.extend(deletes.iter().map(|a| format!("\"kcrs:{a}\"")));
+    kcr_housekeeper::sim::iam::Policies::parse(&format!(
+        r#"{{"{AK}": {{"secret": "{SK}", "user": "apps-bot", "statements": [
+              {{"effect": "Allow", "actions": ["kcrs:DescribeNamespace", "kcrs:DescribeRepository"],
+                "resources": ["*"]}},
+              {{"effect": "Allow", "actions": [{}],
+                "resources": ["krn:ksc:kcrs:*:*:repository/*/apps/*"]}}]}}}}"#,
+        actions.join(", ")
+    ))
+    .unwrap()
+}
+
+async fn scoped_sim(deletes: &[&str]) -> Simulator {
+    sim(SimOptions {
+        policies: Some(policies(deletes)),
+        ..Default::default()
+    })
+    .await
+}
+
+const RULES: &str = r#"
+[retention]
+mode = "enforce"
+min_age = "1h"
+[retention.protect]
+tags = ["latest", "v*.*.*"]
+newest_images_per_repository = 1
+[[retention.rules]]
+name = "ci"
+tags = ["pr-*", "sha-*"]
+older_than = "3d"
+keep_latest = 1
+[[retention.rules]]
+name = "untagged"
+untagged = true
+older_than = "1d"
+"#;
+
+/// A config using the scoped key; `scope` is the `[[instances]] scope` line.
+fn write_config(sim: &Simulator, dir: &Path, scope: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{AK}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
+             [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"r\"\n{scope}\n\
+             [state]\npath = \"{}\"\n{RULES}",
+            sim.endpoint(),
+            dir.join("state.db").display()
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env("TEST_SK", SK);
+    std::thread::spawn(move || c.output().unwrap())
+        .join()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// (namespace/repository, digest) → tags, of the namespaces other than `apps`.
+fn outside_apps(
+    sim: &Simulator,
+) -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
+    registry_snapshot(sim)
+        .into_iter()
+        .filter(|((repo, _), _)| !repo.starts_with("apps/"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_scoped_to_one_namespace_plans_there_and_skips_elsewhere_with_the_reason() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Without a declared scope the refusals are unexpected: partial, exit 1,
+    // the report written all the same and naming every refused repository.
+    let cfg = write_config(&sim, dir.path(), "");
+    let out = run(&["plan", "retention", "--config", &cfg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("partial"), "{stderr}");
+    assert!(
+        stderr.contains("demo/ci/builder: access denied"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skipped: Vec<&str> = report["summary"]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for repo in [
+        "ci/builder",
+        "mirrors/alpine",
+        "publicdocs/site",
+        "sandbox/experiment",
+    ] {
+        assert!(
+            skipped.iter().any(|s| s.contains(repo)
+                && s.contains("access denied")
+                && s.contains("AccessDenied")
+                && s.contains("kcrs:DescribeImages")),
+            "{repo} not skipped for access: {skipped:?}"
+        );
+    }
+    assert!(
+        !skipped.iter().any(|s| s.contains("apps/")),
+        "apps is readable: {skipped:?}"
+    );
+    // Nothing is planned where nothing could be read.
+    let planned_in: std::collections::BTreeSet<String> = report["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["actions"].as_array().unwrap().is_empty())
+        .map(|r| format!("{}/{}", r["namespace"], r["repository"]).replace('"', ""))
+        .collect();
+    assert!(!planned_in.is_empty(), "{report}");
+    assert!(
+        planned_in.iter().all(|r| r.starts_with("apps/")),
+        "{planned_in:?}"
+    );
+
+    // With the scope declared, the same refusals are expected: exit 0, and
+    // the report still lists them.
+    let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\"]");
+    let out = run(&["plan", "retention", "--config", &cfg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = report["summary"]["skipped"].to_string();
+    assert!(
+        listed.contains("ci/builder") && listed.contains("access denied"),
+        "{listed}"
+    );
+
+    // Enforce: applies in apps, deletes nothing elsewhere, exit 0.
+    let before_apps = registry_snapshot(&sim)
+        .into_iter()
+        .filter(|((r, _), _)| r.starts_with("apps/"))
+        .count();
+    let before_outside = outside_apps(&sim);
+    let out = run(&["apply", "retention", "--config", &cfg, "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let after_apps = registry_snapshot(&sim)
+        .into_iter()
+        .filter(|((r, _), _)| r.starts_with("apps/"))
+        .count();
+    assert!(after_apps < before_apps, "{}", text(&out));
+    assert_eq!(outside_apps(&sim), before_outside);
+    // Not one call reached a delete outside apps (never planned there).
+    assert!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.action.as_deref().is_some_and(|a| a.starts_with("Delete")))
+            .all(|r| r.params.get("Namespace").map(String::as_str) == Some("apps")),
+        "a delete outside apps was sent"
+    );
+
+    // Scope narrower than the refusals: a refused repository inside the
+    // declared scope is unexpected again.
+    let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\", \"ci/*\"]");
+    let out = run(&["plan", "retention", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("demo/ci/builder: access denied"), "{t}");
+    assert!(!t.contains("demo/mirrors/alpine: access denied:"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_counts_refusals_in_the_skipped_metric_and_succeeds_within_its_scope() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run_job = |scope: &str| {
+        let cfg = write_config(&sim, dir.path(), scope);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("mode = \"enforce\"", "mode = \"dry-run\"");
+        let config = kcr_housekeeper::config::parse(&text, "t.toml", dir.path(), &|k: &str| {
+            (k == "TEST_SK").then(|| SK.to_string())
+        })
+        .unwrap();
+        let mut cc = config_for(&sim);
+        cc.credentials = Credentials::new(AK, SK);
+        let state = kcr_housekeeper::state::Store::in_memory().unwrap();
+        let run_id = state
+            .start_run("retention", "cli", chrono::Utc::now())
+            .unwrap();
+        JobContext {
+            client: Client::new(cc).unwrap(),
+            config: Arc::new(config),
+            state,
+            metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
+            cancel: Default::default(),
+            run_id,
+            inventory: Default::default(),
+        }
+    };
+    let skipped = |ctx: &JobContext, reason: &str| {
+        ctx.metrics
+            .inventory_skipped
+            .with_label_values(&["demo", reason])
+            .get()
+    };
+
+    let ctx = run_job("");
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Err(JobError::Failed(why)) => {
+            assert!(why.contains("partial"), "{why}");
+            assert!(why.contains("access denied"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // ci/builder, mirrors/alpine, publicdocs/site, sandbox/experiment.
+    assert_eq!(skipped(&ctx, "access denied"), 4);
+    assert_eq!(skipped(&ctx, "listing failed"), 0);
+
+    let ctx = run_job("scope = [\"apps/**\"]");
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Ok(Outcome::Success(s)) => assert!(s.starts_with("dry-run"), "{s}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(skipped(&ctx, "access denied"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_listed_only_where_a_rule_needs_them() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A rule confined to apps: nothing else is listed, so nothing is refused.
+    let cfg = write_config(&sim, dir.path(), "");
+    let narrowed = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "name = \"ci\"\n",
+            "name = \"ci\"\nnamespaces = [\"apps\"]\n",
+        )
+        .replace(
+            "name = \"untagged\"\n",
+            "name = \"untagged\"\nnamespaces = [\"apps\"]\n",
+        );
+    std::fs::write(&cfg, narrowed).unwrap();
+    let before = sim.requests().len();
+    let out = run(&["plan", "retention", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed: Vec<String> = sim.requests()[before..]
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("DescribeImages"))
+        .map(|r| r.params["Namespace"].clone())
+        .collect();
+    assert!(!listed.is_empty());
+    assert!(listed.iter().all(|n| n == "apps"), "{listed:?}");
+    assert!(
+        sim.requests()[before..]
+            .iter()
+            .all(|r| r.code != "AccessDenied")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_delete_images_stops_enforce_naming_the_permission() {
+    // DeleteRepoTag granted, DeleteImages not.
+    let sim = scoped_sim(&["DeleteRepoTag"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\"]");
+    let before = registry_snapshot(&sim);
+    let before_log = sim.requests().len();
+    let out = run(&["apply", "retention", "--config", &cfg, "--yes"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("kcrs:DeleteImages"), "{t}");
+    assert!(t.contains("AccessDenied"), "{t}");
+    assert!(t.contains("permission is missing"), "{t}");
+    // Exactly one delete was refused, and nothing was sent after it.
+    let log = sim.requests()[before_log..].to_vec();
+    let deletes: Vec<_> = log
+        .iter()
+        .filter(|r| r.action.as_deref().is_some_and(|a| a.starts_with("Delete")))
+        .collect();
+    let refused: Vec<usize> = deletes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.code == "AccessDenied")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(refused.len(), 1, "{deletes:?}");
+    assert_eq!(refused[0], deletes.len() - 1, "a delete after the refusal");
+    let last = log
+        .iter()
+        .rposition(|r| r.code == "AccessDenied" && r.action.as_deref() == Some("DeleteImages"))
+        .unwrap();
+    assert!(
+        log[last + 1..]
+            .iter()
+            .all(|r| r.action.as_deref() == Some("DescribeImages")),
+        "only the check after the refused delete may follow it: {:?}",
+        &log[last + 1..]
+    );
+    // What changed is exactly the tags deleted before the refusal.
+    let after = registry_snapshot(&sim);
+    let deleted_tags = deletes
+        .iter()
+        .filter(|r| r.code == "OK" && r.action.as_deref() == Some("DeleteRepoTag"))
+        .count();
+    let lost: usize = before
+        .iter()
+        .map(|(k, tags)| tags.len() - after.get(k).map_or(0, |t| t.len()))
+        .sum();
+    assert_eq!(lost, deleted_tags, "{t}");
+    assert_eq!(before.len(), after.len(), "no image deleted");
+}
