@@ -385,7 +385,7 @@ impl Metrics {
     /// included), whether or not it has a value yet.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 31] = [
+        let collectors: [&dyn Collector; 32] = [
             &self.tasks,
             &self.build_info,
             &self.job_runs,

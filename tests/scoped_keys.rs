@@ -244,7 +244,7 @@ async fn the_job_counts_refusals_in_the_skipped_metric_and_succeeds_within_its_s
 
     let ctx = run_job("");
     match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
-        Err(JobError::Failed(why)) => {
+        Err(JobError::Partial(why)) => {
             assert!(why.contains("partial"), "{why}");
             assert!(why.contains("access denied"), "{why}");
         }
