@@ -500,6 +500,10 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     let backoff_until = backoff
         .map(|b| backoff_until(b, input.retry_base, cfg.rotate_before))
         .filter(|at| *at > now);
+    // A backoff matters only while it holds a due rotation back: a row left
+    // behind (its clear failed, or the token was renewed another way) must
+    // not make a run with nothing due look skipped.
+    let mut held_back = None;
     if !in_flight {
         let reason = match (&current, rotate_reason) {
             (None, Some(why)) => Some(why),
@@ -532,13 +536,16 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
             }
         };
         match (reason, backoff_until, backoff) {
-            (Some(reason), Some(at), Some(b)) => upcoming.push(Upcoming {
-                at,
-                what: format!(
-                    "rotate ({reason}): next attempt after {} failed rotation(s), the last: {}",
-                    b.failures, b.error
-                ),
-            }),
+            (Some(reason), Some(at), Some(b)) => {
+                held_back = Some(at);
+                upcoming.push(Upcoming {
+                    at,
+                    what: format!(
+                        "rotate ({reason}): next attempt after {} failed rotation(s), the last: {}",
+                        b.failures, b.error
+                    ),
+                });
+            }
             (Some(reason), _, _) => steps.push(Planned::Rotate { reason }),
             (None, _, _) => {}
         }
@@ -709,7 +716,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
         steps,
         upcoming,
         foreign,
-        backoff_until,
+        backoff_until: held_back,
         notes,
     }
 }
@@ -1238,6 +1245,19 @@ mod tests {
             (20, 59, Some(1)), // capped at 10d / 4 = 60h
             (20, 60, None),
         ];
+        // A backoff row with nothing due holds nothing back and is not
+        // reported as backing off (the run would fail as skipped).
+        let fresh = vec![listed("t1", "r1", true, 30 * 24)];
+        let fresh = HashMap::from([("prod".to_string(), fresh)]);
+        let leftover = TokenBackoff {
+            failures: 3,
+            last_failure_at: now(),
+            error: "boom".into(),
+            config: config_fingerprint(&cfg()),
+        };
+        let p = plan_token(&cfg(), &inputs(&journal, &fresh, Some(&leftover)));
+        assert!(p.steps.is_empty(), "{:?}", p.steps);
+        assert_eq!(p.backoff_until, None);
         // Failures under another config (a sink was fixed) hold nothing back.
         let other = TokenBackoff {
             failures: 5,
