@@ -1,6 +1,6 @@
 //! Configuration: TOML read in two phases, as cargo-deny does. Phase one
 //! ([`raw`]) deserialises with `deny_unknown_fields`, one section (and one
-//! rule) at a time so that every problem is found; phase two ([`validate`])
+//! rule) at a time so that every problem is found; phase two (`validate`)
 //! checks meaning and resolves secrets. Every error names the file, line,
 //! column and key path, and all of them are reported together.
 //!
