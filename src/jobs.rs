@@ -170,6 +170,101 @@ pub enum Started {
 #[error("unknown job {0:?}")]
 pub struct UnknownJob(pub String);
 
+/// One run from start to finish: its row in the runs table, the job metrics
+/// and the log line. [`Runner`] records every run through it, and so does the
+/// one-shot CLI (`apply`), so `history` lists both alike.
+pub struct RunLog {
+    state: Store,
+    metrics: Arc<Metrics>,
+    job: &'static str,
+    trigger: Trigger,
+    run_id: i64,
+    started: Instant,
+}
+
+impl RunLog {
+    /// Open the run's row (no result yet: a process that dies leaves it open,
+    /// and the next start closes it as interrupted).
+    pub fn start(
+        state: &Store,
+        metrics: Arc<Metrics>,
+        job: &'static str,
+        trigger: Trigger,
+    ) -> Result<RunLog, StateError> {
+        let started = Instant::now();
+        let run_id = state.start_run(job, trigger.as_str(), Utc::now())?;
+        Ok(RunLog {
+            state: state.clone(),
+            metrics,
+            job,
+            trigger,
+            run_id,
+            started,
+        })
+    }
+
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// Close the run: its row, the metrics, the log line. `code` labels a
+    /// failure ([`JobError::code`]). The summary is returned even when the
+    /// row could not be written (the second value).
+    pub fn finish(
+        self,
+        result: RunResult,
+        summary: String,
+        error: Option<String>,
+        code: Option<&'static str>,
+    ) -> (RunSummary, Result<(), StateError>) {
+        let (name, run_id, trigger) = (self.job, self.run_id, self.trigger);
+        let duration = self.started.elapsed();
+        let now = Utc::now();
+        let recorded = self
+            .state
+            .finish_run(run_id, now, result, &summary, error.as_deref());
+        self.metrics
+            .job_runs
+            .with_label_values(&[name, result.as_str()])
+            .inc();
+        if let Some(code) = code {
+            self.metrics
+                .job_failures
+                .with_label_values(&[name, code])
+                .inc();
+        }
+        self.metrics
+            .job_duration
+            .with_label_values(&[name])
+            .observe(duration.as_secs_f64());
+        if result == RunResult::Success {
+            self.metrics
+                .job_last_success
+                .with_label_values(&[name])
+                .set(now.timestamp() as f64);
+        }
+        let ms = duration.as_millis() as u64;
+        match &error {
+            None => {
+                tracing::info!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), duration_ms = ms, summary = %summary, "job run finished")
+            }
+            Some(e) => {
+                tracing::warn!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), code = code.unwrap_or_default(), duration_ms = ms, error = %e, "job run failed")
+            }
+        }
+        let summary = RunSummary {
+            job: name,
+            run_id,
+            result,
+            summary,
+            error,
+            code,
+            duration,
+        };
+        (summary, recorded)
+    }
+}
+
 pub struct Runner {
     jobs: BTreeMap<&'static str, Arc<dyn Job>>,
     running: Mutex<HashSet<&'static str>>,
@@ -310,18 +405,13 @@ impl Runner {
             job: name,
         };
         let env = self.env();
-        let started = Instant::now();
-        let run_id = match self.state.start_run(name, trigger.as_str(), Utc::now()) {
-            Ok(id) => id,
+        let log = match RunLog::start(&self.state, self.metrics.clone(), name, trigger) {
+            Ok(log) => log,
             Err(e) => {
                 tracing::error!(job = name, error = %e, "cannot record run start; not running");
                 self.metrics
                     .job_runs
                     .with_label_values(&[name, "failure"])
-                    .inc();
-                self.metrics
-                    .job_failures
-                    .with_label_values(&[name, "state"])
                     .inc();
                 return RunSummary {
                     job: name,
@@ -330,10 +420,11 @@ impl Runner {
                     summary: String::new(),
                     error: Some(e.to_string()),
                     code: Some("state"),
-                    duration: started.elapsed(),
+                    duration: Duration::ZERO,
                 };
             }
         };
+        let run_id = log.run_id();
         let cancel = self.cancel.child_token();
         let ctx = JobContext {
             client: env.client.clone(),
@@ -360,7 +451,6 @@ impl Runner {
             }
         };
         drop(fut);
-        let duration = started.elapsed();
         let (result, summary, error, code) = match outcome {
             Ok(Outcome::Success(s)) => (RunResult::Success, s, None, None),
             Ok(Outcome::Blocked(s)) => (RunResult::Blocked, s, None, None),
@@ -371,51 +461,11 @@ impl Runner {
                 Some(e.code()),
             ),
         };
-        let now = Utc::now();
-        if let Err(e) = self
-            .state
-            .finish_run(run_id, now, result, &summary, error.as_deref())
-        {
+        let (summary, recorded) = log.finish(result, summary, error, code);
+        if let Err(e) = recorded {
             tracing::error!(job = name, run_id, error = %e, "cannot record run end");
         }
-        self.metrics
-            .job_runs
-            .with_label_values(&[name, result.as_str()])
-            .inc();
-        if let Some(code) = code {
-            self.metrics
-                .job_failures
-                .with_label_values(&[name, code])
-                .inc();
-        }
-        self.metrics
-            .job_duration
-            .with_label_values(&[name])
-            .observe(duration.as_secs_f64());
-        if result == RunResult::Success {
-            self.metrics
-                .job_last_success
-                .with_label_values(&[name])
-                .set(now.timestamp() as f64);
-        }
-        let ms = duration.as_millis() as u64;
-        match &error {
-            None => {
-                tracing::info!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), duration_ms = ms, summary = %summary, "job run finished")
-            }
-            Some(e) => {
-                tracing::warn!(job = name, run_id, trigger = trigger.as_str(), result = result.as_str(), code = code.unwrap_or_default(), duration_ms = ms, error = %e, "job run failed")
-            }
-        }
-        RunSummary {
-            job: name,
-            run_id,
-            result,
-            summary,
-            error,
-            code,
-            duration,
-        }
+        summary
     }
 
     /// Stop: no new runs; running jobs are told to stop at their next safe

@@ -6,10 +6,14 @@ use super::tokens_text::token_plans_text;
 use super::{CliError, PlannableJob, failed, io};
 use crate::app;
 use crate::config::Config;
+use crate::jobs::{RunLog, Trigger};
+use crate::metrics::Metrics;
+use crate::state::RunResult;
 use chrono::Utc;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -62,13 +66,16 @@ pub(super) async fn apply_namespaces_cmd(
     if !confirmed(args.yes, &format!("change {n} namespaces?"), out)? {
         return Ok(());
     }
+    let metrics = Arc::new(Metrics::new());
+    let log = RunLog::start(&state, metrics.clone(), "namespaces", Trigger::Cli)
+        .map_err(|e| failed(e, "recording the run"))?;
     let env = crate::namespaces::ExecEnv {
         client: &conn.client,
         config: c,
         state: &state,
-        metrics: None,
+        metrics: Some(&metrics),
         cancel: None,
-        run_id: None,
+        run_id: Some(log.run_id()),
     };
     let applied = crate::namespaces::execute(&env, &plan).await;
     let mut failures = 0;
@@ -89,10 +96,28 @@ pub(super) async fn apply_namespaces_cmd(
         )
         .map_err(io)?;
     }
-    if failures > 0 {
-        return Err(CliError::Failed(anyhow::anyhow!(
-            "{failures} namespace changes failed"
-        )));
+    let changed = applied
+        .iter()
+        .filter(|(_, r)| matches!(r, Applied::Applied | Applied::AlreadyDone))
+        .count();
+    let text = format!("{}; {changed} changed", crate::namespaces::summary(&plan));
+    let (result, error) = match failures {
+        0 => (RunResult::Success, None),
+        n => (
+            RunResult::Failure,
+            Some(format!("{n} namespace changes failed")),
+        ),
+    };
+    log.finish(
+        result,
+        text,
+        error.clone(),
+        error.as_ref().map(|_| "actions"),
+    )
+    .1
+    .map_err(|e| failed(e, "recording the run"))?;
+    if let Some(e) = error {
+        return Err(CliError::Failed(anyhow::anyhow!(e)));
     }
     Ok(())
 }
@@ -129,7 +154,7 @@ pub(super) async fn apply_tokens_cmd(
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let state =
         crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
-    let engine = token_engine(c, &conn, &state);
+    let mut engine = token_engine(c, &conn, &state);
     let plans = engine
         .plan()
         .await
@@ -148,12 +173,34 @@ pub(super) async fn apply_tokens_cmd(
     if !confirmed(args.yes, "apply these token steps?", out)? {
         return Ok(());
     }
-    let outcomes = engine
-        .run()
-        .await
-        .map_err(|e| failed(e, "rotating tokens"))?;
-    writeln!(out, "tokens: {}", crate::tokens::outcome_summary(&outcomes)).map_err(io)?;
-    if outcomes.iter().any(|o| o.error.is_some()) {
+    let metrics = Arc::new(Metrics::new());
+    let log = RunLog::start(&state, metrics.clone(), "tokens", Trigger::Cli)
+        .map_err(|e| failed(e, "recording the run"))?;
+    engine.run_id = Some(log.run_id());
+    let outcomes = match engine.run().await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = log.finish(
+                RunResult::Failure,
+                String::new(),
+                Some(e.to_string()),
+                Some(e.code()),
+            );
+            return Err(failed(e, "rotating tokens"));
+        }
+    };
+    let text = crate::tokens::outcome_summary(&outcomes);
+    writeln!(out, "tokens: {text}").map_err(io)?;
+    let failed_step = outcomes.iter().any(|o| o.error.is_some());
+    let (result, error) = match failed_step {
+        false => (RunResult::Success, None),
+        true => (RunResult::Failure, Some("a token step failed".to_owned())),
+    };
+    let code = error.as_ref().map(|_| "actions");
+    log.finish(result, text, error, code)
+        .1
+        .map_err(|e| failed(e, "recording the run"))?;
+    if failed_step {
         return Err(CliError::Failed(anyhow::anyhow!("a token step failed")));
     }
     Ok(())

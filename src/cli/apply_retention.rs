@@ -6,6 +6,8 @@ use super::plan_file::read_plan_file;
 use super::stop::StopSignals;
 use super::{CliError, failed, io};
 use crate::config::Config;
+use crate::jobs::{RunLog, Trigger};
+use crate::state::RunResult::Failure;
 use crate::{app, retention};
 use chrono::Utc;
 use std::io::Write;
@@ -165,7 +167,7 @@ pub(super) async fn apply_retention_cmd(
             Err(partial_error())
         };
     }
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let cancel = tokio_util::sync::CancellationToken::new();
     failpoint::hit(
         "retention.state.run_start",
@@ -174,9 +176,9 @@ pub(super) async fn apply_retention_cmd(
     .map_err(|e| failed(e, "recording the run"))?;
     // Before the run row exists: from here on a stop signal closes it.
     let signals = StopSignals::install(&cancel)?;
-    let run_id = state
-        .start_run("retention", "cli", Utc::now())
+    let log = RunLog::start(&state, metrics.clone(), "retention", Trigger::Cli)
         .map_err(|e| failed(e, "recording the run"))?;
+    let run_id = log.run_id();
     let bar = Bar::new("deleting", "actions", ready.len() as u64);
     let tick = || bar.inc();
     let env = ExecEnv {
@@ -204,12 +206,11 @@ pub(super) async fn apply_retention_cmd(
         let text = format!(
             "stopped during an action by a second signal ({total} actions were to run); the outcome of the action in flight is unknown (audited interrupted)"
         );
-        let finished = state.finish_run(
-            run_id,
-            Utc::now(),
+        let (_, finished) = log.finish(
             crate::state::RunResult::Failure,
-            &text,
-            Some("interrupted"),
+            text.clone(),
+            Some("interrupted".into()),
+            Some("cancelled"),
         );
         closed
             .and(finished)
@@ -240,18 +241,25 @@ pub(super) async fn apply_retention_cmd(
     }
     let text = retention::executed_summary(&executed);
     writeln!(out, "retention: {text}").map_err(io)?;
-    let (result, error) = if executed.cancelled {
-        (crate::state::RunResult::Failure, Some("interrupted"))
-    } else if executed.has_failures() || !partial.is_empty() {
-        (crate::state::RunResult::Failure, Some("failed"))
+    // The stored error text stays as before; the code labels the failure
+    // as the daemon's job does (jobs::JobError::code).
+    let (result, error, code) = if executed.cancelled {
+        (Failure, Some("interrupted"), Some("cancelled"))
+    } else if executed.has_failures() {
+        (Failure, Some("failed"), Some("actions"))
+    } else if !partial.is_empty() {
+        (Failure, Some("failed"), Some("partial"))
     } else {
-        (crate::state::RunResult::Success, None)
+        (crate::state::RunResult::Success, None, None)
     };
     failpoint::hit(
         "retention.state.run_finish",
         crate::state::StateError::Injected,
     )
-    .and_then(|()| state.finish_run(run_id, Utc::now(), result, &text, error))
+    .and_then(|()| {
+        log.finish(result, text.clone(), error.map(str::to_owned), code)
+            .1
+    })
     .map_err(|e| failed(e, "recording the run"))?;
     if executed.cancelled {
         return Err(signals.error(format!("retention: interrupted; {text}")));

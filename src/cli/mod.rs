@@ -10,6 +10,7 @@ mod check;
 mod common;
 mod demo;
 mod explain;
+mod history;
 mod plan;
 mod plan_file;
 mod quota;
@@ -23,6 +24,7 @@ pub use audit::AuditArgs;
 pub use check::rule_warnings;
 pub use demo::{DemoArgs, demo_config};
 pub use explain::ExplainArgs;
+pub use history::{HistoryArgs, HistoryJob};
 pub use plan::{PlanArgs, ReportFormat};
 pub use quota::QuotaArgs;
 pub use sim::SimArgs;
@@ -62,6 +64,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// List audit records (every mutation the jobs applied)
     Audit(AuditArgs),
+    /// List job runs: the daemon's and one-shot applies', newest first
+    History(HistoryArgs),
     /// Show quota usage per instance: namespaces and repositories used / limit
     Quota(QuotaArgs),
     /// Run the KCR simulator (for tests, demos and benchmarks)
@@ -156,6 +160,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Plan(args) => plan::run(&load_config(flag)?, &args, out).await,
         Command::Apply(args) => apply::run(&load_config(flag)?, &args, out).await,
         Command::Explain(args) => explain::run(&load_config(flag)?, &args, out).await,
+        Command::History(args) => history::run(&load_config(flag)?, &args, out),
         Command::Quota(args) => quota::run(&load_config(flag)?, &args, out).await,
         Command::Sim(args) => sim::run(*args, out).await,
     }
