@@ -1,0 +1,289 @@
+//! Least privilege shipped (issue 13 #10): each Kingsoft IAM policy in
+//! `deploy/iam/` is run, exactly as written (translated to the simulator's
+//! `--policies` form), against the simulator with the commands of its mode.
+//! Sufficient: every command succeeds and IAM refuses nothing. Minimal:
+//! every action the policy allows is one the mode called, and a policy
+//! without any one of them makes the mode fail.
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::sim::iam::Policies;
+use kcr_housekeeper::sim::{SimOptions, Simulator};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+const AK: &str = "AKLEASTPRIVILEGE";
+const SK: &str = "least-privilege-secret";
+
+/// A policy file of `deploy/iam/`.
+fn policy(name: &str) -> Value {
+    let path = format!("{}/deploy/iam/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A string or a list of strings, as IAM policies write `Action` and `Resource`.
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|s| s.as_str().expect("a string").to_owned())
+            .collect(),
+        other => panic!("expected a string or a list: {other}"),
+    }
+}
+
+/// Every action the policy allows. The shipped policies name actions one by
+/// one (no wildcards), so that this set is exactly what they grant.
+fn allowed(doc: &Value) -> BTreeSet<String> {
+    assert_eq!(doc["Version"], "2015-11-01");
+    let mut out = BTreeSet::new();
+    for s in doc["Statement"].as_array().unwrap() {
+        assert_eq!(s["Effect"], "Allow", "{s}");
+        for a in strings(&s["Action"]) {
+            assert!(a.starts_with("kcrs:") && !a.contains('*'), "{a}");
+            out.insert(a);
+        }
+    }
+    out
+}
+
+/// The Kingsoft policy document as the simulator's principal for [`AK`],
+/// without the action `removed`.
+fn principal(doc: &Value, removed: Option<&str>) -> Policies {
+    let statements: Vec<Value> = doc["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let actions: Vec<String> = strings(&s["Action"])
+                .into_iter()
+                .filter(|a| Some(a.as_str()) != removed)
+                .collect();
+            json!({"effect": s["Effect"], "actions": actions, "resources": strings(&s["Resource"])})
+        })
+        .filter(|s| !s["actions"].as_array().unwrap().is_empty())
+        .collect();
+    let text = json!({AK: {"secret": SK, "user": "housekeeper", "statements": statements}});
+    Policies::parse(&text.to_string()).unwrap()
+}
+
+/// The retention rules: they condemn whole images and single tags in the demo.
+const RETENTION: &str = r#"
+min_age = "1h"
+[retention.protect]
+tags = ["latest", "v*.*.*"]
+newest_images_per_repository = 1
+[[retention.rules]]
+name = "ci"
+tags = ["pr-*", "sha-*"]
+older_than = "3d"
+keep_latest = 1
+[[retention.rules]]
+name = "untagged"
+untagged = true
+older_than = "1d"
+"#;
+
+/// The tokens section: short overlap and delete_after, so that runs 600 ms
+/// apart rotate, disable the old token and delete it.
+fn tokens(dir: &Path, mode: &str) -> String {
+    format!(
+        "[tokens]\nmode = \"{mode}\"\nlist_lag = \"500ms\"\n[[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"demo\"\nlifetime = \"30d\"\n\
+         rotate_before = \"10d\"\noverlap = \"500ms\"\ndelete_after = \"500ms\"\n\
+         sinks = [ {{ kind = \"file\", path = \"{}\", format = \"env\" }} ]\n",
+        dir.join("ci-pull.env").display()
+    )
+}
+
+/// One mode: its policy file, its config (after `[kcr]` and `[[instances]]`)
+/// and the commands it runs, `pause` apart.
+struct Mode {
+    policy: &'static str,
+    config: fn(&Path) -> String,
+    commands: &'static [&'static [&'static str]],
+    pause: Duration,
+}
+
+/// What one run of a mode's commands saw.
+struct Seen {
+    outputs: Vec<Output>,
+    /// Actions answered OK.
+    used: BTreeSet<String>,
+    /// Actions IAM refused.
+    denied: BTreeSet<String>,
+}
+
+impl Seen {
+    fn succeeded(&self) -> bool {
+        self.outputs.iter().all(|o| o.status.success())
+    }
+    fn text(&self) -> String {
+        self.outputs
+            .iter()
+            .map(|o| {
+                format!(
+                    "exit {:?}\n{}{}",
+                    o.status.code(),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+async fn run_mode(mode: &Mode, removed: Option<&str>) -> Seen {
+    let doc = policy(mode.policy);
+    let sim: Simulator = sim(SimOptions {
+        policies: Some(principal(&doc, removed)),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{AK}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
+             [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"{}\"\n[state]\npath = \"{}\"\n{}",
+            sim.endpoint(),
+            sim.endpoint().trim_start_matches("http://"),
+            dir.path().join("state.db").display(),
+            (mode.config)(dir.path())
+        ),
+    )
+    .unwrap();
+    let mut outputs = Vec::new();
+    for (i, args) in mode.commands.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(mode.pause).await;
+        }
+        let out = tokio::process::Command::new(BIN)
+            .args(args.iter())
+            .arg("--config")
+            .arg(&config)
+            .env("TEST_SK", SK)
+            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .expect("a command finishes within 60 s")
+            .unwrap();
+        outputs.push(out);
+    }
+    let log = sim.requests();
+    let named = |code: fn(&str) -> bool| -> BTreeSet<String> {
+        log.iter()
+            .filter(|r| code(&r.code))
+            .filter_map(|r| r.action.as_deref())
+            .map(kcr_housekeeper::sim::iam::iam_action)
+            .collect()
+    };
+    Seen {
+        outputs,
+        used: named(|c| c == "OK"),
+        denied: named(|c| c == "AccessDenied"),
+    }
+}
+
+/// Sufficient, used in full, and no action to spare.
+async fn check(mode: Mode) {
+    let granted = allowed(&policy(mode.policy));
+    let seen = run_mode(&mode, None).await;
+    assert!(
+        seen.succeeded() && seen.denied.is_empty(),
+        "{}: not sufficient; refused {:?}\n{}",
+        mode.policy,
+        seen.denied,
+        seen.text()
+    );
+    assert_eq!(
+        seen.used, granted,
+        "{}: the policy must grant exactly what the mode calls",
+        mode.policy
+    );
+    for action in &granted {
+        let without = run_mode(&mode, Some(action)).await;
+        assert!(
+            !without.succeeded(),
+            "{}: without {action} the mode still succeeds: not minimal",
+            mode.policy
+        );
+        assert!(
+            without.denied.contains(action),
+            "{}: without {action}: {:?} refused",
+            mode.policy,
+            without.denied
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_policy_covers_dry_runs_and_quota_and_nothing_more() {
+    check(Mode {
+        policy: "read-only.json",
+        config: |dir| {
+            format!(
+                "[retention]\nmode = \"dry-run\"\n{RETENTION}\n{}\n[namespaces]\nmode = \"dry-run\"\ndefault = \"private\"\n\
+                 [quota]\nstorage = \"namespace\"\n",
+                tokens(dir, "dry-run")
+            )
+        },
+        commands: &[
+            &["plan", "retention"],
+            &["plan", "namespaces"],
+            &["plan", "tokens"],
+            &["quota"],
+        ],
+        pause: Duration::ZERO,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_enforce_policy_is_sufficient_and_minimal() {
+    check(Mode {
+        policy: "retention-enforce.json",
+        config: |_| format!("[retention]\nmode = \"enforce\"\n{RETENTION}"),
+        commands: &[&["apply", "retention", "--yes"]],
+        pause: Duration::ZERO,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_enforce_policy_is_sufficient_and_minimal() {
+    check(Mode {
+        policy: "namespaces-enforce.json",
+        // sandbox is public in the demo: made private.
+        config: |_| "[namespaces]\nmode = \"enforce\"\ndefault = \"private\"\n".into(),
+        commands: &[&["apply", "namespaces", "--yes"]],
+        pause: Duration::ZERO,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_policy_is_sufficient_and_minimal() {
+    // Rotate, disable the old token after overlap, delete it after delete_after.
+    check(Mode {
+        policy: "tokens.json",
+        config: |dir| tokens(dir, "enforce"),
+        commands: &[
+            &["apply", "tokens", "--yes"],
+            &["apply", "tokens", "--yes"],
+            &["apply", "tokens", "--yes"],
+            &["apply", "tokens", "--yes"],
+        ],
+        pause: Duration::from_millis(600),
+    })
+    .await;
+}
