@@ -4,12 +4,24 @@
 
 use crate::config::{Config, Endpoint};
 use crate::kcr::{Client, ClientConfig};
-use crate::sim::{SimOptions, Simulator, WorldSource};
+#[cfg(feature = "sim")]
+use crate::sim::{SimOptions, WorldSource};
+
+/// The simulator embedded for `endpoint = "sim:demo"`, kept alive with its client.
+#[cfg(feature = "sim")]
+pub type Embedded = crate::sim::Simulator;
+/// Built without the `sim` feature nothing can be embedded: this type has no values.
+#[cfg(not(feature = "sim"))]
+pub enum Embedded {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[cfg(feature = "sim")]
     #[error("cannot start the built-in simulator: {0}")]
     Simulator(#[from] crate::sim::SimError),
+    #[cfg(not(feature = "sim"))]
+    #[error("{NO_SIMULATOR}")]
+    NoSimulator,
     #[error("cannot build the KCR client: {0}")]
     Client(#[from] crate::kcr::Error),
     #[error("configuration has no credentials for {0}")]
@@ -19,7 +31,7 @@ pub enum AppError {
 /// A client, and the embedded simulator it talks to (kept alive as long as the client is used).
 pub struct Connection {
     pub client: Client,
-    pub simulator: Option<Simulator>,
+    pub simulator: Option<Embedded>,
 }
 
 pub async fn connect(config: &Config) -> Result<Connection, AppError> {
@@ -33,8 +45,11 @@ pub async fn connect_observed(
 ) -> Result<Connection, AppError> {
     let k = &config.kcr;
     let (endpoint, credentials, simulator) = match &k.endpoint {
+        #[cfg(not(feature = "sim"))]
+        Endpoint::SimDemo => return Err(AppError::NoSimulator),
+        #[cfg(feature = "sim")]
         Endpoint::SimDemo => {
-            let sim = Simulator::start(SimOptions {
+            let sim = Embedded::start(SimOptions {
                 source: WorldSource::Demo,
                 region: k.region.clone(),
                 log_in_memory: false,
@@ -63,3 +78,8 @@ pub async fn connect_observed(
         simulator,
     })
 }
+
+/// What a build without the simulator says when asked for it.
+pub const NO_SIMULATOR: &str = "this build of kcr-housekeeper has no built-in simulator \
+     (it was built without the default cargo feature `sim`); build it with default \
+     features (`cargo build --release`) or point [kcr] endpoint at a KCR endpoint";

@@ -11,7 +11,6 @@ use crate::quota::QuotaJob;
 use crate::scheduler::{Heartbeat, Scheduler};
 use crate::server::{self, AppState};
 use crate::signal::{Signal, Signals};
-use crate::sim::Simulator;
 use crate::state::Store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,7 +85,7 @@ pub async fn run(
     let Connection { client, simulator } = app::connect_observed(&config, Some(metrics.clone()))
         .await
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let mut simulators: Vec<Simulator> = simulator.into_iter().collect();
+    let mut simulators: Vec<app::Embedded> = simulator.into_iter().collect();
     metrics.init_series(&config);
     let config = Arc::new(config);
     let runner = Runner::new(

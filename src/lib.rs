@@ -24,4 +24,5 @@ pub mod tokens;
 // under their old paths so `kcr_housekeeper::kcr::Client` keeps working.
 pub use kcr;
 pub use kcr_duration as duration;
+#[cfg(feature = "sim")]
 pub use kcr_sim as sim;

@@ -15,6 +15,10 @@ mod plan;
 mod plan_file;
 mod quota;
 mod run;
+#[cfg(feature = "sim")]
+mod sim;
+#[cfg(not(feature = "sim"))]
+#[path = "sim_missing.rs"]
 mod sim;
 mod stop;
 mod tokens_text;

@@ -65,7 +65,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "FILE")]
     pub request_log: Option<PathBuf>,
     /// Further access keys scoped by IAM policies: JSON
-    /// {"<AccessKeyId>": {"secret", "user", "statements": [{"effect", "actions", "resources"}]}}
+    /// `{"<AccessKeyId>": {"secret", "user", "statements": [{"effect", "actions", "resources"}]}}`
     #[arg(long, value_name = "FILE")]
     pub policies: Option<PathBuf>,
 }

@@ -389,7 +389,9 @@ impl Validator<'_> {
             .clone()
             .unwrap_or_else(|| "https://kcrs.api.ksyun.com".into());
         let endpoint = if let Some(name) = endpoint_text.strip_prefix("sim:") {
-            if name != "demo" {
+            if cfg!(not(feature = "sim")) {
+                self.err(p.key("endpoint"), crate::app::NO_SIMULATOR);
+            } else if name != "demo" {
                 self.err(
                     p.key("endpoint"),
                     format!(
