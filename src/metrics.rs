@@ -43,6 +43,10 @@ pub struct Metrics {
     pub repository_images: GaugeVec,
     pub repository_size: GaugeVec,
     pub inventory_skipped: IntGaugeVec,
+    pub token_registry_reachable: IntGaugeVec,
+    pub server_retention_rules: IntGaugeVec,
+    pub instance_info: IntGaugeVec,
+    pub instance_expiry: GaugeVec,
 }
 
 impl Metrics {
@@ -59,6 +63,67 @@ impl Metrics {
         self.token_expiry
             .with_label_values(&[instance, token_id, flag(managed), flag(enabled)])
             .set(expires_at.timestamp() as f64);
+    }
+}
+
+impl Metrics {
+    /// `kcr_housekeeper_token_registry_reachable`: the last anonymous probe of
+    /// the managed token's registry (1 = answered 401/2xx, 0 = refused or no answer).
+    pub fn set_token_registry_reachable(&self, token: &str, reachable: bool) {
+        self.token_registry_reachable
+            .with_label_values(&[token])
+            .set(i64::from(reachable));
+    }
+
+    /// `kcr_server_retention_rules`: enabled server-side retention rules of a namespace.
+    pub fn set_server_retention_rules(&self, instance: &str, namespace: &str, enabled: usize) {
+        self.server_retention_rules
+            .with_label_values(&[instance, namespace])
+            .set(enabled as i64);
+    }
+
+    /// `kcr_instance_info` (always 1; the labels carry the facts) and, for a
+    /// prepaid instance, `kcr_instance_expiry_timestamp_seconds`. Earlier
+    /// label sets of the instance are removed, so a changed status does not
+    /// leave the old one behind.
+    pub fn set_instance_info(
+        &self,
+        instance: &str,
+        status: &str,
+        instance_type: &str,
+        charge_type: &str,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        use prometheus::core::Collector;
+        for mf in self.instance_info.collect() {
+            for m in mf.get_metric() {
+                let labels: std::collections::HashMap<&str, &str> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.get("instance") == Some(&instance) {
+                    let _ = self.instance_info.remove_label_values(&[
+                        instance,
+                        labels.get("status").copied().unwrap_or_default(),
+                        labels.get("type").copied().unwrap_or_default(),
+                        labels.get("charge_type").copied().unwrap_or_default(),
+                    ]);
+                }
+            }
+        }
+        self.instance_info
+            .with_label_values(&[instance, status, instance_type, charge_type])
+            .set(1);
+        match expires_at {
+            Some(t) => self
+                .instance_expiry
+                .with_label_values(&[instance])
+                .set(t.timestamp() as f64),
+            None => {
+                let _ = self.instance_expiry.remove_label_values(&[instance]);
+            }
+        }
     }
 }
 
@@ -309,6 +374,30 @@ impl Metrics {
             "Seconds between the job's next two scheduled runs (for \"no success for two periods\" alerts).",
             &["job"],
         );
+        let token_registry_reachable = int_gauge_vec(
+            &r,
+            "kcr_housekeeper_token_registry_reachable",
+            "1 if the managed token's registry answered an anonymous GET /v2/ from this host before the last rotation (401 or 2xx), 0 if refused (403: the instance's external endpoint access policy) or unreachable.",
+            &["token"],
+        );
+        let server_retention_rules = int_gauge_vec(
+            &r,
+            "kcr_server_retention_rules",
+            "Enabled server-side (KCR/Harbor) retention rules of the namespace, from the last retention run (absent when the endpoint does not offer DescribeRetentionRule).",
+            &["instance", "namespace"],
+        );
+        let instance_info = int_gauge_vec(
+            &r,
+            "kcr_instance_info",
+            "1 per instance; the labels carry DescribeInstance's status, type and charge type (from the last quota run).",
+            &["instance", "status", "type", "charge_type"],
+        );
+        let instance_expiry = gauge_vec(
+            &r,
+            "kcr_instance_expiry_timestamp_seconds",
+            "Unix time a prepaid instance expires (DescribeInstance ExpiredTime); absent for pay-as-you-go instances.",
+            &["instance"],
+        );
         let tasks = prometheus::IntGauge::new(
             "kcr_housekeeper_tokio_tasks",
             "Tasks alive in the daemon's async runtime (at the last scrape); steady when nothing leaks.",
@@ -319,6 +408,10 @@ impl Metrics {
         Metrics {
             registry: r,
             tasks,
+            token_registry_reachable,
+            server_retention_rules,
+            instance_info,
+            instance_expiry,
             job_interval,
             namespace_public,
             namespace_drift,
@@ -385,7 +478,11 @@ impl Metrics {
     /// included), whether or not it has a value yet.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 32] = [
+        let collectors: [&dyn Collector; 36] = [
+            &self.token_registry_reachable,
+            &self.server_retention_rules,
+            &self.instance_info,
+            &self.instance_expiry,
             &self.tasks,
             &self.build_info,
             &self.job_runs,

@@ -28,8 +28,8 @@ use super::sinks::{self, Delivery, SinkError};
 use super::verify;
 use crate::config::{Config, InstanceConfig, ManagedToken, Sink, TokenLifetime as CfgLifetime};
 use crate::kcr::{
-    Action, Client, CreateInstanceToken, DeleteInstanceToken, DescribeInstanceToken,
-    ModifyInstanceTokenStatus, TokenLifetime,
+    Action, Client, CreateInstanceToken, DeleteInstanceToken, DescribeExternalEndpoint,
+    DescribeInstanceToken, ModifyInstanceTokenStatus, Supported, TokenLifetime,
 };
 use crate::metrics::Metrics;
 use crate::state::{AuditGuard, AuditStatus, Mutation, StateError, Store};
@@ -52,6 +52,20 @@ pub enum TokenError {
     Verify {
         token: String,
         source: verify::VerifyError,
+    },
+    /// The preflight probe found the registry unreachable from this host:
+    /// nothing was created.
+    #[error(
+        "token {token}: registry {registry} is not reachable from this host ({source}); no token was created. \
+         Allow this host's address in the KCR instance's external endpoint access policy \
+         (console: 访问控制 > 外网访问; API: DescribeExternalEndpoint){endpoint}"
+    )]
+    RegistryUnreachable {
+        token: String,
+        registry: String,
+        source: verify::VerifyError,
+        /// `: DescribeExternalEndpoint says …` when it could be read.
+        endpoint: String,
     },
     #[error("token {token}: instance {instance:?} is not configured")]
     UnknownInstance { token: String, instance: String },
@@ -89,6 +103,7 @@ impl TokenError {
             TokenError::Api { .. } | TokenError::Listing { .. } => "api",
             TokenError::Sink { .. } => "sink",
             TokenError::Verify { .. } => "verify",
+            TokenError::RegistryUnreachable { .. } => "registry_unreachable",
             TokenError::UnknownInstance { .. } => "config",
             TokenError::State(_) | TokenError::LockIo { .. } => "state",
             TokenError::Locked { .. } => "locked",
@@ -115,6 +130,7 @@ pub const FAILPOINTS: &[&str] = &[
     "tokens.state.journal_read",
     "tokens.state.backoff_read",
     "tokens.rotate.preflight",
+    "tokens.rotate.registry_probe",
     "tokens.state.journal_creating",
     "tokens.state.audit_create",
     "tokens.api.create",
@@ -200,6 +216,29 @@ pub struct Engine<'a> {
     /// The time; injectable so tests can move it with the simulator's clock.
     pub clock: &'a (dyn Fn() -> DateTime<Utc> + Send + Sync),
     pub settings: Settings,
+}
+
+/// `: DescribeExternalEndpoint says Closed` (or the allowed ranges), or
+/// nothing when the action is not offered or fails: it only explains.
+pub async fn describe_endpoint(client: &Client, instance_id: &str) -> String {
+    let ask = DescribeExternalEndpoint {
+        instance_id: instance_id.to_string(),
+    };
+    match client.call_if_supported(&ask).await {
+        Ok(Supported::Yes(e)) if e.is_open() => {
+            let entries: Vec<&str> = e.policies.iter().map(|p| p.entry.as_str()).collect();
+            format!(
+                "; DescribeExternalEndpoint: Opened, allowing only [{}]",
+                entries.join(", ")
+            )
+        }
+        Ok(Supported::Yes(e)) => format!(
+            "; DescribeExternalEndpoint: {}",
+            if e.status.is_empty() { "?" } else { &e.status }
+        ),
+        Ok(Supported::No { .. }) => String::new(),
+        Err(e) => format!("; DescribeExternalEndpoint could not be read: {}", e.code()),
+    }
 }
 
 fn lifetime(l: CfgLifetime) -> TokenLifetime {
@@ -927,6 +966,44 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The registry answers an anonymous `/v2/` from here ([`verify::probe`]);
+    /// sets `kcr_housekeeper_token_registry_reachable`. When it does not, the
+    /// error names the host, the KCR setting, and the external endpoint's
+    /// status when `DescribeExternalEndpoint` can tell it.
+    async fn registry_preflight(
+        &self,
+        mt: &ManagedToken,
+        inst: &InstanceConfig,
+    ) -> Result<(), TokenError> {
+        let host = inst.registry.as_deref().unwrap_or_default();
+        let base = self
+            .settings
+            .registry_override
+            .clone()
+            .unwrap_or_else(|| verify::base_url(host));
+        let timeout = self.settings.verify_timeout;
+        // A 403 is an answer, not a glitch: only a missing answer is tried again.
+        let probed = match verify::probe(&base, timeout).await {
+            Err(verify::VerifyError::Unreachable { .. }) => {
+                self.with_retries(|| verify::probe(&base, timeout)).await
+            }
+            other => other,
+        };
+        if let Some(m) = self.metrics {
+            m.set_token_registry_reachable(&mt.name, probed.is_ok());
+        }
+        let Err(source) = probed else {
+            return Ok(());
+        };
+        let endpoint = describe_endpoint(self.client, &inst.id).await;
+        Err(TokenError::RegistryUnreachable {
+            token: mt.name.clone(),
+            registry: host.to_string(),
+            source,
+            endpoint,
+        })
+    }
+
     /// create → journal → verify → deliver → mark current. Returns the new token id.
     async fn rotate(
         &self,
@@ -944,6 +1021,12 @@ impl<'a> Engine<'a> {
                 token: token.clone(),
                 source,
             })?;
+        }
+        // A token that cannot log in would be created and discarded every
+        // cycle: when it must be verified, the registry must answer first.
+        if mt.verify {
+            fp("tokens.rotate.registry_probe")?;
+            self.registry_preflight(mt, inst).await?;
         }
         let now = self.now();
         let rotation_id = self.new_rotation_id();

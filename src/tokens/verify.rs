@@ -20,6 +20,10 @@ pub enum VerifyError {
     Refused { registry: String, status: u16 },
     #[error("registry {registry}: {why}")]
     Unreachable { registry: String, why: String },
+    /// The registry answered 403 to an anonymous request: KCR refuses this
+    /// host before any login (the instance's external endpoint access policy).
+    #[error("registry {registry} refused this host (HTTP {status})")]
+    Blocked { registry: String, status: u16 },
     /// A test asked for a fault here (`failpoints` feature only).
     #[error("{0}")]
     Injected(String),
@@ -191,6 +195,47 @@ pub async fn login_with(
             status: s,
         }),
         s => Err(unreachable(format!("token realm answered HTTP {s}"))),
+    }
+}
+
+/// Can this host reach the registry at `base` (from [`base_url`])? An
+/// anonymous `GET /v2/`, no credentials sent: `401` (login required) or
+/// `2xx` = reachable; `403` = [`VerifyError::Blocked`] (KCR refuses the
+/// address: "新创建的KCR实例默认拒绝所有外部访问" until the instance's external
+/// endpoint access policy allows it); a timeout, a refused connection or any
+/// other answer = [`VerifyError::Unreachable`].
+///
+/// The token rotation runs it before creating a token (a token that cannot
+/// log in would be created and discarded every cycle); `doctor` shows it.
+pub async fn probe(base: &str, timeout: Duration) -> Result<(), VerifyError> {
+    let http = client(timeout).map_err(|e| VerifyError::Unreachable {
+        registry: base.to_string(),
+        why: e.to_string(),
+    })?;
+    probe_with(&http, base).await
+}
+
+/// [`probe`] with a given client (made by [`client_builder`]).
+pub async fn probe_with(http: &reqwest::Client, base: &str) -> Result<(), VerifyError> {
+    let url = format!("{}/v2/", base.trim_end_matches('/'));
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| VerifyError::Unreachable {
+            registry: base.to_string(),
+            why: format!("GET /v2/: {}", e.without_url()),
+        })?;
+    match resp.status().as_u16() {
+        200..=299 | 401 => Ok(()),
+        403 => Err(VerifyError::Blocked {
+            registry: base.to_string(),
+            status: 403,
+        }),
+        s => Err(VerifyError::Unreachable {
+            registry: base.to_string(),
+            why: format!("GET /v2/ answered HTTP {s}"),
+        }),
     }
 }
 

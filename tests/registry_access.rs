@@ -1,0 +1,169 @@
+//! Step 9 items 2 and 7: a registry the KCR instance's external endpoint
+//! does not open to this host stops a token rotation before any
+//! CreateInstanceToken, through the real binary; an open one rotates.
+
+mod common;
+
+use common::{demo_head, sim};
+use kcr_housekeeper::sim::{SimOptions, Simulator};
+use secrecy::ExposeSecret;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn write_config(sim: &Simulator, dir: &Path, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{head}{extra}\n[tokens]\nlist_lag = \"2s\"\n[[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"demo\"\n\
+         lifetime = \"30d\"\nrotate_before = \"10d\"\n\
+         sinks = [ {{ kind = \"file\", path = \"{dir}/ci-pull.env\", format = \"env\" }} ]\n",
+        head = demo_head(sim, dir),
+        dir = dir.display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn binary(sim: &Simulator, args: &[&str], config: &Path) -> Command {
+    let creds = sim.credentials();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env("AK", &creds.access_key_id)
+        .env("SK", creds.secret_access_key.expose_secret())
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+        .env_remove("KCR_HOUSEKEEPER_LOG");
+    cmd
+}
+
+fn apply_tokens(sim: &Simulator, config: &Path) -> Output {
+    binary(sim, &["apply", "tokens", "--yes"], config)
+        .output()
+        .unwrap()
+}
+
+async fn closed_sim() -> Simulator {
+    let sim = sim(SimOptions::default()).await;
+    sim.world(|w| w.instances[0].external_endpoint.opened = false);
+    sim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_endpoint_fails_the_rotation_before_any_token_is_created() {
+    let sim = closed_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let out = apply_tokens(&sim, &config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(sim.count("CreateInstanceToken"), 0, "no token created");
+    let text = format!("{stdout}{stderr}");
+    let host = sim.endpoint().trim_start_matches("http://").to_string();
+    assert!(text.contains(&host), "names the host: {text}");
+    assert!(text.contains("外网访问"), "names the KCR setting: {text}");
+    assert!(
+        text.contains("DescribeExternalEndpoint: Closed"),
+        "tells the endpoint's status: {text}"
+    );
+    assert!(!dir.path().join("ci-pull.env").exists(), "no sink written");
+    // The probe was anonymous and refused (403), never a login attempt.
+    let v2: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|e| e.path.starts_with("/v2"))
+        .collect();
+    assert!(
+        !v2.is_empty() && v2.iter().all(|e| e.status == 403),
+        "{v2:?}"
+    );
+
+    // The backoff applies: the next run does not try again at once.
+    let again = apply_tokens(&sim, &config);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(sim.count("CreateInstanceToken"), 0);
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|e| e.path.starts_with("/v2"))
+            .count(),
+        v2.len(),
+        "backing off: no second probe"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_exports_the_registry_as_unreachable() {
+    let sim = closed_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[scheduler]\nrun_on_start = true\njitter = \"0s\"",
+    );
+    let log_path = dir.path().join("daemon.log");
+    let mut child = binary(&sim, &["run"], &config)
+        .stdout(std::fs::File::create(dir.path().join("daemon.out")).unwrap())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listen = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no tokens run within 30 s: {log}");
+        }
+        let listen = log
+            .lines()
+            .find(|l| l.contains("kcr-housekeeper ready"))
+            .and_then(|l| l.split("listen=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string());
+        if let Some(listen) = listen
+            && log.contains("job=\"tokens\"")
+            && log.contains("result=\"failure\"")
+        {
+            break listen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        metrics.contains("kcr_housekeeper_token_registry_reachable{token=\"ci-pull\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(sim.count("CreateInstanceToken"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_endpoint_rotates() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let out = apply_tokens(&sim, &config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim.count("CreateInstanceToken"), 1);
+    let env = std::fs::read_to_string(dir.path().join("ci-pull.env")).unwrap();
+    assert!(env.contains("KCR_TOKEN_ID="), "delivered");
+    // One anonymous probe (401) before the create, then the login (200).
+    let v2: Vec<u16> = sim
+        .requests()
+        .into_iter()
+        .filter(|e| e.path.starts_with("/v2"))
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(v2, [401, 200]);
+}
