@@ -5,7 +5,7 @@
 use crate::config::{InstanceConfig, StorageGranularity};
 use crate::inventory::Inventory;
 use crate::jobs::{Job, JobContext, JobError, Outcome};
-use crate::kcr::{Client, DescribeInstanceUsage, Error};
+use crate::kcr::{Client, DescribeInstance, DescribeInstanceUsage, Error, Instance};
 use crate::metrics::Metrics;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -59,6 +59,29 @@ async fn measure_one(client: &Client, i: &InstanceConfig) -> Result<[Usage; 2], 
     ])
 }
 
+/// DescribeInstance for the configured instances (one listing).
+pub async fn describe_instances(
+    client: &Client,
+    instances: &[InstanceConfig],
+) -> Result<Vec<Instance>, Error> {
+    if instances.is_empty() {
+        return Ok(Vec::new());
+    }
+    client
+        .list_all(DescribeInstance {
+            instance_ids: instances.iter().map(|i| i.id.clone()).collect(),
+            ..Default::default()
+        })
+        .await
+}
+
+/// Prepaid (包年包月) instances expire; pay-as-you-go ones
+/// (`HourlyInstantSettlement`, or any charge type naming hours or usage) do not.
+pub fn is_prepaid(charge_type: &str) -> bool {
+    let c = charge_type.to_ascii_lowercase();
+    !c.is_empty() && !c.contains("hourly") && !c.contains("postpaid") && !c.contains("usage")
+}
+
 /// The quota job: usage gauges per instance. An instance whose call fails
 /// keeps its last values and gets `kcr_up = 0`.
 pub struct QuotaJob;
@@ -108,6 +131,37 @@ impl Job for QuotaJob {
                         failed.push(format!("{}: {e}", inst.name));
                     }
                 }
+            }
+            // DescribeInstance: status, type, charge type and a prepaid
+            // instance's expiry (kcr_instance_info, kcr_instance_expiry_timestamp_seconds).
+            match describe_instances(&ctx.client, &ctx.config.instances).await {
+                Ok(found) => {
+                    let tz = *ctx.client.timezone();
+                    for inst in &ctx.config.instances {
+                        match found.iter().find(|i| i.instance_id == inst.id) {
+                            Some(i) => {
+                                let charge = i.charge_type.as_deref().unwrap_or_default();
+                                let expires = i
+                                    .expired_time
+                                    .filter(|_| is_prepaid(charge))
+                                    .map(|t| t.to_utc(&tz));
+                                ctx.metrics.set_instance_info(
+                                    &inst.name,
+                                    &i.instance_status,
+                                    &i.instance_type,
+                                    charge,
+                                    expires,
+                                );
+                            }
+                            None => tracing::warn!(
+                                instance = %inst.name,
+                                id = %inst.id,
+                                "DescribeInstance does not list the instance (another project, or deleted?)"
+                            ),
+                        }
+                    }
+                }
+                Err(e) => failed.push(format!("instance details: {e}")),
             }
             let storage = ctx
                 .config

@@ -310,3 +310,50 @@ async fn when_the_api_is_down_quota_keeps_its_last_values() {
     assert!(text.contains(used), "last value kept");
     assert!(text.contains("kcr_up{instance=\"demo\"} 0"));
 }
+
+/// Step 9 item 13: DescribeInstance's status, type and charge type as
+/// `kcr_instance_info`, and a prepaid instance's expiry (a pay-as-you-go one
+/// has none); a changed status replaces the old series.
+#[tokio::test]
+async fn instance_info_and_prepaid_expiry() {
+    let sim = sim(SimOptions::default()).await;
+    let ctx = context(&sim, config(&sim, "[quota]\nstorage = \"none\"\n"));
+    QuotaJob.run(&ctx).await.unwrap();
+    let text = ctx.metrics.render();
+    assert!(
+        text.contains(
+            "kcr_instance_info{charge_type=\"HourlyInstantSettlement\",instance=\"demo\",status=\"Running\",type=\"basic\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("kcr_instance_expiry_timestamp_seconds{"),
+        "pay-as-you-go: no expiry"
+    );
+    // Prepaid, expiring in 10 days (Beijing wall time, as the API writes it).
+    let expires = sim.now() + chrono::Duration::days(10);
+    sim.world(|w| {
+        let i = &mut w.instances[0];
+        i.charge_type = "Monthly".into();
+        i.expired_time = Some(expires);
+        i.status = "Stopped".into();
+    });
+    QuotaJob.run(&ctx).await.unwrap();
+    let text = ctx.metrics.render();
+    let want = expires
+        .and_local_timezone(chrono_tz::Asia::Shanghai)
+        .unwrap()
+        .timestamp();
+    let got: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kcr_instance_expiry_timestamp_seconds{instance=\"demo\"} "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap();
+    assert_eq!(got as i64, want);
+    assert!(text.contains("charge_type=\"Monthly\",instance=\"demo\",status=\"Stopped\""));
+    assert!(
+        !text.contains("status=\"Running\""),
+        "the old status series is gone"
+    );
+}
