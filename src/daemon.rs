@@ -142,7 +142,7 @@ pub async fn run(
                         tracing::info!("configuration reloaded");
                     }
                     Err(e) => {
-                        metrics.config_reload_failures.inc();
+                        metrics.daemon.reload_failed();
                         tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force");
                     }
                 }

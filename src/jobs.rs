@@ -224,25 +224,8 @@ impl RunLog {
             .state
             .finish_run(run_id, now, result, &summary, error.as_deref());
         self.metrics
-            .job_runs
-            .with_label_values(&[name, result.as_str()])
-            .inc();
-        if let Some(code) = code {
-            self.metrics
-                .job_failures
-                .with_label_values(&[name, code])
-                .inc();
-        }
-        self.metrics
-            .job_duration
-            .with_label_values(&[name])
-            .observe(duration.as_secs_f64());
-        if result == RunResult::Success {
-            self.metrics
-                .job_last_success
-                .with_label_values(&[name])
-                .set(now.timestamp() as f64);
-        }
+            .jobs
+            .finished(name, result, code, duration, now);
         let ms = duration.as_millis() as u64;
         match &error {
             None => {
@@ -289,11 +272,7 @@ impl Drop for RunningGuard<'_> {
             .lock()
             .expect("running lock")
             .remove(self.job);
-        self.runner
-            .metrics
-            .job_running
-            .with_label_values(&[self.job])
-            .set(0);
+        self.runner.metrics.jobs.stopped(self.job);
     }
 }
 
@@ -360,10 +339,7 @@ impl Runner {
             let mut running = self.running.lock().expect("running lock");
             if !running.insert(name) {
                 drop(running);
-                self.metrics
-                    .job_runs
-                    .with_label_values(&[name, "skipped"])
-                    .inc();
+                self.metrics.jobs.skipped(name);
                 if let Err(e) =
                     self.state
                         .record_skipped(name, trigger.as_str(), Utc::now(), "already running")
@@ -379,7 +355,7 @@ impl Runner {
                 return Ok(Started::AlreadyRunning);
             }
         }
-        self.metrics.job_running.with_label_values(&[name]).set(1);
+        self.metrics.jobs.started(name);
         let me = self.clone();
         Ok(Started::Running(
             self.tracker
@@ -409,10 +385,7 @@ impl Runner {
             Ok(log) => log,
             Err(e) => {
                 tracing::error!(job = name, error = %e, "cannot record run start; not running");
-                self.metrics
-                    .job_runs
-                    .with_label_values(&[name, "failure"])
-                    .inc();
+                self.metrics.jobs.not_started(name, "state");
                 return RunSummary {
                     job: name,
                     run_id: 0,
@@ -546,20 +519,8 @@ mod tests {
         let summary = h.await.unwrap();
         assert_eq!(summary.result, RunResult::Success);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(
-            metrics
-                .job_runs
-                .with_label_values(&["slow", "skipped"])
-                .get(),
-            1
-        );
-        assert_eq!(
-            metrics
-                .job_runs
-                .with_label_values(&["slow", "success"])
-                .get(),
-            1
-        );
+        assert_eq!(metrics.jobs.runs("slow", "skipped"), 1);
+        assert_eq!(metrics.jobs.runs("slow", "success"), 1);
         assert!(!r.is_running("slow"));
         let runs = r.state().runs(Some("slow"), 10).unwrap();
         assert_eq!(runs.len(), 2);
@@ -574,20 +535,8 @@ mod tests {
         assert_eq!(s.result, RunResult::Failure);
         assert!(s.error.unwrap().contains("timed out after 100ms"));
         assert_eq!(s.code, Some("timeout"));
-        assert_eq!(
-            metrics
-                .job_failures
-                .with_label_values(&["slow", "timeout"])
-                .get(),
-            1
-        );
-        assert_eq!(
-            metrics
-                .job_runs
-                .with_label_values(&["slow", "failure"])
-                .get(),
-            1
-        );
+        assert_eq!(metrics.jobs.failures("slow", "timeout"), 1);
+        assert_eq!(metrics.jobs.runs("slow", "failure"), 1);
     }
 
     #[test]

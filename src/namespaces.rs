@@ -223,9 +223,7 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
         if matches!(result, Applied::Applied)
             && let Some(m) = env.metrics
         {
-            m.namespace_changes
-                .with_label_values(&[&d.instance, d.desired])
-                .inc();
+            m.namespaces.changed(&d.instance, d.desired);
         }
         tracing::info!(instance = %d.instance, namespace = %d.namespace, to = d.desired, outcome = %outcome, public = target_public, "namespace policy");
         out.push((d.clone(), result));
@@ -302,9 +300,7 @@ async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, O
 
 /// `kcr_namespace_public` and `kcr_namespace_policy_drift` as of after the run.
 pub fn export_metrics(m: &Metrics, plan: &NamespacePlan, applied: &[(Decision, Applied)]) {
-    m.namespace_public.reset();
-    m.namespace_drift.reset();
-    for d in &plan.decisions {
+    m.namespaces.observed(plan.decisions.iter().map(|d| {
         let done = applied.iter().any(|(a, r)| {
             a.instance == d.instance
                 && a.namespace == d.namespace
@@ -315,14 +311,13 @@ pub fn export_metrics(m: &Metrics, plan: &NamespacePlan, applied: &[(Decision, A
         } else {
             d.public
         };
-        let labels = [d.instance.as_str(), d.namespace.as_str()];
-        m.namespace_public
-            .with_label_values(&labels)
-            .set(i64::from(public));
-        m.namespace_drift
-            .with_label_values(&labels)
-            .set(i64::from(d.drift && !done));
-    }
+        (
+            d.instance.as_str(),
+            d.namespace.as_str(),
+            public,
+            d.drift && !done,
+        )
+    }));
 }
 
 /// One line for logs and run summaries.
@@ -379,7 +374,7 @@ impl NamespacesJob {
     ) -> Result<Outcome, JobError> {
         let listed = list(&ctx.client, &ctx.config).await.inspect_err(|e| {
             let NamespaceError::Listing { instance, .. } = e;
-            ctx.metrics.up.with_label_values(&[instance]).set(0);
+            ctx.metrics.api.reached(instance, false);
         })?;
         let plan = plan(nc, &listed);
         let text = summary(&plan);

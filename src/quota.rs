@@ -105,21 +105,15 @@ impl Job for QuotaJob {
             for (inst, result) in ctx.config.instances.iter().zip(results) {
                 match result {
                     Ok(rows) => {
-                        ctx.metrics.up.with_label_values(&[&inst.name]).set(1);
+                        ctx.metrics.api.reached(&inst.name, true);
                         for r in &rows {
-                            let labels = [r.instance.as_str(), r.resource];
-                            ctx.metrics
-                                .quota_used
-                                .with_label_values(&labels)
-                                .set(r.used as f64);
-                            ctx.metrics
-                                .quota_limit
-                                .with_label_values(&labels)
-                                .set(r.limit as f64);
-                            ctx.metrics
-                                .quota_ratio
-                                .with_label_values(&labels)
-                                .set(r.ratio);
+                            ctx.metrics.quota.usage(
+                                &r.instance,
+                                r.resource,
+                                r.used,
+                                r.limit,
+                                r.ratio,
+                            );
                             parts.push(format!(
                                 "{} {} {}/{}",
                                 r.instance, r.resource, r.used, r.limit
@@ -127,7 +121,7 @@ impl Job for QuotaJob {
                         }
                     }
                     Err(e) => {
-                        ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
+                        ctx.metrics.api.reached(&inst.name, false);
                         failed.push(format!("{}: {e}", inst.name));
                     }
                 }
@@ -170,11 +164,11 @@ impl Job for QuotaJob {
                 .map_or(StorageGranularity::None, |q| q.storage);
             if storage != StorageGranularity::None {
                 let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
-                ctx.metrics.set_inventory_skipped(&inventory);
+                ctx.metrics.inventory.snapshot(&inventory);
                 let rows = storage_rows(&inventory, storage);
                 export_storage(&ctx.metrics, storage, &rows);
                 for inst in inventory.instances.iter().filter(|i| i.error.is_some()) {
-                    ctx.metrics.up.with_label_values(&[&inst.name]).set(0);
+                    ctx.metrics.api.reached(&inst.name, false);
                 }
                 // Any listing that failed makes the run partial: a failure.
                 failed.extend(
@@ -303,22 +297,12 @@ fn export_storage(m: &Metrics, granularity: StorageGranularity, rows: &[Storage]
     for r in rows {
         match (granularity, &r.repository) {
             (StorageGranularity::Namespace, None) => {
-                let labels = [r.instance.as_str(), r.namespace.as_str()];
-                m.namespace_images
-                    .with_label_values(&labels)
-                    .set(r.images as f64);
-                m.namespace_size
-                    .with_label_values(&labels)
-                    .set(r.bytes as f64);
+                m.quota
+                    .namespace_stored(&r.instance, &r.namespace, r.images, r.bytes)
             }
             (StorageGranularity::Repository, Some(repo)) => {
-                let labels = [r.instance.as_str(), r.namespace.as_str(), repo.as_str()];
-                m.repository_images
-                    .with_label_values(&labels)
-                    .set(r.images as f64);
-                m.repository_size
-                    .with_label_values(&labels)
-                    .set(r.bytes as f64);
+                m.quota
+                    .repository_stored(&r.instance, &r.namespace, repo, r.images, r.bytes)
             }
             _ => {}
         }

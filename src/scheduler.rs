@@ -67,11 +67,7 @@ impl Scheduler {
             // time since the last success against it.
             let next = js.schedule.next_times(chrono::Utc::now(), &tz, 2);
             if let [a, b] = next.as_slice() {
-                runner
-                    .metrics()
-                    .job_interval
-                    .with_label_values(&[name])
-                    .set((*b - *a).num_seconds() as f64);
+                runner.metrics().jobs.scheduled_every(name, *b - *a);
             }
             let r = runner.clone();
             let job = Job::new_async_tz(js.schedule.as_str(), tz, move |_id, _lock| {

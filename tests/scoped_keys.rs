@@ -235,12 +235,7 @@ async fn the_job_counts_refusals_in_the_skipped_metric_and_succeeds_within_its_s
             inventory: Default::default(),
         }
     };
-    let skipped = |ctx: &JobContext, reason: &str| {
-        ctx.metrics
-            .inventory_skipped
-            .with_label_values(&["demo", reason])
-            .get()
-    };
+    let skipped = |ctx: &JobContext, reason: &str| ctx.metrics.inventory.skipped("demo", reason);
 
     let ctx = run_job("");
     match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {

@@ -596,9 +596,8 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
             Outcome::Applied | Outcome::AlreadyDone => {
                 effects.note_done(&t, &a);
                 env.metrics
-                    .retention_deleted
-                    .with_label_values(&[&t.instance, a.action.as_str()])
-                    .inc();
+                    .retention
+                    .deleted(&t.instance, a.action.as_str());
                 if a.action == ActionKind::DeleteImage && outcome == Outcome::Applied {
                     *bytes.entry(t.instance.clone()).or_default() += a.size;
                 }
@@ -624,10 +623,7 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
         }
     }
     for (inst, b) in bytes {
-        env.metrics
-            .retention_deleted_bytes
-            .with_label_values(&[&inst])
-            .inc_by(b);
+        env.metrics.retention.freed(&inst, b);
     }
     out
 }

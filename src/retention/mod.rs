@@ -324,17 +324,9 @@ fn export_plan_metrics(ctx: &JobContext, plan: &Plan) {
             .get(inst.name.as_str())
             .copied()
             .unwrap_or_default();
-        let planned = &ctx.metrics.retention_planned;
-        planned
-            .with_label_values(&[&inst.name, ActionKind::DeleteImage.as_str()])
-            .set(images as f64);
-        planned
-            .with_label_values(&[&inst.name, ActionKind::DeleteTag.as_str()])
-            .set(tags as f64);
         ctx.metrics
-            .retention_reclaimable
-            .with_label_values(&[&inst.name])
-            .set(bytes as f64);
+            .retention
+            .planned(&inst.name, images, tags, bytes);
     }
 }
 
@@ -344,12 +336,9 @@ impl RetentionJob {
     async fn run_inner(&self, ctx: &JobContext, rc: &RetentionConfig) -> Result<Outcome, JobError> {
         let now = Utc::now();
         let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
-        ctx.metrics.set_inventory_skipped(&inventory);
+        ctx.metrics.inventory.snapshot(&inventory);
         for inst in &inventory.instances {
-            ctx.metrics
-                .up
-                .with_label_values(&[&inst.name])
-                .set(i64::from(inst.error.is_none()));
+            ctx.metrics.api.reached(&inst.name, inst.error.is_none());
         }
         let plan = plan(&inventory, rc, now);
         export_plan_metrics(ctx, &plan);

@@ -449,9 +449,7 @@ impl<'a> Engine<'a> {
             },
         );
         if let Some(m) = self.metrics {
-            m.token_foreign
-                .with_label_values(&[&mt.name, &mt.instance])
-                .set(plan.foreign.len() as i64);
+            m.tokens.foreign(&mt.name, &mt.instance, plan.foreign.len());
         }
         for f in &plan.foreign {
             tracing::warn!(token = %mt.name, token_id = %f.token_id, why = %f.why, "a token of this name is not this installation's: left alone");
@@ -641,26 +639,15 @@ impl<'a> Engine<'a> {
             }
             Planned::Rotate { reason } => {
                 let inst = self.instance(mt)?;
-                let metrics = self.metrics;
-                let progress =
-                    metrics.map(|m| m.token_rotation_in_progress.with_label_values(&[name]));
-                if let Some(p) = &progress {
-                    p.set(1);
+                if let Some(m) = self.metrics {
+                    m.tokens.rotating(name, true);
                 }
                 let result = self
                     .rotate(mt, inst, install_id, plan.current.as_ref(), reason)
                     .await;
-                if let Some(p) = &progress {
-                    p.set(0);
-                }
-                let label = if result.is_ok() { "success" } else { "failure" };
-                if let Some(m) = metrics {
-                    m.token_rotations.with_label_values(&[name, label]).inc();
-                    if result.is_ok() {
-                        m.token_last_rotation
-                            .with_label_values(&[name])
-                            .set(self.now().timestamp() as f64);
-                    }
+                if let Some(m) = self.metrics {
+                    m.tokens.rotating(name, false);
+                    m.tokens.rotated(name, result.is_ok(), self.now());
                 }
                 match &result {
                     Ok(_) => self.backoff_clear(mt),
@@ -990,7 +977,7 @@ impl<'a> Engine<'a> {
             other => other,
         };
         if let Some(m) = self.metrics {
-            m.set_token_registry_reachable(&mt.name, probed.is_ok());
+            m.tokens.registry_reachable(&mt.name, probed.is_ok());
         }
         let Err(source) = probed else {
             return Ok(());
@@ -1208,7 +1195,7 @@ impl<'a> Engine<'a> {
                 if let Some(m) = self.metrics
                     && let Some(e) = rec.expires_at
                 {
-                    m.set_token_expiry(&inst.name, &token_id, true, true, e);
+                    m.tokens.expires(&inst.name, &token_id, true, true, e);
                 }
                 tracing::info!(token = %mt.name, token_id = %token_id, "rotation complete: new token current");
                 Ok(token_id)
@@ -1307,7 +1294,7 @@ impl<'a> Engine<'a> {
         for inst in &self.config.instances {
             match self.list(inst).await {
                 Ok(listed) => {
-                    m.up.with_label_values(&[&inst.name]).set(1);
+                    m.api.reached(&inst.name, true);
                     for t in listed {
                         let is_managed = t
                             .desc
@@ -1320,7 +1307,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 Err(e) => {
-                    m.up.with_label_values(&[&inst.name]).set(0);
+                    m.api.reached(&inst.name, false);
                     tracing::warn!(error = %e, "cannot list tokens for the expiry metrics; keeping the last values");
                     return;
                 }
@@ -1342,10 +1329,10 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        m.token_expiry.reset();
-        for (inst, id, is_managed, enabled, e) in rows {
-            m.set_token_expiry(&inst, &id, is_managed, enabled, e);
-        }
+        m.tokens
+            .expiries(rows.iter().map(|(inst, id, managed, enabled, e)| {
+                (inst.as_str(), id.as_str(), *managed, *enabled, *e)
+            }));
     }
 }
 
