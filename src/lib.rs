@@ -41,6 +41,8 @@ pub mod tokens;
 pub mod namespaces;
 // Measure quota usage.
 pub mod quota;
+// Read-only checks of credentials, instance, permissions, registry access, state (`doctor`).
+pub mod doctor;
 
 // Running the jobs.
 // The `Job` trait and the `Runner`: the one path for scheduled, HTTP and CLI runs.

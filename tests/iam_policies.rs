@@ -227,7 +227,7 @@ async fn check(mode: Mode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_only_policy_covers_dry_runs_and_quota_and_nothing_more() {
+async fn read_only_policy_covers_dry_runs_quota_and_doctor_and_nothing_more() {
     check(Mode {
         policy: "read-only.json",
         config: |dir| {
@@ -242,6 +242,7 @@ async fn read_only_policy_covers_dry_runs_and_quota_and_nothing_more() {
             &["plan", "namespaces"],
             &["plan", "tokens"],
             &["quota"],
+            &["doctor"],
         ],
         pause: Duration::ZERO,
     })

@@ -9,6 +9,7 @@ mod audit;
 mod check;
 mod common;
 mod demo;
+mod doctor;
 mod explain;
 mod history;
 mod plan;
@@ -27,6 +28,7 @@ pub use apply::ApplyArgs;
 pub use audit::AuditArgs;
 pub use check::rule_warnings;
 pub use demo::{DemoArgs, demo_config};
+pub use doctor::{CheckArgs, DoctorArgs};
 pub use explain::ExplainArgs;
 pub use history::{HistoryArgs, HistoryJob};
 pub use plan::{PlanArgs, ReportFormat};
@@ -59,7 +61,9 @@ pub enum Command {
     /// Run the daemon on the built-in simulator with the demo config (no account needed)
     Demo(DemoArgs),
     /// Validate the config; print the jobs and their next three fire times
-    Check,
+    Check(CheckArgs),
+    /// Check credentials, instance, permissions, registry access, state and quota (✔/✘ with fixes)
+    Doctor(DoctorArgs),
     /// Show what a job would do, without changing anything
     Plan(PlanArgs),
     /// Apply a job once, now (asks for confirmation on a terminal unless --yes)
@@ -160,7 +164,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Run => run::run(flag).await,
         Command::Demo(args) => demo::run(args, out).await,
         Command::Audit(args) => audit::run(&load_config(flag)?, &args, out),
-        Command::Check => check::run(&load_config(flag)?, out),
+        Command::Check(args) => {
+            let c = load_config(flag)?;
+            check::run(&c, out)?;
+            if args.online {
+                doctor::run(&c, OutputFormat::Table, out).await?;
+            }
+            Ok(())
+        }
+        Command::Doctor(args) => doctor::run(&load_config(flag)?, args.format, out).await,
         Command::Plan(args) => plan::run(&load_config(flag)?, &args, out).await,
         Command::Apply(args) => apply::run(&load_config(flag)?, &args, out).await,
         Command::Explain(args) => explain::run(&load_config(flag)?, &args, out).await,

@@ -1,0 +1,678 @@
+//! `doctor` (and `check --online`): what an operator needs to know before
+//! the daemon's first run goes wrong, per instance, each with ✔/✘ and a
+//! one-line fix. Only reads: credentials, the instance (DescribeInstance),
+//! its prepaid expiry, a probe of every read each enabled job calls, the
+//! mutations each mode needs and the `deploy/iam/` policy that grants them,
+//! the registry's reachability from here for managed tokens (an anonymous
+//! `/v2/`), server-side retention rules, the state path, quota usage.
+
+use crate::config::{Config, InstanceConfig, Mode, StorageGranularity};
+use crate::kcr::{
+    Client, DescribeExternalEndpoint, DescribeImages, DescribeInstance, DescribeInstanceToken,
+    DescribeInstanceUsage, DescribeNamespace, DescribeRepository, DescribeRetentionRule, Error,
+    Supported,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Days of prepaid time left under which the expiry check fails.
+pub const EXPIRY_WARN_DAYS: i64 = 14;
+/// Quota usage at or above which the quota check fails.
+pub const QUOTA_WARN_RATIO: f64 = 0.9;
+/// How long the anonymous registry probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Fail,
+    /// Worth knowing; not checked (mutations cannot be probed) or not applicable.
+    Info,
+}
+
+impl Status {
+    pub fn mark(self) -> &'static str {
+        match self {
+            Status::Ok => "✔",
+            Status::Fail => "✘",
+            Status::Info => "ℹ",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+    /// One line: what to do about a ✘.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(check: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            check: check.into(),
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn fail(check: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            check: check.into(),
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn info(check: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            check: check.into(),
+            status: Status::Info,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InstanceReport {
+    pub name: String,
+    pub id: String,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub instances: Vec<InstanceReport>,
+    /// Checks of this host rather than of an instance (the state path).
+    pub local: Vec<Check>,
+}
+
+impl Report {
+    fn new(instances: Vec<InstanceReport>, local: Vec<Check>) -> Report {
+        let ok = instances
+            .iter()
+            .flat_map(|i| &i.checks)
+            .chain(&local)
+            .all(|c| c.status != Status::Fail);
+        Report {
+            ok,
+            instances,
+            local,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serialises") + "\n"
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, c: &Check| {
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                c.status.mark(),
+                c.check,
+                c.detail
+            ));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("      fix: {fix}\n"));
+            }
+        };
+        for i in &self.instances {
+            out.push_str(&format!("instance {} ({})\n", i.name, i.id));
+            for c in &i.checks {
+                line(&mut out, c);
+            }
+        }
+        out.push_str("this host\n");
+        for c in &self.local {
+            line(&mut out, c);
+        }
+        let failed = self
+            .instances
+            .iter()
+            .flat_map(|i| &i.checks)
+            .chain(&self.local)
+            .filter(|c| c.status == Status::Fail)
+            .count();
+        out.push_str(&match failed {
+            0 => "all checks passed\n".to_owned(),
+            n => format!("{n} check{} failed\n", if n == 1 { "" } else { "s" }),
+        });
+        out
+    }
+}
+
+/// The policy of `deploy/iam/` that grants a job's mutations in enforce mode.
+fn policy_of(job: &str) -> &'static str {
+    match job {
+        "retention" => "deploy/iam/retention-enforce.json",
+        "tokens" => "deploy/iam/tokens.json",
+        "namespaces" => "deploy/iam/namespaces-enforce.json",
+        _ => "deploy/iam/read-only.json",
+    }
+}
+
+/// Error codes that mean the key itself is wrong (not a missing permission).
+fn bad_credentials(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "MissingAuthenticationToken"
+            | "IncompleteSignature"
+    )
+}
+
+fn iam(action: &str) -> String {
+    format!("kcrs:{action}")
+}
+
+/// Run every check. `now` decides the expiry's days left.
+pub async fn diagnose(client: &Client, config: &Config, now: DateTime<Utc>) -> Report {
+    let mut instances = Vec::new();
+    for inst in &config.instances {
+        instances.push(InstanceReport {
+            name: inst.name.clone(),
+            id: inst.id.clone(),
+            checks: diagnose_instance(client, config, inst, now).await,
+        });
+    }
+    Report::new(instances, vec![state_writable(&config.state.path)])
+}
+
+/// One read probe's outcome, as a permission check.
+fn probe_check(action: &str, jobs: &str, err: Option<&Error>) -> Check {
+    let name = format!("permission {}", iam(action));
+    match err {
+        None => Ok(Check::ok(name, format!("allowed (needed by {jobs})"))),
+        Some(e) if e.code() == "AccessDenied" => Err(Check::fail(
+            name,
+            format!("refused: {e}"),
+            format!(
+                "grant {} to this key (deploy/iam/read-only.json for reads)",
+                iam(action)
+            ),
+        )),
+        Some(e) => Err(Check::fail(
+            name,
+            format!("the probe failed: {e}"),
+            "check the endpoint and the network, then run doctor again".to_owned(),
+        )),
+    }
+    .unwrap_or_else(|c| c)
+}
+
+async fn diagnose_instance(
+    client: &Client,
+    config: &Config,
+    inst: &InstanceConfig,
+    now: DateTime<Utc>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let described = client
+        .list_all(DescribeInstance {
+            instance_ids: vec![inst.id.clone()],
+            project_ids: Vec::new(),
+            instance_name: None,
+            marker: None,
+            max_results: None,
+        })
+        .await;
+    // Credentials: any answer but a signature or key refusal means KCR took the key.
+    match &described {
+        Err(e) if bad_credentials(e) => {
+            checks.push(Check::fail(
+                "credentials",
+                format!("refused: {e}"),
+                "set [kcr] access_key_id / secret_access_key to a valid key pair of this account (and [kcr] region to the instance's)",
+            ));
+            return checks;
+        }
+        Err(e) if e.code() == "AccessDenied" => {
+            checks.push(Check::ok("credentials", "the key is valid"));
+            checks.push(probe_check("DescribeInstance", "doctor", Some(e)));
+        }
+        Err(e) if matches!(e, Error::Transport { .. }) => {
+            checks.push(Check::fail(
+                "API reachable",
+                e.to_string(),
+                "check [kcr] endpoint and this host's network access to it",
+            ));
+            return checks;
+        }
+        Err(e) => checks.push(Check::fail(
+            "instance",
+            format!("DescribeInstance failed: {e}"),
+            "run doctor again; if it persists, check [kcr] endpoint and region",
+        )),
+        Ok(list) => {
+            checks.push(Check::ok("credentials", "the key is valid"));
+            match list.iter().find(|i| i.instance_id == inst.id) {
+                None => {
+                    checks.push(Check::fail(
+                        "instance",
+                        format!("{} not found in region {}", inst.id, config.kcr.region),
+                        "check [[instances]] id and [kcr] region (DescribeInstance covers the default project)",
+                    ));
+                    return checks;
+                }
+                Some(i) if i.instance_status != "Running" => checks.push(Check::fail(
+                    "instance",
+                    format!("{} is {}", i.instance_name, i.instance_status),
+                    "wait until it is Running, or see the KCR console for why it is not",
+                )),
+                Some(i) => checks.push(Check::ok(
+                    "instance",
+                    format!(
+                        "{} is Running ({}, {})",
+                        i.instance_name,
+                        i.instance_type,
+                        i.charge_type.as_deref().unwrap_or("charge type unknown")
+                    ),
+                )),
+            }
+            if let Some(i) = list.iter().find(|i| i.instance_id == inst.id) {
+                checks.push(expiry(i, client, now));
+            }
+        }
+    }
+    checks.extend(permissions(client, config, inst).await);
+    checks.extend(registry_reachable(client, config, inst).await);
+    checks.push(quota(client, inst).await);
+    checks
+}
+
+fn expiry(i: &crate::kcr::Instance, client: &Client, now: DateTime<Utc>) -> Check {
+    match &i.expired_time {
+        None => Check::ok("expiry", "no expiry (pay as you go)"),
+        Some(t) => {
+            let at = t.to_utc(client.timezone());
+            let days = (at - now).num_days();
+            let detail = format!("prepaid until {} ({days} days left)", at.format("%Y-%m-%d"));
+            if days < EXPIRY_WARN_DAYS {
+                Check::fail(
+                    "expiry",
+                    detail,
+                    "renew the instance in the KCR console before it expires (an expired instance stops serving)",
+                )
+            } else {
+                Check::ok("expiry", detail)
+            }
+        }
+    }
+}
+
+/// Probe every read each enabled job calls, once per action; list the
+/// mutations each enforce mode needs with the policy that grants them.
+async fn permissions(client: &Client, config: &Config, inst: &InstanceConfig) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut readers: Vec<&str> = Vec::new();
+    if config.retention.is_some() {
+        readers.push("retention");
+    }
+    if config.namespaces.is_some() {
+        readers.push("namespaces");
+    }
+    let storage = config
+        .quota
+        .as_ref()
+        .is_some_and(|q| q.storage != StorageGranularity::None);
+    if storage {
+        readers.push("quota");
+    }
+    // Namespaces and repositories: the listings every inventory starts with.
+    let mut namespaces = Vec::new();
+    if !readers.is_empty() {
+        let r = client.list_all(DescribeNamespace::all(&inst.id)).await;
+        checks.push(probe_check(
+            "DescribeNamespace",
+            &readers.join(", "),
+            r.as_ref().err(),
+        ));
+        namespaces = r.unwrap_or_default();
+    }
+    let needs = crate::inventory::Needs::from_config(config);
+    let image_jobs: Vec<&str> = readers
+        .iter()
+        .copied()
+        .filter(|j| *j != "namespaces")
+        .collect();
+    if !image_jobs.is_empty() {
+        // The first namespace (in scope) with a repository that a job needs.
+        let mut repo_probe = None;
+        let mut image_probe = None;
+        for ns in namespaces
+            .iter()
+            .filter(|n| inst.namespace_in_scope(&n.namespace))
+        {
+            let r = client
+                .list_all(DescribeRepository::all(&inst.id, &ns.namespace))
+                .await;
+            let repos = match &r {
+                Ok(repos) => repos.clone(),
+                Err(_) => Vec::new(),
+            };
+            repo_probe.get_or_insert(r.map(|_| ()));
+            if let Some(repo) = repos.iter().find(|r| {
+                needs.images(&ns.namespace, &r.repo_name)
+                    && inst.in_scope(&ns.namespace, &r.repo_name)
+            }) {
+                let r = client
+                    .call(&DescribeImages {
+                        max_results: Some(1),
+                        ..DescribeImages::all(&inst.id, &ns.namespace, &repo.repo_name)
+                    })
+                    .await;
+                image_probe = Some(r.map(|_| ()));
+                break;
+            }
+            if repo_probe.as_ref().is_some_and(|r| r.is_err()) {
+                break;
+            }
+        }
+        let jobs = image_jobs.join(", ");
+        match repo_probe {
+            Some(r) => checks.push(probe_check("DescribeRepository", &jobs, r.as_ref().err())),
+            None => checks.push(Check::info(
+                format!("permission {}", iam("DescribeRepository")),
+                "not probed: no namespace in scope",
+            )),
+        }
+        match image_probe {
+            Some(r) => checks.push(probe_check("DescribeImages", &jobs, r.as_ref().err())),
+            None => checks.push(Check::info(
+                format!("permission {}", iam("DescribeImages")),
+                "not probed: no repository a job needs",
+            )),
+        }
+    }
+    let managed = managed_tokens(config, inst);
+    if !managed.is_empty() {
+        let r = client
+            .list_all(DescribeInstanceToken {
+                instance_id: inst.id.clone(),
+                marker: None,
+                max_results: None,
+            })
+            .await;
+        checks.push(probe_check(
+            "DescribeInstanceToken",
+            "tokens",
+            r.as_ref().err(),
+        ));
+    }
+    if let Some(rc) = &config.retention {
+        checks.extend(server_side_rules(client, inst, rc, &namespaces).await);
+    }
+    // Mutations cannot be probed without making them: say what each enforce mode needs.
+    let mut mutations = Vec::new();
+    if config
+        .retention
+        .as_ref()
+        .is_some_and(|r| r.mode == Mode::Enforce)
+    {
+        mutations.push(("retention", "kcrs:DeleteImages, kcrs:DeleteRepoTag"));
+    }
+    if config
+        .tokens
+        .as_ref()
+        .is_some_and(|t| t.mode == Mode::Enforce)
+        && !managed.is_empty()
+    {
+        mutations.push((
+            "tokens",
+            "kcrs:CreateInstanceToken, kcrs:ModifyInstanceTokenStatus, kcrs:DeleteInstanceToken",
+        ));
+    }
+    if config
+        .namespaces
+        .as_ref()
+        .is_some_and(|n| n.mode == Mode::Enforce)
+    {
+        mutations.push(("namespaces", "kcrs:ModifyNamespaceType"));
+    }
+    for (job, actions) in mutations {
+        checks.push(Check::info(
+            format!("{job} enforce needs"),
+            format!("{actions} (not probed: granted by {})", policy_of(job)),
+        ));
+    }
+    checks
+}
+
+fn managed_tokens<'a>(
+    config: &'a Config,
+    inst: &InstanceConfig,
+) -> Vec<&'a crate::config::ManagedToken> {
+    config
+        .tokens
+        .iter()
+        .flat_map(|t| &t.managed)
+        .filter(|m| m.instance == inst.name)
+        .collect()
+}
+
+/// Server-side (Harbor) retention rules in namespaces a retention rule covers.
+async fn server_side_rules(
+    client: &Client,
+    inst: &InstanceConfig,
+    rc: &crate::config::RetentionConfig,
+    namespaces: &[crate::kcr::Namespace],
+) -> Vec<Check> {
+    let mut with_rules = Vec::new();
+    let mut refused = None;
+    let mut supported = true;
+    for ns in namespaces.iter().filter(|n| {
+        inst.namespace_in_scope(&n.namespace)
+            && rc
+                .rules
+                .iter()
+                .any(|r| crate::retention::planner::namespace_applies(r, &n.namespace))
+    }) {
+        match client
+            .call_if_supported(&DescribeRetentionRule {
+                instance_id: inst.id.clone(),
+                namespace: ns.namespace.clone(),
+            })
+            .await
+        {
+            Ok(Supported::Yes(rules)) => {
+                let n = rules.enabled().count();
+                if n > 0 {
+                    with_rules.push(format!("{} ({n})", ns.namespace));
+                }
+            }
+            Ok(Supported::No { .. }) => {
+                supported = false;
+                break;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let name = "server-side retention";
+    if let Some(e) = refused {
+        return vec![probe_check("DescribeRetentionRule", "retention", Some(&e))];
+    }
+    if !supported {
+        return vec![Check::info(
+            name,
+            "unknown: this endpoint does not offer DescribeRetentionRule",
+        )];
+    }
+    if with_rules.is_empty() {
+        vec![Check::ok(
+            name,
+            "no enabled server-side rule where retention rules apply",
+        )]
+    } else {
+        vec![Check::fail(
+            name,
+            format!(
+                "enabled server-side rules in {}: two engines would delete in one namespace",
+                with_rules.join(", ")
+            ),
+            "disable those rules in the KCR console (image retention), or keep [retention] in dry-run there",
+        )]
+    }
+}
+
+/// For each managed token: the registry answers an anonymous `/v2/` from here.
+async fn registry_reachable(client: &Client, config: &Config, inst: &InstanceConfig) -> Vec<Check> {
+    let managed = managed_tokens(config, inst);
+    if managed.is_empty() {
+        return Vec::new();
+    }
+    let Some(registry) = inst.registry.as_deref() else {
+        return Vec::new();
+    };
+    let endpoint = match client
+        .call_if_supported(&DescribeExternalEndpoint {
+            instance_id: inst.id.clone(),
+        })
+        .await
+    {
+        Ok(Supported::Yes(e)) => Ok(Some(e)),
+        Ok(Supported::No { .. }) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let mut checks = Vec::new();
+    let endpoint_text = match &endpoint {
+        Ok(Some(e)) => format!(
+            "DescribeExternalEndpoint: {} ({})",
+            e.status,
+            if e.policies.is_empty() {
+                "no address allowed".to_owned()
+            } else {
+                e.policies
+                    .iter()
+                    .map(|p| p.entry.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        Ok(None) => "DescribeExternalEndpoint: not offered by this endpoint".to_owned(),
+        Err(e) => {
+            checks.push(probe_check("DescribeExternalEndpoint", "tokens", Some(e)));
+            format!("DescribeExternalEndpoint failed: {}", e.code())
+        }
+    };
+    let base = crate::tokens::verify::base_url(registry);
+    // The rotation's own preflight: what it sees is what doctor says.
+    let probe = crate::tokens::verify::probe(&base, PROBE_TIMEOUT).await;
+    let tokens: Vec<&str> = managed.iter().map(|m| m.name.as_str()).collect();
+    let name = format!("registry {registry} reachable");
+    checks.push(match probe {
+        Ok(()) => Check::ok(
+            name,
+            format!(
+                "{base}/v2/ reachable: an anonymous probe was asked to log in (tokens {}); {endpoint_text}",
+                tokens.join(", ")
+            ),
+        ),
+        Err(e @ crate::tokens::verify::VerifyError::Blocked { .. }) => Check::fail(
+            name,
+            format!("{e}: this address is not let through; {endpoint_text}"),
+            "open the instance's external endpoint (外网访问) and add this host's address (CIDR) to its access policy in the KCR console, or run from an allowed network",
+        ),
+        Err(e) => Check::fail(
+            name,
+            format!("{e}; {endpoint_text}"),
+            "open the instance's external endpoint (外网访问) and add this host's address (CIDR) to its access policy, and check DNS and egress to the registry",
+        ),
+    });
+    checks
+}
+
+async fn quota(client: &Client, inst: &InstanceConfig) -> Check {
+    let r = client
+        .call(&DescribeInstanceUsage {
+            instance_id: inst.id.clone(),
+        })
+        .await;
+    match r {
+        Err(e) => probe_check("DescribeInstanceUsage", "quota", Some(&e)),
+        Ok(u) => {
+            let ratio = |used: u64, limit: u64| {
+                if limit == 0 {
+                    0.0
+                } else {
+                    used as f64 / limit as f64
+                }
+            };
+            let rn = ratio(u.namespace_usage, u.namespace_quota);
+            let rr = ratio(u.repo_usage, u.repo_quota);
+            let detail = format!(
+                "namespaces {}/{} ({:.0}%), repositories {}/{} ({:.0}%)",
+                u.namespace_usage,
+                u.namespace_quota,
+                rn * 100.0,
+                u.repo_usage,
+                u.repo_quota,
+                rr * 100.0
+            );
+            if rn >= QUOTA_WARN_RATIO || rr >= QUOTA_WARN_RATIO {
+                Check::fail(
+                    "quota",
+                    detail,
+                    "delete empty repositories and namespaces ([retention] delete_empty_repositories / delete_empty_namespaces) or raise the instance's quota",
+                )
+            } else {
+                Check::ok("quota", detail)
+            }
+        }
+    }
+}
+
+/// The state database can be created or written where the config says.
+fn state_writable(path: &std::path::Path) -> Check {
+    let name = "state path writable";
+    let shown = path.display();
+    // The store creates missing directories: the nearest existing one must be writable.
+    let dir = path
+        .ancestors()
+        .skip(1)
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("."));
+    let result = if !dir.is_dir() {
+        Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )))
+    } else if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(|_| ())
+    } else {
+        tempfile::NamedTempFile::new_in(dir).map(|_| ())
+    };
+    match result {
+        Ok(()) => Check::ok(name, format!("{shown}")),
+        Err(e) => Check::fail(
+            name,
+            format!("{shown}: {e}"),
+            format!(
+                "create {} writable by this user, or set [state] path elsewhere",
+                dir.display()
+            ),
+        ),
+    }
+}

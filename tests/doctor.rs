@@ -1,0 +1,287 @@
+//! `doctor` (issue 13 #5) through the real binary against the simulator:
+//! ✔ everywhere on a healthy setup (exit 0); each broken thing a ✘ with its
+//! one-line fix and exit 1 — a closed external endpoint (naming
+//! DescribeExternalEndpoint's status), a key missing a read permission, a
+//! bad secret, a prepaid instance about to expire, an unwritable state path.
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::sim::{SimOptions, Simulator};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+
+/// Retention, namespaces, quota storage and one managed token, all dry-run.
+fn write_config(sim: &Simulator, dir: &Path, ak: &str, state: &Path) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kcr]\nendpoint = \"{endpoint}\"\naccess_key_id = \"{ak}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\n\
+             [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"{registry}\"\n\
+             [state]\npath = \"{state}\"\n\
+             [retention]\n[[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\"]\nolder_than = \"14d\"\n\
+             [namespaces]\n[quota]\nstorage = \"namespace\"\n\
+             [tokens]\nmode = \"dry-run\"\n[[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"demo\"\nlifetime = \"30d\"\n\
+             sinks = [ {{ kind = \"file\", path = \"{sink}\", format = \"env\" }} ]\n",
+            endpoint = sim.endpoint(),
+            registry = sim.endpoint().trim_start_matches("http://"),
+            state = state.display(),
+            sink = dir.join("ci-pull.env").display(),
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn doctor(config: &str, sk: &str) -> (Output, Value) {
+    let (config, sk) = (config.to_owned(), sk.to_owned());
+    let out = std::thread::spawn(move || {
+        std::process::Command::new(BIN)
+            .args(["doctor", "--format", "json", "--config", &config])
+            .env("TEST_SK", sk)
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, json)
+}
+
+/// The check named `name` of the first instance.
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["instances"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"].as_str().unwrap().starts_with(name))
+        .unwrap_or_else(|| panic!("no check {name}: {report}"))
+}
+
+fn failures(report: &Value) -> Vec<String> {
+    report["instances"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(report["local"].as_array().unwrap())
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["check"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn admin(sim: &Simulator) -> (String, String) {
+    let c = sim.credentials();
+    (
+        c.access_key_id.clone(),
+        c.secret_access_key.expose_secret().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_setup_passes_every_check() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("new/state.db"));
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["ok"], true);
+    assert!(failures(&report).is_empty());
+    for name in [
+        "credentials",
+        "instance",
+        "expiry",
+        "permission kcrs:DescribeNamespace",
+        "permission kcrs:DescribeRepository",
+        "permission kcrs:DescribeImages",
+        "permission kcrs:DescribeInstanceToken",
+        "server-side retention",
+        "registry",
+        "quota",
+    ] {
+        assert_eq!(check(&report, name)["status"], "ok", "{name}: {report}");
+    }
+    let registry = check(&report, "registry");
+    assert!(
+        registry["detail"]
+            .as_str()
+            .unwrap()
+            .contains("reachable: an anonymous probe"),
+        "{registry}"
+    );
+    assert!(
+        check(&report, "quota")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("repositories 7/20"),
+        "{report}"
+    );
+    assert_eq!(report["local"][0]["status"], "ok", "{report}");
+    // The table form: one ✔ line per check.
+    let table = std::process::Command::new(BIN)
+        .args(["check", "--online", "--config", &cfg])
+        .env("TEST_SK", &sk)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("✔ credentials") && !text.contains('✘'),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_external_endpoint_fails_the_registry_check_with_its_status_and_fix() {
+    let sim = sim(SimOptions::default()).await;
+    sim.world(|w| w.instances[0].external_endpoint.opened = false);
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(
+        failures(&report),
+        vec![format!(
+            "registry {} reachable",
+            sim.endpoint().trim_start_matches("http://")
+        )]
+    );
+    let c = check(&report, "registry");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(detail.contains("HTTP 403"), "{detail}");
+    assert!(
+        detail.contains("DescribeExternalEndpoint: Closed"),
+        "{detail}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("external endpoint"),
+        "{c}"
+    );
+    // Nothing was created while checking.
+    assert!(
+        !sim.requests()
+            .iter()
+            .any(|r| r.action.as_deref() == Some("CreateInstanceToken"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_read_permission_is_named_with_the_policy_that_grants_it() {
+    // Everything read-only but DescribeInstanceToken.
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/iam/read-only.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let statements: Vec<Value> = doc["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let actions: Vec<&Value> = s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| *a != "kcrs:DescribeInstanceToken")
+                .collect();
+            serde_json::json!({"effect": "Allow", "actions": actions, "resources": [s["Resource"]]})
+        })
+        .collect();
+    let policies = kcr_housekeeper::sim::iam::Policies::parse(
+        &serde_json::json!({"AKDOCTOR": {"secret": "doctor-secret", "user": "doc", "statements": statements}})
+            .to_string(),
+    )
+    .unwrap();
+    let sim = sim(SimOptions {
+        policies: Some(policies),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path(), "AKDOCTOR", &dir.path().join("state.db"));
+    let (out, report) = doctor(&cfg, "doctor-secret");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(
+        failures(&report),
+        vec!["permission kcrs:DescribeInstanceToken".to_string()]
+    );
+    let c = check(&report, "permission kcrs:DescribeInstanceToken");
+    assert!(
+        c["detail"].as_str().unwrap().contains("AccessDenied"),
+        "{c}"
+    );
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("grant kcrs:DescribeInstanceToken"),
+        "{c}"
+    );
+    // The key itself is fine.
+    assert_eq!(check(&report, "credentials")["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_expiry_and_an_unwritable_state_path_each_fail() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+
+    // A wrong secret: credentials ✘, nothing else asked of the API.
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+    let (out, report) = doctor(&cfg, "not-the-secret");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = check(&report, "credentials");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SignatureDoesNotMatch"),
+        "{c}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("access_key_id"), "{c}");
+
+    // A prepaid instance five days from its end, and a state path under a file.
+    let now_sim = sim.now();
+    sim.world(|w| {
+        let i = &mut w.instances[0];
+        i.charge_type = "Monthly".into();
+        i.expired_time = Some(now_sim + chrono::Duration::days(5));
+    });
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("file/state.db"));
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let e = check(&report, "expiry");
+    assert_eq!(e["status"], "fail", "{e}");
+    let detail = e["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("4 days left") || detail.contains("5 days left"),
+        "{detail}"
+    );
+    assert!(e["fix"].as_str().unwrap().contains("renew"), "{e}");
+    assert_eq!(report["local"][0]["status"], "fail", "{report}");
+    assert!(
+        report["local"][0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("[state] path"),
+        "{report}"
+    );
+}
