@@ -113,6 +113,15 @@ async fn html_report_renders_in_chromium_with_the_json_numbers() {
         s["delete_image"].as_u64().unwrap() + s["delete_tag"].as_u64().unwrap()
     );
     assert!(dom.contains("class=\"sortable\""));
+    // Step 8 item 8: an index with a filter box, one row per repository,
+    // and the upper-bound label on reclaimable bytes.
+    assert!(dom.contains("id=\"filter\""), "filter box");
+    assert_eq!(
+        dom.matches("<tr class=\"repo\"").count() as u64,
+        s["repositories"].as_u64().unwrap(),
+        "one index row per repository"
+    );
+    assert!(dom.contains("Reclaimable (upper bound)"));
 }
 
 mod content {
@@ -314,6 +323,80 @@ mod content {
             serde_json::json!([])
         );
         assert_eq!(v["repositories"][1]["actions"], serde_json::json!([]));
+    }
+
+    /// Step 8 item 8: the header says times are UTC; each repository says
+    /// what it keeps and deletes and the bytes; totals per rule; a BLOCKED
+    /// banner naming the limit and the key to change; reclaimable bytes are
+    /// an upper bound; an empty plan says there is nothing to delete.
+    #[test]
+    fn every_human_format_explains_the_plan() {
+        let r = sample();
+        for (name, text) in [
+            ("table", render_table(&r)),
+            ("markdown", unescape_markdown(&render_markdown(&r))),
+            ("html", unescape_html(&render_html(&r))),
+        ] {
+            for want in [
+                "times are UTC",
+                "prod/apps/web",
+                "keeps 6 images, deletes 1 image and 1 tag, frees up to 1.5 MiB",
+                "rule ci-builds: 2 actions, up to 1.5 MiB",
+                "rule untagged-äöü: 2 actions, up to 1.5 MiB",
+                "BLOCKED by a safety limit: prod/apps/big: 9 of 10 images would be deleted, over max_deletion_ratio 0.5",
+                "raise [retention] max_deletion_ratio in the config",
+                "upper bound",
+            ] {
+                let found = text.contains(want)
+                    // HTML puts the rule totals in a table.
+                    || (name == "html"
+                        && want.starts_with("rule ")
+                        && text.contains(&format!(
+                            "<td>{}</td><td>2</td><td>1.5 MiB</td>",
+                            want.trim_start_matches("rule ").split(':').next().unwrap()
+                        )));
+                assert!(found, "{name} lacks {want:?}:\n{text}");
+            }
+            assert!(!text.contains("othing to delete"), "{name}");
+        }
+        let html = render_html(&r);
+        assert!(html.contains("<input id=filter type=search"));
+        assert_eq!(html.matches("<tr class=repo>").count(), 3);
+        assert!(html.contains("<a href=#repo-0>prod/apps/web</a>"));
+        assert!(html.contains("<section id=repo-0>"));
+
+        let mut empty = sample();
+        for repo in &mut empty.repositories {
+            repo.actions.clear();
+        }
+        empty.summary.delete_image = 0;
+        empty.summary.delete_tag = 0;
+        empty.summary.reclaimable_bytes = 0;
+        empty.summary.blocked.clear();
+        for text in [
+            render_table(&empty),
+            render_markdown(&empty),
+            render_html(&empty),
+        ] {
+            assert!(text.contains("othing to delete"), "{text}");
+            assert!(!text.contains("BLOCKED"), "{text}");
+        }
+        // The JSON is the same plan file as before: no new fields.
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "config_fingerprint",
+                "generated_at",
+                "instances",
+                "mode",
+                "repositories",
+                "schema",
+                "summary"
+            ]
+        );
+        assert_eq!(v["summary"].as_object().unwrap().len(), 7);
     }
 
     /// Issue 11 #24: digests and names of every shape, byte-sliced nowhere.

@@ -187,12 +187,105 @@ fn repo_name(r: &ReportRepository) -> String {
     format!("{}/{}/{}", r.instance, r.namespace, r.repository)
 }
 
+/// What a repository keeps and deletes, as every human format says it.
+struct RepoFigures {
+    delete_image: usize,
+    delete_tag: usize,
+    kept_images: usize,
+    bytes: u64,
+}
+
+fn figures(repo: &ReportRepository) -> RepoFigures {
+    let delete_image = repo
+        .actions
+        .iter()
+        .filter(|a| a.action == ActionKind::DeleteImage)
+        .count();
+    RepoFigures {
+        delete_image,
+        delete_tag: repo.actions.len() - delete_image,
+        kept_images: repo.images.saturating_sub(delete_image),
+        bytes: repo.actions.iter().map(|a| a.size).sum(),
+    }
+}
+
+/// `keeps 5 images, deletes 1 image and 2 tags, frees up to 1.5 MiB`.
+fn figures_text(f: &RepoFigures) -> String {
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let mut s = format!(
+        "keeps {}, deletes {} and {}",
+        plural(f.kept_images, "image"),
+        plural(f.delete_image, "image"),
+        plural(f.delete_tag, "tag")
+    );
+    if f.bytes > 0 {
+        s.push_str(&format!(", frees up to {}", human_bytes(f.bytes)));
+    }
+    s
+}
+
+/// Per rule: the actions it names, and the bytes of their image deletions.
+fn rule_totals(r: &Report) -> Vec<(String, usize, u64)> {
+    let mut totals: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for (_, a) in r.actions() {
+        for rule in &a.rules {
+            let t = totals.entry(rule.as_str()).or_default();
+            t.0 += 1;
+            t.1 += a.size;
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(rule, (n, bytes))| (rule.to_owned(), n, bytes))
+        .collect()
+}
+
+/// The config key that lifts a block, from the planner's reason.
+fn block_key(why: &str) -> Option<&'static str> {
+    if why.contains("max_deletions_per_run") {
+        Some("[retention] max_deletions_per_run")
+    } else if why.contains("max_deletion_ratio") {
+        Some("[retention] max_deletion_ratio")
+    } else {
+        None
+    }
+}
+
+/// The BLOCKED banner: which limit stopped what, and the key to change.
+fn banner_lines(r: &Report) -> Vec<String> {
+    r.summary
+        .blocked
+        .iter()
+        .map(|b| match block_key(b) {
+            Some(key) => format!(
+                "BLOCKED by a safety limit: {b}. Review the plan; if it is right, raise {key} in the config."
+            ),
+            None => format!("BLOCKED by a safety limit: {b}."),
+        })
+        .collect()
+}
+
+/// Every time in a report is UTC.
+const TIMES: &str = "times are UTC";
+
+/// Why reclaimable bytes are an upper bound.
+const UPPER_BOUND: &str = "an upper bound: a layer shared between images counts once per image, and KCR does not promise that a delete frees storage at once";
+
+/// The plan deletes nothing (and nothing was blocked or skipped).
+fn nothing_to_delete(r: &Report) -> bool {
+    let s = &r.summary;
+    s.delete_image + s.delete_tag == 0 && s.blocked.is_empty()
+}
+
 fn summary_lines(r: &Report) -> Vec<String> {
     let s = &r.summary;
-    let mut v = vec![
-        format!("schema: {}", r.schema),
-        format!("mode: {}, generated {}", r.mode, time_text(&r.generated_at)),
-    ];
+    let mut v = banner_lines(r);
+    v.push(format!("schema: {}", r.schema));
+    v.push(format!(
+        "mode: {}, generated {} ({TIMES})",
+        r.mode,
+        time_text(&r.generated_at)
+    ));
     if !r.instances.is_empty() {
         let list: Vec<String> = r
             .instances
@@ -209,12 +302,22 @@ fn summary_lines(r: &Report) -> Vec<String> {
         s.repositories, s.images
     ));
     v.push(format!(
-        "planned: {} delete_image, {} delete_tag, {} reclaimable ({} bytes)",
+        "planned: {} delete_image, {} delete_tag, up to {} reclaimable ({} bytes), {UPPER_BOUND}",
         s.delete_image,
         s.delete_tag,
         human_bytes(s.reclaimable_bytes),
         s.reclaimable_bytes
     ));
+    if nothing_to_delete(r) {
+        v.push("nothing to delete: no rule condemns any image or tag".into());
+    }
+    for (rule, n, bytes) in rule_totals(r) {
+        v.push(format!(
+            "rule {rule}: {n} action{}, up to {}",
+            if n == 1 { "" } else { "s" },
+            human_bytes(bytes)
+        ));
+    }
     v.extend(s.blocked.iter().map(|b| format!("BLOCKED {b}")));
     v.extend(s.skipped.iter().map(|b| format!("SKIPPED {b}")));
     v
@@ -228,7 +331,13 @@ fn quiet_repositories(r: &Report) -> impl Iterator<Item = &ReportRepository> {
 pub fn render_table(r: &Report) -> String {
     let mut out = summary_lines(r).join("\n") + "\n";
     for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
-        let _ = writeln!(out, "\n{} ({} images)", repo_name(repo), repo.images);
+        let _ = writeln!(
+            out,
+            "\n{} ({} images): {}",
+            repo_name(repo),
+            repo.images,
+            figures_text(&figures(repo))
+        );
         let _ = writeln!(
             out,
             "  {:<12}  {:<71}  {:<20}  {:>10}  {:<30}  {:<16}  REASON",
@@ -284,9 +393,10 @@ pub fn render_markdown(r: &Report) -> String {
     for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
         let _ = write!(
             out,
-            "\n### {} ({} images)\n\n| action | digest | pushed | size | tags | rules | reason |\n|---|---|---|---:|---|---|---|\n",
+            "\n### {} ({} images)\n\n{}\n\n| action | digest | pushed | size | tags | rules | reason |\n|---|---|---|---:|---|---|---|\n",
             md_escape(&repo_name(repo)),
-            repo.images
+            repo.images,
+            figures_text(&figures(repo))
         );
         for a in &repo.actions {
             let _ = writeln!(
@@ -329,9 +439,13 @@ fn html_escape(s: &str) -> String {
 pub fn render_html(r: &Report) -> String {
     let s = &r.summary;
     let mut body = String::new();
+    body.push_str("<h1>Retention report</h1>");
+    for line in banner_lines(r) {
+        let _ = write!(body, "<p class=banner>{}</p>", html_escape(&line));
+    }
     let _ = write!(
         body,
-        "<h1>Retention report</h1><p class=meta>mode <b>{}</b>, generated {}, schema {}</p>",
+        "<p class=meta>mode <b>{}</b>, generated {} ({TIMES}), schema {}</p>",
         html_escape(&r.mode),
         time_text(&r.generated_at),
         html_escape(&r.schema),
@@ -360,7 +474,8 @@ pub fn render_html(r: &Report) -> String {
          <dt>Images</dt><dd id=images>{}</dd>\
          <dt>delete_image</dt><dd id=delete_image>{}</dd>\
          <dt>delete_tag</dt><dd id=delete_tag>{}</dd>\
-         <dt>Reclaimable</dt><dd id=reclaimable data-bytes={}>{}</dd></dl>",
+         <dt>Reclaimable (upper bound)</dt><dd id=reclaimable data-bytes={}>{}</dd></dl>\
+         <p class=note>Reclaimable bytes are {UPPER_BOUND}.</p>",
         s.repositories,
         s.images,
         s.delete_image,
@@ -380,14 +495,65 @@ pub fn render_html(r: &Report) -> String {
             body.push_str("</ul>");
         }
     }
-    for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
+    if nothing_to_delete(r) {
+        body.push_str(
+            "<p class=nothing id=nothing>Nothing to delete: no rule condemns any image or tag.</p>",
+        );
+    }
+    let totals = rule_totals(r);
+    if !totals.is_empty() {
+        body.push_str("<h2>Per rule</h2><table class=rules><thead><tr><th>rule</th><th>actions</th><th>up to</th></tr></thead><tbody>");
+        for (rule, n, bytes) in totals {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{n}</td><td>{}</td></tr>",
+                html_escape(&rule),
+                human_bytes(bytes)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    if !r.repositories.is_empty() {
+        body.push_str(
+            "<h2>Repositories</h2><input id=filter type=search placeholder=\"filter repositories, tags, digests\" aria-label=filter>\
+             <table class=\"sortable index\"><thead><tr><th>repository</th><th data-type=num>images</th><th data-type=num>kept</th>\
+             <th data-type=num>delete_image</th><th data-type=num>delete_tag</th><th data-type=num>bytes (up to)</th></tr></thead><tbody>",
+        );
+        for (i, repo) in r.repositories.iter().enumerate() {
+            let f = figures(repo);
+            let name = html_escape(&repo_name(repo));
+            let link = if repo.actions.is_empty() {
+                name
+            } else {
+                format!("<a href=#repo-{i}>{name}</a>")
+            };
+            let _ = write!(
+                body,
+                "<tr class=repo><td>{link}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td data-sort={}>{}</td></tr>",
+                repo.images,
+                f.kept_images,
+                f.delete_image,
+                f.delete_tag,
+                f.bytes,
+                human_bytes(f.bytes)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    for (i, repo) in r
+        .repositories
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| !x.actions.is_empty())
+    {
         let _ = write!(
             body,
-            "<section><h2>{} <small>{} images</small></h2><table class=sortable><thead><tr>\
+            "<section id=repo-{i}><h2>{} <small>{} images</small></h2><p class=figures>{}</p><table class=sortable><thead><tr>\
              <th>action</th><th>digest</th><th>pushed</th><th data-type=num>size</th><th>tags</th><th>rules</th><th>reason</th>\
              </tr></thead><tbody>",
             html_escape(&repo_name(repo)),
-            repo.images
+            repo.images,
+            figures_text(&figures(repo))
         );
         for a in &repo.actions {
             let _ = write!(
@@ -430,14 +596,19 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}h
 dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}ul.quiet{color:#666}\
 table{border-collapse:collapse;margin:.5em 0 2em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{cursor:pointer;background:#f4f4f4;user-select:none}td:nth-child(3),td:nth-child(4){white-space:nowrap}th.asc:after{content:' ▲'}th.desc:after{content:' ▼'}\
-tr.delete_image td:first-child{color:#a00;font-weight:600}code{font-size:12px}";
+tr.delete_image td:first-child{color:#a00;font-weight:600}code{font-size:12px}\
+.banner{background:#a00;color:#fff;padding:.6em 1em;font-weight:600;border-radius:4px}.note{color:#666;font-size:12px}\
+.nothing{background:#e8f4e8;padding:.6em 1em;border-radius:4px}.figures{color:#444;margin:.2em 0}\
+#filter{font:inherit;padding:.3em .6em;width:24em;max-width:100%;margin:.3em 0}.hidden{display:none}";
 
 const SCRIPT: &str = "document.querySelectorAll('table.sortable').forEach(function(t){\
 t.querySelectorAll('th').forEach(function(th,i){th.addEventListener('click',function(){\
 var asc=!th.classList.contains('asc');t.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc')});\
 th.classList.add(asc?'asc':'desc');var num=th.dataset.type==='num';var rows=Array.from(t.tBodies[0].rows);\
 rows.sort(function(a,b){var x=a.cells[i].dataset.sort||a.cells[i].textContent,y=b.cells[i].dataset.sort||b.cells[i].textContent;\
-var c=num?(Number(x)-Number(y)):x.localeCompare(y);return asc?c:-c});rows.forEach(function(r){t.tBodies[0].appendChild(r)})})})});";
+var c=num?(Number(x)-Number(y)):x.localeCompare(y);return asc?c:-c});rows.forEach(function(r){t.tBodies[0].appendChild(r)})})})});\
+var f=document.getElementById('filter');if(f){f.addEventListener('input',function(){var q=f.value.toLowerCase();\
+document.querySelectorAll('tr.repo,section').forEach(function(e){e.classList.toggle('hidden',q!==''&&e.textContent.toLowerCase().indexOf(q)<0)})})}";
 
 #[cfg(test)]
 mod tests {
