@@ -14,6 +14,8 @@ pub mod failpoint;
 pub mod pattern;
 // Six-field cron expressions read in a configured zone.
 pub mod schedule;
+// Running an operator's program: cleared environment, own process group, timeout.
+pub mod hook;
 
 // The service.
 // The KCR OpenAPI client: signer, typed actions, pagination, retries (`crates/kcr`).

@@ -20,6 +20,7 @@
 
 use crate::config::{FileFormat, Sink};
 use crate::failpoint;
+use crate::hook::{self, ErrTail};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -29,7 +30,6 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a sink receives.
 pub struct Delivery<'a> {
@@ -72,7 +72,7 @@ fn fp(name: &'static str) -> Result<(), SinkError> {
 }
 
 /// Variables an `exec` sink inherits from the daemon; nothing else does.
-pub const EXEC_PASSED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+pub const EXEC_PASSED_ENV: [&str; 3] = hook::PASSED_ENV;
 /// Variables kcr-housekeeper sets for an `exec` sink itself (not secret).
 pub const EXEC_OWN_ENV: [&str; 2] = ["KCR_REGISTRY", "KCR_TOKEN_ID"];
 
@@ -524,73 +524,10 @@ pub async fn deliver(sink: &Sink, d: &Delivery<'_>) -> Result<(), SinkError> {
     }
 }
 
-/// Kills an `exec` sink's whole process group (the sink and everything it
-/// started) when dropped while armed: on timeout, on an error, and when the
-/// delivery is cancelled.
-struct GroupKill {
-    pgid: Option<i32>,
-}
-
-impl GroupKill {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            // The group leader is our unreaped child, so the id is still ours.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-impl Drop for GroupKill {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// At most this much of an `exec` sink's error output is kept: the last
-/// bytes it wrote (the end of its output is where its error usually is).
-const STDERR_LIMIT: usize = 64 * 1024;
-/// How long a failed sink's error output is still read after it exited: a
-/// background process it left behind may hold the pipe open indefinitely.
-const STDERR_GRACE: Duration = Duration::from_secs(1);
-/// At most this many characters of it go into the error.
+/// At most this many characters of a failed sink's error output go into the error.
 const STDERR_SHOWN: usize = 300;
 /// What stands for any part of the secret in a sink's error output.
 const REDACTED: &[u8] = b"[redacted]";
-
-/// The last [`STDERR_LIMIT`] bytes of an `exec` sink's error output.
-#[derive(Default)]
-struct ErrTail {
-    buf: Vec<u8>,
-    /// Its beginning was dropped: the buffer starts at a cut.
-    cut: bool,
-}
-
-impl ErrTail {
-    fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
-        if self.buf.len() > STDERR_LIMIT {
-            let excess = self.buf.len() - STDERR_LIMIT;
-            self.buf.drain(..excess);
-            self.cut = true;
-        }
-    }
-}
-
-/// Read `stderr` to its end, keeping its tail. The pipe is drained rather
-/// than closed when the limit is reached, so a verbose sink never blocks or
-/// dies on a write.
-async fn read_tail(mut stderr: tokio::process::ChildStderr, tail: &mut ErrTail) {
-    let mut chunk = vec![0u8; 8192];
-    loop {
-        match stderr.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => tail.push(&chunk[..n]),
-        }
-    }
-}
 
 /// The longest `k` such that the first `k` bytes of `text` end the secret: a
 /// piece of it left at the start of a text cut out of a longer one.
@@ -631,7 +568,7 @@ fn redact(text: &[u8], secret: &[u8], cut: bool) -> Vec<u8> {
 /// What of a failed sink's error output goes into the error: its last
 /// [`STDERR_SHOWN`] characters, with no part of the secret. The secret is
 /// redacted before any cut, and a piece of it at a cut edge is redacted
-/// too, so neither the [`STDERR_LIMIT`] cut nor the [`STDERR_SHOWN`] one can
+/// too, so neither the [`hook::STDERR_LIMIT`] cut nor the [`STDERR_SHOWN`] one can
 /// leave a prefix or suffix of it behind.
 fn shown_stderr(tail: &ErrTail, secrets: &[&[u8]]) -> String {
     let mut text = tail.buf.clone();
@@ -699,89 +636,37 @@ async fn exec(
     timeout: Duration,
     d: &Delivery<'_>,
 ) -> Result<(), SinkError> {
-    let program = command[0].clone();
     let fail = |why: String| SinkError::Exec {
-        program: program.clone(),
+        program: command[0].clone(),
         why,
     };
-    let mut cmd = tokio::process::Command::new(&command[0]);
-    cmd.args(&command[1..]).env_clear();
-    for key in EXEC_PASSED_ENV {
-        if let Some(v) = std::env::var_os(key) {
-            cmd.env(key, v);
-        }
-    }
-    cmd.env("KCR_REGISTRY", d.registry)
-        .env("KCR_TOKEN_ID", d.token_id)
-        .envs(env)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        // Its own process group (id = its pid), so that a timeout ends
-        // everything it started, not only itself.
-        .process_group(0);
-    fp("tokens.sink.exec_spawn")?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("cannot start: {e}")))?;
-    // Declared after `child`: dropped (the group killed) before it.
-    let mut group = GroupKill {
-        pgid: child.id().and_then(|id| i32::try_from(id).ok()),
-    };
-    let mut stdin = child.stdin.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
     let doc = serde_json::to_vec(&json_document(d)).expect("serialises");
-    let mut tail = ErrTail::default();
-    let status = {
-        let read_err = read_tail(stderr, &mut tail);
-        tokio::pin!(read_err);
-        let mut err_done = false;
-        let run = async {
-            fp("tokens.sink.exec_stdin")?;
-            // A program that exits without reading its input is its own failure; keep going to collect the status.
-            let _ = stdin.write_all(&doc).await;
-            drop(stdin);
-            fp("tokens.sink.exec_wait")?;
-            // Drain its error output while waiting, so that it never blocks
-            // on a full pipe; but only its exit ends the wait.
-            loop {
-                tokio::select! {
-                    status = child.wait() => return status.map_err(|e| fail(e.to_string())),
-                    () = &mut read_err, if !err_done => err_done = true,
-                }
-            }
-        };
-        let status = match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r?,
-            Err(_) => {
-                group.kill();
-                // Reap it; bounded, should the group kill have failed somehow.
-                let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                return Err(fail(format!(
-                    "did not finish within {}; its process group was killed",
-                    crate::duration::format(timeout)
-                )));
-            }
-        };
-        // It exited and was reaped: its process group id may be reused now.
-        group.pgid = None;
-        if status.success() {
-            return Ok(());
-        }
-        if !err_done {
-            // What it wrote before exiting is in the pipe already; a
-            // background process may keep it open, so do not wait for its end.
-            let _ = tokio::time::timeout(STDERR_GRACE, &mut read_err).await;
-        }
-        status
+    let mut vars = vec![("KCR_REGISTRY", d.registry), ("KCR_TOKEN_ID", d.token_id)];
+    vars.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let hook = hook::Hook {
+        command,
+        env: vars,
+        timeout,
+        stdin: &doc,
+        stdout_limit: None,
+        points: hook::Points {
+            spawn: "tokens.sink.exec_spawn",
+            stdin: "tokens.sink.exec_stdin",
+            wait: "tokens.sink.exec_wait",
+        },
     };
-    // Its error output may echo what it was given: never pass the secret on.
-    let forms = secret_forms(d);
-    let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
-    let shown = shown_stderr(&tail, &forms);
-    Err(fail(format!("exited with {status}: {shown}")))
+    match hook::run(&hook).await {
+        Ok(_) => Ok(()),
+        Err(hook::HookError::Injected(m)) => Err(SinkError::Injected(m)),
+        Err(hook::HookError::Failed { status, stderr }) => {
+            // Its error output may echo what it was given: never pass the secret on.
+            let forms = secret_forms(d);
+            let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
+            let shown = shown_stderr(&stderr, &forms);
+            Err(fail(format!("exited with {status}: {shown}")))
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -1460,7 +1345,7 @@ mod tests {
             tail.push(&[b'a'; 10_000]);
         }
         tail.push(b"the real error");
-        assert!(tail.cut && tail.buf.len() == STDERR_LIMIT);
+        assert!(tail.cut && tail.buf.len() == crate::hook::STDERR_LIMIT);
         let shown = shown_stderr(&tail, &[b"s3cret"]);
         assert!(
             shown.starts_with('…') && shown.ends_with("the real error"),
