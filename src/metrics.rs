@@ -238,6 +238,7 @@ pub struct RetentionMetrics {
     server_rules: IntGaugeVec,
     planned: GaugeVec,
     reclaimable: GaugeVec,
+    in_use_vetoes: IntGaugeVec,
     deleted: IntCounterVec,
     deleted_bytes: IntCounterVec,
 }
@@ -258,6 +259,11 @@ impl RetentionMetrics {
             reclaimable: r.gauge_vec(
                 "kcr_housekeeper_retention_reclaimable_bytes",
                 "Bytes the last retention plan would free (cached from the last run).",
+                &["instance"],
+            ),
+            in_use_vetoes: r.int_gauge_vec(
+                "kcr_housekeeper_retention_in_use_vetoes",
+                "Images the last retention plan would have deleted (whole or some tags) but kept because they are in use ([retention.in_use]).",
                 &["instance"],
             ),
             deleted: r.counter_vec(
@@ -284,6 +290,13 @@ impl RetentionMetrics {
         self.reclaimable
             .with_label_values(&[instance])
             .set(bytes as f64);
+    }
+
+    /// Images of `instance` the last plan kept because they are in use.
+    pub fn in_use_vetoes(&self, instance: &str, images: usize) {
+        self.in_use_vetoes
+            .with_label_values(&[instance])
+            .set(images as i64);
     }
 
     /// Enabled server-side retention rules of a namespace.

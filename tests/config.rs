@@ -49,6 +49,11 @@ fn example_config_parses_and_documents_defaults() {
     assert_eq!(r.rules[1].group_by.as_deref(), Some("group"));
     assert_eq!(r.max_deletions_per_run, 1000);
     assert_eq!(r.protect.tags.len(), 3);
+    let u = r.in_use.as_ref().unwrap();
+    let p = u.prometheus.as_ref().unwrap();
+    assert_eq!(p.lookback, std::time::Duration::from_secs(7 * 86_400));
+    assert_eq!(p.query, None);
+    assert_eq!(u.timeout, std::time::Duration::from_secs(30));
     let t = c.tokens.as_ref().unwrap();
     assert_eq!(t.managed[0].lifetime, TokenLifetime::Days(30));
     assert_eq!(t.managed[0].sinks.len(), 3);
@@ -360,4 +365,42 @@ fn deploy_configs_parse() {
         );
         assert_eq!(err.0.len(), 2, "{path}: {err}");
     }
+}
+
+#[test]
+fn in_use_sources_are_validated_with_line_and_key() {
+    let head =
+        "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\n[retention]\n";
+    let e = errors(&format!(
+        "{head}[retention.in_use]\nprometheus = {{ url = \"prometheus:9090\", lookback = \"30s\" }}\nfile = \"images.txt\"\nexec = []\ntimeout = \"0s\"\n"
+    ));
+    for want in [
+        "test.toml:8:16: retention.in_use.prometheus.url: \"prometheus:9090\" is not an http(s) URL",
+        "retention.in_use.prometheus.lookback: must be at least 1m",
+        "test.toml:9:1: retention.in_use.file: \"images.txt\" is not an absolute path",
+        "test.toml:10:1: retention.in_use.exec: needs a non-empty list",
+        "test.toml:11:1: retention.in_use.timeout: must be more than 0s",
+    ] {
+        assert!(e.contains(want), "{want}\n{e}");
+    }
+    let e = errors(&format!("{head}[retention.in_use]\n"));
+    assert!(e.contains("retention.in_use: names no source"), "{e}");
+    let e = errors(&format!(
+        "{head}[retention.in_use]\nfile = \"/x\"\nurl = \"http://p\"\n"
+    ));
+    assert!(
+        e.contains("retention.in_use.url: unknown field `url`"),
+        "{e}"
+    );
+    let c = parse(&format!(
+        "{head}[retention.in_use]\nexec = [\"/bin/true\"]\nprometheus = {{ url = \"http://p:9090/\", query = \"up\" }}\n"
+    ))
+    .unwrap();
+    let u = c.retention.unwrap().in_use.unwrap();
+    let p = u.prometheus.unwrap();
+    assert_eq!(
+        (p.url.as_str(), p.query.as_deref()),
+        ("http://p:9090", Some("up"))
+    );
+    assert_eq!(u.exec.unwrap(), ["/bin/true"]);
 }

@@ -182,6 +182,7 @@ mod content {
                     "staging: DescribeNamespace: connection refused".into(),
                     "prod/apps/flaky: DescribeImages: the listing shifted while paging".into(),
                 ],
+                in_use: vec![],
             },
             repositories: vec![
                 ReportRepository {

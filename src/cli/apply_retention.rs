@@ -36,7 +36,8 @@ pub(super) async fn apply_retention_cmd(
         failed(anyhow::anyhow!(m), "listing")
     })?;
     let inventory = collect_inventory(&conn.client, c, now).await;
-    let fresh = retention::plan(&inventory, rc, now);
+    let in_use = retention::read_in_use(rc, c, Some(&state), now).await;
+    let fresh = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
     // Partial: an instance, a namespace or a repository could not be listed;
     // what was listed is applied.
     let partial: Vec<String> = fresh.incomplete();
@@ -106,6 +107,11 @@ pub(super) async fn apply_retention_cmd(
     // plan's own run cap only when it is what runs (a plan file runs the
     // intersection, capped below; ratio-blocked repositories have no
     // actions in the fresh plan, so none in the intersection either).
+    // A failed in-use source blocks everything, a reviewed plan file too:
+    // nothing may be deleted without knowing what runs.
+    if let Some(b) = in_use.blocked() {
+        return Err(CliError::Blocked(format!("retention: {b}")));
+    }
     if file.is_none()
         && let Some(b) = &fresh.blocked
     {

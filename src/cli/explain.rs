@@ -57,13 +57,20 @@ pub(super) async fn run(
             error: None,
         });
     }
-    let plan = retention::plan_explained(
+    let state = rc
+        .in_use
+        .as_ref()
+        .and_then(|_| crate::state::Store::open(&c.state.path).ok());
+    let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
+    let plan = retention::planner::plan_in_use(
         &crate::inventory::Inventory {
             taken_at: now,
             instances,
         },
         rc,
         now,
+        &in_use,
+        true,
     );
     let verdict_text = |v: &Verdict| match v {
         Verdict::Unmatched => "kept: no rule matches".to_owned(),
@@ -73,6 +80,9 @@ pub(super) async fn run(
         Verdict::Condemned { reason, .. } => format!("DELETE: {reason}"),
     };
     let mut text = String::new();
+    if let Some(b) = &plan.blocked {
+        text.push_str(&format!("BLOCKED: {b}\n"));
+    }
     for r in &plan.repositories {
         text.push_str(&format!(
             "{}/{}/{}: {} images

@@ -40,7 +40,14 @@ pub(super) async fn run(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Res
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();
     let inventory = collect_inventory(&conn.client, c, now).await;
-    let plan = retention::plan(&inventory, rc, now);
+    // The state remembers the in-use sources' last counts; a plan without
+    // it still reads them (an empty answer is then not compared).
+    let state = rc
+        .in_use
+        .as_ref()
+        .and_then(|_| crate::state::Store::open(&c.state.path).ok());
+    let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
+    let plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
     for r in &plan.idle_rules {
         eprintln!("warning: rule {r:?} matches nothing in this registry");
     }

@@ -248,6 +248,30 @@ pub struct RetentionConfig {
     pub max_plan_age: Duration,
     pub protect: Protect,
     pub rules: Vec<RetentionRule>,
+    /// Where to learn which images are running (`[retention.in_use]`).
+    pub in_use: Option<InUseConfig>,
+}
+
+/// `[retention.in_use]`: sources of image references in use; an image any
+/// of them names is never deleted, and a source that fails blocks enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InUseConfig {
+    pub prometheus: Option<PrometheusSource>,
+    /// One image reference per line.
+    pub file: Option<PathBuf>,
+    /// A program printing image references, one per line.
+    pub exec: Option<Vec<String>>,
+    /// For the Prometheus query and the program.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrometheusSource {
+    /// Base URL (`http://prometheus:9090`).
+    pub url: String,
+    /// `None`: the kube-state-metrics default.
+    pub query: Option<String>,
+    pub lookback: Duration,
 }
 
 /// A lifetime as CreateInstanceToken can express it.

@@ -132,6 +132,24 @@ pub struct RawRetention {
     /// Each rule is read on its own so that one bad rule does not hide another.
     #[serde(default)]
     pub rules: Vec<toml::Value>,
+    pub in_use: Option<RawInUse>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInUse {
+    pub prometheus: Option<RawPrometheus>,
+    pub file: Option<String>,
+    pub exec: Option<Vec<String>>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheus {
+    pub url: String,
+    pub query: Option<String>,
+    pub lookback: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

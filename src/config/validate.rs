@@ -734,6 +734,7 @@ impl Validator<'_> {
                 rules.push(rule);
             }
         }
+        let in_use = raw.in_use.and_then(|u| self.in_use(&p.key("in_use"), u));
         Some(RetentionConfig {
             schedule: schedule?,
             mode,
@@ -745,6 +746,88 @@ impl Validator<'_> {
             max_plan_age,
             protect,
             rules,
+            in_use,
+        })
+    }
+
+    fn in_use(&mut self, p: &KeyPath, raw: RawInUse) -> Option<InUseConfig> {
+        let before = self.errors.len();
+        let timeout = self.duration(
+            p.key("timeout"),
+            raw.timeout.as_deref(),
+            Duration::from_secs(30),
+        );
+        if timeout.is_zero() {
+            self.err(p.key("timeout"), "must be more than 0s");
+        }
+        let prometheus = raw.prometheus.map(|pr| {
+            let pp = p.key("prometheus");
+            let lookback = self.duration(
+                pp.key("lookback"),
+                pr.lookback.as_deref(),
+                Duration::from_secs(7 * 86_400),
+            );
+            if lookback < Duration::from_secs(60) {
+                self.err(pp.key("lookback"), "must be at least 1m");
+            }
+            let url = pr.url.trim_end_matches('/').to_owned();
+            if reqwest::Url::parse(&url)
+                .map(|u| !matches!(u.scheme(), "http" | "https") || u.host_str().is_none())
+                .unwrap_or(true)
+            {
+                self.err(
+                    pp.key("url"),
+                    format!(
+                        "{:?} is not an http(s) URL such as \"http://prometheus:9090\"",
+                        pr.url
+                    ),
+                );
+            }
+            if pr.query.as_ref().is_some_and(|q| q.trim().is_empty()) {
+                self.err(
+                    pp.key("query"),
+                    "empty query; remove `query` for the kube-state-metrics default",
+                );
+            }
+            PrometheusSource {
+                url,
+                query: pr.query,
+                lookback,
+            }
+        });
+        let file = raw.file.and_then(|f| {
+            if Path::new(&f).is_absolute() {
+                Some(PathBuf::from(f))
+            } else {
+                self.err(p.key("file"), format!("{f:?} is not an absolute path"));
+                None
+            }
+        });
+        let exec = raw.exec.and_then(|c| {
+            if c.first().is_some_and(|p| !p.is_empty()) {
+                Some(c)
+            } else {
+                self.err(
+                    p.key("exec"),
+                    "needs a non-empty list such as [\"/usr/local/bin/running-images\"]",
+                );
+                None
+            }
+        });
+        if prometheus.is_none() && file.is_none() && exec.is_none() && self.errors.len() == before {
+            self.err(
+                p.clone(),
+                "names no source: set `prometheus`, `file` or `exec` (or remove the section)",
+            );
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(InUseConfig {
+            prometheus,
+            file,
+            exec,
+            timeout,
         })
     }
 

@@ -3,6 +3,7 @@
 //! together (dry-run by default; enforce applies).
 
 pub mod executor;
+pub mod in_use;
 pub mod planner;
 pub mod report;
 
@@ -84,6 +85,10 @@ pub fn plan_summary(plan: &Plan) -> String {
     }
     if skipped > 0 {
         s.push_str(&format!(", {skipped} listings skipped"));
+    }
+    let in_use: usize = plan.repositories.iter().map(|r| r.in_use.len()).sum();
+    if in_use > 0 {
+        s.push_str(&format!(", {in_use} images kept because they are in use"));
     }
     s
 }
@@ -277,6 +282,21 @@ pub fn intersect(
     (kept, dropped)
 }
 
+/// What the `[retention.in_use]` sources say now (nothing when none is
+/// configured). A source that failed is in [`in_use::InUse::failures`] and
+/// blocks the plan made with it.
+pub async fn read_in_use(
+    rc: &RetentionConfig,
+    config: &Config,
+    state: Option<&crate::state::Store>,
+    now: DateTime<Utc>,
+) -> in_use::InUse {
+    match &rc.in_use {
+        Some(u) => in_use::fetch(u, &config.instances, state, now).await,
+        None => in_use::InUse::default(),
+    }
+}
+
 /// Store the report in every format the HTTP server serves.
 pub fn store_report(ctx: &JobContext, report: &Report, now: DateTime<Utc>) -> Result<(), JobError> {
     crate::failpoint::hit(
@@ -319,7 +339,15 @@ fn export_plan_metrics(ctx: &JobContext, plan: &Plan) {
         }
         e.2 += a.freed_bytes();
     }
+    let mut vetoes: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for r in &plan.repositories {
+        *vetoes.entry(r.instance.as_str()).or_default() += r.in_use.len();
+    }
     for inst in &ctx.config.instances {
+        ctx.metrics.retention.in_use_vetoes(
+            &inst.name,
+            vetoes.get(inst.name.as_str()).copied().unwrap_or(0),
+        );
         let (images, tags, bytes) = per_instance
             .get(inst.name.as_str())
             .copied()
@@ -340,7 +368,8 @@ impl RetentionJob {
         for inst in &inventory.instances {
             ctx.metrics.api.reached(&inst.name, inst.error.is_none());
         }
-        let plan = plan(&inventory, rc, now);
+        let in_use = read_in_use(rc, &ctx.config, Some(&ctx.state), now).await;
+        let plan = planner::plan_in_use(&inventory, rc, now, &in_use, false);
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
         report.config_fingerprint = Some(config_fingerprint(rc));
@@ -350,7 +379,10 @@ impl RetentionJob {
         // reason, after doing what the complete listings allow.
         let partial = plan.partial_reason();
         if rc.mode == Mode::DryRun {
-            let text = format!("dry-run: {summary}");
+            let mut text = format!("dry-run: {summary}");
+            if let Some(b) = &plan.blocked {
+                text.push_str(&format!("; enforce would be blocked: {b}"));
+            }
             return match partial {
                 Some(why) => Err(JobError::Partial(format!("{text}; {why}"))),
                 None => Ok(Outcome::Success(text)),

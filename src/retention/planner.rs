@@ -3,6 +3,7 @@
 //! image carries the rule and a human reason, and the same input always gives
 //! the same plan.
 
+use super::in_use::InUse;
 use crate::config::{OrderBy, RetentionConfig, RetentionRule, RuleAction};
 use crate::inventory::{Digest, ImageInfo, Inventory, Tag, Tags};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -181,6 +182,18 @@ pub struct RepositoryPlan {
     pub blocked: Option<String>,
     /// The listing failed or changed mid-way: nothing planned.
     pub skipped: Option<String>,
+    /// Images rules condemn (whole or some tags) that are kept because they
+    /// are in use (`[retention.in_use]`).
+    pub in_use: Vec<InUseVeto>,
+}
+
+/// An image the in-use veto kept from deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InUseVeto {
+    pub digest: Digest,
+    pub tags: Tags,
+    /// `in use (source: …, last seen …)`.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -651,10 +664,14 @@ pub fn rule_ranks(rule: &RetentionRule, images: &[ImageInfo]) -> Vec<(usize, u32
     out
 }
 
+/// Why an image of the repository being planned is in use, if it is.
+pub type InUseOf<'a> = dyn Fn(&ImageInfo) -> Option<String> + 'a;
+
 /// Plan one repository. `images` must be newest first, ties by digest.
 /// `rules` are the applicable rules with their index in the config (and in
 /// `bounds`); `used[i]` is set when config rule `i` judged anything.
-/// Decisions are built only when `explain`.
+/// Decisions are built only when `explain`; `in_use` says why an image is
+/// in use, if it is.
 pub fn plan_repository(
     cfg: &RetentionConfig,
     rules: &[(usize, &RetentionRule)],
@@ -662,8 +679,8 @@ pub fn plan_repository(
     images: &[ImageInfo],
     now: DateTime<Utc>,
     used: &mut [bool],
-    explain: bool,
-) -> (Vec<ImageDecision>, Vec<Action>) {
+    (explain, in_use): (bool, &InUseOf<'_>),
+) -> (Vec<ImageDecision>, Vec<Action>, Vec<InUseVeto>) {
     let n = images.len();
     let mut tag_judgements: Vec<Vec<Judgement>> = images
         .iter()
@@ -689,9 +706,25 @@ pub fn plan_repository(
 
     let mut decisions = Vec::with_capacity(if explain { n } else { 0 });
     let mut actions = Vec::new();
+    let mut vetoed = Vec::new();
     for (i, img) in images.iter().enumerate() {
         let age = ages[i];
-        let veto = image_veto(cfg, i, age);
+        // In use first: of every veto it is the one an operator most needs to see.
+        let running = in_use(img);
+        if let Some(reason) = &running {
+            let judged = tag_judgements[i]
+                .iter()
+                .chain(std::iter::once(&untagged_judgements[i]))
+                .any(|j| j.condemned(false));
+            if judged {
+                vetoed.push(InUseVeto {
+                    digest: img.digest.clone(),
+                    tags: img.tags.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let veto = running.or_else(|| image_veto(cfg, i, age));
         let judgements = &tag_judgements[i];
         let untagged = &untagged_judgements[i];
         let action = |kind, tag, why: Box<[Evidence]>| Action {
@@ -758,7 +791,7 @@ pub fn plan_repository(
             });
         }
     }
-    (decisions, actions)
+    (decisions, actions, vetoed)
 }
 
 /// The ratio in millionths, exactly as written in the config for up to six decimals.
@@ -774,18 +807,32 @@ pub fn over_ratio(deletes: usize, images: usize, ratio: f64) -> bool {
 
 /// Plan the whole inventory (actions only; see [`plan_explained`]).
 pub fn plan(inventory: &Inventory, cfg: &RetentionConfig, now: DateTime<Utc>) -> Plan {
-    plan_with(inventory, cfg, now, false)
+    plan_with(inventory, cfg, now, &InUse::default(), false)
+}
+
+/// Plan with what the in-use sources said (`[retention.in_use]`): images in
+/// use are vetoed; a failed source blocks the plan. `explain` keeps every
+/// verdict, as [`plan_explained`] does.
+pub fn plan_in_use(
+    inventory: &Inventory,
+    cfg: &RetentionConfig,
+    now: DateTime<Utc>,
+    in_use: &InUse,
+    explain: bool,
+) -> Plan {
+    plan_with(inventory, cfg, now, in_use, explain)
 }
 
 /// Plan, keeping every image's and tag's verdict for `explain` and reports.
 pub fn plan_explained(inventory: &Inventory, cfg: &RetentionConfig, now: DateTime<Utc>) -> Plan {
-    plan_with(inventory, cfg, now, true)
+    plan_with(inventory, cfg, now, &InUse::default(), true)
 }
 
 fn plan_with(
     inventory: &Inventory,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
+    in_use: &InUse,
     explain: bool,
 ) -> Plan {
     let mut used = vec![false; cfg.rules.len()];
@@ -847,6 +894,7 @@ fn plan_with(
                     decisions: Vec::new(),
                     blocked: None,
                     skipped: repo.skipped.clone().or(unlisted),
+                    in_use: Vec::new(),
                 };
                 if rp.skipped.is_none() {
                     let applicable: Vec<(usize, &RetentionRule)> = cfg
@@ -866,15 +914,21 @@ fn plan_with(
                         crate::inventory::sort_images(&mut v);
                         std::borrow::Cow::Owned(v)
                     };
-                    let (decisions, actions) = plan_repository(
+                    let running = |img: &ImageInfo| {
+                        in_use
+                            .image(&inst.name, &ns.name, &repo.name, img)
+                            .map(|s| s.reason())
+                    };
+                    let (decisions, actions, vetoed) = plan_repository(
                         cfg,
                         &applicable,
                         &bounds,
                         &images,
                         now,
                         &mut used,
-                        explain,
+                        (explain, &running),
                     );
+                    rp.in_use = vetoed;
                     let deletes = actions
                         .iter()
                         .filter(|a| a.kind == ActionKind::DeleteImage)
@@ -894,11 +948,13 @@ fn plan_with(
         }
     }
     let total: usize = repositories.iter().map(|r| r.actions.len()).sum();
-    let blocked = (total as u64 > cfg.max_deletions_per_run).then(|| {
-        format!(
-            "{total} actions planned, over max_deletions_per_run {}: nothing will be deleted",
-            cfg.max_deletions_per_run
-        )
+    let blocked = in_use.blocked().or_else(|| {
+        (total as u64 > cfg.max_deletions_per_run).then(|| {
+            format!(
+                "{total} actions planned, over max_deletions_per_run {}: nothing will be deleted",
+                cfg.max_deletions_per_run
+            )
+        })
     });
     let idle_rules = cfg
         .rules

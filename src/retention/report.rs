@@ -47,6 +47,10 @@ pub struct Summary {
     /// (`prod: …`, `prod/ns: …`), then repositories (`prod/ns/app: …`).
     /// Not empty means the run was partial.
     pub skipped: Vec<String>,
+    /// Images rules condemn that are kept because they are in use
+    /// (`instance/namespace/repository digest [tags]: in use (source: …, last seen …)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +66,7 @@ pub struct ReportRepository {
 impl Report {
     pub fn from_plan(plan: &Plan, mode: &str, instances: Vec<ReportInstance>) -> Report {
         let mut blocked = Vec::new();
+        let mut in_use = Vec::new();
         // Instances and namespaces that could not be listed, then repositories.
         let mut skipped = plan.skipped.clone();
         if let Some(b) = &plan.blocked {
@@ -74,6 +79,15 @@ impl Report {
             }
             if let Some(s) = &r.skipped {
                 skipped.push(format!("{name}: {s}"));
+            }
+            for v in &r.in_use {
+                let tags: Vec<&str> = v.tags.iter().map(|t| t.as_str()).collect();
+                in_use.push(format!(
+                    "{name} {} [{}]: {}",
+                    v.digest,
+                    tags.join(", "),
+                    v.reason
+                ));
             }
         }
         Report {
@@ -90,6 +104,7 @@ impl Report {
                 reclaimable_bytes: plan.reclaimable_bytes(),
                 blocked,
                 skipped,
+                in_use,
             },
             repositories: plan
                 .repositories
@@ -320,6 +335,7 @@ fn summary_lines(r: &Report) -> Vec<String> {
     }
     v.extend(s.blocked.iter().map(|b| format!("BLOCKED {b}")));
     v.extend(s.skipped.iter().map(|b| format!("SKIPPED {b}")));
+    v.extend(s.in_use.iter().map(|b| format!("IN USE {b}")));
     v
 }
 
@@ -486,6 +502,7 @@ pub fn render_html(r: &Report) -> String {
     for (class, label, items) in [
         ("blocked", "BLOCKED", &s.blocked),
         ("skipped", "SKIPPED", &s.skipped),
+        ("in_use", "IN USE", &s.in_use),
     ] {
         if !items.is_empty() {
             let _ = write!(body, "<ul class={class}>");
@@ -593,7 +610,7 @@ pub fn render_html(r: &Report) -> String {
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{margin:0 0 .2em}\
 .meta{color:#666}dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
-dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}ul.quiet{color:#666}\
+dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}ul.in_use li{color:#06a}ul.quiet{color:#666}\
 table{border-collapse:collapse;margin:.5em 0 2em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{cursor:pointer;background:#f4f4f4;user-select:none}td:nth-child(3),td:nth-child(4){white-space:nowrap}th.asc:after{content:' ▲'}th.desc:after{content:' ▼'}\
 tr.delete_image td:first-child{color:#a00;font-weight:600}code{font-size:12px}\

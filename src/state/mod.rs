@@ -444,6 +444,28 @@ impl Store {
             })
         })
     }
+    /// A small remembered value (`meta` table), `None` if never set.
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, StateError> {
+        use rusqlite::OptionalExtension;
+        self.with(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    /// Remember a small value (`meta` table).
+    pub fn meta_put(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+        })?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,452 @@
+//! The in-use veto (`[retention.in_use]`) through the real binary against the
+//! simulator: an image a rule condemns is kept while a source names it (by
+//! digest or by host/repository:tag), and a source that fails blocks enforce
+//! (exit 3, nothing deleted) while dry-run reports it. Sources: a file, a
+//! program, and a real Prometheus holding backfilled kube-state-metrics
+//! series (3 days ago is within a 7d lookback, 10 days ago is not).
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::sim::{Faults, Simulator};
+use secrecy::ExposeSecret;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+const HOST: &str = "registry.example.com";
+const SPEC: &str = "namespaces=1,repos=2,images=14,seed=23";
+
+const RULES: &str = r#"
+[retention.protect]
+tags = ["latest"]
+newest_images_per_repository = 1
+[[retention.rules]]
+name = "ci"
+tags = ["pr-*", "sha-*", "main-*"]
+keep_latest = 2
+[[retention.rules]]
+name = "untagged"
+untagged = true
+older_than = "1d"
+"#;
+
+fn write_config(sim: &Simulator, dir: &Path, in_use: &str) -> String {
+    let id = sim.world(|w| w.instances[0].id.clone());
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
+             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"{HOST}\"\n[state]\npath = \"{}\"\n\
+             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{RULES}\n[retention.in_use]\n{in_use}\n",
+            sim.endpoint(),
+            sim.credentials().access_key_id,
+            dir.join("state.db").display()
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(sim: &Simulator, args: &[&str]) -> Output {
+    let sk = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        Command::new(BIN)
+            .args(&args)
+            .env("TEST_SK", sk)
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A condemned image: (namespace/repository, digest, tags).
+#[derive(Clone, Debug)]
+struct Condemned {
+    repo: String,
+    digest: String,
+    tags: Vec<String>,
+}
+
+impl Condemned {
+    fn by_digest(&self) -> String {
+        format!("{HOST}/{}@{}", self.repo, self.digest)
+    }
+    fn by_tag(&self) -> String {
+        format!("{HOST}/{}:{}", self.repo, self.tags[0])
+    }
+}
+
+/// The tagged images a plan without in-use sources deletes whole.
+async fn world() -> (Simulator, Vec<Condemned>) {
+    let sim = sim(generated_world(SPEC, Faults::default())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "file = \"/dev/null\"");
+    let o = run(
+        &sim,
+        &["plan", "retention", "--config", &config, "--format", "json"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut out = Vec::new();
+    for r in plan["repositories"].as_array().unwrap() {
+        for a in r["actions"].as_array().unwrap() {
+            let tags: Vec<String> = a["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect();
+            if a["action"] == "delete_image" && !tags.is_empty() {
+                out.push(Condemned {
+                    repo: format!(
+                        "{}/{}",
+                        r["namespace"].as_str().unwrap(),
+                        r["repository"].as_str().unwrap()
+                    ),
+                    digest: a["digest"].as_str().unwrap().to_owned(),
+                    tags,
+                });
+            }
+        }
+    }
+    assert!(out.len() >= 3, "the world condemns enough images: {out:?}");
+    (sim, out)
+}
+
+fn present(sim: &Simulator, c: &Condemned) -> bool {
+    registry_snapshot(sim).contains_key(&(c.repo.clone(), c.digest.clone()))
+}
+
+fn deletes(sim: &Simulator) -> usize {
+    sim.requests()
+        .into_iter()
+        .filter(|e| {
+            e.code == "OK" && matches!(e.action.as_deref(), Some("DeleteImages" | "DeleteRepoTag"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
+    let (sim, condemned) = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# written by CI\n\n{}\n{}   # a tag reference\nnginx:1.25\n",
+            condemned[0].by_digest(),
+            condemned[1].by_tag()
+        ),
+    )
+    .unwrap();
+    let config = write_config(&sim, dir.path(), &format!("file = \"{}\"", list.display()));
+
+    // Every report format and explain name the veto.
+    let o = run(
+        &sim,
+        &["plan", "retention", "--config", &config, "--format", "json"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let in_use = plan["summary"]["in_use"].to_string();
+    for c in &condemned[..2] {
+        assert!(in_use.contains(&c.digest), "{in_use}");
+    }
+    assert!(
+        in_use.contains("in use (source: file, last seen "),
+        "{in_use}"
+    );
+    for format in ["table", "markdown", "html"] {
+        let o = run(
+            &sim,
+            &["plan", "retention", "--config", &config, "--format", format],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(&condemned[0].digest)
+                && out.contains("IN USE")
+                && out.contains("source: file"),
+            "{format}: {out}"
+        );
+    }
+    let o = run(&sim, &["explain", &condemned[1].repo, "--config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines().any(|l| l.contains(&condemned[1].tags[0])
+            && l.contains("kept: in use (source: file, last seen ")),
+        "{out}"
+    );
+
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(present(&sim, &condemned[0]), "named by digest: kept");
+    assert!(present(&sim, &condemned[1]), "named by tag: kept");
+    assert!(!present(&sim, &condemned[2]), "not named: deleted");
+
+    // Empty after it named two images: enforce blocked, nothing deleted.
+    std::fs::write(&list, "# nothing\n").unwrap();
+    let before = registry_snapshot(&sim);
+    let n = deletes(&sim);
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("file: no image in use, where it named 3 last time"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(registry_snapshot(&sim), before);
+    assert_eq!(deletes(&sim), n);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_file_or_program_blocks_enforce_and_dry_run_reports_it() {
+    let (sim, condemned) = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(
+        &list,
+        format!("{}\nnot a reference\n", condemned[0].by_tag()),
+    )
+    .unwrap();
+    let cases = [
+        (
+            format!("file = \"{}\"", dir.path().join("missing.txt").display()),
+            "file: ",
+        ),
+        (format!("file = \"{}\"", list.display()), "line 2: "),
+        (
+            "exec = [\"/bin/sh\", \"-c\", \"echo cluster unreachable >&2; exit 4\"]".to_owned(),
+            "cluster unreachable",
+        ),
+        (
+            "exec = [\"/bin/sh\", \"-c\", \"sleep 30\"]\ntimeout = \"1s\"".to_owned(),
+            "did not finish within 1s",
+        ),
+    ];
+    let before = registry_snapshot(&sim);
+    for (source, why) in cases {
+        let config = write_config(&sim, dir.path(), &source);
+        let started = Instant::now();
+        let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+        assert_eq!(o.status.code(), Some(3), "{source}: {}", text(&o));
+        assert!(text(&o).contains("in-use source failed"), "{}", text(&o));
+        assert!(text(&o).contains(why), "{source}: {}", text(&o));
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // Dry-run reports it and still plans.
+        let o = run(&sim, &["plan", "retention", "--config", &config]);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("BLOCKED run: in-use source failed") && out.contains(why),
+            "{out}"
+        );
+    }
+    assert_eq!(registry_snapshot(&sim), before, "nothing deleted");
+    assert_eq!(deletes(&sim), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_source_keeps_what_it_prints_and_gets_a_cleared_environment() {
+    let (sim, condemned) = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env_dump = dir.path().join("env.txt");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        &format!(
+            "exec = [\"/bin/sh\", \"-c\", \"env > {}; echo '{}'; echo; echo '# done'\"]",
+            env_dump.display(),
+            condemned[0].by_tag()
+        ),
+    );
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(present(&sim, &condemned[0]));
+    assert!(!present(&sim, &condemned[1]));
+    let env = std::fs::read_to_string(&env_dump).unwrap();
+    assert!(
+        !env.contains("TEST_SK"),
+        "the daemon's environment is not passed on: {env}"
+    );
+}
+
+// ---------------------------------------------------------------- Prometheus
+
+fn tool_installed(name: &str) -> bool {
+    if Command::new(name).arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install Debian's prometheus package ({name})"
+    );
+    eprintln!("{name} is not installed; skipping (CI installs it)");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Prometheus {
+    child: std::process::Child,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kube-state-metrics series, one sample a minute for an hour ending `ago`
+/// before now, for each (image, image_id).
+fn openmetrics(series: &[(&str, &str, Duration)]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut out = String::from("# TYPE kube_pod_container_info gauge\n");
+    for (n, (image, image_id, ago)) in series.iter().enumerate() {
+        let end = now - ago.as_secs();
+        for t in (end - 3600..=end).step_by(60) {
+            out.push_str(&format!(
+                "kube_pod_container_info{{namespace=\"default\",pod=\"p{n}\",container=\"c\",image=\"{image}\",image_id=\"{image_id}\"}} 1 {t}\n"
+            ));
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+fn start_prometheus(dir: &Path, data: &Path, port: u16) -> Prometheus {
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n").unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg("--storage.tsdb.retention.time=30d")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let prom = Prometheus { child };
+    // A thread of its own: the blocking client may not run on the runtime.
+    let ready = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if reqwest::blocking::get(format!("http://127.0.0.1:{port}/-/ready"))
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })
+    .join()
+    .unwrap();
+    assert!(ready, "Prometheus did not become ready");
+    prom
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_keeps_an_image_run_3_days_ago_not_one_last_seen_10_days_ago() {
+    if !tool_installed("prometheus") || !tool_installed("promtool") {
+        return;
+    }
+    let (sim, condemned) = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &sim,
+        dir.path(),
+        &format!("prometheus = {{ url = \"http://127.0.0.1:{port}\", lookback = \"7d\" }}"),
+    );
+    let day = Duration::from_secs(86_400);
+
+    // Prometheus down: enforce blocked, nothing deleted; dry-run reports it.
+    let before = registry_snapshot(&sim);
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("in-use source failed (prometheus: "),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(registry_snapshot(&sim), before);
+    assert_eq!(deletes(&sim), 0);
+
+    // Backfill: [0] ran 3 days ago (by digest), [1] by tag 3 days ago, [2]
+    // last ran 10 days ago.
+    let om = dir.path().join("ksm.om");
+    std::fs::write(
+        &om,
+        openmetrics(&[
+            (
+                "elsewhere.example.com/x/y:z",
+                &format!("docker-pullable://{}", condemned[0].by_digest()),
+                3 * day,
+            ),
+            (&condemned[1].by_tag(), "", 3 * day),
+            (&condemned[2].by_tag(), &condemned[2].by_digest(), 10 * day),
+        ]),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let o = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&om)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let prom = start_prometheus(dir.path(), &data, port);
+
+    let o = run(&sim, &["explain", &condemned[0].repo, "--config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("kept: in use (source: prometheus, last seen "),
+        "{out}"
+    );
+
+    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        present(&sim, &condemned[0]),
+        "ran 3 days ago (digest): kept"
+    );
+    assert!(present(&sim, &condemned[1]), "ran 3 days ago (tag): kept");
+    assert!(
+        !present(&sim, &condemned[2]),
+        "last seen 10 days ago: deleted"
+    );
+    drop(prom);
+}
