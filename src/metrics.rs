@@ -877,6 +877,7 @@ mod tests {
         m.api.request("A", "OK", Duration::from_millis(1));
         m.api.reached("i", true);
         m.retention.planned("i", 1, 2, 3);
+        m.retention.in_use_vetoes("i", 1);
         m.retention.deleted("i", "delete_tag");
         m.retention.freed("i", 3);
         m.tokens.seed("t");
