@@ -313,11 +313,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Prometheus {
+struct KillOnDrop {
     child: std::process::Child,
 }
 
-impl Drop for Prometheus {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -344,7 +344,7 @@ fn openmetrics(series: &[(&str, &str, Duration)]) -> String {
     out
 }
 
-fn start_prometheus(dir: &Path, data: &Path, port: u16) -> Prometheus {
+fn start_prometheus(dir: &Path, data: &Path, port: u16) -> KillOnDrop {
     let cfg = dir.join("prometheus.yml");
     std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n").unwrap();
     let child = Command::new("prometheus")
@@ -356,7 +356,7 @@ fn start_prometheus(dir: &Path, data: &Path, port: u16) -> Prometheus {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let prom = Prometheus { child };
+    let prom = KillOnDrop { child };
     // A thread of its own: the blocking client may not run on the runtime.
     let ready = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -449,4 +449,74 @@ async fn prometheus_keeps_an_image_run_3_days_ago_not_one_last_seen_10_days_ago(
         "last seen 10 days ago: deleted"
     );
     drop(prom);
+}
+
+/// The daemon's retention job: the veto is counted in
+/// `kcr_housekeeper_retention_in_use_vetoes{instance}` and listed in the
+/// report it stores.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_job_exports_the_veto_count_and_reports_it() {
+    let (sim, condemned) = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(
+        &list,
+        format!("{}\n{}\n", condemned[0].by_digest(), condemned[1].by_tag()),
+    )
+    .unwrap();
+    let config = write_config(&sim, dir.path(), &format!("file = \"{}\"", list.display()));
+    let port = free_port();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[scheduler]\nrun_on_start = true\njitter = \"0s\"\nshutdown_timeout = \"5s\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config", &config])
+        .env(
+            "TEST_SK",
+            sim.credentials().secret_access_key.expose_secret(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = KillOnDrop { child };
+    let (metric, report) = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let get = |path: &str| {
+                reqwest::blocking::get(format!("http://127.0.0.1:{port}{path}"))
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .and_then(|r| r.text().ok())
+            };
+            if let (Some(m), Some(r)) = (get("/metrics"), get("/reports/retention/latest.json"))
+                && let Some(line) = m
+                    .lines()
+                    .find(|l| l.starts_with("kcr_housekeeper_retention_in_use_vetoes{"))
+            {
+                return (line.to_owned(), r);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no in-use metric and report within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .join()
+    .unwrap();
+    drop(daemon);
+    assert_eq!(
+        metric,
+        "kcr_housekeeper_retention_in_use_vetoes{instance=\"gen\"} 2"
+    );
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let in_use = v["summary"]["in_use"].to_string();
+    assert!(
+        in_use.contains(&condemned[0].digest) && in_use.contains(&condemned[1].digest),
+        "{in_use}"
+    );
+    assert!(present(&sim, &condemned[0]) && present(&sim, &condemned[1]));
 }
