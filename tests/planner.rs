@@ -337,6 +337,8 @@ fn ratio_blocks_a_repository_and_budget_blocks_the_run() {
             .contains("max_deletion_ratio")
     );
     assert!(acts(&p).is_empty());
+    // The stopped actions stay for review, apart from the ones to apply.
+    assert_eq!(p.repositories[0].blocked_actions.len(), 4);
     let p = plan(
         &one(images.clone()),
         &cfg("max_deletion_ratio = 1.0", rules),

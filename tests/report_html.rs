@@ -206,6 +206,7 @@ mod content {
                             0,
                         ),
                     ],
+                    blocked_actions: vec![],
                 },
                 ReportRepository {
                     instance: "prod".into(),
@@ -213,6 +214,7 @@ mod content {
                     repository: "quiet-one".into(),
                     images: 4,
                     actions: vec![],
+                    blocked_actions: vec![],
                 },
                 ReportRepository {
                     instance: "prod".into(),
@@ -220,6 +222,7 @@ mod content {
                     repository: "big".into(),
                     images: 10,
                     actions: vec![],
+                    blocked_actions: vec![],
                 },
             ],
         }
@@ -398,6 +401,59 @@ mod content {
             ]
         );
         assert_eq!(v["summary"].as_object().unwrap().len(), 7);
+    }
+
+    /// Step 8 item 8: a ratio-blocked repository's actions are listed for
+    /// review, marked BLOCKED, and never counted as deletions; the JSON
+    /// carries them apart (`blocked_actions`), and only when there are some.
+    #[test]
+    fn a_blocked_repositorys_actions_are_listed_marked_blocked() {
+        let mut r = sample();
+        let stopped = action(
+            ActionKind::DeleteImage,
+            "sha256:b10cked",
+            &["old"],
+            &["old"],
+            42,
+        );
+        r.repositories[2].blocked_actions = vec![stopped];
+        for (name, text) in [
+            ("table", render_table(&r)),
+            ("markdown", unescape_markdown(&render_markdown(&r))),
+            ("html", unescape_html(&render_html(&r))),
+        ] {
+            assert!(text.contains("sha256:b10cked"), "{name}");
+            assert!(text.contains("delete_image (BLOCKED)"), "{name}");
+            assert!(
+                text.contains("keeps 10 images, deletes 0 images and 0 tags"),
+                "{name}: a blocked repository deletes nothing"
+            );
+        }
+        let html = render_html(&r);
+        assert_eq!(html.matches("<tr class=blocked>").count(), 1);
+        assert_eq!(
+            html.matches("<tr class=delete_").count(),
+            2,
+            "deletions are the planned ones only"
+        );
+        let json = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["repositories"][2]["actions"], serde_json::json!([]));
+        assert_eq!(
+            v["repositories"][2]["blocked_actions"][0]["digest"],
+            "sha256:b10cked"
+        );
+        assert!(v["repositories"][0].get("blocked_actions").is_none());
+        assert_eq!(
+            Report::from_json(&json).unwrap(),
+            r,
+            "a plan file round-trips"
+        );
+        let planned: Vec<&str> = r.actions().map(|(_, a)| a.digest.as_str()).collect();
+        assert!(
+            !planned.contains(&"sha256:b10cked"),
+            "apply never sees a blocked action"
+        );
     }
 
     /// Issue 11 #24: digests and names of every shape, byte-sliced nowhere.

@@ -81,6 +81,7 @@ fn synthesized(text: &str) -> Report {
             repository: next(),
             images: usize::MAX,
             actions,
+            blocked_actions: vec![],
         },
         ReportRepository {
             instance: next(),
@@ -88,6 +89,7 @@ fn synthesized(text: &str) -> Report {
             repository: next(),
             images: 0,
             actions: vec![],
+            blocked_actions: vec![],
         },
     ];
     r

@@ -177,6 +177,9 @@ pub struct RepositoryPlan {
     pub images: usize,
     /// Empty when blocked or skipped.
     pub actions: Vec<Action>,
+    /// When the ratio guard blocked the repository: the actions it stopped
+    /// (listed for review, never applied).
+    pub blocked_actions: Vec<Action>,
     pub decisions: Vec<ImageDecision>,
     /// The ratio guard stopped every action in this repository.
     pub blocked: Option<String>,
@@ -891,6 +894,7 @@ fn plan_with(
                     repository: repo.name.clone(),
                     images: repo.images.len(),
                     actions: Vec::new(),
+                    blocked_actions: Vec::new(),
                     decisions: Vec::new(),
                     blocked: None,
                     skipped: repo.skipped.clone().or(unlisted),
@@ -938,6 +942,7 @@ fn plan_with(
                             "{deletes} of {} images would be deleted, over max_deletion_ratio {}",
                             rp.images, cfg.max_deletion_ratio
                         ));
+                        rp.blocked_actions = actions;
                     } else {
                         rp.actions = actions;
                     }

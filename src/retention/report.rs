@@ -61,6 +61,11 @@ pub struct ReportRepository {
     pub repository: String,
     pub images: usize,
     pub actions: Vec<PlannedAction>,
+    /// A repository the ratio guard blocked: the actions it stopped, for
+    /// review. Never applied (`apply --plan` reads `actions` only); absent
+    /// from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_actions: Vec<PlannedAction>,
 }
 
 impl Report {
@@ -115,6 +120,11 @@ impl Report {
                     repository: r.repository.clone(),
                     images: r.images,
                     actions: r.actions.iter().map(|a| plan.materialize(a)).collect(),
+                    blocked_actions: r
+                        .blocked_actions
+                        .iter()
+                        .map(|a| plan.materialize(a))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -211,6 +221,7 @@ struct RepoFigures {
 }
 
 fn figures(repo: &ReportRepository) -> RepoFigures {
+    // A blocked repository deletes nothing: its stopped actions are listed apart.
     let delete_image = repo
         .actions
         .iter()
@@ -341,12 +352,37 @@ fn summary_lines(r: &Report) -> Vec<String> {
 
 /// Repositories the plan has no action for (listed, so every format names every repository).
 fn quiet_repositories(r: &Report) -> impl Iterator<Item = &ReportRepository> {
-    r.repositories.iter().filter(|x| x.actions.is_empty())
+    r.repositories
+        .iter()
+        .filter(|x| x.actions.is_empty() && x.blocked_actions.is_empty())
+}
+
+/// A repository's actions to list: those planned, then those its block
+/// stopped (marked `true`).
+fn listed_actions(repo: &ReportRepository) -> impl Iterator<Item = (&PlannedAction, bool)> {
+    repo.actions
+        .iter()
+        .map(|a| (a, false))
+        .chain(repo.blocked_actions.iter().map(|a| (a, true)))
+}
+
+/// The action column: `delete_image`, or `delete_image (BLOCKED)` for one
+/// a block stopped.
+fn action_text(a: &PlannedAction, blocked: bool) -> String {
+    if blocked {
+        format!("{} (BLOCKED)", a.action.as_str())
+    } else {
+        a.action.as_str().to_owned()
+    }
 }
 
 pub fn render_table(r: &Report) -> String {
     let mut out = summary_lines(r).join("\n") + "\n";
-    for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
+    for repo in r
+        .repositories
+        .iter()
+        .filter(|x| !x.actions.is_empty() || !x.blocked_actions.is_empty())
+    {
         let _ = writeln!(
             out,
             "\n{} ({} images): {}",
@@ -359,11 +395,11 @@ pub fn render_table(r: &Report) -> String {
             "  {:<12}  {:<71}  {:<20}  {:>10}  {:<30}  {:<16}  REASON",
             "ACTION", "DIGEST", "PUSHED", "SIZE", "TAGS", "RULES"
         );
-        for a in &repo.actions {
+        for (a, blocked) in listed_actions(repo) {
             let _ = writeln!(
                 out,
                 "  {:<12}  {:<71}  {:<20}  {:>10}  {:<30}  {:<16}  {}",
-                a.action.as_str(),
+                action_text(a, blocked),
                 a.digest,
                 time_text(&a.pushed_at),
                 size_text(a),
@@ -406,7 +442,11 @@ pub fn render_markdown(r: &Report) -> String {
     for l in summary_lines(r) {
         let _ = writeln!(out, "- {}", md_escape(&l));
     }
-    for repo in r.repositories.iter().filter(|x| !x.actions.is_empty()) {
+    for repo in r
+        .repositories
+        .iter()
+        .filter(|x| !x.actions.is_empty() || !x.blocked_actions.is_empty())
+    {
         let _ = write!(
             out,
             "\n### {} ({} images)\n\n{}\n\n| action | digest | pushed | size | tags | rules | reason |\n|---|---|---|---:|---|---|---|\n",
@@ -414,11 +454,11 @@ pub fn render_markdown(r: &Report) -> String {
             repo.images,
             figures_text(&figures(repo))
         );
-        for a in &repo.actions {
+        for (a, blocked) in listed_actions(repo) {
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} |",
-                a.action.as_str(),
+                action_text(a, blocked),
                 md_escape(&a.digest),
                 time_text(&a.pushed_at),
                 size_text(a),
@@ -539,7 +579,7 @@ pub fn render_html(r: &Report) -> String {
         for (i, repo) in r.repositories.iter().enumerate() {
             let f = figures(repo);
             let name = html_escape(&repo_name(repo));
-            let link = if repo.actions.is_empty() {
+            let link = if repo.actions.is_empty() && repo.blocked_actions.is_empty() {
                 name
             } else {
                 format!("<a href=#repo-{i}>{name}</a>")
@@ -561,7 +601,7 @@ pub fn render_html(r: &Report) -> String {
         .repositories
         .iter()
         .enumerate()
-        .filter(|(_, x)| !x.actions.is_empty())
+        .filter(|(_, x)| !x.actions.is_empty() || !x.blocked_actions.is_empty())
     {
         let _ = write!(
             body,
@@ -572,12 +612,16 @@ pub fn render_html(r: &Report) -> String {
             repo.images,
             figures_text(&figures(repo))
         );
-        for a in &repo.actions {
+        for (a, blocked) in listed_actions(repo) {
             let _ = write!(
                 body,
                 "<tr class={}><td>{}</td><td><code>{}</code></td><td>{}</td><td data-sort={}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                a.action.as_str(),
-                a.action.as_str(),
+                if blocked {
+                    "blocked"
+                } else {
+                    a.action.as_str()
+                },
+                html_escape(&action_text(a, blocked)),
                 html_escape(&a.digest),
                 time_text(&a.pushed_at),
                 a.size,
@@ -613,7 +657,7 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}h
 dt{font-weight:600}ul.blocked li{color:#a00}ul.skipped li{color:#a60}ul.in_use li{color:#06a}ul.quiet{color:#666}\
 table{border-collapse:collapse;margin:.5em 0 2em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{cursor:pointer;background:#f4f4f4;user-select:none}td:nth-child(3),td:nth-child(4){white-space:nowrap}th.asc:after{content:' ▲'}th.desc:after{content:' ▼'}\
-tr.delete_image td:first-child{color:#a00;font-weight:600}code{font-size:12px}\
+tr.delete_image td:first-child{color:#a00;font-weight:600}tr.blocked td{color:#888;text-decoration:line-through}tr.blocked td:first-child{text-decoration:none;color:#a00}code{font-size:12px}\
 .banner{background:#a00;color:#fff;padding:.6em 1em;font-weight:600;border-radius:4px}.note{color:#666;font-size:12px}\
 .nothing{background:#e8f4e8;padding:.6em 1em;border-radius:4px}.figures{color:#444;margin:.2em 0}\
 #filter{font:inherit;padding:.3em .6em;width:24em;max-width:100%;margin:.3em 0}.hidden{display:none}";
