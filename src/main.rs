@@ -1,22 +1,26 @@
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-use kcr_housekeeper::cli::{self, Cli, Command};
-use kcr_housekeeper::config::LogFormat;
+use kcr_housekeeper::cli;
 use std::process::ExitCode;
+
+/// `--version`: the version, the commit and the build date (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KCR_HOUSEKEEPER_COMMIT"),
+    ", built ",
+    env!("KCR_HOUSEKEEPER_BUILD_DATE"),
+    ")"
+);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // `run` and `demo` switch to their config's [log] settings; this covers the rest.
-    if !matches!(cli.command, Command::Run | Command::Demo(_)) {
-        cli::init_logging(LogFormat::Text, "warn");
-    }
+    let cli = cli::parse(VERSION);
     let mut stdout = std::io::stdout();
     match cli::run(cli, &mut stdout).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            cli::print_error(&e);
             ExitCode::from(e.exit_code())
         }
     }

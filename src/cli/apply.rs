@@ -3,21 +3,36 @@
 use super::common::{confirmed, namespaces_config, tokens_config};
 use super::plan::namespace_plan;
 use super::tokens_text::token_plans_text;
-use super::{CliError, PlannableJob, failed, io};
+use super::{CliError, failed, io};
 use crate::app;
 use crate::config::Config;
 use crate::jobs::{RunLog, Trigger};
 use crate::metrics::Metrics;
 use crate::state::RunResult;
 use chrono::Utc;
-use clap::Args;
+use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    pub job: PlannableJob,
+    #[command(subcommand)]
+    pub job: ApplyJob,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApplyJob {
+    /// Delete what the retention rules condemn (a fresh plan, or a reviewed one)
+    Retention(ApplyRetentionArgs),
+    /// Rotate, disable and delete managed tokens as planned (planned and applied in one step)
+    Tokens(ApplyYesArgs),
+    /// Change namespace visibility to the policy (re-reads every namespace before changing it)
+    Namespaces(ApplyYesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyRetentionArgs {
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,
@@ -26,29 +41,28 @@ pub struct ApplyArgs {
     pub plan: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct ApplyYesArgs {
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+}
+
 pub(super) async fn run(c: &Config, args: &ApplyArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    if args.job == PlannableJob::Tokens {
-        return apply_tokens_cmd(c, args, out).await;
+    match &args.job {
+        ApplyJob::Retention(a) => super::apply_retention::apply_retention_cmd(c, a, out).await,
+        ApplyJob::Tokens(a) => apply_tokens_cmd(c, a, out).await,
+        ApplyJob::Namespaces(a) => apply_namespaces_cmd(c, a, out).await,
     }
-    if args.job == PlannableJob::Namespaces {
-        return apply_namespaces_cmd(c, args, out).await;
-    }
-    super::apply_retention::apply_retention_cmd(c, args, out).await
 }
 
 pub(super) async fn apply_namespaces_cmd(
     c: &Config,
-    args: &ApplyArgs,
+    args: &ApplyYesArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     use crate::namespaces::Applied;
     namespaces_config(c)?;
-    if let Some(p) = &args.plan {
-        return Err(CliError::Usage(format!(
-            "{}: apply namespaces takes no --plan; it re-reads every namespace before changing it",
-            p.display()
-        )));
-    }
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let state =
         crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -141,16 +155,10 @@ pub(super) fn token_engine<'a>(
 
 pub(super) async fn apply_tokens_cmd(
     c: &Config,
-    args: &ApplyArgs,
+    args: &ApplyYesArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     tokens_config(c)?;
-    if let Some(p) = &args.plan {
-        return Err(CliError::Usage(format!(
-            "{}: apply tokens takes no --plan: a rotation is planned and applied in one step",
-            p.display()
-        )));
-    }
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let state =
         crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -1,6 +1,6 @@
 //! `apply retention [--plan FILE]`.
 
-use super::apply::ApplyArgs;
+use super::apply::ApplyRetentionArgs;
 use super::common::{Bar, collect_inventory, confirmed, retention_config};
 use super::plan_file::read_plan_file;
 use super::stop::StopSignals;
@@ -17,7 +17,7 @@ use std::io::Write;
 /// caps, grace and execution.
 pub(super) async fn apply_retention_cmd(
     c: &Config,
-    args: &ApplyArgs,
+    args: &ApplyRetentionArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     use crate::failpoint;

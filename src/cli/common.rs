@@ -12,7 +12,7 @@ pub(super) struct Bar(Option<indicatif::ProgressBar>);
 
 impl Bar {
     pub(super) fn new(what: &str, unit: &str, len: u64) -> Bar {
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        if super::term::quiet() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             return Bar(None);
         }
         let pb = indicatif::ProgressBar::new(len);
@@ -57,11 +57,11 @@ pub(super) async fn collect_inventory(
         crate::inventory::Inventory::collect_needed(client, &c.instances, now, &bar, &needs).await;
     bar.finish();
     for i in inv.instances.iter().filter(|i| i.error.is_some()) {
-        eprintln!(
-            "warning: instance {}: {}",
+        super::term::warn(&format!(
+            "instance {}: {}",
             i.name,
             i.error.as_deref().unwrap_or_default()
-        );
+        ));
     }
     inv
 }

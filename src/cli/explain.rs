@@ -1,7 +1,8 @@
-//! `explain NAMESPACE/REPOSITORY`: why each image and tag is kept or deleted.
+//! `explain [INSTANCE/]NAMESPACE/REPOSITORY`: why each image and tag is kept
+//! or deleted.
 
 use super::common::retention_config;
-use super::{CliError, failed, io};
+use super::{CliError, OutputFormat, failed, io};
 use crate::config::Config;
 use crate::{app, retention};
 use chrono::Utc;
@@ -10,8 +11,36 @@ use std::io::Write;
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// NAMESPACE/REPOSITORY
+    /// [INSTANCE/]NAMESPACE/REPOSITORY: the form plan prints, or without the instance for every instance
     pub target: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+/// The instance (when the target names one of the config's), the
+/// namespace and the repository. Without a known instance first, the rest
+/// after the first `/` is the repository (which may hold `/` itself).
+pub(super) fn parse_target<'a>(
+    c: &Config,
+    target: &'a str,
+) -> Result<(Option<&'a str>, &'a str, &'a str), CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "{target:?}: expected [INSTANCE/]NAMESPACE/REPOSITORY"
+        ))
+    };
+    let (first, rest) = target.split_once('/').ok_or_else(bad)?;
+    if c.instance_by_name(first).is_some()
+        && let Some((ns, repo)) = rest.split_once('/')
+        && !ns.is_empty()
+        && !repo.is_empty()
+    {
+        return Ok((Some(first), ns, repo));
+    }
+    if first.is_empty() || rest.is_empty() {
+        return Err(bad());
+    }
+    Ok((None, first, rest))
 }
 
 pub(super) async fn run(
@@ -21,17 +50,15 @@ pub(super) async fn run(
 ) -> Result<(), CliError> {
     use retention::planner::{ImageOutcome, Verdict};
     let rc = retention_config(c)?;
-    let (namespace, repository) = args
-        .target
-        .split_once('/')
-        .filter(|(n, r)| !n.is_empty() && !r.is_empty())
-        .ok_or_else(|| {
-            CliError::Usage(format!("{:?}: expected NAMESPACE/REPOSITORY", args.target))
-        })?;
+    let (only, namespace, repository) = parse_target(c, &args.target)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();
     let mut instances = Vec::new();
-    for inst in &c.instances {
+    for inst in c
+        .instances
+        .iter()
+        .filter(|i| only.is_none_or(|o| o == i.name))
+    {
         let images = crate::inventory::list_images(&conn.client, &inst.id, namespace, repository)
             .await
             .map_err(|e| {
@@ -72,6 +99,30 @@ pub(super) async fn run(
         &in_use,
         true,
     );
+    if args.format == OutputFormat::Json {
+        let repositories: Vec<serde_json::Value> = plan
+            .repositories
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "instance": r.instance,
+                    "namespace": r.namespace,
+                    "repository": r.repository,
+                    "images": r.images,
+                    "blocked": r.blocked,
+                    "skipped": r.skipped,
+                    "decisions": r.decisions,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "schema": "kcr-housekeeper/explain/v1",
+            "generated_at": now,
+            "repositories": repositories,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("serialises") + "\n";
+        return out.write_all(text.as_bytes()).map_err(io);
+    }
     let verdict_text = |v: &Verdict| match v {
         Verdict::Unmatched => "kept: no rule matches".to_owned(),
         Verdict::Protected { reason } => format!("kept: {reason}"),

@@ -1,9 +1,10 @@
 //! `history`: the job runs, from the daemon (schedule, start, api) and from
 //! one-shot `apply` commands (cli) alike.
 
+use super::term;
 use super::{CliError, OutputFormat, io};
 use crate::config::Config;
-use crate::state::RunRecord;
+use crate::state::{RunRecord, RunResult};
 use clap::{Args, ValueEnum};
 use std::io::Write;
 
@@ -63,6 +64,7 @@ fn table(runs: &[RunRecord]) -> String {
         "{:>6}  {:<20}  {:<10}  {:<8}  {:<8}  {:>8}  {}\n",
         "ID", "STARTED", "JOB", "TRIGGER", "RESULT", "TOOK", "SUMMARY"
     );
+    let colour = super::term::stdout_colour();
     for r in runs {
         let took = r.finished_at.map_or("-".to_owned(), |f| {
             let d = (f - r.started_at).to_std().unwrap_or_default();
@@ -73,13 +75,25 @@ fn table(runs: &[RunRecord]) -> String {
             (Some(e), s) => format!("error: {e}; {s}"),
             (None, s) => s.to_owned(),
         };
+        let result = r.result.map_or("running", |x| x.as_str());
+        // Padded before painting, so the columns stay aligned.
+        let style = match r.result {
+            Some(RunResult::Success) => Some(term::green()),
+            Some(RunResult::Failure) => Some(term::red()),
+            Some(RunResult::Blocked) => Some(term::yellow()),
+            _ => None,
+        };
+        let result = match style {
+            Some(s) => term::paint(colour, s, &format!("{result:<8}")),
+            None => format!("{result:<8}"),
+        };
         t.push_str(&format!(
-            "{:>6}  {:<20}  {:<10}  {:<8}  {:<8}  {:>8}  {}\n",
+            "{:>6}  {:<20}  {:<10}  {:<8}  {}  {:>8}  {}\n",
             r.id,
             r.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
             r.job,
             r.trigger,
-            r.result.map_or("running", |x| x.as_str()),
+            result,
             took,
             summary
         ));

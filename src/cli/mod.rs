@@ -10,6 +10,7 @@ mod check;
 mod common;
 mod demo;
 mod doctor;
+mod error;
 mod explain;
 mod history;
 mod plan;
@@ -22,21 +23,24 @@ mod sim;
 #[path = "sim_missing.rs"]
 mod sim;
 mod stop;
+mod term;
 mod tokens_text;
 
-pub use apply::ApplyArgs;
+pub use apply::{ApplyArgs, ApplyJob, ApplyRetentionArgs, ApplyYesArgs};
 pub use audit::AuditArgs;
 pub use check::rule_warnings;
 pub use demo::{DemoArgs, demo_config};
 pub use doctor::{CheckArgs, DoctorArgs};
+pub use error::{CliError, print_error};
 pub use explain::ExplainArgs;
 pub use history::{HistoryArgs, HistoryJob};
-pub use plan::{PlanArgs, ReportFormat};
+pub use plan::{PlanArgs, PlanJob, PlanRetentionArgs, PlanTableArgs, ReportFormat};
 pub use quota::QuotaArgs;
 pub use sim::SimArgs;
+pub use term::ColorChoice;
 
-use crate::config::{self, Config, ConfigErrors, LogFormat, ProcessEnv};
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::config::{self, Config, LogFormat, ProcessEnv};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +54,21 @@ pub struct Cli {
     /// Config file [default: $KCR_HOUSEKEEPER_CONFIG, else /etc/kcr-housekeeper/config.toml]
     #[arg(long, short, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Colour in output and logs [NO_COLOR=1 turns auto off]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: ColorChoice,
+    /// Print errors only: no warnings, logs or progress bars
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More logs: -v info, -vv debug, -vvv trace (beats KCR_HOUSEKEEPER_LOG)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,6 +97,15 @@ pub enum Command {
     Quota(QuotaArgs),
     /// Run the KCR simulator (for tests, demos and benchmarks)
     Sim(Box<SimArgs>),
+    /// Print a shell completion script (e.g. completions bash > /etc/bash_completion.d/kcr-housekeeper)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. man > kcr-housekeeper.1
+    Man,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,63 +114,24 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Jobs that can be planned and applied on demand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PlannableJob {
-    Retention,
-    Tokens,
-    Namespaces,
-}
-
-/// How a command ended, and so the exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Exit 2: bad usage or config.
-    #[error("{0}")]
-    Config(ConfigErrors),
-    /// Exit 2.
-    #[error("{0}")]
-    Usage(String),
-    /// Exit 1: the work failed.
-    #[error("{0:#}")]
-    Failed(anyhow::Error),
-    /// Exit 3: a safety limit blocked the whole run.
-    #[error("{0}")]
-    Blocked(String),
-    /// Exit 130: stopped by Ctrl-C (SIGINT) between two actions.
-    #[error("{0}")]
-    Interrupted(String),
-    /// Exit 143: stopped by SIGTERM (as by Ctrl-C, with SIGTERM's code).
-    #[error("{0}")]
-    Terminated(String),
-}
-
-impl CliError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CliError::Failed(_) => 1,
-            CliError::Config(_) | CliError::Usage(_) => 2,
-            CliError::Blocked(_) => 3,
-            CliError::Interrupted(_) => 130,
-            CliError::Terminated(_) => 143,
-        }
-    }
-}
-
 fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
     let path = config::resolve_path(flag, &ProcessEnv);
     config::load(&path, &ProcessEnv).map_err(CliError::Config)
 }
 
-/// Set up logging once; `KCR_HOUSEKEEPER_LOG` overrides the level.
+/// Set up logging once; `KCR_HOUSEKEEPER_LOG` overrides the level, and
+/// `-q`/`-v` override both.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let mut level = std::env::var("KCR_HOUSEKEEPER_LOG").unwrap_or_else(|_| level.to_owned());
+    let mut level = match term::log_level() {
+        Some(l) => l.to_owned(),
+        None => std::env::var("KCR_HOUSEKEEPER_LOG").unwrap_or_else(|_| level.to_owned()),
+    };
     // The scheduler crate narrates its own start-up at info; keep it quiet unless asked for.
     if !level.contains("tokio_cron_scheduler") {
         level.push_str(",tokio_cron_scheduler=warn");
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = term::stderr_colour();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -157,9 +146,40 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
+/// Parse the command line; `version` is what `--version` prints (the
+/// binary's build facts).
+pub fn parse(version: &'static str) -> Cli {
+    use clap::FromArgMatches;
+    let matches = Cli::command().version(version).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Run the parsed command; the outcome says the exit code.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    term::set(term::Term {
+        color: cli.color,
+        verbosity: if cli.quiet { -1 } else { cli.verbose as i8 },
+    });
+    // `run` and `demo` switch to their config's [log] settings; this covers the rest.
+    if !matches!(cli.command, Command::Run | Command::Demo(_)) {
+        init_logging(LogFormat::Text, "warn");
+    }
     let flag = cli.config.as_deref();
+    if let Some(path) = flag {
+        let ignored = match &cli.command {
+            Command::Demo(_) => Some("demo runs its built-in config on the built-in simulator"),
+            Command::Sim(_) => Some("sim takes its world from --scenario or --generate"),
+            Command::Completions(_) | Command::Man => Some("it prints the same for every config"),
+            _ => None,
+        };
+        if let Some(why) = ignored {
+            return Err(CliError::Usage(format!(
+                "--config {}: not used here: {why}; to run your config use `kcr-housekeeper run --config FILE`",
+                path.display()
+            )));
+        }
+    }
+    let with = |c: &Config, r: Result<(), CliError>| r.map_err(|e| e.with_endpoint(c));
     match cli.command {
         Command::Run => run::run(flag).await,
         Command::Demo(args) => demo::run(args, out).await,
@@ -168,24 +188,85 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             let c = load_config(flag)?;
             check::run(&c, out)?;
             if args.online {
-                doctor::run(&c, OutputFormat::Table, out).await?;
+                with(&c, doctor::run(&c, OutputFormat::Table, out).await)?;
             }
             Ok(())
         }
-        Command::Doctor(args) => doctor::run(&load_config(flag)?, args.format, out).await,
-        Command::Plan(args) => plan::run(&load_config(flag)?, &args, out).await,
-        Command::Apply(args) => apply::run(&load_config(flag)?, &args, out).await,
-        Command::Explain(args) => explain::run(&load_config(flag)?, &args, out).await,
+        Command::Doctor(args) => {
+            let c = load_config(flag)?;
+            with(&c, doctor::run(&c, args.format, out).await)
+        }
+        Command::Plan(args) => {
+            let c = load_config(flag)?;
+            with(&c, plan::run(&c, &args, out).await)
+        }
+        Command::Apply(args) => {
+            let c = load_config(flag)?;
+            with(&c, apply::run(&c, &args, out).await)
+        }
+        Command::Explain(args) => {
+            let c = load_config(flag)?;
+            with(&c, explain::run(&c, &args, out).await)
+        }
         Command::History(args) => history::run(&load_config(flag)?, &args, out),
-        Command::Quota(args) => quota::run(&load_config(flag)?, &args, out).await,
+        Command::Quota(args) => {
+            let c = load_config(flag)?;
+            with(&c, quota::run(&c, &args, out).await)
+        }
         Command::Sim(args) => sim::run(*args, out).await,
+        Command::Completions(args) => {
+            let mut buf = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "kcr-housekeeper", &mut buf);
+            out.write_all(&buf).map_err(io)
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .map_err(io)?;
+            out.write_all(&buf).map_err(io)
+        }
     }
 }
 
+/// A failed write to the output; a closed pipe ends the command quietly.
 pub(crate) fn io(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return CliError::BrokenPipe;
+    }
     CliError::Failed(anyhow::Error::new(e).context("writing output"))
 }
 
 pub(crate) fn failed(e: impl Into<anyhow::Error>, what: &str) -> CliError {
     CliError::Failed(e.into().context(what.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's help, recursively.
+    fn helps(cmd: &mut clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        out.push((path.to_owned(), cmd.render_long_help().to_string()));
+        for sub in cmd.get_subcommands_mut() {
+            let p = format!("{path} {}", sub.get_name());
+            helps(sub, &p, out);
+        }
+    }
+
+    #[test]
+    fn help_never_points_at_a_document_users_do_not_have() {
+        let mut all = Vec::new();
+        helps(&mut Cli::command(), "kcr-housekeeper", &mut all);
+        assert!(all.len() > 15, "{}", all.len());
+        for (path, help) in all {
+            assert!(!help.contains("DESIGN"), "{path}: {help}");
+            assert!(!help.contains('§'), "{path}: {help}");
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

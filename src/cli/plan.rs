@@ -3,11 +3,11 @@
 use super::apply::token_engine;
 use super::common::{collect_inventory, emit, namespaces_config, retention_config, tokens_config};
 use super::tokens_text::{token_plans_json, token_plans_text};
-use super::{CliError, PlannableJob, failed};
+use super::{CliError, OutputFormat, failed};
 use crate::config::Config;
 use crate::{app, retention};
 use chrono::Utc;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -21,21 +21,52 @@ pub enum ReportFormat {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    pub job: PlannableJob,
+    #[command(subcommand)]
+    pub job: PlanJob,
+}
+
+/// Each job with the formats it can write.
+#[derive(Debug, Subcommand)]
+pub enum PlanJob {
+    /// Which images and tags the retention rules would delete, and why
+    Retention(PlanRetentionArgs),
+    /// What token rotation would do now, and when next
+    Tokens(PlanTableArgs),
+    /// Where namespace visibility drifts from the policy
+    Namespaces(PlanTableArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanRetentionArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
-    /// Write the report here instead of standard output (a JSON plan can be applied with apply --plan)
+    /// Write the report here instead of standard output (a JSON plan can be applied with apply retention --plan)
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanTableArgs {
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Write the plan here instead of standard output
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
 pub(super) async fn run(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    if args.job == PlannableJob::Tokens {
-        return plan_tokens_cmd(c, args, out).await;
+    match &args.job {
+        PlanJob::Retention(a) => plan_retention_cmd(c, a, out).await,
+        PlanJob::Tokens(a) => plan_tokens_cmd(c, a, out).await,
+        PlanJob::Namespaces(a) => plan_namespaces_cmd(c, a, out).await,
     }
-    if args.job == PlannableJob::Namespaces {
-        return plan_namespaces_cmd(c, args, out).await;
-    }
+}
+
+async fn plan_retention_cmd(
+    c: &Config,
+    args: &PlanRetentionArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let rc = retention_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let now = Utc::now();
@@ -49,7 +80,7 @@ pub(super) async fn run(c: &Config, args: &PlanArgs, out: &mut dyn Write) -> Res
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
     let plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
     for r in &plan.idle_rules {
-        eprintln!("warning: rule {r:?} matches nothing in this registry");
+        super::term::warn(&format!("rule {r:?} matches nothing in this registry"));
     }
     let mut report = retention::report::Report::from_plan(
         &plan,
@@ -89,14 +120,14 @@ pub(super) async fn namespace_plan(
 
 pub(super) async fn plan_namespaces_cmd(
     c: &Config,
-    args: &PlanArgs,
+    args: &PlanTableArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     namespaces_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let plan = namespace_plan(c, &conn).await?;
     let text = match args.format {
-        ReportFormat::Json => {
+        OutputFormat::Json => {
             serde_json::to_string_pretty(&serde_json::json!({
                 "schema": "kcr-housekeeper/namespace-plan/v1",
                 "summary": crate::namespaces::summary(&plan),
@@ -106,13 +137,8 @@ pub(super) async fn plan_namespaces_cmd(
             .expect("serialises")
                 + "\n"
         }
-        ReportFormat::Table => {
+        OutputFormat::Table => {
             crate::namespaces::render_table(&plan) + &crate::namespaces::summary(&plan) + "\n"
-        }
-        f => {
-            return Err(CliError::Usage(format!(
-                "plan namespaces: format {f:?} is not available (table or json)"
-            )));
         }
     };
     emit(args.output.as_deref(), &text, out)
@@ -120,7 +146,7 @@ pub(super) async fn plan_namespaces_cmd(
 
 pub(super) async fn plan_tokens_cmd(
     c: &Config,
-    args: &PlanArgs,
+    args: &PlanTableArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     tokens_config(c)?;
@@ -132,13 +158,8 @@ pub(super) async fn plan_tokens_cmd(
         .await
         .map_err(|e| failed(e, "planning tokens"))?;
     let text = match args.format {
-        ReportFormat::Json => token_plans_json(&plans),
-        ReportFormat::Table => token_plans_text(&plans),
-        f => {
-            return Err(CliError::Usage(format!(
-                "plan tokens: format {f:?} is not available (table or json)"
-            )));
-        }
+        OutputFormat::Json => token_plans_json(&plans),
+        OutputFormat::Table => token_plans_text(&plans),
     };
     emit(args.output.as_deref(), &text, out)
 }

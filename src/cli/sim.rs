@@ -15,7 +15,7 @@ pub struct SimArgs {
     /// Address to listen on (port 0 picks a free one)
     #[arg(long, default_value = "127.0.0.1:9188")]
     pub listen: SocketAddr,
-    /// Scenario JSON file (DESIGN §10 format) [default: the built-in demo]
+    /// Scenario JSON file, in the format --print-scenario prints [default: the built-in demo]
     #[arg(long, value_name = "FILE", conflicts_with = "generate")]
     pub scenario: Option<PathBuf>,
     /// Generate a scenario, e.g. namespaces=20,repos=20,images=60,seed=7
@@ -154,7 +154,19 @@ pub(super) async fn run(args: SimArgs, out: &mut dyn Write) -> Result<(), CliErr
         .map_err(io)?;
     }
     writeln!(out, "listening on {}", sim.endpoint()).map_err(io)?;
-    out.flush().map_err(io)?;
+    // What it serves: the instance ids to put in [[instances]] and the
+    // registry host each answers to (as the Host of a request here).
+    let instances: Vec<(String, String, String)> = sim.world(|w| {
+        w.instances
+            .iter()
+            .map(|i| (i.id.clone(), i.name.clone(), i.registry_host.clone()))
+            .collect()
+    });
+    for (id, name, host) in instances {
+        // A reader that took the readiness line and left does not stop the simulator.
+        let _ = writeln!(out, "instance {id} ({name}), registry host {host}");
+    }
+    let _ = out.flush();
     crate::signal::shutdown().await.map_err(io)?;
     sim.stop().await;
     Ok(())

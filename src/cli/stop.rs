@@ -44,12 +44,12 @@ impl StopSignals {
                     130u8
                 };
                 code.store(next().await, Ordering::SeqCst);
-                eprintln!(
-                    "stopping after the current action (Ctrl-C or SIGTERM again to stop now)"
+                super::term::eprintln_safe(
+                    "stopping after the current action (Ctrl-C or SIGTERM again to stop now)",
                 );
                 soft.cancel();
                 next().await;
-                eprintln!("stopping now: the current action's outcome is unknown");
+                super::term::eprintln_safe("stopping now: the current action's outcome is unknown");
                 hard.cancel();
             })
         };
