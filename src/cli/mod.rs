@@ -8,6 +8,7 @@ mod apply_retention;
 mod audit;
 mod check;
 mod common;
+mod credential_helper;
 mod demo;
 mod doctor;
 mod error;
@@ -29,6 +30,7 @@ mod tokens_text;
 pub use apply::{ApplyArgs, ApplyJob, ApplyRetentionArgs, ApplyYesArgs};
 pub use audit::AuditArgs;
 pub use check::rule_warnings;
+pub use credential_helper::CredentialHelperArgs;
 pub use demo::{DemoArgs, demo_config};
 pub use doctor::{CheckArgs, DoctorArgs};
 pub use error::{CliError, print_error};
@@ -101,6 +103,8 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff), e.g. man > kcr-housekeeper.1
     Man,
+    /// Docker credential helper (get|store|erase|list) answering from the rotated token's json file sinks
+    CredentialHelper(CredentialHelperArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,6 +230,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 .map_err(io)?;
             out.write_all(&buf).map_err(io)
         }
+        Command::CredentialHelper(args) => credential_helper::run(flag, &args, out),
     }
 }
 
