@@ -327,13 +327,24 @@ impl Runner {
     /// Start `job` in the background unless it is already running (then the
     /// trigger is recorded as skipped).
     pub fn try_start(self: &Arc<Self>, job: &str, trigger: Trigger) -> Result<Started, UnknownJob> {
+        self.try_start_with_id(job, trigger).map(|(s, _)| s)
+    }
+
+    /// As [`Runner::try_start`], with the id of the started run's row
+    /// (written before this returns, so it can be looked up at once; `None`
+    /// when it could not be written: the run then fails as "state").
+    pub fn try_start_with_id(
+        self: &Arc<Self>,
+        job: &str,
+        trigger: Trigger,
+    ) -> Result<(Started, Option<i64>), UnknownJob> {
         let (&name, j) = self
             .jobs
             .get_key_value(job)
             .ok_or_else(|| UnknownJob(job.to_owned()))?;
         let j = j.clone();
         if self.cancel.is_cancelled() {
-            return Ok(Started::ShuttingDown);
+            return Ok((Started::ShuttingDown, None));
         }
         {
             let mut running = self.running.lock().expect("running lock");
@@ -352,14 +363,19 @@ impl Runner {
                     result = "skipped",
                     "job already running; trigger skipped"
                 );
-                return Ok(Started::AlreadyRunning);
+                return Ok((Started::AlreadyRunning, None));
             }
         }
         self.metrics.jobs.started(name);
+        let log = RunLog::start(&self.state, self.metrics.clone(), name, trigger);
+        let run_id = log.as_ref().ok().map(RunLog::run_id);
         let me = self.clone();
-        Ok(Started::Running(
-            self.tracker
-                .spawn(async move { me.execute(name, j, trigger).await }),
+        Ok((
+            Started::Running(
+                self.tracker
+                    .spawn(async move { me.execute(name, j, log).await }),
+            ),
+            run_id,
         ))
     }
 
@@ -375,13 +391,18 @@ impl Runner {
         }
     }
 
-    async fn execute(&self, name: &'static str, job: Arc<dyn Job>, trigger: Trigger) -> RunSummary {
+    async fn execute(
+        &self,
+        name: &'static str,
+        job: Arc<dyn Job>,
+        log: Result<RunLog, StateError>,
+    ) -> RunSummary {
         let _guard = RunningGuard {
             runner: self,
             job: name,
         };
         let env = self.env();
-        let log = match RunLog::start(&self.state, self.metrics.clone(), name, trigger) {
+        let log = match log {
             Ok(log) => log,
             Err(e) => {
                 tracing::error!(job = name, error = %e, "cannot record run start; not running");

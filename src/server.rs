@@ -6,7 +6,8 @@
 //! | GET  | `/healthz` | 200 while the process and the scheduler loop are alive, else 503 |
 //! | GET  | `/readyz` | 200 once config, state and scheduler are up (a latch), else 503 |
 //! | GET  | `/jobs` | JSON: per job its schedule, mode, next run, last run and result |
-//! | POST | `/jobs/{job}/run` | start a run now; `Authorization: Bearer <admin_token>`; 202 started, 409 already running, 401 bad token, 403 when no admin token is configured, 404 unknown job |
+//! | POST | `/jobs/{job}/run` | start a run now; `Authorization: Bearer <admin_token>`; 202 started, 409 already running, 401 bad token, 403 when no admin token is configured, 404 unknown job; the 202 body names the `run_id` |
+//! | GET  | `/jobs/{job}/runs/{id}` | JSON: that run's row (trigger, times, result, summary, error) and `status` running or finished; 404 unknown |
 //! | GET  | `/reports/retention/latest` | the latest retention report as HTML (`.json` and `.md` variants); 404 until one exists |
 //!
 //! Anything else is 404; malformed requests get 4xx from hyper, never a crash.
@@ -41,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/jobs", get(jobs))
         .route("/jobs/{job}/run", post(run_job))
+        .route("/jobs/{job}/runs/{id}", get(job_run))
         .route("/reports/retention/{file}", get(report))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(state)
@@ -144,19 +146,57 @@ async fn run_job(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    match s.runner.try_start(&job, Trigger::Api) {
+    match s.runner.try_start_with_id(&job, Trigger::Api) {
         Err(e) => json_response(StatusCode::NOT_FOUND, json!({"error": e.to_string()})),
-        Ok(Started::Running(_)) => json_response(
+        Ok((Started::Running(_), run_id)) => json_response(
             StatusCode::ACCEPTED,
-            json!({"job": job, "status": "started"}),
+            json!({
+                "job": job,
+                "status": "started",
+                "run_id": run_id,
+                "status_url": run_id.map(|id| format!("/jobs/{job}/runs/{id}")),
+            }),
         ),
-        Ok(Started::AlreadyRunning) => json_response(
+        Ok((Started::AlreadyRunning, _)) => json_response(
             StatusCode::CONFLICT,
             json!({"job": job, "status": "skipped", "reason": "already running"}),
         ),
-        Ok(Started::ShuttingDown) => json_response(
+        Ok((Started::ShuttingDown, _)) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"job": job, "status": "skipped", "reason": "shutting down"}),
+        ),
+    }
+}
+
+/// One run's status: its row, with `status` running or finished.
+async fn job_run(
+    State(s): State<Arc<AppState>>,
+    Path((job, id)): Path<(String, String)>,
+) -> Response {
+    let not_found = || {
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no run {id} of job {job:?}")}),
+        )
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return not_found();
+    };
+    match s.runner.state().run(id) {
+        Ok(Some(r)) if r.job == job => {
+            let status = if r.result.is_some() {
+                "finished"
+            } else {
+                "running"
+            };
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["status"] = json!(status);
+            json_response(StatusCode::OK, v)
+        }
+        Ok(_) => not_found(),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": e.to_string()}),
         ),
     }
 }

@@ -176,3 +176,109 @@ fn history_without_a_state_database_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no database yet"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_trigger_answers_the_run_id_and_its_status_is_served() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("run_on_start = true", "run_on_start = false")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nadmin_token = { env = \"ADMIN\" }",
+        );
+    std::fs::write(&config, text).unwrap();
+    const ADMIN: &str = "admin-token-for-history-0123456789";
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &config])
+        .envs(envs(&sim))
+        .env("ADMIN", ADMIN)
+        .env_remove("KCR_HOUSEKEEPER_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("kcr-housekeeper ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(20)).expect("ready");
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let base = format!("http://{}", v["listen"].as_str().unwrap());
+    let (run_id, status) = tokio::task::spawn_blocking(move || {
+        let c = reqwest::blocking::Client::new();
+        let r = c
+            .post(format!("{base}/jobs/retention/run"))
+            .bearer_auth(ADMIN)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let body: serde_json::Value = r.json().unwrap();
+        let id = body["run_id"].as_i64().expect("a run id");
+        assert_eq!(
+            body["status_url"],
+            format!("/jobs/retention/runs/{id}").as_str()
+        );
+        // Poll the run until it is finished (bounded).
+        let mut last = serde_json::Value::Null;
+        for _ in 0..200 {
+            let r = c
+                .get(format!("{base}/jobs/retention/runs/{id}"))
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            last = r.json().unwrap();
+            if last["status"] == "finished" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Another job's path, or no such run: 404.
+        let other = c
+            .get(format!("{base}/jobs/namespaces/runs/{id}"))
+            .send()
+            .unwrap();
+        assert_eq!(other.status().as_u16(), 404);
+        let none = c
+            .get(format!("{base}/jobs/retention/runs/999999"))
+            .send()
+            .unwrap();
+        assert_eq!(none.status().as_u16(), 404);
+        (id, last)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status["status"], "finished", "{status:#}");
+    assert_eq!(status["result"], "success", "{status:#}");
+    assert_eq!(status["trigger"], "api");
+    assert_eq!(status["id"], run_id);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+
+    let o = Command::new(BIN)
+        .args(["history", "--config", &config, "--format", "json"])
+        .envs(envs(&sim))
+        .env("ADMIN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == run_id && r["trigger"] == "api"),
+        "{runs:#}"
+    );
+}

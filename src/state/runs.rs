@@ -136,6 +136,18 @@ impl Store {
         })
     }
 
+    /// One run by its id.
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                params![id],
+                run_from_row,
+            )
+            .optional()
+        })
+    }
+
     /// Runs of `job` (or of every job), newest first.
     pub fn runs(&self, job: Option<&str>, limit: u32) -> Result<Vec<RunRecord>, StateError> {
         self.with(|c| {
