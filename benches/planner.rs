@@ -45,11 +45,13 @@ fn inventory(images: usize) -> Inventory {
                 images,
                 skipped: None,
                 unlisted: false,
+                updated_at: None,
             });
         }
         namespaces.push(NamespaceInventory {
             name: format!("team{n}"),
             public: false,
+            created_at: None,
             repositories,
             error: None,
         });

@@ -38,6 +38,9 @@ pub struct NamespaceInventory {
     pub repositories: Vec<RepositoryInventory>,
     /// Set when the repository listing failed.
     pub error: Option<String>,
+    /// CreateTime, for quota relief (`None`: unknown, never relieved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +54,9 @@ pub struct RepositoryInventory {
     /// is empty and means nothing). Never planned from, never "empty".
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlisted: bool,
+    /// UpdateTime, for quota relief (`None`: unknown, never relieved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// The `reason` of a listing refused by IAM (`AccessDenied`).
@@ -113,8 +119,12 @@ impl Needs {
             .quota
             .as_ref()
             .is_some_and(|q| q.storage != StorageGranularity::None);
+        // Quota relief must know which repositories hold no image.
+        let relief = c.retention.as_ref().is_some_and(|r| {
+            r.delete_empty_repositories.is_some() || r.delete_empty_namespaces.is_some()
+        });
         Needs {
-            all: storage,
+            all: storage || relief,
             rules: c
                 .retention
                 .as_ref()
@@ -467,7 +477,9 @@ async fn collect_instance(
             };
         }
     };
+    let tz = *client.timezone();
     let namespaces = futures::future::join_all(namespaces.into_iter().map(|ns| async move {
+        let created_at = ns.create_time.as_ref().map(|t| t.to_utc(&tz));
         let listed = async {
             crate::failpoint::hit("retention.api.list_repositories", InventoryError::Injected)?;
             Ok(client
@@ -490,6 +502,7 @@ async fn collect_instance(
                 name: ns.namespace,
                 public: ns.public,
                 repositories: Vec::new(),
+                created_at,
             },
             Ok(repos) => {
                 let ns_name = ns.namespace.clone();
@@ -497,14 +510,19 @@ async fn collect_instance(
                     .into_iter()
                     .partition(|r| needs.images(&ns_name, &r.repo_name));
                 progress.found(wanted.len() as u64);
-                let mut repositories =
-                    futures::future::join_all(wanted.into_iter().map(|r| async {
-                        let repo = collect_repository(client, inst, &ns_name, r.repo_name).await;
+                let mut repositories = futures::future::join_all(wanted.into_iter().map(|r| {
+                    let updated_at = r.update_time.as_ref().map(|t| t.to_utc(&tz));
+                    let ns_name = &ns_name;
+                    async move {
+                        let mut repo = collect_repository(client, inst, ns_name, r.repo_name).await;
+                        repo.updated_at = updated_at;
                         progress.listed();
                         repo
-                    }))
-                    .await;
+                    }
+                }))
+                .await;
                 repositories.extend(unwanted.into_iter().map(|r| RepositoryInventory {
+                    updated_at: r.update_time.as_ref().map(|t| t.to_utc(&tz)),
                     name: r.repo_name,
                     images: Vec::new(),
                     skipped: None,
@@ -516,6 +534,7 @@ async fn collect_instance(
                     public: ns.public,
                     repositories,
                     error: None,
+                    created_at,
                 }
             }
         }
@@ -543,12 +562,14 @@ async fn collect_repository(
             images,
             skipped: None,
             unlisted: false,
+            updated_at: None,
         },
         Err(e) => RepositoryInventory {
             skipped: Some(skip_reason(&e, inst.in_scope(namespace, &name))),
             name,
             images: Vec::new(),
             unlisted: false,
+            updated_at: None,
         },
     }
 }

@@ -54,12 +54,14 @@ fn inventory(repos: Vec<(&str, &str, Vec<ImageInfo>)>) -> Inventory {
             images,
             skipped: None,
             unlisted: false,
+            updated_at: None,
         };
         match namespaces.iter_mut().find(|n| n.name == ns) {
             Some(n) => n.repositories.push(r),
             None => namespaces.push(NamespaceInventory {
                 name: ns.into(),
                 public: false,
+                created_at: None,
                 repositories: vec![r],
                 error: None,
             }),
@@ -563,6 +565,7 @@ fn failed_listings_make_the_plan_partial_and_no_rule_idle() {
     inv.instances[0].namespaces.push(NamespaceInventory {
         name: "team".into(),
         public: false,
+        created_at: None,
         repositories: vec![],
         error: Some("DescribeRepository: HTTP 500".into()),
     });
@@ -574,6 +577,7 @@ fn failed_listings_make_the_plan_partial_and_no_rule_idle() {
             images: vec![],
             skipped: Some("DescribeImages: listing changed".into()),
             unlisted: false,
+            updated_at: None,
         });
     let p = plan(&inv, &cfg, now());
     assert_eq!(
@@ -996,6 +1000,7 @@ fn expected_refusals_are_reported_but_not_partial_and_unlisted_repositories_neve
             images: vec![],
             skipped: Some(reason.clone()),
             unlisted: false,
+            updated_at: None,
         });
         let p = plan(&inv, &cfg, now());
         assert_eq!(p.partial_reason().is_some(), partial, "{reason}");
@@ -1024,6 +1029,7 @@ fn expected_refusals_are_reported_but_not_partial_and_unlisted_repositories_neve
                 images: vec![],
                 skipped: None,
                 unlisted: true,
+                updated_at: None,
             });
     }
     let p = plan(&inv, &cfg, now());

@@ -164,6 +164,7 @@ mod content {
                 .unwrap(),
             mode: "dry-run".into(),
             config_fingerprint: Some("fp-5e1f0a".into()),
+            relief: Vec::new(),
             instances: vec![ReportInstance {
                 name: "prod".into(),
                 id: "4f9c-prod-id".into(),

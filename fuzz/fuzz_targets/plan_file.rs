@@ -76,6 +76,7 @@ fn inventory_of(report: &Report) -> Inventory {
             i.namespaces.push(NamespaceInventory {
                 name: ns.clone(),
                 public: false,
+                created_at: None,
                 repositories: Vec::new(),
                 error: None,
             });
@@ -88,6 +89,7 @@ fn inventory_of(report: &Report) -> Inventory {
             images,
             skipped: None,
             unlisted: false,
+            updated_at: None,
         });
     }
     Inventory {

@@ -73,11 +73,13 @@ pub(super) async fn run(
             namespaces: vec![crate::inventory::NamespaceInventory {
                 name: namespace.to_owned(),
                 public: false,
+                created_at: None,
                 repositories: vec![crate::inventory::RepositoryInventory {
                     name: repository.to_owned(),
                     images,
                     skipped: None,
                     unlisted: false,
+                    updated_at: None,
                 }],
                 error: None,
             }],

@@ -246,6 +246,12 @@ pub struct RetentionConfig {
     pub verify_before_delete: bool,
     /// `apply --plan` refuses a plan file older than this.
     pub max_plan_age: Duration,
+    /// Quota relief: delete repositories holding no image whose UpdateTime
+    /// is older than this (`None`: off).
+    pub delete_empty_repositories: Option<Duration>,
+    /// Quota relief: delete namespaces holding no repository created longer
+    /// ago than this (`None`: off).
+    pub delete_empty_namespaces: Option<Duration>,
     pub protect: Protect,
     pub rules: Vec<RetentionRule>,
     /// Where to learn which images are running (`[retention.in_use]`).

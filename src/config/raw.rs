@@ -127,6 +127,8 @@ pub struct RawRetention {
     pub max_deletion_ratio: Option<f64>,
     pub verify_before_delete: Option<bool>,
     pub max_plan_age: Option<String>,
+    pub delete_empty_repositories: Option<RawRelief>,
+    pub delete_empty_namespaces: Option<RawRelief>,
     #[serde(default)]
     pub protect: RawProtect,
     /// Each rule is read on its own so that one bad rule does not hide another.
@@ -150,6 +152,13 @@ pub struct RawPrometheus {
     pub url: String,
     pub query: Option<String>,
     pub lookback: Option<String>,
+}
+
+/// `{ older_than = "30d" }`: quota relief for empty repositories or namespaces.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelief {
+    pub older_than: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

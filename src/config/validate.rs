@@ -704,6 +704,22 @@ impl Validator<'_> {
                 format!("{max_deletion_ratio} is out of range; expected more than 0 and at most 1"),
             );
         }
+        let mut relief = |key: &str, raw: &Option<crate::config::raw::RawRelief>| {
+            raw.as_ref().map(|r| {
+                let d = self.duration(p.key(key).key("older_than"), Some(&r.older_than), Duration::ZERO);
+                if d.is_zero() {
+                    self.err(
+                        p.key(key).key("older_than"),
+                        "must be more than 0s: an empty repository or namespace just made is someone's next push",
+                    );
+                }
+                d
+            })
+        };
+        let delete_empty_repositories =
+            relief("delete_empty_repositories", &raw.delete_empty_repositories);
+        let delete_empty_namespaces =
+            relief("delete_empty_namespaces", &raw.delete_empty_namespaces);
         let pp = p.key("protect");
         let protect = Protect {
             tags: self.patterns(
@@ -744,6 +760,8 @@ impl Validator<'_> {
             max_deletion_ratio,
             verify_before_delete: raw.verify_before_delete.unwrap_or(true),
             max_plan_age,
+            delete_empty_repositories,
+            delete_empty_namespaces,
             protect,
             rules,
             in_use,

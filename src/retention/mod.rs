@@ -5,6 +5,7 @@
 pub mod executor;
 pub mod in_use;
 pub mod planner;
+pub mod relief;
 pub mod report;
 
 pub use planner::{ActionKind, Plan, PlannedAction, Verdict, plan, plan_explained};
@@ -131,8 +132,17 @@ pub fn executed_summary(e: &Executed) -> String {
 /// limits): a plan file records it, and `apply --plan` reports a mismatch.
 pub fn config_fingerprint(rc: &RetentionConfig) -> String {
     let canonical = format!(
-        "min_age={:?}\nmax_deletions_per_run={}\nmax_deletion_ratio={}\nprotect={:?}\nrules={:?}",
-        rc.min_age, rc.max_deletions_per_run, rc.max_deletion_ratio, rc.protect, rc.rules
+        "min_age={:?}\nmax_deletions_per_run={}\nmax_deletion_ratio={}\nprotect={:?}\nrules={:?}{}",
+        rc.min_age,
+        rc.max_deletions_per_run,
+        rc.max_deletion_ratio,
+        rc.protect,
+        rc.rules,
+        // Only when set, so fingerprints of configs without relief stay as they were.
+        match (rc.delete_empty_repositories, rc.delete_empty_namespaces) {
+            (None, None) => String::new(),
+            (r, n) => format!("\nrelief={r:?},{n:?}"),
+        }
     );
     format!(
         "sha256:{}",
@@ -370,11 +380,19 @@ impl RetentionJob {
         }
         let in_use = read_in_use(rc, &ctx.config, Some(&ctx.state), now).await;
         let plan = planner::plan_in_use(&inventory, rc, now, &in_use, false);
+        let relieve = relief::plan_relief(&inventory, rc, now);
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
         report.config_fingerprint = Some(config_fingerprint(rc));
+        report.relief = relieve.clone();
         store_report(ctx, &report, now)?;
-        let summary = plan_summary(&plan);
+        let mut summary = plan_summary(&plan);
+        if !relieve.is_empty() {
+            summary.push_str(&format!(
+                ", {} empty repositories/namespaces to delete",
+                relieve.len()
+            ));
+        }
         // A listing that failed makes the run partial: a failure with the
         // reason, after doing what the complete listings allow.
         let partial = plan.partial_reason();
@@ -391,6 +409,15 @@ impl RetentionJob {
         if let Some(b) = &plan.blocked {
             return Ok(Outcome::Blocked(b.clone()));
         }
+        // Relief deletions count against the same run cap.
+        let total = plan.actions().count() + relieve.len();
+        if total as u64 > rc.max_deletions_per_run {
+            return Ok(Outcome::Blocked(format!(
+                "{total} actions planned (with {} quota relief), over max_deletions_per_run {}: nothing will be deleted",
+                relieve.len(),
+                rc.max_deletions_per_run
+            )));
+        }
         let (ready, waiting) =
             executor::apply_grace(&ctx.state, plan_targets(&plan, &ctx.config), rc.grace, now)?;
         let env = ExecEnv {
@@ -405,13 +432,54 @@ impl RetentionJob {
         };
         let mut executed = executor::execute(&env, ready).await;
         executed.waiting = waiting;
-        if executed.done() > 0 {
+        let (relief_ready, relief_waiting) =
+            relief::apply_grace(&env, &ctx.config, relieve, rc.grace, now)?;
+        let relieved = if executed.stopped.is_some() || executed.cancelled {
+            Vec::new()
+        } else {
+            relief::execute(&env, &ctx.config, relief_ready).await
+        };
+        let relief_done = relieved
+            .iter()
+            .filter(|(_, o)| {
+                matches!(
+                    o,
+                    executor::Outcome::Applied | executor::Outcome::AlreadyDone
+                )
+            })
+            .count();
+        let relief_failed: Vec<String> =
+            relieved
+                .iter()
+                .filter_map(|(a, o)| match o {
+                    executor::Outcome::Failed(why) | executor::Outcome::Unknown(why) => Some(
+                        format!("{} {}/{}: {why}", a.action.as_str(), a.instance, a.target()),
+                    ),
+                    _ => None,
+                })
+                .collect();
+        if executed.done() > 0 || relief_done > 0 {
             ctx.inventory.invalidate().await;
         }
-        let text = format!(
+        let mut text = format!(
             "enforce: planned {summary}; {}",
             executed_summary(&executed)
         );
+        if !relieved.is_empty() || relief_waiting > 0 {
+            text.push_str(&format!(
+                "; quota relief: {relief_done} deleted, {} failed, {relief_waiting} waiting for grace",
+                relief_failed.len()
+            ));
+        }
+        for f in &relief_failed {
+            text.push_str(&format!("; FAILED {f}"));
+        }
+        if !relief_failed.is_empty() && !executed.has_failures() {
+            return Err(JobError::Actions {
+                summary: text,
+                code: "actions",
+            });
+        }
         if executed.cancelled {
             return Err(JobError::Cancelled);
         }

@@ -24,6 +24,10 @@ pub struct Report {
     pub config_fingerprint: Option<String>,
     pub summary: Summary,
     pub repositories: Vec<ReportRepository>,
+    /// Quota relief: empty repositories and namespaces to delete
+    /// (`[retention] delete_empty_repositories` / `delete_empty_namespaces`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relief: Vec<super::relief::ReliefAction>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,7 @@ impl Report {
             mode: mode.into(),
             instances,
             config_fingerprint: None,
+            relief: Vec::new(),
             summary: Summary {
                 repositories: plan.repositories.len(),
                 images: plan.repositories.iter().map(|r| r.images).sum(),
@@ -322,6 +327,18 @@ fn summary_lines(r: &Report) -> Vec<String> {
     }
     if let Some(f) = &r.config_fingerprint {
         v.push(format!("retention config fingerprint: {f}"));
+    }
+    if !r.relief.is_empty() {
+        v.push(format!("quota relief: {} to delete", r.relief.len()));
+        for a in &r.relief {
+            v.push(format!(
+                "  {} {}/{}: {}",
+                a.action.as_str(),
+                a.instance,
+                a.target(),
+                a.reason
+            ));
+        }
     }
     v.push(format!(
         "{} repositories, {} images",

@@ -1,0 +1,193 @@
+//! Quota relief (issue 13 #9): with `delete_empty_repositories` and
+//! `delete_empty_namespaces`, the retention job deletes exactly the empty,
+//! old repositories and namespaces — audited, re-checked right before each
+//! delete — and `kcr_quota_used{resource="repositories"}` drops. Through the
+//! real jobs against the simulator.
+
+mod common;
+
+use common::*;
+use kcr_housekeeper::jobs::{Job, JobContext, Outcome};
+use kcr_housekeeper::sim::{SimOptions, Simulator};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+fn context(sim: &Simulator, dir: &std::path::Path, extra: &str) -> JobContext {
+    let text = format!(
+        "{}[retention]\nmode = \"enforce\"\n{extra}\n[quota]\nstorage = \"none\"\n",
+        demo_head(sim, dir)
+    );
+    let config = parse_config(sim, &text, dir);
+    let state = kcr_housekeeper::state::Store::open(&config.state.path).unwrap();
+    let run_id = state
+        .start_run("retention", "cli", chrono::Utc::now())
+        .unwrap();
+    JobContext {
+        client: client_for(sim),
+        config: Arc::new(config),
+        state,
+        metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
+        cancel: Default::default(),
+        run_id,
+        inventory: Default::default(),
+    }
+}
+
+fn used(ctx: &JobContext, resource: &str) -> f64 {
+    let text = ctx.metrics.render();
+    let prefix = format!("kcr_quota_used{{instance=\"demo\",resource=\"{resource}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn repositories(sim: &Simulator) -> BTreeSet<String> {
+    sim.world(|w| {
+        w.instances[0]
+            .namespaces
+            .iter()
+            .flat_map(|(n, ns)| ns.repos.keys().map(move |r| format!("{n}/{r}")))
+            .collect()
+    })
+}
+
+fn namespaces(sim: &Simulator) -> BTreeSet<String> {
+    sim.world(|w| w.instances[0].namespaces.keys().cloned().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relief_deletes_exactly_the_empty_old_repositories_and_namespaces() {
+    let sim = sim(SimOptions::default()).await;
+    let now = sim.now();
+    // Two empty repositories, one updated 60 days ago, one 5 days ago.
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty".into(), empty.clone());
+        empty.update_time = now - chrono::Duration::days(5);
+        apps.repos.insert("new-empty".into(), empty);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &sim,
+        dir.path(),
+        "delete_empty_repositories = { older_than = \"30d\" }\ndelete_empty_namespaces = { older_than = \"30d\" }",
+    );
+    let repos_before = repositories(&sim);
+    let namespaces_before = namespaces(&sim);
+
+    kcr_housekeeper::quota::QuotaJob.run(&ctx).await.unwrap();
+    let repos_used = used(&ctx, "repositories");
+    let namespaces_used = used(&ctx, "namespaces");
+    assert_eq!(repos_used, repos_before.len() as f64);
+
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Ok(Outcome::Success(s)) => assert!(s.contains("quota relief: 3 deleted"), "{s}"),
+        other => panic!("{other:?}"),
+    }
+    // Exactly the empty, old ones: apps/old-empty, and the demo's empty
+    // namespaces older than 30 days (tools, internal; scratch is 10 days old).
+    let gone: BTreeSet<String> = repos_before
+        .difference(&repositories(&sim))
+        .cloned()
+        .collect();
+    assert_eq!(gone, BTreeSet::from(["apps/old-empty".to_string()]));
+    let gone: BTreeSet<String> = namespaces_before
+        .difference(&namespaces(&sim))
+        .cloned()
+        .collect();
+    assert_eq!(
+        gone,
+        BTreeSet::from(["internal".to_string(), "tools".to_string()])
+    );
+
+    kcr_housekeeper::quota::QuotaJob.run(&ctx).await.unwrap();
+    assert_eq!(used(&ctx, "repositories"), repos_used - 1.0);
+    assert_eq!(used(&ctx, "namespaces"), namespaces_used - 2.0);
+
+    // Every delete was audited, and each was checked first.
+    let audit = ctx.state.audit_since(None).unwrap();
+    let relieved: BTreeSet<(String, String)> = audit
+        .iter()
+        .filter(|r| r.action.starts_with("delete_repository") || r.action == "delete_namespace")
+        .map(|r| (r.action.clone(), r.target.clone()))
+        .collect();
+    assert_eq!(
+        relieved,
+        BTreeSet::from([
+            ("delete_namespace".to_string(), "internal".to_string()),
+            ("delete_namespace".to_string(), "tools".to_string()),
+            (
+                "delete_repository".to_string(),
+                "apps/old-empty".to_string()
+            ),
+        ])
+    );
+    let log = sim.requests();
+    let delete_at = log
+        .iter()
+        .position(|r| r.action.as_deref() == Some("DeleteRepository"))
+        .unwrap();
+    assert!(
+        log[..delete_at].iter().rev().take(2).any(|r| {
+            r.action.as_deref() == Some("DescribeImages")
+                && r.params.get("RepoName").map(String::as_str) == Some("old-empty")
+        }),
+        "the repository's emptiness was re-checked right before its delete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_filled_since_planning_is_not_deleted() {
+    let sim = sim(SimOptions::default()).await;
+    let now = sim.now();
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty".into(), empty);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &sim,
+        dir.path(),
+        "delete_empty_repositories = { older_than = \"30d\" }",
+    );
+    let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
+    let rc = ctx.config.retention.as_ref().unwrap();
+    let planned =
+        kcr_housekeeper::retention::relief::plan_relief(&inventory, rc, chrono::Utc::now());
+    assert_eq!(planned.len(), 1);
+    // A push lands between the plan and the delete.
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let image = apps.repos["web"].images[0].clone();
+        apps.repos.get_mut("old-empty").unwrap().images.push(image);
+    });
+    let env = kcr_housekeeper::retention::executor::ExecEnv {
+        client: &ctx.client,
+        state: &ctx.state,
+        metrics: &ctx.metrics,
+        cancel: &ctx.cancel,
+        job: "retention",
+        run_id: Some(ctx.run_id),
+        verify: true,
+        tick: &|| {},
+    };
+    let out = kcr_housekeeper::retention::relief::execute(&env, &ctx.config, planned).await;
+    assert!(
+        matches!(&out[0].1, kcr_housekeeper::retention::executor::Outcome::Stale(why) if why.contains("holds 1 images")),
+        "{out:?}"
+    );
+    assert!(repositories(&sim).contains("apps/old-empty"));
+    assert!(
+        !sim.requests()
+            .iter()
+            .any(|r| r.action.as_deref() == Some("DeleteRepository"))
+    );
+}
