@@ -191,3 +191,53 @@ async fn a_repository_filled_since_planning_is_not_deleted() {
             .any(|r| r.action.as_deref() == Some("DeleteRepository"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_retention_lists_what_relief_would_delete() {
+    use secrecy::ExposeSecret;
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}[retention]\ndelete_empty_namespaces = {{ older_than = \"30d\" }}\n",
+            demo_head(&sim, dir.path())
+        ),
+    )
+    .unwrap();
+    let creds = sim.credentials();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+        .args(["plan", "retention", "--format", "json", "--config"])
+        .arg(&path)
+        .env("AK", &creds.access_key_id)
+        .env("SK", creds.secret_access_key.expose_secret())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let relief: Vec<(String, String)> = report["relief"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_owned(),
+                a["namespace"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        relief,
+        vec![
+            ("delete_namespace".to_string(), "internal".to_string()),
+            ("delete_namespace".to_string(), "tools".to_string()),
+        ]
+    );
+    // A plan deletes nothing.
+    assert_eq!(namespaces(&sim).len(), 8);
+}
