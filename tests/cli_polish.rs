@@ -91,13 +91,44 @@ fn man_page_is_roff_with_every_command_and_no_internal_references() {
     let page = text(&o.stdout);
     assert!(page.contains(".TH kcr-housekeeper 1"), "{page}");
     assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
-    for cmd in ["plan", "apply", "history", "explain", "quota", "sim"] {
-        assert!(page.contains(&format!("kcr\\-housekeeper\\-{cmd}(1)")) || page.contains(cmd));
+    for cmd in [
+        "plan",
+        "apply",
+        "history",
+        "explain",
+        "quota",
+        "sim",
+        "completions",
+    ] {
+        assert!(
+            page.contains(&format!("kcr\\-housekeeper\\-{cmd}(1)")),
+            "{cmd} missing from SUBCOMMANDS"
+        );
     }
     assert!(
         !page.contains("DESIGN"),
         "the man page points at a document users lack"
     );
+
+    // --dir: a page for every page the SUBCOMMANDS sections name.
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut named = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let page = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(page.contains(".TH kcr-housekeeper"), "{page}");
+        for line in page.lines().filter(|l| l.ends_with("(1)")) {
+            let file = line.trim_end_matches("(1)").replace("\\-", "-") + ".1";
+            assert!(
+                dir.path().join(&file).exists(),
+                "{file} is named but not written"
+            );
+            named += 1;
+        }
+    }
+    assert!(named > 15, "{named}");
+    assert!(dir.path().join("kcr-housekeeper-plan-retention.1").exists());
 }
 
 #[test]

@@ -101,10 +101,17 @@ pub enum Command {
     Sim(Box<SimArgs>),
     /// Print a shell completion script (e.g. completions bash > /etc/bash_completion.d/kcr-housekeeper)
     Completions(CompletionsArgs),
-    /// Print the man page (roff), e.g. man > kcr-housekeeper.1
-    Man,
+    /// Print the man page (roff), e.g. man > kcr-housekeeper.1; --dir writes one page per command
+    Man(ManArgs),
     /// Docker credential helper (get|store|erase|list) answering from the rotated token's json file sinks
     CredentialHelper(CredentialHelperArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write kcr-housekeeper.1 and a page per command (kcr-housekeeper-plan.1, …) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,7 +180,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         let ignored = match &cli.command {
             Command::Demo(_) => Some("demo runs its built-in config on the built-in simulator"),
             Command::Sim(_) => Some("sim takes its world from --scenario or --generate"),
-            Command::Completions(_) | Command::Man => Some("it prints the same for every config"),
+            Command::Completions(_) | Command::Man(_) => {
+                Some("it prints the same for every config")
+            }
             _ => None,
         };
         if let Some(why) = ignored {
@@ -223,15 +232,38 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             clap_complete::generate(args.shell, &mut Cli::command(), "kcr-housekeeper", &mut buf);
             out.write_all(&buf).map_err(io)
         }
-        Command::Man => {
-            let mut buf = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut buf)
-                .map_err(io)?;
-            out.write_all(&buf).map_err(io)
-        }
+        Command::Man(args) => match args.dir {
+            None => {
+                let mut buf = Vec::new();
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut buf)
+                    .map_err(io)?;
+                out.write_all(&buf).map_err(io)
+            }
+            Some(dir) => {
+                // Built, so the generated `help` commands the pages list are there too.
+                let mut cmd = Cli::command();
+                cmd.build();
+                man_pages(&cmd, "kcr-housekeeper", &dir)
+            }
+        },
         Command::CredentialHelper(args) => credential_helper::run(flag, &args, out),
     }
+}
+
+/// One page for `cmd` and each command below it, named as the pages'
+/// SUBCOMMANDS sections refer to them (`kcr-housekeeper-plan-retention.1`).
+fn man_pages(cmd: &clap::Command, name: &str, dir: &Path) -> Result<(), CliError> {
+    let page = cmd.clone().name(name.to_owned());
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(page).render(&mut buf).map_err(io)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, buf)
+        .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(())
 }
 
 /// A failed write to the output; a closed pipe ends the command quietly.
