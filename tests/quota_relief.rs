@@ -241,3 +241,57 @@ async fn plan_retention_lists_what_relief_would_delete() {
     // A plan deletes nothing.
     assert_eq!(namespaces(&sim).len(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_whether_relief_deletes_the_repository() {
+    use secrecy::ExposeSecret;
+    let sim = sim(SimOptions::default()).await;
+    let now = sim.now();
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty".into(), empty.clone());
+        empty.update_time = now - chrono::Duration::days(5);
+        apps.repos.insert("new-empty".into(), empty);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}[retention]\ndelete_empty_repositories = {{ older_than = \"30d\" }}\n",
+            demo_head(&sim, dir.path())
+        ),
+    )
+    .unwrap();
+    let creds = sim.credentials();
+    let explain = |target: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+            .args(["explain", target, "--config"])
+            .arg(&path)
+            .env("AK", &creds.access_key_id)
+            .env("SK", creds.secret_access_key.expose_secret())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let old = explain("apps/old-empty");
+    assert!(
+        old.contains("quota relief: DELETE repository: no image, last updated 60d ago"),
+        "{old}"
+    );
+    let new = explain("apps/new-empty");
+    assert!(
+        new.contains("quota relief: kept: empty, but updated within"),
+        "{new}"
+    );
+    let web = explain("apps/web");
+    assert!(web.contains("quota relief: kept: it holds images"), "{web}");
+}

@@ -67,6 +67,28 @@ pub(super) async fn run(
                     &format!("listing {}/{namespace}/{repository}", inst.name),
                 )
             })?;
+        // Quota relief judges an empty repository by its UpdateTime.
+        let updated_at = match rc.delete_empty_repositories {
+            Some(_) if images.is_empty() => conn
+                .client
+                .call(&crate::kcr::DescribeRepository {
+                    repo_name: Some(repository.to_owned()),
+                    ..crate::kcr::DescribeRepository::all(&inst.id, namespace)
+                })
+                .await
+                .map_err(|e| {
+                    failed(
+                        e,
+                        &format!("describing {}/{namespace}/{repository}", inst.name),
+                    )
+                })?
+                .items
+                .into_iter()
+                .find(|r| r.repo_name == repository)
+                .and_then(|r| r.update_time)
+                .map(|t| t.to_utc(conn.client.timezone())),
+            _ => None,
+        };
         instances.push(crate::inventory::InstanceInventory {
             name: inst.name.clone(),
             id: inst.id.clone(),
@@ -79,7 +101,7 @@ pub(super) async fn run(
                     images,
                     skipped: None,
                     unlisted: false,
-                    updated_at: None,
+                    updated_at,
                 }],
                 error: None,
             }],
@@ -91,16 +113,16 @@ pub(super) async fn run(
         .as_ref()
         .and_then(|_| crate::state::Store::open(&c.state.path).ok());
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
-    let plan = retention::planner::plan_in_use(
-        &crate::inventory::Inventory {
-            taken_at: now,
-            instances,
-        },
-        rc,
-        now,
-        &in_use,
-        true,
-    );
+    let inventory = crate::inventory::Inventory {
+        taken_at: now,
+        instances,
+    };
+    let plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, true);
+    // The namespace's own relief is not judged here: only this repository was listed.
+    let relief: Vec<_> = retention::relief::plan_relief(&inventory, rc, now)
+        .into_iter()
+        .filter(|a| a.repository.is_some())
+        .collect();
     if args.format == OutputFormat::Json {
         let repositories: Vec<serde_json::Value> = plan
             .repositories
@@ -121,6 +143,7 @@ pub(super) async fn run(
             "schema": "kcr-housekeeper/explain/v1",
             "generated_at": now,
             "repositories": repositories,
+            "relief": relief,
         });
         let text = serde_json::to_string_pretty(&doc).expect("serialises") + "\n";
         return out.write_all(text.as_bytes()).map_err(io);
@@ -147,6 +170,14 @@ pub(super) async fn run(
                 "  BLOCKED: {b}
 "
             ));
+        }
+        if rc.delete_empty_repositories.is_some() {
+            let verdict = match relief.iter().find(|a| a.instance == r.instance) {
+                Some(a) => format!("DELETE repository: {}", a.reason),
+                None if r.images > 0 => "kept: it holds images".to_owned(),
+                None => "kept: empty, but updated within delete_empty_repositories older_than (or its UpdateTime is unknown)".to_owned(),
+            };
+            text.push_str(&format!("  quota relief: {verdict}\n"));
         }
         for d in &r.decisions {
             let outcome = match d.outcome {
