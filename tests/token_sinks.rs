@@ -942,3 +942,65 @@ async fn a_failing_exec_sink_echoing_the_token_past_64_kib_leaks_no_piece_of_it(
         }
     }
 }
+
+/// A `containers-auth` sink (podman/skopeo/buildah `auth.json`) is merged like
+/// a docker config: other registries kept, this registry's `auth` the new
+/// token, which logs in; and the credential helper answers the same token
+/// from a `json` file sink of the same rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_auth_sink_and_credential_helper_deliver_a_working_token() {
+    use base64::Engine;
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        r#"{"auths": {"quay.example.com": {"auth": "b3RoZXI6cGFzcw=="}}}"#,
+    )
+    .unwrap();
+    let json = dir.path().join("ci.json");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"containers-auth\", path = \"{}\" }},\n{{ kind = \"file\", path = \"{}\", format = \"json\" }}",
+            auth.display(),
+            json.display()
+        ),
+    );
+    let o = apply(&sim, &config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let host = sim.endpoint().trim_start_matches("http://").to_owned();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    assert_eq!(doc["auths"]["quay.example.com"]["auth"], "b3RoZXI6cGFzcw==");
+    let pair = base64::engine::general_purpose::STANDARD
+        .decode(doc["auths"][&host]["auth"].as_str().unwrap())
+        .unwrap();
+    let pair = String::from_utf8(pair).unwrap();
+    let (user, secret) = pair.split_once(':').unwrap();
+    assert_eq!(login_status(&sim, user, secret).await, 200);
+
+    let helper = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+        .args(["credential-helper", "get", "--file"])
+        .arg(&json)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = helper.stdin.as_ref().unwrap();
+        stdin
+            .write_all(format!("https://{host}\n").as_bytes())
+            .unwrap();
+    }
+    let o = helper.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["Username"].as_str(), v["Secret"].as_str()),
+        (Some(user), Some(secret))
+    );
+}

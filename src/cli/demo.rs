@@ -31,7 +31,9 @@ pub fn demo_config(listen: SocketAddr, state_dir: &Path) -> Result<Config, CliEr
     // Token sinks go beside the demo's state, not into /tmp/kcr-housekeeper-demo.
     for mt in c.tokens.iter_mut().flat_map(|t| t.managed.iter_mut()) {
         for sink in &mut mt.sinks {
-            if let config::Sink::DockerConfig { path } | config::Sink::File { path, .. } = sink
+            if let config::Sink::DockerConfig { path }
+            | config::Sink::ContainersAuth { path }
+            | config::Sink::File { path, .. } = sink
                 && let Some(name) = path.file_name()
             {
                 *path = state_dir.join(name);

@@ -308,6 +308,11 @@ pub enum Sink {
     DockerConfig {
         path: PathBuf,
     },
+    /// podman/skopeo/buildah `auth.json` (containers-auth.json(5)): the same
+    /// `auths` map as a Docker config, merged the same way.
+    ContainersAuth {
+        path: PathBuf,
+    },
     File {
         path: PathBuf,
         format: FileFormat,

@@ -1189,12 +1189,15 @@ impl Validator<'_> {
             }
         };
         let sink = match s.kind.as_str() {
-            "docker-config" => {
+            kind @ ("docker-config" | "containers-auth") => {
                 not_for(self, "format", s.format.is_some());
                 not_for(self, "command", s.command.is_some());
                 not_for(self, "timeout", s.timeout.is_some());
                 not_for(self, "env", s.env.is_some());
-                path(self).map(|path| Sink::DockerConfig { path })
+                path(self).map(|path| match kind {
+                    "docker-config" => Sink::DockerConfig { path },
+                    _ => Sink::ContainersAuth { path },
+                })
             }
             "file" => {
                 not_for(self, "command", s.command.is_some());
@@ -1255,7 +1258,7 @@ impl Validator<'_> {
                 }
             }
             other => {
-                self.err(sp.key("kind"), format!("unknown sink kind {other:?}; expected \"docker-config\", \"file\" or \"exec\""));
+                self.err(sp.key("kind"), format!("unknown sink kind {other:?}; expected \"docker-config\", \"containers-auth\", \"file\" or \"exec\""));
                 None
             }
         };

@@ -147,7 +147,7 @@ struct Owner {
 /// an existing file we can merge into.
 pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
     match sink {
-        Sink::DockerConfig { path } | Sink::File { path, .. } => {
+        Sink::DockerConfig { path } | Sink::ContainersAuth { path } | Sink::File { path, .. } => {
             let target = resolve(path)?;
             let dir = parent_of(&target);
             fp("tokens.sink.precheck.dir")?;
@@ -190,7 +190,7 @@ pub fn preflight(sink: &Sink) -> Result<(), SinkError> {
                 )?;
             }
             drop(probe);
-            if let Sink::DockerConfig { .. } = sink
+            if let Sink::DockerConfig { .. } | Sink::ContainersAuth { .. } = sink
                 && existing.is_some()
             {
                 read_docker_config(&target, "tokens.sink.precheck.read")?;
@@ -450,7 +450,7 @@ impl std::fmt::Debug for Prior {
 /// The current content of a file sink (`None` for `exec` sinks, which cannot be undone).
 pub fn snapshot(sink: &Sink) -> Result<Option<Prior>, SinkError> {
     match sink {
-        Sink::DockerConfig { path } | Sink::File { path, .. } => {
+        Sink::DockerConfig { path } | Sink::ContainersAuth { path } | Sink::File { path, .. } => {
             let target = resolve(path)?;
             fp("tokens.sink.read_prior")?;
             let content = match std::fs::read(&target) {
@@ -502,7 +502,8 @@ pub fn restore(prior: &Prior) -> Result<(), SinkError> {
 /// Deliver to one sink.
 pub async fn deliver(sink: &Sink, d: &Delivery<'_>) -> Result<(), SinkError> {
     match sink {
-        Sink::DockerConfig { path } => {
+        // containers-auth.json(5) is the same `auths` map as a Docker config.
+        Sink::DockerConfig { path } | Sink::ContainersAuth { path } => {
             let target = resolve(path)?;
             let existing = match existing_file(&target, "tokens.sink.stat")? {
                 Some(_) => read_docker_config(&target, "tokens.sink.read_existing")?,
