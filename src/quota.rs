@@ -139,7 +139,7 @@ impl Job for QuotaJob {
                                     .expired_time
                                     .filter(|_| is_prepaid(charge))
                                     .map(|t| t.to_utc(&tz));
-                                ctx.metrics.set_instance_info(
+                                ctx.metrics.instances.described(
                                     &inst.name,
                                     &i.instance_status,
                                     &i.instance_type,

@@ -1047,3 +1047,77 @@ fn expected_refusals_are_reported_but_not_partial_and_unlisted_repositories_neve
     );
     assert!(p.partial_reason().is_some());
 }
+
+/// Step 9 item 8, the pure part: enabled or unreadable server-side rules
+/// block the namespace's repositories when enforcing (and only then, only
+/// there); "not supported" blocks nothing; everything found is kept on the
+/// plan for the reports; the run budget is judged again on what is left.
+#[test]
+fn server_side_rules_block_their_namespace_when_enforcing() {
+    use kcr_housekeeper::retention::{ServerSide, ServerSideState, apply_server_side};
+    let c = cfg(
+        "max_deletions_per_run = 3",
+        "[[retention.rules]]\nname = \"all\"\ntags = [\"pr-*\"]\nolder_than = \"1d\"\n",
+    );
+    let inv = inventory(vec![
+        (
+            "a",
+            "app",
+            vec![img(1, 3.0, &["pr-1"]), img(2, 3.0, &["pr-2"])],
+        ),
+        (
+            "b",
+            "app",
+            vec![img(3, 3.0, &["pr-3"]), img(4, 3.0, &["pr-4"])],
+        ),
+        ("c", "app", vec![img(5, 3.0, &["pr-5"])]),
+    ]);
+    let at = |ns: &str, state: ServerSideState| ServerSide {
+        instance: "prod".into(),
+        namespace: ns.into(),
+        state,
+    };
+    let found = vec![
+        at(
+            "a",
+            ServerSideState::Enabled {
+                rules: vec!["latestPushedK 3".into()],
+                trigger: None,
+            },
+        ),
+        at("b", ServerSideState::Unreadable("AccessDenied".into())),
+    ];
+    let base = plan(&inv, &c, now());
+    assert!(base.blocked.is_some(), "5 actions over the budget of 3");
+    // Not enforcing: shown, nothing blocked.
+    let mut p = base.clone();
+    apply_server_side(&mut p, found.clone(), false, 3);
+    assert_eq!(p.server_side, found);
+    assert!(p.repositories.iter().all(|r| r.blocked.is_none()));
+    // Enforcing: a and b blocked, c planned, and the run fits the budget now.
+    let mut p = base.clone();
+    apply_server_side(&mut p, found.clone(), true, 3);
+    let blocked: Vec<&str> = p
+        .repositories
+        .iter()
+        .filter(|r| r.blocked.is_some())
+        .map(|r| r.namespace.as_str())
+        .collect();
+    assert_eq!(blocked, ["a", "b"]);
+    assert_eq!(p.actions().count(), 1);
+    assert!(p.blocked.is_none(), "{:?}", p.blocked);
+    assert!(
+        p.partial_reason().is_some_and(|r| r.contains("prod/b")),
+        "unreadable rules make the run partial"
+    );
+    // Not supported: unknown, blocks nothing.
+    let mut p = base.clone();
+    let unknown = vec![ServerSide {
+        instance: "prod".into(),
+        namespace: "*".into(),
+        state: ServerSideState::NotSupported("NoSuchEntity".into()),
+    }];
+    apply_server_side(&mut p, unknown, true, 3);
+    assert!(p.repositories.iter().all(|r| r.blocked.is_none()));
+    assert!(p.server_side[0].line().contains("unknown"));
+}

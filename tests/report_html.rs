@@ -184,6 +184,7 @@ mod content {
                     "prod/apps/flaky: DescribeImages: the listing shifted while paging".into(),
                 ],
                 in_use: vec![],
+                server_side: vec![],
             },
             repositories: vec![
                 ReportRepository {

@@ -22,7 +22,9 @@ const SK: &str = "team-apps-secret";
 
 /// The key may read namespaces and repositories everywhere (those actions
 /// take no resource), and list and delete images only under `apps/`.
-/// `deletes` are the delete actions it is granted there.
+/// `deletes` are the delete actions it is granted there. It may read KCR's
+/// own retention rules of `apps` (enforce stays out of a namespace whose
+/// rules it cannot read).
 fn policies(deletes: &[&str]) -> kcr_housekeeper::sim::iam::Policies {
     let mut actions = vec!["\"kcrs:DescribeImages\"".to_string()];
     actions.extend(deletes.iter().map(|a| format!("\"kcrs:{a}\"")));
@@ -31,7 +33,9 @@ fn policies(deletes: &[&str]) -> kcr_housekeeper::sim::iam::Policies {
               {{"effect": "Allow", "actions": ["kcrs:DescribeNamespace", "kcrs:DescribeRepository"],
                 "resources": ["*"]}},
               {{"effect": "Allow", "actions": [{}],
-                "resources": ["krn:ksc:kcrs:*:*:repository/*/apps/*"]}}]}}}}"#,
+                "resources": ["krn:ksc:kcrs:*:*:repository/*/apps/*"]}},
+              {{"effect": "Allow", "actions": ["kcrs:DescribeRetentionRule"],
+                "resources": ["krn:ksc:kcrs:*:*:namespace/*/apps"]}}]}}}}"#,
         actions.join(", ")
     ))
     .unwrap()

@@ -37,7 +37,9 @@ pub(super) async fn apply_retention_cmd(
     })?;
     let inventory = collect_inventory(&conn.client, c, now).await;
     let in_use = retention::read_in_use(rc, c, Some(&state), now).await;
-    let fresh = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
+    let mut fresh = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
+    // A namespace where KCR's own retention is enabled is blocked (unless allowed).
+    retention::check_server_side(&conn.client, &inventory, rc, &mut fresh, true).await;
     // Partial: an instance, a namespace or a repository could not be listed;
     // what was listed is applied.
     let partial: Vec<String> = fresh.incomplete();

@@ -117,7 +117,9 @@ pub(super) async fn run(
         taken_at: now,
         instances,
     };
-    let plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, true);
+    let mut plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, true);
+    // KCR's own retention in this namespace, and whether it blocks apply.
+    retention::check_server_side(&conn.client, &inventory, rc, &mut plan, true).await;
     // The namespace's own relief is not judged here: only this repository was listed.
     let relief: Vec<_> = retention::relief::plan_relief(&inventory, rc, now)
         .into_iter()
@@ -142,6 +144,7 @@ pub(super) async fn run(
         let doc = serde_json::json!({
             "schema": "kcr-housekeeper/explain/v1",
             "generated_at": now,
+            "server_side": plan.server_side.iter().map(|s| s.line()).collect::<Vec<_>>(),
             "repositories": repositories,
             "relief": relief,
         });
@@ -156,6 +159,9 @@ pub(super) async fn run(
         Verdict::Condemned { reason, .. } => format!("DELETE: {reason}"),
     };
     let mut text = String::new();
+    for s in &plan.server_side {
+        text.push_str(&format!("SERVER-SIDE {}\n", s.line()));
+    }
     if let Some(b) = &plan.blocked {
         text.push_str(&format!("BLOCKED: {b}\n"));
     }

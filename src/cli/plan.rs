@@ -78,7 +78,9 @@ async fn plan_retention_cmd(
         .as_ref()
         .and_then(|_| crate::state::Store::open(&c.state.path).ok());
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
-    let plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
+    let mut plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
+    // As `apply retention` would see it: server-side rules block there.
+    retention::check_server_side(&conn.client, &inventory, rc, &mut plan, true).await;
     for r in &plan.idle_rules {
         super::term::warn(&format!("rule {r:?} matches nothing in this registry"));
     }

@@ -244,6 +244,8 @@ pub struct RetentionConfig {
     pub max_deletions_per_run: u64,
     pub max_deletion_ratio: f64,
     pub verify_before_delete: bool,
+    /// Enforce even in namespaces that have enabled server-side (KCR) retention rules.
+    pub allow_server_side_rules: bool,
     /// `apply --plan` refuses a plan file older than this.
     pub max_plan_age: Duration,
     /// Quota relief: delete repositories holding no image whose UpdateTime

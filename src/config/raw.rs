@@ -129,6 +129,7 @@ pub struct RawRetention {
     pub max_plan_age: Option<String>,
     pub delete_empty_repositories: Option<RawRelief>,
     pub delete_empty_namespaces: Option<RawRelief>,
+    pub allow_server_side_rules: Option<bool>,
     #[serde(default)]
     pub protect: RawProtect,
     /// Each rule is read on its own so that one bad rule does not hide another.

@@ -759,6 +759,7 @@ impl Validator<'_> {
             max_deletions_per_run,
             max_deletion_ratio,
             verify_before_delete: raw.verify_before_delete.unwrap_or(true),
+            allow_server_side_rules: raw.allow_server_side_rules.unwrap_or(false),
             max_plan_age,
             delete_empty_repositories,
             delete_empty_namespaces,

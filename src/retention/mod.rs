@@ -7,8 +7,12 @@ pub mod in_use;
 pub mod planner;
 pub mod relief;
 pub mod report;
+pub mod server_side;
 
-pub use planner::{ActionKind, Plan, PlannedAction, Verdict, plan, plan_explained};
+pub use planner::{
+    ActionKind, Plan, PlannedAction, ServerSide, ServerSideState, Verdict, apply_server_side, plan,
+    plan_explained,
+};
 
 use crate::config::{Config, Mode, RetentionConfig};
 use crate::jobs::{Job, JobContext, JobError, Outcome};
@@ -65,6 +69,27 @@ pub fn report_instances(config: &Config) -> Vec<ReportInstance> {
             id: i.id.clone(),
         })
         .collect()
+}
+
+/// Read KCR's own retention for the namespaces `rc` covers and fold it into
+/// the plan ([`apply_server_side`]): shown always; blocking when `enforcing`
+/// (apply, or the job in enforce mode) unless `allow_server_side_rules`.
+/// Returns what was found (for `kcr_server_retention_rules`).
+pub async fn check_server_side(
+    client: &crate::kcr::Client,
+    inventory: &crate::inventory::Inventory,
+    rc: &RetentionConfig,
+    plan: &mut Plan,
+    enforcing: bool,
+) -> Vec<ServerSide> {
+    let found = server_side::read(client, inventory, rc).await;
+    apply_server_side(
+        plan,
+        found.clone(),
+        enforcing && !rc.allow_server_side_rules,
+        rc.max_deletions_per_run,
+    );
+    found
 }
 
 /// A one-line summary of a plan.
@@ -379,7 +404,16 @@ impl RetentionJob {
             ctx.metrics.api.reached(&inst.name, inst.error.is_none());
         }
         let in_use = read_in_use(rc, &ctx.config, Some(&ctx.state), now).await;
-        let plan = planner::plan_in_use(&inventory, rc, now, &in_use, false);
+        let mut plan = planner::plan_in_use(&inventory, rc, now, &in_use, false);
+        let found = check_server_side(
+            &ctx.client,
+            &inventory,
+            rc,
+            &mut plan,
+            rc.mode == Mode::Enforce,
+        )
+        .await;
+        server_side::export(&ctx.metrics, &inventory, rc, &found);
         let relieve = relief::plan_relief(&inventory, rc, now);
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));

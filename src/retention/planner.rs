@@ -213,6 +213,111 @@ pub struct Plan {
     /// Rules that judged nothing in this inventory (worth a warning). A rule
     /// whose scope was not listed completely is never called idle.
     pub idle_rules: Vec<String>,
+    /// Server-side (KCR) retention found in the namespaces in scope
+    /// ([`apply_server_side`]); empty until then.
+    pub server_side: Vec<ServerSide>,
+}
+
+/// What KCR's own (server-side) retention does in one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSide {
+    pub instance: String,
+    /// `*` for an instance whose endpoint does not offer DescribeRetentionRule.
+    pub namespace: String,
+    pub state: ServerSideState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerSideState {
+    /// Enabled rules (one line each) and, when known, when they run.
+    Enabled {
+        rules: Vec<String>,
+        trigger: Option<String>,
+    },
+    /// The endpoint does not offer DescribeRetentionRule: unknown, blocks nothing.
+    NotSupported(String),
+    /// The rules could not be read (an API error): unknown, and in enforce
+    /// mode blocks the namespace as an enabled rule would.
+    Unreadable(String),
+}
+
+impl ServerSide {
+    /// Does this keep our enforce mode out of the namespace (unless allowed)?
+    pub fn blocks(&self) -> bool {
+        matches!(
+            self.state,
+            ServerSideState::Enabled { .. } | ServerSideState::Unreadable(_)
+        )
+    }
+
+    /// One line for reports and `explain`.
+    pub fn line(&self) -> String {
+        let at = format!("{}/{}", self.instance, self.namespace);
+        match &self.state {
+            ServerSideState::Enabled { rules, trigger } => format!(
+                "{at}: {} enabled server-side retention rule{} ({}){}",
+                rules.len(),
+                if rules.len() == 1 { "" } else { "s" },
+                rules.join("; "),
+                trigger
+                    .as_deref()
+                    .map(|t| format!(", runs {t}"))
+                    .unwrap_or_default()
+            ),
+            ServerSideState::NotSupported(code) => format!(
+                "{at}: server-side retention unknown (the endpoint does not offer DescribeRetentionRule: {code})"
+            ),
+            ServerSideState::Unreadable(why) => {
+                format!("{at}: server-side retention rules could not be read: {why}")
+            }
+        }
+    }
+}
+
+/// Record the server-side retention found and, when `block` (enforce mode
+/// without `allow_server_side_rules`), block every repository with actions
+/// in a namespace whose server-side rules are enabled or unreadable: two
+/// engines deleting in one namespace cannot both honour their keep rules.
+/// The run budget (`max_deletions_per_run`) is judged again on what is left.
+/// Unreadable rules in a namespace with actions also make an enforcing run
+/// partial ([`Plan::skipped`]).
+pub fn apply_server_side(
+    plan: &mut Plan,
+    found: Vec<ServerSide>,
+    block: bool,
+    max_deletions_per_run: u64,
+) {
+    if block {
+        let mut partial: Vec<String> = Vec::new();
+        for rp in &mut plan.repositories {
+            let hit = found
+                .iter()
+                .find(|s| s.blocks() && s.instance == rp.instance && s.namespace == rp.namespace);
+            if let Some(s) = hit
+                && !rp.actions.is_empty()
+            {
+                rp.blocked = Some(format!(
+                    "{}; set [retention] allow_server_side_rules = true to let both engines delete here",
+                    s.line()
+                ));
+                rp.actions.clear();
+                // Rules that could not be read leave it unknown whether
+                // deleting here is safe: the run is partial, not a success.
+                if let ServerSideState::Unreadable(_) = s.state {
+                    let line = s.line();
+                    if !partial.contains(&line) {
+                        partial.push(line);
+                    }
+                }
+            }
+        }
+        plan.skipped.extend(partial);
+        let total: usize = plan.repositories.iter().map(|r| r.actions.len()).sum();
+        if total as u64 <= max_deletions_per_run {
+            plan.blocked = None;
+        }
+    }
+    plan.server_side = found;
 }
 
 impl Plan {
@@ -975,5 +1080,6 @@ fn plan_with(
         blocked,
         skipped,
         idle_rules,
+        server_side: Vec::new(),
     }
 }

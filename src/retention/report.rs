@@ -55,6 +55,10 @@ pub struct Summary {
     /// (`instance/namespace/repository digest [tags]: in use (source: …, last seen …)`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_use: Vec<String>,
+    /// KCR's own retention in the namespaces in scope: enabled rules,
+    /// unreadable ones, or "unknown" where the endpoint does not offer it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_side: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +119,7 @@ impl Report {
                 blocked,
                 skipped,
                 in_use,
+                server_side: plan.server_side.iter().map(|s| s.line()).collect(),
             },
             repositories: plan
                 .repositories
@@ -364,6 +369,7 @@ fn summary_lines(r: &Report) -> Vec<String> {
     v.extend(s.blocked.iter().map(|b| format!("BLOCKED {b}")));
     v.extend(s.skipped.iter().map(|b| format!("SKIPPED {b}")));
     v.extend(s.in_use.iter().map(|b| format!("IN USE {b}")));
+    v.extend(s.server_side.iter().map(|b| format!("SERVER-SIDE {b}")));
     v
 }
 
@@ -560,6 +566,7 @@ pub fn render_html(r: &Report) -> String {
         ("blocked", "BLOCKED", &s.blocked),
         ("skipped", "SKIPPED", &s.skipped),
         ("in_use", "IN USE", &s.in_use),
+        ("skipped", "SERVER-SIDE", &s.server_side),
     ] {
         if !items.is_empty() {
             let _ = write!(body, "<ul class={class}>");
