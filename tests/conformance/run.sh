@@ -9,11 +9,13 @@ bin="${1:-$root/target/release/kcr-housekeeper}"
 venv="${CONFORMANCE_VENV:-$root/target/conformance-venv}"
 # Pinned: the version this simulator was checked against.
 sdk="kingsoftcloud-sdk-python==1.5.8.114"
+# An independent SigV4 implementation to check our signer against (Step 9 item 11).
+botocore="botocore==1.44.5"
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check "$sdk"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "$sdk" "$botocore"
 
 work="$(mktemp -d)"
 trap 'kill "$sim_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -30,6 +32,11 @@ endpoint="$(sed -n 's#^listening on http://##p' "$work/stdout")"
 [ -n "$endpoint" ] || { echo "simulator did not start"; cat "$work/stderr"; exit 1; }
 
 "$venv/bin/python" "$here/conformance.py" "$endpoint" "$ak" "$sk"
+
+# botocore's SigV4Auth signs fixed vectors (our signer must agree, checked by
+# tests/sigv4_vectors.rs) and live requests the simulator must accept.
+"$venv/bin/python" "$here/sigv4_vectors.py" "$work/sigv4-vectors.json" "$endpoint" "$ak" "$sk"
+(cd "$root" && KCR_SIGV4_VECTORS="$work/sigv4-vectors.json" cargo test --quiet --test sigv4_vectors -- --nocapture)
 
 # Every SDK request reached the simulator and was logged; count the distinct actions.
 actions="$(python3 -c 'import json,sys; print(len({json.loads(l)["action"] for l in open(sys.argv[1]) if json.loads(l)["action"]}))' "$work/requests.jsonl")"
