@@ -157,3 +157,52 @@ fn without_file_the_configs_json_sinks_answer() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Secret"], SECRET);
 }
+
+/// A docker config that names a credential store (or a helper for the
+/// registry) makes docker ignore `auths`: `check` warns and offers the
+/// credential helper.
+#[test]
+fn check_warns_when_docker_would_ignore_the_docker_config_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let docker = dir.path().join("config.json");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"prod.ksyunkcr.com\"\n\
+             [tokens]\n[[tokens.managed]]\nname = \"ci\"\ninstance = \"prod\"\n\
+             sinks = [{{ kind = \"docker-config\", path = \"{}\" }}]\n",
+            docker.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let o = Command::new(BIN)
+            .args(["check", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr))
+    };
+    for (content, want) in [
+        (r#"{"credsStore": "desktop"}"#, "credsStore = \"desktop\""),
+        (
+            r#"{"credHelpers": {"https://prod.ksyunkcr.com": "ecr-login"}}"#,
+            "credHelpers \"prod.ksyunkcr.com\" = \"ecr-login\"",
+        ),
+    ] {
+        std::fs::write(&docker, content).unwrap();
+        let out = check();
+        assert!(
+            out.contains(want) && out.contains("kcr-housekeeper credential-helper"),
+            "{out}"
+        );
+    }
+    for clean in [
+        r#"{"auths": {}, "credHelpers": {"other.example.com": "x"}}"#,
+        "{}",
+    ] {
+        std::fs::write(&docker, clean).unwrap();
+        assert!(!check().contains("ignores the token"), "{clean}");
+    }
+}

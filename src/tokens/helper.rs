@@ -110,3 +110,34 @@ pub fn answer(
         ))),
     }
 }
+
+/// Why docker would not use what a `docker-config` sink writes for
+/// `registry`: the file names a credential store for every registry
+/// (`credsStore`) or a helper for this one (`credHelpers`), and docker then
+/// ignores `auths`. `None` when `auths` is what docker reads.
+pub fn docker_config_shadowed(doc: &serde_json::Value, registry: &str) -> Option<String> {
+    let offer = format!(
+        "point `credHelpers` at `kcr-housekeeper credential-helper` for {registry:?} instead (README: Credential helper)"
+    );
+    if let Some(helper) = doc["credHelpers"]
+        .as_object()
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| host_of(k) == registry.to_ascii_lowercase())
+        })
+        .and_then(|(_, v)| v.as_str())
+        .filter(|h| !h.is_empty())
+    {
+        return Some(format!(
+            "it sets credHelpers {registry:?} = {helper:?}, so docker asks that helper and ignores the token in `auths`; {offer}"
+        ));
+    }
+    doc["credsStore"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|store| {
+            format!(
+                "it sets credsStore = {store:?}, so docker asks that store and ignores the token in `auths`; {offer}"
+            )
+        })
+}
