@@ -1051,7 +1051,7 @@ fn expected_refusals_are_reported_but_not_partial_and_unlisted_repositories_neve
 /// Step 9 item 8, the pure part: enabled or unreadable server-side rules
 /// block the namespace's repositories when enforcing (and only then, only
 /// there); "not supported" blocks nothing; everything found is kept on the
-/// plan for the reports; the run budget is judged again on what is left.
+/// plan for the reports; a run-level block stands.
 #[test]
 fn server_side_rules_block_their_namespace_when_enforcing() {
     use kcr_housekeeper::retention::{ServerSide, ServerSideState, apply_server_side};
@@ -1094,7 +1094,7 @@ fn server_side_rules_block_their_namespace_when_enforcing() {
     apply_server_side(&mut p, found.clone(), false, 3);
     assert_eq!(p.server_side, found);
     assert!(p.repositories.iter().all(|r| r.blocked.is_none()));
-    // Enforcing: a and b blocked, c planned, and the run fits the budget now.
+    // Enforcing: a and b blocked, c planned.
     let mut p = base.clone();
     apply_server_side(&mut p, found.clone(), true, 3);
     let blocked: Vec<&str> = p
@@ -1105,7 +1105,10 @@ fn server_side_rules_block_their_namespace_when_enforcing() {
         .collect();
     assert_eq!(blocked, ["a", "b"]);
     assert_eq!(p.actions().count(), 1);
-    assert!(p.blocked.is_none(), "{:?}", p.blocked);
+    assert!(
+        p.blocked.is_some(),
+        "a run-level block is never lifted here"
+    );
     assert!(
         p.partial_reason().is_some_and(|r| r.contains("prod/b")),
         "unreadable rules make the run partial"

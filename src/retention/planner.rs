@@ -278,7 +278,6 @@ impl ServerSide {
 /// without `allow_server_side_rules`), block every repository with actions
 /// in a namespace whose server-side rules are enabled or unreadable: two
 /// engines deleting in one namespace cannot both honour their keep rules.
-/// The run budget (`max_deletions_per_run`) is judged again on what is left.
 /// Unreadable rules in a namespace with actions also make an enforcing run
 /// partial ([`Plan::skipped`]).
 pub fn apply_server_side(
@@ -312,10 +311,9 @@ pub fn apply_server_side(
             }
         }
         plan.skipped.extend(partial);
-        let total: usize = plan.repositories.iter().map(|r| r.actions.len()).sum();
-        if total as u64 <= max_deletions_per_run {
-            plan.blocked = None;
-        }
+        // A run-level block (budget, a failed in-use source) stands: fewer
+        // actions never lift it here (the safe direction).
+        let _ = max_deletions_per_run;
     }
     plan.server_side = found;
 }
