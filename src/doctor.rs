@@ -567,7 +567,11 @@ async fn registry_reachable(client: &Client, config: &Config, inst: &InstanceCon
             format!("DescribeExternalEndpoint failed: {}", e.code())
         }
     };
-    let base = crate::tokens::verify::base_url(registry);
+    // The embedded simulator (`sim:demo`) serves the registry itself, as
+    // the rotation knows (never probe the demo's made-up host on the internet).
+    let base = crate::tokens::settings_for(config, client)
+        .registry_override
+        .unwrap_or_else(|| crate::tokens::verify::base_url(registry));
     // The rotation's own preflight: what it sees is what doctor says.
     let probe = crate::tokens::verify::probe(&base, PROBE_TIMEOUT).await;
     let tokens: Vec<&str> = managed.iter().map(|m| m.name.as_str()).collect();
@@ -579,6 +583,11 @@ async fn registry_reachable(client: &Client, config: &Config, inst: &InstanceCon
                 "{base}/v2/ reachable: an anonymous probe was asked to log in (tokens {}); {endpoint_text}",
                 tokens.join(", ")
             ),
+        ),
+        Err(e @ crate::tokens::verify::VerifyError::OpenToAnonymous { .. }) => Check::fail(
+            name,
+            format!("{e}; {endpoint_text}"),
+            "point [[instances]] registry at the KCR registry host (it asks for credentials), or set verify = false on the managed tokens",
         ),
         Err(e @ crate::tokens::verify::VerifyError::Blocked { .. }) => Check::fail(
             name,

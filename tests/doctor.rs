@@ -285,3 +285,27 @@ async fn bad_credentials_expiry_and_an_unwritable_state_path_each_fail() {
         "{report}"
     );
 }
+
+/// Review finding: on the shipped demo config doctor probed the demo's
+/// made-up registry host on the internet and failed; the embedded simulator
+/// serves the registry, as the rotation knows.
+#[test]
+fn doctor_passes_on_the_shipped_demo_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
+        .args(["doctor", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+        .current_dir(dir.path())
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("http://127.0.0.1:"), "{stdout}");
+    assert!(!stdout.contains("https://demo.ksyunkcr.com"), "{stdout}");
+}

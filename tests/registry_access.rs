@@ -167,3 +167,61 @@ async fn an_open_endpoint_rotates() {
         .collect();
     assert_eq!(v2, [401, 200]);
 }
+
+/// A registry that answers every request 200, credentials or not (review
+/// finding: a login there "verified" any token and the old one was retired).
+async fn open_to_anyone() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_lets_anyone_in_cannot_verify_a_token_so_none_is_created() {
+    let sim = sim(SimOptions::default()).await;
+    let stub = open_to_anyone().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let registry = sim.endpoint().trim_start_matches("http://").to_string();
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("registry = \"{registry}\""),
+            &format!("registry = \"{stub}\""),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let cmd = binary(&sim, &["apply", "tokens", "--yes"], &config);
+        move || {
+            let mut cmd = cmd;
+            cmd.output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(sim.count("CreateInstanceToken"), 0, "{stderr}");
+    assert!(
+        stderr.contains("without credentials, so a login cannot prove a token"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("ci-pull.env").exists());
+}

@@ -977,10 +977,24 @@ impl<'a> Engine<'a> {
             other => other,
         };
         if let Some(m) = self.metrics {
-            m.tokens.registry_reachable(&mt.name, probed.is_ok());
+            m.tokens.registry_reachable(
+                &mt.name,
+                probed
+                    .as_ref()
+                    .map_or_else(verify::VerifyError::reached, |()| true),
+            );
         }
-        let Err(source) = probed else {
-            return Ok(());
+        let source = match probed {
+            Ok(()) => return Ok(()),
+            // Reachable, but a login there would prove nothing: refuse to
+            // create a token whose verification would be empty.
+            Err(source @ verify::VerifyError::OpenToAnonymous { .. }) => {
+                return Err(TokenError::Verify {
+                    token: mt.name.clone(),
+                    source,
+                });
+            }
+            Err(source) => source,
         };
         let endpoint = describe_endpoint(self.client, &inst.id).await;
         Err(TokenError::RegistryUnreachable {

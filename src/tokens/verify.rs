@@ -24,9 +24,26 @@ pub enum VerifyError {
     /// host before any login (the instance's external endpoint access policy).
     #[error("registry {registry} refused this host (HTTP {status})")]
     Blocked { registry: String, status: u16 },
+    /// The registry let an anonymous `GET /v2/` through: a login there
+    /// proves nothing about a token, so `verify = true` cannot be honoured.
+    #[error(
+        "registry {registry} answers GET /v2/ without credentials, so a login cannot prove a token \
+         (a KCR registry asks for credentials: check the [[instances]] registry host)"
+    )]
+    OpenToAnonymous { registry: String },
     /// A test asked for a fault here (`failpoints` feature only).
     #[error("{0}")]
     Injected(String),
+}
+
+impl VerifyError {
+    /// Did the registry answer at all (for `kcr_housekeeper_token_registry_reachable`)?
+    pub fn reached(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::Refused { .. } | VerifyError::OpenToAnonymous { .. }
+        )
+    }
 }
 
 /// The base URL of a registry host (`host[:port]`).
@@ -198,9 +215,10 @@ pub async fn login_with(
     }
 }
 
-/// Can this host reach the registry at `base` (from [`base_url`])? An
-/// anonymous `GET /v2/`, no credentials sent: `401` (login required) or
-/// `2xx` = reachable; `403` = [`VerifyError::Blocked`] (KCR refuses the
+/// Can this host reach the registry at `base` (from [`base_url`]), and will
+/// a login there prove a token? An anonymous `GET /v2/`, no credentials
+/// sent: `401` (login required) = yes; `2xx` = [`VerifyError::OpenToAnonymous`]
+/// (reachable, but a login proves nothing); `403` = [`VerifyError::Blocked`] (KCR refuses the
 /// address: "新创建的KCR实例默认拒绝所有外部访问" until the instance's external
 /// endpoint access policy allows it); a timeout, a refused connection or any
 /// other answer = [`VerifyError::Unreachable`].
@@ -227,7 +245,10 @@ pub async fn probe_with(http: &reqwest::Client, base: &str) -> Result<(), Verify
             why: format!("GET /v2/: {}", e.without_url()),
         })?;
     match resp.status().as_u16() {
-        200..=299 | 401 => Ok(()),
+        401 => Ok(()),
+        200..=299 => Err(VerifyError::OpenToAnonymous {
+            registry: base.to_string(),
+        }),
         403 => Err(VerifyError::Blocked {
             registry: base.to_string(),
             status: 403,
