@@ -109,6 +109,9 @@ impl Error {
     /// Worth trying again for a request that is safe to repeat.
     pub fn is_retryable(&self) -> bool {
         match self {
+            // The reference's "InnerApi without an internal service" is a
+            // ServiceUnavailable with HTTP 404: an answer, not a glitch.
+            e @ Error::Api { .. } if e.is_not_supported() => false,
             Error::Api { code, status, .. } => {
                 matches!(
                     code.as_str(),
@@ -139,13 +142,16 @@ impl Error {
     }
 
     /// The endpoint does not know the action (KCR's `NoSuchEntity` "InnerApi
-    /// that does not exist", `InvalidAction`, `UnsupportedOperation`, or a
-    /// bare 404): the feature is not offered there, which is not a failure.
+    /// that does not exist", `ServiceUnavailable` with HTTP 404 "InnerApi that
+    /// does not have an internal service", `InvalidAction`,
+    /// `UnsupportedOperation`, or a bare 404): the feature is not offered
+    /// there, which is not a failure.
     pub fn is_not_supported(&self) -> bool {
         match self {
-            Error::Api { code, .. } => {
+            Error::Api { code, status, .. } => {
                 let c = code.as_str();
                 c == "NoSuchEntity"
+                    || (c == "ServiceUnavailable" && *status == 404)
                     || c.starts_with("InvalidAction")
                     || c.starts_with("UnsupportedOperation")
                     || c == "UnsupportedAction"
@@ -208,6 +214,10 @@ mod tests {
         assert!(!api(403, "AccessDenied").is_not_supported());
         assert!(!api(400, "InvalidParameterValue").is_not_supported());
         assert!(!api(500, "ServiceUnavailable").is_not_supported());
+        // The reference's "InnerApi that does not have an internal service":
+        // not offered there, and not worth retrying for seconds.
+        assert!(api(404, "ServiceUnavailable").is_not_supported());
+        assert!(!api(404, "ServiceUnavailable").is_retryable());
         let http = |status| Error::Http {
             action: "X",
             status,
