@@ -404,3 +404,19 @@ fn in_use_sources_are_validated_with_line_and_key() {
     );
     assert_eq!(u.exec.unwrap(), ["/bin/true"]);
 }
+
+/// Review finding: `scope = ["apps"]` matched no `namespace/repository`, so
+/// every refusal inside `apps` counted as expected and the run exited 0.
+#[test]
+fn a_scope_entry_without_a_repository_part_is_refused_with_the_fix() {
+    let e = errors(
+        "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nscope = [\"apps\", \"team-a/*\", \"**\"]\n",
+    );
+    assert!(
+        e.contains(
+            "instances[0].scope[0]: scope entries are namespace/repository globs; write \"apps/**\""
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("scope[1]") && !e.contains("scope[2]"), "{e}");
+}

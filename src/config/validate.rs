@@ -561,7 +561,21 @@ impl Validator<'_> {
                     );
                     Vec::new()
                 }
-                Some(globs) => self.patterns(&ip.key("scope"), globs),
+                Some(globs) => {
+                    // A bare namespace would match no `namespace/repository`
+                    // and silently make every refusal there "expected".
+                    for (i, g) in globs.iter().enumerate() {
+                        if !g.starts_with("re:") && !g.contains('/') && !g.starts_with("**") {
+                            self.err(
+                                ip.key("scope").index(i),
+                                format!(
+                                    "scope entries are namespace/repository globs; write \"{g}/**\" for the whole namespace {g:?}"
+                                ),
+                            );
+                        }
+                    }
+                    self.patterns(&ip.key("scope"), globs)
+                }
                 None => Vec::new(),
             };
             out.push(InstanceConfig {
