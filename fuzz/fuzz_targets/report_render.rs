@@ -73,6 +73,8 @@ fn synthesized(text: &str) -> Report {
         reclaimable_bytes: u64::MAX - text.len() as u64,
         blocked: vec![next()],
         skipped: vec![next(), next()],
+        in_use: vec![next()],
+        server_side: vec![next()],
     };
     r.repositories = vec![
         ReportRepository {
