@@ -1,0 +1,145 @@
+//! The namespace visibility policy (DESIGN §6 namespaces): rules in order,
+//! the first `match` wins, else `default`; drift is actual ≠ desired.
+//! `enforce` re-reads each drifting namespace and applies ModifyNamespaceType;
+//! private → public only with `allow_make_public` (otherwise reported, never
+//! applied); more changes than `max_changes_per_run` block the whole run.
+//! The planner is pure; the executor audits every change.
+
+pub mod executor;
+pub mod planner;
+pub mod report;
+
+pub use executor::{Applied, ExecEnv, execute};
+pub use planner::{Change, Decision, Listed, NamespacePlan, plan};
+pub use report::{render_table, summary};
+
+use crate::config::{Config, Mode, NamespacesConfig};
+use crate::jobs::{Job, JobContext, JobError, Outcome};
+use crate::kcr::{Client, DescribeNamespace};
+use crate::metrics::Metrics;
+use futures::future::BoxFuture;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("listing the namespaces of instance {instance}: {source}")]
+    Listing {
+        instance: String,
+        source: Box<crate::kcr::Error>,
+    },
+}
+
+/// Every namespace of every configured instance; an error rather than a partial list.
+pub async fn list(client: &Client, config: &Config) -> Result<Vec<Listed>, NamespaceError> {
+    let mut out = Vec::new();
+    for inst in &config.instances {
+        let namespaces = client
+            .list_all(DescribeNamespace::all(&inst.id))
+            .await
+            .map_err(|e| NamespaceError::Listing {
+                instance: inst.name.clone(),
+                source: Box::new(e),
+            })?;
+        out.extend(namespaces.into_iter().map(|n| Listed {
+            instance: inst.name.clone(),
+            namespace: n.namespace,
+            public: n.public,
+        }));
+    }
+    Ok(out)
+}
+
+/// `kcr_namespace_public` and `kcr_namespace_policy_drift` as of after the run.
+pub fn export_metrics(m: &Metrics, plan: &NamespacePlan, applied: &[(Decision, Applied)]) {
+    m.namespaces.observed(plan.decisions.iter().map(|d| {
+        let done = applied.iter().any(|(a, r)| {
+            a.instance == d.instance
+                && a.namespace == d.namespace
+                && matches!(r, Applied::Applied | Applied::AlreadyDone)
+        });
+        let public = if done {
+            d.desired == "public"
+        } else {
+            d.public
+        };
+        (
+            d.instance.as_str(),
+            d.namespace.as_str(),
+            public,
+            d.drift && !done,
+        )
+    }));
+}
+
+pub struct NamespacesJob;
+
+impl NamespacesJob {
+    async fn run_inner(
+        &self,
+        ctx: &JobContext,
+        nc: &NamespacesConfig,
+    ) -> Result<Outcome, JobError> {
+        let listed = list(&ctx.client, &ctx.config).await.inspect_err(|e| {
+            let NamespaceError::Listing { instance, .. } = e;
+            ctx.metrics.api.reached(instance, false);
+        })?;
+        let plan = plan(nc, &listed);
+        let text = summary(&plan);
+        if nc.mode == Mode::DryRun {
+            export_metrics(&ctx.metrics, &plan, &[]);
+            return Ok(Outcome::Success(format!("dry-run: {text}")));
+        }
+        if let Some(b) = &plan.blocked {
+            export_metrics(&ctx.metrics, &plan, &[]);
+            return Ok(Outcome::Blocked(b.clone()));
+        }
+        let env = ExecEnv {
+            client: &ctx.client,
+            config: &ctx.config,
+            state: &ctx.state,
+            metrics: Some(&ctx.metrics),
+            cancel: Some(&ctx.cancel),
+            run_id: Some(ctx.run_id),
+        };
+        let applied = execute(&env, &plan).await;
+        export_metrics(&ctx.metrics, &plan, &applied);
+        if ctx.cancel.is_cancelled() {
+            return Err(JobError::Cancelled);
+        }
+        let failed: Vec<String> = applied
+            .iter()
+            .filter_map(|(d, r)| match r {
+                Applied::Failed(why) => Some(format!("{}/{}: {why}", d.instance, d.namespace)),
+                _ => None,
+            })
+            .collect();
+        let done = applied
+            .iter()
+            .filter(|(_, r)| matches!(r, Applied::Applied | Applied::AlreadyDone))
+            .count();
+        let text = format!("enforce: {text}; {done} changed");
+        if !failed.is_empty() {
+            return Err(JobError::Actions {
+                summary: format!("{text}; failed: {}", failed.join(", ")),
+                code: "actions",
+            });
+        }
+        Ok(Outcome::Success(text))
+    }
+}
+
+impl Job for NamespacesJob {
+    fn name(&self) -> &'static str {
+        "namespaces"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
+        Box::pin(async move {
+            let Some(nc) = ctx.config.namespaces.clone() else {
+                return Err(JobError::Config(
+                    "no [namespaces] section in the configuration".into(),
+                ));
+            };
+            self.run_inner(ctx, &nc).await
+        })
+    }
+}
