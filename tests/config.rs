@@ -420,3 +420,24 @@ fn a_scope_entry_without_a_repository_part_is_refused_with_the_fix() {
     );
     assert!(!e.contains("scope[1]") && !e.contains("scope[2]"), "{e}");
 }
+
+/// Words in config (`mode`, `action`, `order_by`, `format`, …) are serde
+/// enums: a wrong word is refused at its line and key with the words
+/// expected, and checking goes on past it.
+#[test]
+fn a_wrong_word_names_line_key_and_the_words_expected() {
+    let e = errors(
+        "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\n[log]\nformat = \"xml\"\n[retention]\nmode = \"Enforce\"\n[[retention.rules]]\nname = \"r\"\naction = \"purge\"\norder_by = \"alpha\"\nkeep_latest = 0\n",
+    );
+    for want in [
+        "test.toml:7:1: log.format: unknown log format \"xml\"; expected \"text\" or \"json\"",
+        "test.toml:9:1: retention.mode: unknown mode \"Enforce\"; expected \"dry-run\" or \"enforce\"",
+        "test.toml:12:1: retention.rules[0].action: unknown action \"purge\"; expected \"delete\" or \"keep\"",
+        "test.toml:13:1: retention.rules[0].order_by: unknown order \"alpha\"; expected \"pushed\" or \"semver\"",
+        // Checking went on past the wrong words.
+        "test.toml:14:1: retention.rules[0].keep_latest: 0 keeps nothing",
+    ] {
+        assert!(e.contains(want), "{want}\n{e}");
+    }
+    assert!(!e.contains("\nin `"), "no serde suffix: {e}");
+}

@@ -9,6 +9,7 @@
 mod locate;
 pub mod raw;
 mod validate;
+pub(crate) mod word;
 
 use crate::kcr::Credentials;
 use crate::pattern::Pattern;
@@ -21,6 +22,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use locate::KeyPath;
+pub(crate) use validate::Validator;
+use word::word;
+
+// Each job's section lives beside the job (as cargo-deny's checks own
+// their config); named here too, so `config::RetentionConfig` still reads.
+pub use crate::retention::config::{
+    InUseConfig, OrderBy, PrometheusSource, Protect, RetentionConfig, RetentionRule, RuleAction,
+};
 
 /// Where the config is read from when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/kcr-housekeeper/config.toml";
@@ -160,11 +169,14 @@ pub struct SchedulerConfig {
     pub job_timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "kebab-case")]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
+word!(LogFormat, "log format");
 
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -177,11 +189,14 @@ pub struct InventoryConfig {
     pub max_age: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a job does with its plan: only report it, or apply it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Mode {
     DryRun,
     Enforce,
 }
+word!(Mode, "mode");
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
@@ -190,96 +205,6 @@ impl Mode {
             Mode::Enforce => "enforce",
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RuleAction {
-    Delete,
-    Keep,
-}
-
-#[derive(Clone, Debug)]
-pub struct RetentionRule {
-    pub name: String,
-    pub action: RuleAction,
-    /// Empty = all.
-    pub namespaces: Vec<Pattern>,
-    /// Empty = all.
-    pub repositories: Vec<Pattern>,
-    pub exclude_repositories: Vec<Pattern>,
-    /// `None` = every tagged image.
-    pub tags: Option<Vec<Pattern>>,
-    pub untagged: bool,
-    pub older_than: Option<Duration>,
-    pub keep_latest: Option<u32>,
-    pub newer_than: Option<Duration>,
-    pub group_by: Option<String>,
-    /// How matched images are ranked for `keep_latest`.
-    pub order_by: OrderBy,
-}
-
-/// The order a rule ranks its matched images in (rank 0 first).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OrderBy {
-    /// Newest push first, ties by digest.
-    #[default]
-    Pushed,
-    /// Highest SemVer 2.0 version among the image's matching tags first;
-    /// images with no version tag after every version, newest push first.
-    Semver,
-}
-
-#[derive(Clone, Debug)]
-pub struct Protect {
-    pub tags: Vec<Pattern>,
-    pub newest_images_per_repository: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct RetentionConfig {
-    pub schedule: Schedule,
-    pub mode: Mode,
-    pub min_age: Duration,
-    pub grace: Duration,
-    pub max_deletions_per_run: u64,
-    pub max_deletion_ratio: f64,
-    pub verify_before_delete: bool,
-    /// Enforce even in namespaces that have enabled server-side (KCR) retention rules.
-    pub allow_server_side_rules: bool,
-    /// `apply --plan` refuses a plan file older than this.
-    pub max_plan_age: Duration,
-    /// Quota relief: delete repositories holding no image whose UpdateTime
-    /// is older than this (`None`: off).
-    pub delete_empty_repositories: Option<Duration>,
-    /// Quota relief: delete namespaces holding no repository created longer
-    /// ago than this (`None`: off).
-    pub delete_empty_namespaces: Option<Duration>,
-    pub protect: Protect,
-    pub rules: Vec<RetentionRule>,
-    /// Where to learn which images are running (`[retention.in_use]`).
-    pub in_use: Option<InUseConfig>,
-}
-
-/// `[retention.in_use]`: sources of image references in use; an image any
-/// of them names is never deleted, and a source that fails blocks enforce.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InUseConfig {
-    pub prometheus: Option<PrometheusSource>,
-    /// One image reference per line.
-    pub file: Option<PathBuf>,
-    /// A program printing image references, one per line.
-    pub exec: Option<Vec<String>>,
-    /// For the Prometheus query and the program.
-    pub timeout: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrometheusSource {
-    /// Base URL (`http://prometheus:9090`).
-    pub url: String,
-    /// `None`: the kube-state-metrics default.
-    pub query: Option<String>,
-    pub lookback: Duration,
 }
 
 /// A lifetime as CreateInstanceToken can express it.

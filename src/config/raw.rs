@@ -106,7 +106,7 @@ pub struct RawScheduler {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    pub format: Option<String>,
+    pub format: Option<super::LogFormat>,
     pub level: Option<String>,
 }
 
@@ -118,79 +118,9 @@ pub struct RawInventory {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRetention {
-    pub schedule: Option<String>,
-    pub mode: Option<String>,
-    pub min_age: Option<String>,
-    pub grace: Option<String>,
-    pub max_deletions_per_run: Option<i64>,
-    pub max_deletion_ratio: Option<f64>,
-    pub verify_before_delete: Option<bool>,
-    pub max_plan_age: Option<String>,
-    pub delete_empty_repositories: Option<RawRelief>,
-    pub delete_empty_namespaces: Option<RawRelief>,
-    pub allow_server_side_rules: Option<bool>,
-    #[serde(default)]
-    pub protect: RawProtect,
-    /// Each rule is read on its own so that one bad rule does not hide another.
-    #[serde(default)]
-    pub rules: Vec<toml::Value>,
-    pub in_use: Option<RawInUse>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInUse {
-    pub prometheus: Option<RawPrometheus>,
-    pub file: Option<String>,
-    pub exec: Option<Vec<String>>,
-    pub timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPrometheus {
-    pub url: String,
-    pub query: Option<String>,
-    pub lookback: Option<String>,
-}
-
-/// `{ older_than = "30d" }`: quota relief for empty repositories or namespaces.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRelief {
-    pub older_than: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProtect {
-    pub tags: Option<Vec<String>>,
-    pub newest_images_per_repository: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRule {
-    pub name: String,
-    pub action: Option<String>,
-    pub namespaces: Option<Vec<String>>,
-    pub repositories: Option<Vec<String>>,
-    pub exclude_repositories: Option<Vec<String>>,
-    pub tags: Option<Vec<String>>,
-    pub untagged: Option<bool>,
-    pub older_than: Option<String>,
-    pub keep_latest: Option<i64>,
-    pub newer_than: Option<String>,
-    pub group_by: Option<String>,
-    pub order_by: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTokens {
     pub schedule: Option<String>,
-    pub mode: Option<String>,
+    pub mode: Option<super::Mode>,
     pub list_lag: Option<String>,
     #[serde(default)]
     pub managed: Vec<toml::Value>,
@@ -226,7 +156,7 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawNamespaces {
     pub schedule: Option<String>,
-    pub mode: Option<String>,
+    pub mode: Option<super::Mode>,
     pub default: Option<String>,
     pub allow_make_public: Option<bool>,
     pub max_changes_per_run: Option<i64>,

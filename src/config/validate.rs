@@ -1,11 +1,13 @@
-//! Phase two: check meaning, resolve secrets, collect every error.
+//! Phase two: check meaning, resolve secrets, collect every error. The
+//! [`Validator`] is the machinery every section's `validate` uses (the core
+//! sections here, each job's in its own folder's `config.rs`): it collects
+//! errors by key path, and `parse` points each at its file, line and column.
 
 use super::locate::{self, KeyPath, Seg};
 use super::raw::*;
 use super::*;
 use crate::duration;
 use serde::de::DeserializeOwned;
-use std::collections::HashSet;
 
 /// The largest `TokenTime` CreateInstanceToken accepts, in days or in hours.
 pub const MAX_TOKEN_TIME: u32 = 9999;
@@ -24,7 +26,10 @@ const KNOWN_SECTIONS: [&str; 11] = [
     "quota",
 ];
 
-struct Validator<'a> {
+/// Collects every error of one config file by key path; the helpers read
+/// one value each, record what is wrong and return a default so checking
+/// goes on.
+pub(crate) struct Validator<'a> {
     errors: Vec<(KeyPath, String)>,
     base: &'a Path,
     env: &'a dyn Environment,
@@ -137,14 +142,18 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 impl Validator<'_> {
-    fn err(&mut self, path: KeyPath, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: KeyPath, msg: impl Into<String>) {
         self.errors.push((path, msg.into()));
     }
 
     /// Deserialise one value, recording (not returning) what went wrong. A
     /// bad key is reported, taken out and the rest read again, so one mistake
     /// does not hide the next.
-    fn de<T: DeserializeOwned>(&mut self, path: &KeyPath, mut value: toml::Value) -> Option<T> {
+    pub(crate) fn de<T: DeserializeOwned>(
+        &mut self,
+        path: &KeyPath,
+        mut value: toml::Value,
+    ) -> Option<T> {
         let mut removed: Vec<String> = Vec::new();
         loop {
             let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
@@ -152,7 +161,12 @@ impl Validator<'_> {
                 Err(e) => e,
             };
             let mut inner = convert_path(e.path());
-            let msg = e.inner().to_string().trim().to_owned();
+            // toml adds "\nin `key`" to custom errors; the key path says it already.
+            let msg = e.inner().to_string();
+            let msg = match msg.rsplit_once("\nin `") {
+                Some((head, _)) => head.trim().to_owned(),
+                None => msg.trim().to_owned(),
+            };
             if let Some(rest) = msg.strip_prefix("unknown field `")
                 && let Some(name) = rest.split('`').next()
                 && inner.0.last() != Some(&Seg::Key(name.to_owned()))
@@ -176,7 +190,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, path: KeyPath, raw: Option<&str>, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        path: KeyPath,
+        raw: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match raw {
             None => default,
             Some(s) => duration::parse(s).unwrap_or_else(|e| {
@@ -186,7 +205,26 @@ impl Validator<'_> {
         }
     }
 
-    fn opt_duration(&mut self, path: KeyPath, raw: Option<&str>) -> Option<Duration> {
+    /// A duration that must be more than zero (timeouts, ages).
+    pub(crate) fn positive_duration(
+        &mut self,
+        path: KeyPath,
+        raw: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(path.clone(), raw, default);
+        if d.is_zero() {
+            self.err(path, "must be more than 0s");
+        }
+        d
+    }
+
+    /// How many errors so far: a part is valid when checking it added none.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub(crate) fn opt_duration(&mut self, path: KeyPath, raw: Option<&str>) -> Option<Duration> {
         let s = raw?;
         match duration::parse(s) {
             Ok(d) => Some(d),
@@ -197,7 +235,7 @@ impl Validator<'_> {
         }
     }
 
-    fn timezone(&mut self, path: KeyPath, raw: Option<&str>, default: Tz) -> Tz {
+    pub(crate) fn timezone(&mut self, path: KeyPath, raw: Option<&str>, default: Tz) -> Tz {
         match raw {
             None => default,
             Some(s) => s.parse::<Tz>().unwrap_or_else(|_| {
@@ -207,7 +245,12 @@ impl Validator<'_> {
         }
     }
 
-    fn schedule(&mut self, path: KeyPath, raw: Option<&str>, default: &str) -> Option<Schedule> {
+    pub(crate) fn schedule(
+        &mut self,
+        path: KeyPath,
+        raw: Option<&str>,
+        default: &str,
+    ) -> Option<Schedule> {
         match Schedule::parse(raw.unwrap_or(default)) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -217,22 +260,14 @@ impl Validator<'_> {
         }
     }
 
-    fn mode(&mut self, path: KeyPath, raw: Option<&str>, default: Mode) -> Mode {
-        match raw {
-            None => default,
-            Some("dry-run") => Mode::DryRun,
-            Some("enforce") => Mode::Enforce,
-            Some(other) => {
-                self.err(
-                    path,
-                    format!("unknown mode {other:?}; expected \"dry-run\" or \"enforce\""),
-                );
-                default
-            }
-        }
-    }
-
-    fn count(&mut self, path: KeyPath, raw: Option<i64>, default: u64, min: u64, max: u64) -> u64 {
+    pub(crate) fn count(
+        &mut self,
+        path: KeyPath,
+        raw: Option<i64>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
         match raw {
             None => default,
             Some(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => n as u64,
@@ -246,7 +281,7 @@ impl Validator<'_> {
         }
     }
 
-    fn patterns(&mut self, path: &KeyPath, raw: &[String]) -> Vec<Pattern> {
+    pub(crate) fn patterns(&mut self, path: &KeyPath, raw: &[String]) -> Vec<Pattern> {
         let mut out = Vec::new();
         for (i, p) in raw.iter().enumerate() {
             match Pattern::parse(p) {
@@ -257,7 +292,7 @@ impl Validator<'_> {
         out
     }
 
-    fn secret(&mut self, path: KeyPath, raw: &RawSecret) -> Option<String> {
+    pub(crate) fn secret(&mut self, path: KeyPath, raw: &RawSecret) -> Option<String> {
         match raw {
             RawSecret::Literal => {
                 self.err(path, "literal secrets are refused; use { env = \"VARIABLE\" } or { file = \"/path\" }");
@@ -348,7 +383,7 @@ impl Validator<'_> {
                     Duration::from_secs(300),
                 ),
             });
-        let retention = retention_raw.map(|v| self.retention(v));
+        let retention = retention_raw.map(|v| crate::retention::config::validate(self, v));
         let tokens = tokens_raw.map(|v| self.tokens(v, &instances));
         let namespaces = namespaces_raw.map(|v| self.namespaces(v));
         let quota = quota_raw.map(|v| self.quota(v));
@@ -467,14 +502,11 @@ impl Validator<'_> {
                 format!("{rps} is out of range; expected more than 0 and at most 1000"),
             );
         }
-        let timeout = self.duration(
+        let timeout = self.positive_duration(
             p.key("timeout"),
             raw.timeout.as_deref(),
             Duration::from_secs(30),
         );
-        if timeout.is_zero() {
-            self.err(p.key("timeout"), "must be more than 0s");
-        }
         Some(KcrConfig {
             endpoint,
             region,
@@ -667,17 +699,7 @@ impl Validator<'_> {
     fn log(&mut self, value: Option<toml::Value>) -> Option<LogConfig> {
         let p = KeyPath::root().key("log");
         let raw: RawLog = self.section("log", value)?;
-        let format = match raw.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                self.err(
-                    p.key("format"),
-                    format!("unknown log format {other:?}; expected \"text\" or \"json\""),
-                );
-                LogFormat::Text
-            }
-        };
+        let format = raw.format.unwrap_or_default();
         let level = raw.level.unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
             self.err(p.key("level"), format!("invalid log level {level:?}: {e}"));
@@ -685,343 +707,11 @@ impl Validator<'_> {
         Some(LogConfig { format, level })
     }
 
-    fn retention(&mut self, value: toml::Value) -> Option<RetentionConfig> {
-        let p = KeyPath::root().key("retention");
-        let raw: RawRetention = self.de(&p, value)?;
-        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 30 3 * * *");
-        let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::DryRun);
-        let min_age = self.duration(
-            p.key("min_age"),
-            raw.min_age.as_deref(),
-            Duration::from_secs(3600),
-        );
-        let grace = self.duration(p.key("grace"), raw.grace.as_deref(), Duration::ZERO);
-        let max_plan_age = self.duration(
-            p.key("max_plan_age"),
-            raw.max_plan_age.as_deref(),
-            Duration::from_secs(24 * 3600),
-        );
-        if max_plan_age.is_zero() {
-            self.err(p.key("max_plan_age"), "must be more than 0s");
-        }
-        let max_deletions_per_run = self.count(
-            p.key("max_deletions_per_run"),
-            raw.max_deletions_per_run,
-            1000,
-            0,
-            u32::MAX.into(),
-        );
-        let max_deletion_ratio = raw.max_deletion_ratio.unwrap_or(0.9);
-        if !(max_deletion_ratio > 0.0 && max_deletion_ratio <= 1.0) {
-            self.err(
-                p.key("max_deletion_ratio"),
-                format!("{max_deletion_ratio} is out of range; expected more than 0 and at most 1"),
-            );
-        }
-        let mut relief = |key: &str, raw: &Option<crate::config::raw::RawRelief>| {
-            raw.as_ref().map(|r| {
-                let d = self.duration(p.key(key).key("older_than"), Some(&r.older_than), Duration::ZERO);
-                if d.is_zero() {
-                    self.err(
-                        p.key(key).key("older_than"),
-                        "must be more than 0s: an empty repository or namespace just made is someone's next push",
-                    );
-                }
-                d
-            })
-        };
-        let delete_empty_repositories =
-            relief("delete_empty_repositories", &raw.delete_empty_repositories);
-        let delete_empty_namespaces =
-            relief("delete_empty_namespaces", &raw.delete_empty_namespaces);
-        let pp = p.key("protect");
-        let protect = Protect {
-            tags: self.patterns(
-                &pp.key("tags"),
-                raw.protect.tags.as_deref().unwrap_or_default(),
-            ),
-            newest_images_per_repository: self.count(
-                pp.key("newest_images_per_repository"),
-                raw.protect.newest_images_per_repository,
-                1,
-                0,
-                u32::MAX.into(),
-            ) as u32,
-        };
-        let mut rules: Vec<RetentionRule> = Vec::new();
-        let mut names = HashSet::new();
-        for (i, item) in raw.rules.into_iter().enumerate() {
-            let rp = p.key("rules").index(i);
-            let Some(r) = self.de::<RawRule>(&rp, item) else {
-                continue;
-            };
-            if r.name.trim().is_empty() {
-                self.err(rp.key("name"), "empty rule name");
-            } else if !names.insert(r.name.clone()) {
-                self.err(rp.key("name"), format!("duplicate rule name {:?}", r.name));
-            }
-            if let Some(rule) = self.rule(&rp, r) {
-                rules.push(rule);
-            }
-        }
-        let in_use = raw.in_use.and_then(|u| self.in_use(&p.key("in_use"), u));
-        Some(RetentionConfig {
-            schedule: schedule?,
-            mode,
-            min_age,
-            grace,
-            max_deletions_per_run,
-            max_deletion_ratio,
-            verify_before_delete: raw.verify_before_delete.unwrap_or(true),
-            allow_server_side_rules: raw.allow_server_side_rules.unwrap_or(false),
-            max_plan_age,
-            delete_empty_repositories,
-            delete_empty_namespaces,
-            protect,
-            rules,
-            in_use,
-        })
-    }
-
-    fn in_use(&mut self, p: &KeyPath, raw: RawInUse) -> Option<InUseConfig> {
-        let before = self.errors.len();
-        let timeout = self.duration(
-            p.key("timeout"),
-            raw.timeout.as_deref(),
-            Duration::from_secs(30),
-        );
-        if timeout.is_zero() {
-            self.err(p.key("timeout"), "must be more than 0s");
-        }
-        let prometheus = raw.prometheus.map(|pr| {
-            let pp = p.key("prometheus");
-            let lookback = self.duration(
-                pp.key("lookback"),
-                pr.lookback.as_deref(),
-                Duration::from_secs(7 * 86_400),
-            );
-            if lookback < Duration::from_secs(60) {
-                self.err(pp.key("lookback"), "must be at least 1m");
-            }
-            let url = pr.url.trim_end_matches('/').to_owned();
-            if reqwest::Url::parse(&url)
-                .map(|u| !matches!(u.scheme(), "http" | "https") || u.host_str().is_none())
-                .unwrap_or(true)
-            {
-                self.err(
-                    pp.key("url"),
-                    format!(
-                        "{:?} is not an http(s) URL such as \"http://prometheus:9090\"",
-                        pr.url
-                    ),
-                );
-            }
-            if pr.query.as_ref().is_some_and(|q| q.trim().is_empty()) {
-                self.err(
-                    pp.key("query"),
-                    "empty query; remove `query` for the kube-state-metrics default",
-                );
-            }
-            PrometheusSource {
-                url,
-                query: pr.query,
-                lookback,
-            }
-        });
-        let file = raw.file.and_then(|f| {
-            if Path::new(&f).is_absolute() {
-                Some(PathBuf::from(f))
-            } else {
-                self.err(p.key("file"), format!("{f:?} is not an absolute path"));
-                None
-            }
-        });
-        let exec = raw.exec.and_then(|c| {
-            if c.first().is_some_and(|p| !p.is_empty()) {
-                Some(c)
-            } else {
-                self.err(
-                    p.key("exec"),
-                    "needs a non-empty list such as [\"/usr/local/bin/running-images\"]",
-                );
-                None
-            }
-        });
-        if prometheus.is_none() && file.is_none() && exec.is_none() && self.errors.len() == before {
-            self.err(
-                p.clone(),
-                "names no source: set `prometheus`, `file` or `exec` (or remove the section)",
-            );
-        }
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(InUseConfig {
-            prometheus,
-            file,
-            exec,
-            timeout,
-        })
-    }
-
-    fn rule(&mut self, rp: &KeyPath, r: RawRule) -> Option<RetentionRule> {
-        let before = self.errors.len();
-        let action = match r.action.as_deref() {
-            None | Some("delete") => RuleAction::Delete,
-            Some("keep") => RuleAction::Keep,
-            Some(other) => {
-                self.err(
-                    rp.key("action"),
-                    format!("unknown action {other:?}; expected \"delete\" or \"keep\""),
-                );
-                RuleAction::Delete
-            }
-        };
-        let namespaces = self.patterns(
-            &rp.key("namespaces"),
-            r.namespaces.as_deref().unwrap_or_default(),
-        );
-        let repositories = self.patterns(
-            &rp.key("repositories"),
-            r.repositories.as_deref().unwrap_or_default(),
-        );
-        let exclude_repositories = self.patterns(
-            &rp.key("exclude_repositories"),
-            r.exclude_repositories.as_deref().unwrap_or_default(),
-        );
-        let tags = r.tags.as_ref().map(|t| self.patterns(&rp.key("tags"), t));
-        let untagged = r.untagged.unwrap_or(false);
-        let older_than = self.opt_duration(rp.key("older_than"), r.older_than.as_deref());
-        let newer_than = self.opt_duration(rp.key("newer_than"), r.newer_than.as_deref());
-        let keep_latest = match r.keep_latest {
-            None => None,
-            Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
-            Some(n) => {
-                self.err(
-                    rp.key("keep_latest"),
-                    format!("{n} is out of range; expected 1 or more"),
-                );
-                None
-            }
-        };
-        if untagged && r.tags.is_some() {
-            self.err(
-                rp.key("untagged"),
-                "`untagged = true` matches images without tags; it cannot be combined with `tags`",
-            );
-        }
-        for (key, list, absent) in [
-            ("namespaces", &r.namespaces, "every namespace"),
-            ("repositories", &r.repositories, "every repository"),
-        ] {
-            if list.as_ref().is_some_and(|l| l.is_empty()) {
-                self.err(
-                    rp.key(key),
-                    format!("empty list matches nothing; remove `{key}` to match {absent}"),
-                );
-            }
-        }
-        if r.keep_latest == Some(0) {
-            self.err(
-                rp.key("keep_latest"),
-                match action {
-                    RuleAction::Delete => "0 keeps nothing: every matched image would rank past it; remove `keep_latest` to judge by `older_than` alone",
-                    RuleAction::Keep => "0 keeps nothing; use 1 or more, or remove `keep_latest`",
-                },
-            );
-        }
-        if let Some(t) = &r.tags
-            && t.is_empty()
-        {
-            self.err(
-                rp.key("tags"),
-                "empty list matches nothing; remove `tags` to match every tagged image",
-            );
-        }
-        match action {
-            RuleAction::Delete => {
-                if r.older_than.is_none() && r.keep_latest.is_none() {
-                    self.err(
-                        rp.clone(),
-                        "a delete rule needs a bound: `older_than`, `keep_latest` or both",
-                    );
-                }
-                if r.newer_than.is_some() {
-                    self.err(
-                        rp.key("newer_than"),
-                        "`newer_than` belongs to keep rules; delete rules use `older_than`",
-                    );
-                }
-            }
-            RuleAction::Keep => {
-                if r.older_than.is_some() {
-                    self.err(
-                        rp.key("older_than"),
-                        "`older_than` belongs to delete rules; keep rules use `newer_than`",
-                    );
-                }
-            }
-        }
-        if let Some(g) = &r.group_by {
-            if untagged {
-                self.err(
-                    rp.key("group_by"),
-                    "`group_by` needs tag patterns; untagged images have no tags to group",
-                );
-            } else {
-                match &tags {
-                    None => self.err(rp.key("group_by"), format!("`group_by = {g:?}` needs `tags` with a regex that has a (?P<{g}>…) group")),
-                    Some(ts) => {
-                        for (i, t) in ts.iter().enumerate() {
-                            if !t.has_group(g) {
-                                self.err(rp.key("tags").index(i), format!("pattern {:?} has no capture group named {g:?} (needed by group_by)", t.as_str()));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let order_by = match r.order_by.as_deref() {
-            None | Some("pushed") => OrderBy::Pushed,
-            Some("semver") => OrderBy::Semver,
-            Some(other) => {
-                self.err(
-                    rp.key("order_by"),
-                    format!("unknown order {other:?}; expected \"pushed\" or \"semver\""),
-                );
-                OrderBy::Pushed
-            }
-        };
-        if order_by == OrderBy::Semver && untagged {
-            self.err(
-                rp.key("order_by"),
-                "`order_by = \"semver\"` ranks images by their version tags; untagged images have none",
-            );
-        }
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(RetentionRule {
-            name: r.name,
-            action,
-            namespaces,
-            repositories,
-            exclude_repositories,
-            tags,
-            untagged,
-            older_than,
-            keep_latest,
-            newer_than,
-            group_by: r.group_by,
-            order_by,
-        })
-    }
-
     fn tokens(&mut self, value: toml::Value, instances: &[InstanceConfig]) -> Option<TokensConfig> {
         let p = KeyPath::root().key("tokens");
         let raw: RawTokens = self.de(&p, value)?;
         let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
-        let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::Enforce);
+        let mode = raw.mode.unwrap_or(Mode::Enforce);
         let list_lag = self.duration(
             p.key("list_lag"),
             raw.list_lag.as_deref(),
@@ -1300,7 +990,7 @@ impl Validator<'_> {
         let p = KeyPath::root().key("namespaces");
         let raw: RawNamespaces = self.de(&p, value)?;
         let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
-        let mode = self.mode(p.key("mode"), raw.mode.as_deref(), Mode::DryRun);
+        let mode = raw.mode.unwrap_or(Mode::DryRun);
         let default = self.visibility(
             p.key("default"),
             raw.default.as_deref().unwrap_or("private"),

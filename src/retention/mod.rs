@@ -2,6 +2,7 @@
 //! audits every deletion, report renderers, and the job that ties them
 //! together (dry-run by default; enforce applies).
 
+pub mod config;
 pub mod executor;
 pub mod in_use;
 pub mod planner;
