@@ -154,7 +154,7 @@ fn keep_latest_ranks_only_matched_images() {
         img(3, 1.0, &["pr-3"]),
     ];
     let p = plan(&one(images), &cfg("", rules), now());
-    // Image 2 has no pr- tag: it is not ranked, so image 1 is rank 1.
+    // Image 2 has no pr- tag: it is not ranked, so image 1 is the 2nd newest pr- image (rank 1).
     assert_eq!(acts(&p), vec![(1, "delete_image", t(&["pr-1"]))]);
 }
 
@@ -408,8 +408,8 @@ fn written_out_actions_carry_every_rule_and_the_freed_bytes() {
     assert_eq!(image.size, 1002);
     assert_eq!(
         image.reason,
-        "every tag condemned; pr-2: rule ci: age 30d > older_than 7d; rule sha: rank 1 ≥ keep_latest 1; \
-         sha-2: rule sha: rank 1 ≥ keep_latest 1"
+        "every tag condemned; pr-2: rule ci: age 30d > older_than 7d; rule sha: 2nd newest, beyond keep_latest 1; \
+         sha-2: rule sha: 2nd newest, beyond keep_latest 1"
     );
     let untagged = &written[1];
     assert_eq!(untagged.action, ActionKind::DeleteImage);
@@ -872,7 +872,7 @@ fn semver_order_with_group_by_keeps_the_highest_version_of_each_major() {
         .unwrap();
     assert_eq!(
         a.reason,
-        "every tag condemned; v1.4.1: rule versions: rank 1 in version order ≥ keep_latest 1"
+        "every tag condemned; v1.4.1: rule versions: 2nd highest version, beyond keep_latest 1"
     );
     let kept = &p.repositories[0].decisions[2].tags[0];
     assert_eq!(kept.tag, "v1.5.0");
@@ -880,7 +880,7 @@ fn semver_order_with_group_by_keeps_the_highest_version_of_each_major() {
         kept.verdict,
         Verdict::Spared {
             rules: vec!["versions".into()],
-            reason: "rule versions: rank 0 in version order < keep_latest 1".into()
+            reason: "rule versions: highest version, within keep_latest 1".into()
         }
     );
 }

@@ -51,6 +51,8 @@ async fn html_report_renders_in_chromium_with_the_json_numbers() {
             id: DEMO_INSTANCE.into(),
         }],
     );
+    let mut report = report;
+    report.timezone = Some(cfg.kcr.timezone.name().into());
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert!(
         json["summary"]["delete_image"].as_u64().unwrap() > 0,
@@ -122,6 +124,23 @@ async fn html_report_renders_in_chromium_with_the_json_numbers() {
         "one index row per repository"
     );
     assert!(dom.contains("Reclaimable (upper bound)"));
+    // The header names the instance and the configured zone; reasons count ranks from 1.
+    assert!(dom.contains(&format!("demo ({DEMO_INSTANCE})")), "instance");
+    let generated = text_of(&dom, "generated");
+    let zone = cfg.kcr.timezone.name();
+    assert!(
+        generated.contains(&format!("times read in {zone} ([kcr] timezone)"))
+            && generated.contains(&format!(
+                "({} {zone})",
+                report
+                    .generated_at
+                    .with_timezone(&cfg.kcr.timezone)
+                    .format("%Y-%m-%d %H:%M:%S")
+            )),
+        "configured zone in the header: {generated}"
+    );
+    assert!(dom.contains(" newest, beyond keep_latest "), "ranks from 1");
+    assert!(!dom.contains("rank 0"), "no 0-based rank");
 }
 
 mod content {
@@ -149,7 +168,7 @@ mod content {
             size,
             pushed_at: chrono::Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap(),
             rules: vec!["ci-builds".into(), "untagged-äöü".into()],
-            reason: "rule ci-builds: rank 3 ≥ keep_latest 2 | <b>&".into(),
+            reason: "rule ci-builds: 4th newest, beyond keep_latest 2 | <b>&".into(),
         }
     }
 
@@ -163,6 +182,7 @@ mod content {
                 .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
                 .unwrap(),
             mode: "dry-run".into(),
+            timezone: Some("Asia/Shanghai".into()),
             config_fingerprint: Some("fp-5e1f0a".into()),
             relief: Vec::new(),
             instances: vec![ReportInstance {
@@ -345,6 +365,10 @@ mod content {
         ] {
             for want in [
                 "times are UTC",
+                // The configured zone ([kcr] timezone) and the instance in the header.
+                "generated 2026-11-22T12:00:00Z (2026-11-22 20:00:00 Asia/Shanghai)",
+                "KCR's times read in Asia/Shanghai ([kcr] timezone)",
+                "instances: prod (4f9c-prod-id)",
                 "prod/apps/web",
                 "keeps 6 images, deletes 1 image and 1 tag, frees up to 1.5 MiB",
                 "rule ci-builds: 2 actions, up to 1.5 MiB",
@@ -387,7 +411,9 @@ mod content {
             assert!(text.contains("othing to delete"), "{text}");
             assert!(!text.contains("BLOCKED"), "{text}");
         }
-        // The JSON is the same plan file as before: no new fields.
+        // The JSON is the same plan file as before but for one new field on
+        // purpose (item 8): the configured zone, absent when unknown, so a
+        // report without it is byte-identical to what earlier versions wrote.
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(
@@ -399,10 +425,20 @@ mod content {
                 "mode",
                 "repositories",
                 "schema",
-                "summary"
+                "summary",
+                "timezone"
             ]
         );
+        assert_eq!(v["timezone"], "Asia/Shanghai");
         assert_eq!(v["summary"].as_object().unwrap().len(), 7);
+        let mut zoneless = sample();
+        zoneless.timezone = None;
+        let json = zoneless.to_json();
+        assert!(!json.contains("timezone"), "{json}");
+        assert_eq!(Report::from_json(&json).unwrap(), zoneless);
+        for text in [render_table(&zoneless), render_html(&zoneless)] {
+            assert!(text.contains("generated 2026-11-22T12:00:00Z (times are UTC)"));
+        }
     }
 
     /// Step 8 item 8: a ratio-blocked repository's actions are listed for

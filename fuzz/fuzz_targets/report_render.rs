@@ -94,6 +94,8 @@ fn synthesized(text: &str) -> Report {
             blocked_actions: vec![],
         },
     ];
+    // Any zone name, known to chrono-tz or not (the header names it either way).
+    r.timezone = Some(next());
     r
 }
 

@@ -90,6 +90,7 @@ async fn plan_retention_cmd(
         retention::report_instances(c),
     );
     report.config_fingerprint = Some(retention::config_fingerprint(rc));
+    report.timezone = Some(c.kcr.timezone.name().into());
     report.relief = retention::relief::plan_relief(&inventory, rc, now);
     let text = match args.format {
         ReportFormat::Table => retention::report::render_table(&report),

@@ -419,6 +419,7 @@ impl RetentionJob {
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
         report.config_fingerprint = Some(config_fingerprint(rc));
+        report.timezone = Some(ctx.config.kcr.timezone.name().into());
         report.relief = relieve.clone();
         store_report(ctx, &report, now)?;
         let mut summary = plan_summary(&plan);

@@ -505,8 +505,8 @@ fn reason(rule: &RuleBounds, rank: usize, age: ChronoDuration) -> String {
             let condemned = delete_holds(rule, rank.0, age);
             if let Some(k) = rule.keep_latest {
                 match (rank.0 >= k as usize, condemned) {
-                    (true, true) => parts.push(format!("rank {rank} ≥ keep_latest {k}")),
-                    (false, false) => parts.push(format!("rank {rank} < keep_latest {k}")),
+                    (true, true) => parts.push(format!("{rank}, beyond keep_latest {k}")),
+                    (false, false) => parts.push(format!("{rank}, within keep_latest {k}")),
                     _ => {}
                 }
             }
@@ -530,7 +530,7 @@ fn reason(rule: &RuleBounds, rank: usize, age: ChronoDuration) -> String {
             if rule.keep_latest.is_none() && rule.newer_than.is_none() {
                 parts.push("keeps every matched tag".into());
             } else if let Some(k) = rule.keep_latest.filter(|k| rank.0 < *k as usize) {
-                parts.push(format!("rank {rank} < keep_latest {k}"));
+                parts.push(format!("{rank}, within keep_latest {k}"));
             } else if let Some(d) = rule.newer_than {
                 parts.push(format!(
                     "age {} < newer_than {}",
@@ -543,14 +543,32 @@ fn reason(rule: &RuleBounds, rank: usize, age: ChronoDuration) -> String {
     format!("rule {}: {}", rule.name, parts.join(", "))
 }
 
+/// A 0-based rank as people count it, from 1: `newest`, `2nd newest`,
+/// `4th highest version`. The planner keeps counting from 0 (rank `r` is
+/// condemned when `r >= keep_latest`); only the text changes.
 struct RankText(usize, OrderBy);
 
 impl std::fmt::Display for RankText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.1 {
-            OrderBy::Pushed => write!(f, "{}", self.0),
-            OrderBy::Semver => write!(f, "{} in version order", self.0),
+        let what = match self.1 {
+            OrderBy::Pushed => "newest",
+            OrderBy::Semver => "highest version",
+        };
+        match self.0 + 1 {
+            1 => f.write_str(what),
+            n => write!(f, "{n}{} {what}", ordinal_suffix(n)),
         }
+    }
+}
+
+/// `st`, `nd`, `rd` or `th`: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 112th.
+fn ordinal_suffix(n: usize) -> &'static str {
+    match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
     }
 }
 
@@ -1079,5 +1097,34 @@ fn plan_with(
         skipped,
         idle_rules,
         server_side: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reasons count ranks from 1, as people do; the planner's rank stays 0-based.
+    #[test]
+    fn ranks_are_written_counting_from_one() {
+        let text = |rank, order| RankText(rank, order).to_string();
+        for (rank, want) in [
+            (0, "newest"),
+            (1, "2nd newest"),
+            (2, "3rd newest"),
+            (3, "4th newest"),
+            (10, "11th newest"),
+            (11, "12th newest"),
+            (12, "13th newest"),
+            (20, "21st newest"),
+            (21, "22nd newest"),
+            (22, "23rd newest"),
+            (100, "101st newest"),
+            (110, "111th newest"),
+        ] {
+            assert_eq!(text(rank, OrderBy::Pushed), want);
+        }
+        assert_eq!(text(0, OrderBy::Semver), "highest version");
+        assert_eq!(text(1, OrderBy::Semver), "2nd highest version");
     }
 }

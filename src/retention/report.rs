@@ -18,6 +18,11 @@ pub struct Report {
     /// The instances the plan covers (name → id), so a plan file can be checked against the config.
     #[serde(default)]
     pub instances: Vec<ReportInstance>,
+    /// The configured zone KCR's zone-less times are read in (`[kcr]
+    /// timezone`), named in every header beside the UTC times; absent from
+    /// reports written before it (and from the JSON when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// The fingerprint of the retention config the plan was made with
     /// (`apply --plan` reports a mismatch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +113,7 @@ impl Report {
             generated_at: plan.generated_at,
             mode: mode.into(),
             instances,
+            timezone: None,
             config_fingerprint: None,
             relief: Vec::new(),
             summary: Summary {
@@ -304,6 +310,30 @@ fn banner_lines(r: &Report) -> Vec<String> {
 /// Every time in a report is UTC.
 const TIMES: &str = "times are UTC";
 
+/// The header's time line: when, in UTC and in the configured zone, and
+/// which zone KCR's own times were read in.
+/// `generated 2026-11-22T12:00:00Z (2026-11-22 20:00:00 Asia/Shanghai); times are UTC, KCR's times read in Asia/Shanghai ([kcr] timezone)`
+fn generated_text(r: &Report) -> String {
+    let at = time_text(&r.generated_at);
+    match r.timezone.as_deref() {
+        None => format!("generated {at} ({TIMES})"),
+        Some(zone) => {
+            let local = zone
+                .parse::<chrono_tz::Tz>()
+                .map(|tz| {
+                    format!(
+                        " ({} {zone})",
+                        r.generated_at
+                            .with_timezone(&tz)
+                            .format("%Y-%m-%d %H:%M:%S")
+                    )
+                })
+                .unwrap_or_default();
+            format!("generated {at}{local}; {TIMES}, KCR's times read in {zone} ([kcr] timezone)")
+        }
+    }
+}
+
 /// Why reclaimable bytes are an upper bound.
 const UPPER_BOUND: &str = "an upper bound: a layer shared between images counts once per image, and KCR does not promise that a delete frees storage at once";
 
@@ -317,11 +347,7 @@ fn summary_lines(r: &Report) -> Vec<String> {
     let s = &r.summary;
     let mut v = banner_lines(r);
     v.push(format!("schema: {}", r.schema));
-    v.push(format!(
-        "mode: {}, generated {} ({TIMES})",
-        r.mode,
-        time_text(&r.generated_at)
-    ));
+    v.push(format!("mode: {}, {}", r.mode, generated_text(r)));
     if !r.instances.is_empty() {
         let list: Vec<String> = r
             .instances
@@ -524,10 +550,10 @@ pub fn render_html(r: &Report) -> String {
     }
     let _ = write!(
         body,
-        "<p class=meta>mode <b>{}</b>, generated {} ({TIMES}), schema {}</p>",
+        "<p class=meta>mode <b>{}</b>, schema {}</p><p class=meta id=generated>{}</p>",
         html_escape(&r.mode),
-        time_text(&r.generated_at),
         html_escape(&r.schema),
+        html_escape(&generated_text(r)),
     );
     if let Some(f) = &r.config_fingerprint {
         let _ = write!(
