@@ -27,8 +27,13 @@ use word::word;
 
 // Each job's section lives beside the job (as cargo-deny's checks own
 // their config); named here too, so `config::RetentionConfig` still reads.
+pub use crate::namespaces::config::{NamespaceRule, NamespacesConfig, Visibility};
+pub use crate::quota::config::{QuotaConfig, StorageGranularity};
 pub use crate::retention::config::{
     InUseConfig, OrderBy, PrometheusSource, Protect, RetentionConfig, RetentionRule, RuleAction,
+};
+pub use crate::tokens::config::{
+    FileFormat, ManagedToken, Sink, SinkKind, TokenLifetime, TokensConfig,
 };
 
 /// Where the config is read from when no `--config` is given.
@@ -205,110 +210,6 @@ impl Mode {
             Mode::Enforce => "enforce",
         }
     }
-}
-
-/// A lifetime as CreateInstanceToken can express it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenLifetime {
-    Hours(u32),
-    Days(u32),
-}
-
-impl TokenLifetime {
-    pub fn duration(self) -> Duration {
-        match self {
-            TokenLifetime::Hours(h) => Duration::from_secs(u64::from(h) * 3600),
-            TokenLifetime::Days(d) => Duration::from_secs(u64::from(d) * 86_400),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileFormat {
-    Env,
-    Json,
-    Raw,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Sink {
-    DockerConfig {
-        path: PathBuf,
-    },
-    /// podman/skopeo/buildah `auth.json` (containers-auth.json(5)): the same
-    /// `auths` map as a Docker config, merged the same way.
-    ContainersAuth {
-        path: PathBuf,
-    },
-    File {
-        path: PathBuf,
-        format: FileFormat,
-    },
-    Exec {
-        command: Vec<String>,
-        /// Set for the program on top of `PATH`, `HOME` and `LANG`; the rest
-        /// of the daemon's environment is never passed on.
-        env: std::collections::BTreeMap<String, String>,
-        timeout: Duration,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct ManagedToken {
-    pub name: String,
-    /// The `[[instances]]` entry by name.
-    pub instance: String,
-    pub lifetime: TokenLifetime,
-    pub rotate_before: Duration,
-    pub overlap: Duration,
-    pub delete_after: Duration,
-    pub verify: bool,
-    pub sinks: Vec<Sink>,
-}
-
-#[derive(Clone, Debug)]
-pub struct TokensConfig {
-    pub schedule: Schedule,
-    pub mode: Mode,
-    /// How long a new token may take to appear in DescribeInstanceToken.
-    pub list_lag: Duration,
-    pub managed: Vec<ManagedToken>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Visibility {
-    Public,
-    Private,
-    Ignore,
-}
-
-#[derive(Clone, Debug)]
-pub struct NamespaceRule {
-    pub pattern: Pattern,
-    pub visibility: Visibility,
-}
-
-#[derive(Clone, Debug)]
-pub struct NamespacesConfig {
-    pub schedule: Schedule,
-    pub mode: Mode,
-    pub default: Visibility,
-    pub allow_make_public: bool,
-    pub max_changes_per_run: u32,
-    pub rules: Vec<NamespaceRule>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StorageGranularity {
-    None,
-    Namespace,
-    Repository,
-}
-
-#[derive(Clone, Debug)]
-pub struct QuotaConfig {
-    pub schedule: Schedule,
-    pub storage: StorageGranularity,
 }
 
 /// A checked configuration; everything in it has been validated.

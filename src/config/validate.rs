@@ -9,9 +9,6 @@ use super::*;
 use crate::duration;
 use serde::de::DeserializeOwned;
 
-/// The largest `TokenTime` CreateInstanceToken accepts, in days or in hours.
-pub const MAX_TOKEN_TIME: u32 = 9999;
-
 const KNOWN_SECTIONS: [&str; 11] = [
     "kcr",
     "instances",
@@ -219,6 +216,22 @@ impl Validator<'_> {
         d
     }
 
+    /// A required key read as `Option` (so that one wrong value does not
+    /// drop the table around it): missing → "missing field `key`" at the
+    /// table, unless its value was refused already.
+    pub(crate) fn required<T>(
+        &mut self,
+        table: &KeyPath,
+        key: &str,
+        value: Option<T>,
+    ) -> Option<T> {
+        let at = table.key(key);
+        if value.is_none() && !self.errors.iter().any(|(p, _)| *p == at) {
+            self.err(table.clone(), format!("missing field `{key}`"));
+        }
+        value
+    }
+
     /// How many errors so far: a part is valid when checking it added none.
     pub(crate) fn error_count(&self) -> usize {
         self.errors.len()
@@ -384,9 +397,9 @@ impl Validator<'_> {
                 ),
             });
         let retention = retention_raw.map(|v| crate::retention::config::validate(self, v));
-        let tokens = tokens_raw.map(|v| self.tokens(v, &instances));
-        let namespaces = namespaces_raw.map(|v| self.namespaces(v));
-        let quota = quota_raw.map(|v| self.quota(v));
+        let tokens = tokens_raw.map(|v| crate::tokens::config::validate(self, v, &instances));
+        let namespaces = namespaces_raw.map(|v| crate::namespaces::config::validate(self, v));
+        let quota = quota_raw.map(|v| crate::quota::config::validate(self, v));
 
         Some(Config {
             source: file.to_owned(),
@@ -705,356 +718,6 @@ impl Validator<'_> {
             self.err(p.key("level"), format!("invalid log level {level:?}: {e}"));
         }
         Some(LogConfig { format, level })
-    }
-
-    fn tokens(&mut self, value: toml::Value, instances: &[InstanceConfig]) -> Option<TokensConfig> {
-        let p = KeyPath::root().key("tokens");
-        let raw: RawTokens = self.de(&p, value)?;
-        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
-        let mode = raw.mode.unwrap_or(Mode::Enforce);
-        let list_lag = self.duration(
-            p.key("list_lag"),
-            raw.list_lag.as_deref(),
-            Duration::from_secs(120),
-        );
-        let mut managed: Vec<ManagedToken> = Vec::new();
-        for (i, item) in raw.managed.into_iter().enumerate() {
-            let mp = p.key("managed").index(i);
-            let Some(m) = self.de::<RawManagedToken>(&mp, item) else {
-                continue;
-            };
-            let before = self.errors.len();
-            if m.name.is_empty()
-                || !m
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                self.err(mp.key("name"), format!("invalid name {:?}: use lowercase letters, digits and '-' (it is written into the token's Desc)", m.name));
-            }
-            let desc_len = crate::tokens::planner::desc_len(m.name.len());
-            if desc_len > crate::tokens::planner::DESC_MAX {
-                self.err(mp.key("name"), format!("name is {} bytes: the token's Desc (kcr-housekeeper/<name>/<install-id>/<rotation-id>) would be {desc_len} bytes, over the API's limit of {}; use at most {} bytes", m.name.len(), crate::tokens::planner::DESC_MAX, crate::tokens::planner::MAX_NAME_LEN));
-            }
-            if managed.iter().any(|o| o.name == m.name) {
-                self.err(
-                    mp.key("name"),
-                    format!("duplicate managed token name {:?}", m.name),
-                );
-            }
-            if let Some(i) = instances.iter().find(|i| i.name == m.instance) {
-                if i.registry.is_none() {
-                    self.err(
-                        mp.key("instance"),
-                        format!(
-                            "managed token {:?}: instance {:?} has no `registry`; a managed token needs it (the login and the docker-config entry)",
-                            m.name, m.instance
-                        ),
-                    );
-                }
-            } else {
-                let known: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
-                self.err(
-                    mp.key("instance"),
-                    format!(
-                        "unknown instance {:?}; known: {}",
-                        m.instance,
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                );
-            }
-            let lifetime_d = self.duration(
-                mp.key("lifetime"),
-                m.lifetime.as_deref(),
-                Duration::from_secs(30 * 86_400),
-            );
-            let secs = lifetime_d.as_secs();
-            let whole = lifetime_d.subsec_nanos() == 0 && secs > 0;
-            let lifetime = if whole && secs.is_multiple_of(86_400) {
-                Some((
-                    secs / 86_400,
-                    "days",
-                    TokenLifetime::Days as fn(u32) -> TokenLifetime,
-                ))
-            } else if whole && secs.is_multiple_of(3600) {
-                Some((
-                    secs / 3600,
-                    "hours",
-                    TokenLifetime::Hours as fn(u32) -> TokenLifetime,
-                ))
-            } else {
-                self.err(mp.key("lifetime"), format!("{} cannot be expressed by the API: use whole hours or whole days (at least 1h)", duration::format(lifetime_d)));
-                None
-            };
-            // CreateInstanceToken refuses a TokenTime above 9999 (days or hours).
-            let lifetime = match lifetime {
-                Some((n, unit, _)) if n > u64::from(MAX_TOKEN_TIME) => {
-                    self.err(
-                        mp.key("lifetime"),
-                        format!(
-                            "{} is {n} {unit}; the API accepts at most {MAX_TOKEN_TIME} {unit}",
-                            duration::format(lifetime_d)
-                        ),
-                    );
-                    None
-                }
-                Some((n, _, make)) => Some(make(n as u32)),
-                None => None,
-            };
-            let rotate_before = self.duration(
-                mp.key("rotate_before"),
-                m.rotate_before.as_deref(),
-                Duration::from_secs(10 * 86_400),
-            );
-            let overlap = self.duration(
-                mp.key("overlap"),
-                m.overlap.as_deref(),
-                Duration::from_secs(86_400),
-            );
-            let delete_after = self.duration(
-                mp.key("delete_after"),
-                m.delete_after.as_deref(),
-                Duration::from_secs(7 * 86_400),
-            );
-            if rotate_before >= lifetime_d {
-                self.err(mp.key("rotate_before"), format!("rotate_before ({}) must be shorter than lifetime ({}), or every run would rotate", duration::format(rotate_before), duration::format(lifetime_d)));
-            }
-            if overlap >= lifetime_d {
-                self.err(
-                    mp.key("overlap"),
-                    format!(
-                        "overlap ({}) must be shorter than lifetime ({})",
-                        duration::format(overlap),
-                        duration::format(lifetime_d)
-                    ),
-                );
-            }
-            if m.sinks.is_empty() {
-                self.err(
-                    mp.key("sinks"),
-                    "at least one sink is required: a new secret nobody receives is useless",
-                );
-            }
-            let mut sinks = Vec::new();
-            for (si, s) in m.sinks.iter().enumerate() {
-                if let Some(sink) = self.sink(&mp.key("sinks").index(si), s) {
-                    if sinks.contains(&sink) {
-                        self.err(mp.key("sinks").index(si), "duplicate sink");
-                    }
-                    sinks.push(sink);
-                }
-            }
-            if self.errors.len() > before {
-                continue;
-            }
-            managed.push(ManagedToken {
-                name: m.name,
-                instance: m.instance,
-                lifetime: lifetime?,
-                rotate_before,
-                overlap,
-                delete_after,
-                verify: m.verify.unwrap_or(true),
-                sinks,
-            });
-        }
-        Some(TokensConfig {
-            schedule: schedule?,
-            mode,
-            list_lag,
-            managed,
-        })
-    }
-
-    fn sink(&mut self, sp: &KeyPath, s: &RawSink) -> Option<Sink> {
-        let before = self.errors.len();
-        let not_for = |this: &mut Self, key: &str, present: bool| {
-            if present {
-                this.err(
-                    sp.key(key),
-                    format!("`{key}` does not apply to kind {:?}", s.kind),
-                );
-            }
-        };
-        let path = |this: &mut Self| -> Option<PathBuf> {
-            match &s.path {
-                None => {
-                    this.err(sp.key("path"), format!("kind {:?} needs `path`", s.kind));
-                    None
-                }
-                Some(p) if !Path::new(p).is_absolute() => {
-                    this.err(sp.key("path"), format!("{p:?} is not an absolute path"));
-                    None
-                }
-                Some(p) => Some(PathBuf::from(p)),
-            }
-        };
-        let sink = match s.kind.as_str() {
-            kind @ ("docker-config" | "containers-auth") => {
-                not_for(self, "format", s.format.is_some());
-                not_for(self, "command", s.command.is_some());
-                not_for(self, "timeout", s.timeout.is_some());
-                not_for(self, "env", s.env.is_some());
-                path(self).map(|path| match kind {
-                    "docker-config" => Sink::DockerConfig { path },
-                    _ => Sink::ContainersAuth { path },
-                })
-            }
-            "file" => {
-                not_for(self, "command", s.command.is_some());
-                not_for(self, "timeout", s.timeout.is_some());
-                not_for(self, "env", s.env.is_some());
-                let format = match s.format.as_deref() {
-                    None | Some("env") => FileFormat::Env,
-                    Some("json") => FileFormat::Json,
-                    Some("raw") => FileFormat::Raw,
-                    Some(other) => {
-                        self.err(
-                            sp.key("format"),
-                            format!(
-                                "unknown format {other:?}; expected \"env\", \"json\" or \"raw\""
-                            ),
-                        );
-                        FileFormat::Env
-                    }
-                };
-                path(self).map(|path| Sink::File { path, format })
-            }
-            "exec" => {
-                not_for(self, "path", s.path.is_some());
-                not_for(self, "format", s.format.is_some());
-                let timeout = self.duration(
-                    sp.key("timeout"),
-                    s.timeout.as_deref(),
-                    Duration::from_secs(30),
-                );
-                let env = s.env.clone().unwrap_or_default();
-                for (k, v) in &env {
-                    let valid_name = k
-                        .bytes()
-                        .next()
-                        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                    if !valid_name {
-                        self.err(sp.key("env").key(k), format!("{k:?} is not a variable name: use letters, digits and '_', not starting with a digit"));
-                    } else if crate::tokens::sinks::EXEC_OWN_ENV.contains(&k.as_str()) {
-                        self.err(
-                            sp.key("env").key(k),
-                            format!("{k} is set by kcr-housekeeper itself"),
-                        );
-                    } else if v.contains('\0') {
-                        self.err(sp.key("env").key(k), "the value contains a NUL character");
-                    }
-                }
-                match &s.command {
-                    Some(c) if !c.is_empty() && !c[0].is_empty() => Some(Sink::Exec {
-                        command: c.clone(),
-                        env,
-                        timeout,
-                    }),
-                    _ => {
-                        self.err(sp.key("command"), "kind \"exec\" needs `command`, a non-empty list such as [\"/usr/local/bin/publish\", \"arg\"]");
-                        None
-                    }
-                }
-            }
-            other => {
-                self.err(sp.key("kind"), format!("unknown sink kind {other:?}; expected \"docker-config\", \"containers-auth\", \"file\" or \"exec\""));
-                None
-            }
-        };
-        if self.errors.len() > before {
-            None
-        } else {
-            sink
-        }
-    }
-
-    fn visibility(&mut self, path: KeyPath, raw: &str) -> Visibility {
-        match raw {
-            "public" => Visibility::Public,
-            "private" => Visibility::Private,
-            "ignore" => Visibility::Ignore,
-            other => {
-                self.err(path, format!("unknown visibility {other:?}; expected \"public\", \"private\" or \"ignore\""));
-                Visibility::Ignore
-            }
-        }
-    }
-
-    fn namespaces(&mut self, value: toml::Value) -> Option<NamespacesConfig> {
-        let p = KeyPath::root().key("namespaces");
-        let raw: RawNamespaces = self.de(&p, value)?;
-        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */10 * * * *");
-        let mode = raw.mode.unwrap_or(Mode::DryRun);
-        let default = self.visibility(
-            p.key("default"),
-            raw.default.as_deref().unwrap_or("private"),
-        );
-        let max_changes_per_run = self.count(
-            p.key("max_changes_per_run"),
-            raw.max_changes_per_run,
-            10,
-            0,
-            u32::MAX.into(),
-        ) as u32;
-        let mut rules = Vec::new();
-        for (i, r) in raw.rules.iter().enumerate() {
-            let rp = p.key("rules").index(i);
-            let visibility = self.visibility(rp.key("visibility"), &r.visibility);
-            if !r.pattern.starts_with("re:")
-                && !r.pattern.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"*?[]!-^".contains(&b)
-                })
-            {
-                self.err(
-                    rp.key("match"),
-                    format!(
-                        "{:?} can never match: namespace names are lowercase letters and digits",
-                        r.pattern
-                    ),
-                );
-                continue;
-            }
-            match Pattern::parse(&r.pattern) {
-                Ok(pattern) => rules.push(NamespaceRule {
-                    pattern,
-                    visibility,
-                }),
-                Err(e) => self.err(rp.key("match"), e),
-            }
-        }
-        Some(NamespacesConfig {
-            schedule: schedule?,
-            mode,
-            default,
-            allow_make_public: raw.allow_make_public.unwrap_or(false),
-            max_changes_per_run,
-            rules,
-        })
-    }
-
-    fn quota(&mut self, value: toml::Value) -> Option<QuotaConfig> {
-        let p = KeyPath::root().key("quota");
-        let raw: RawQuota = self.de(&p, value)?;
-        let schedule = self.schedule(p.key("schedule"), raw.schedule.as_deref(), "0 */5 * * * *");
-        let storage = match raw.storage.as_deref() {
-            None | Some("namespace") => StorageGranularity::Namespace,
-            Some("repository") => StorageGranularity::Repository,
-            Some("none") => StorageGranularity::None,
-            Some(other) => {
-                self.err(p.key("storage"), format!("unknown storage granularity {other:?}; expected \"none\", \"namespace\" or \"repository\""));
-                StorageGranularity::Namespace
-            }
-        };
-        Some(QuotaConfig {
-            schedule: schedule?,
-            storage,
-        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! applied); more changes than `max_changes_per_run` block the whole run.
 //! The planner is pure; the executor audits every change.
 
+pub mod config;
 pub mod executor;
 pub mod planner;
 pub mod report;

@@ -52,11 +52,7 @@ impl NamespacePlan {
 }
 
 fn visibility_str(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Public => "public",
-        Visibility::Private => "private",
-        Visibility::Ignore => "ignore",
-    }
+    v.into()
 }
 
 /// Plan the policy over every listed namespace. Pure; output sorted by instance and name.

@@ -2,6 +2,7 @@
 //! limits (DescribeInstanceUsage). The quota job (Step 5) turns the same
 //! figures into gauges; the `quota` command prints them.
 
+pub mod config;
 pub mod executor;
 pub mod planner;
 pub mod report;

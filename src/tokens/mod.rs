@@ -2,6 +2,7 @@
 //! rotation engine, the sinks that receive a new secret, the registry login
 //! that proves it works, and the scheduled job.
 
+pub mod config;
 pub mod helper;
 pub mod journal;
 pub mod planner;
