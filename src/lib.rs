@@ -1,7 +1,9 @@
 //! kcr-housekeeper: keeps a Kingsoft Cloud Container Registry tidy and safe.
 //!
 //! Modules by layer, lowest first; a module uses only those above it in this
-//! list (the CLI and the daemon sit on top, nothing imports them).
+//! list (the CLI and the daemon sit on top, nothing imports them). One
+//! exception by design: `config` assembles each job's `config.rs`, which
+//! uses only `config`'s validator machinery.
 //! `docs/architecture.md` tells the flow and how to add a job.
 #![forbid(unsafe_code)]
 
@@ -25,7 +27,8 @@ pub use kcr;
 pub use kcr_sim as sim;
 
 // What the daemon knows and keeps.
-// The config file: raw TOML → validated `Config`, every error at once with file, line and key.
+// The config file: raw TOML → validated `Config`, every error at once with file, line and key;
+// core sections and the validator here, each job's section in its folder's `config.rs`.
 pub mod config;
 // Durable state (SQLite): runs, audit, token journal, grace marks, reports.
 pub mod state;
@@ -34,7 +37,8 @@ pub mod metrics;
 // A snapshot of the registry shared by the jobs, never partial.
 pub mod inventory;
 
-// The jobs: each a planner (pure), an executor, its reports.
+// The jobs: each a folder of one shape — config.rs (its section, raw → valid),
+// planner.rs (pure), executor.rs, report.rs (renderers), mod.rs (the job).
 // Prune tags and images by retention rules.
 pub mod retention;
 // Rotate registry access tokens and deliver them to sinks.

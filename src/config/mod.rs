@@ -4,6 +4,13 @@
 //! checks meaning and resolves secrets. Every error names the file, line,
 //! column and key path, and all of them are reported together.
 //!
+//! Here: the core sections (kcr, instances, server, state, scheduler, log,
+//! inventory) and the machinery — the `Validator` every section's check
+//! uses, key paths located in the text, and `word`s (serde enums with
+//! readable errors). Each job's section lives beside the job
+//! (`src/<job>/config.rs`, as cargo-deny's checks own their config) and is
+//! named here by re-export.
+//!
 //! Every key is documented, with its default, in `config/example.toml`.
 
 mod locate;

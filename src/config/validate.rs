@@ -1,5 +1,5 @@
 //! Phase two: check meaning, resolve secrets, collect every error. The
-//! [`Validator`] is the machinery every section's `validate` uses (the core
+//! `Validator` is the machinery every section's `validate` uses (the core
 //! sections here, each job's in its own folder's `config.rs`): it collects
 //! errors by key path, and `parse` points each at its file, line and column.
 
@@ -669,14 +669,11 @@ impl Validator<'_> {
         };
         let max_connections =
             self.count(p.key("max_connections"), raw.max_connections, 64, 1, 4096) as usize;
-        let header_timeout = self.duration(
+        let header_timeout = self.positive_duration(
             p.key("header_timeout"),
             raw.header_timeout.as_deref(),
             Duration::from_secs(10),
         );
-        if header_timeout.is_zero() {
-            self.err(p.key("header_timeout"), "must be longer than 0s");
-        }
         Some(ServerConfig {
             listen,
             admin_token,

@@ -4,6 +4,10 @@
 //! private → public only with `allow_make_public` (otherwise reported, never
 //! applied); more changes than `max_changes_per_run` block the whole run.
 //! The planner is pure; the executor audits every change.
+//!
+//! The job's house: `config.rs` (`[namespaces]`: raw → valid), `planner.rs`
+//! (pure), `executor.rs` (re-read, audit, change), `report.rs` (summary and
+//! table), and here the job with its listing and gauges.
 
 pub mod config;
 pub mod executor;

@@ -1,6 +1,10 @@
 //! Quota usage per instance: namespaces and repositories used against their
 //! limits (DescribeInstanceUsage). The quota job (Step 5) turns the same
 //! figures into gauges; the `quota` command prints them.
+//!
+//! The job's house: `config.rs` (`[quota]`: raw → valid), `planner.rs`
+//! (pure figures), `executor.rs` (the KCR calls), `report.rs` (tables),
+//! and here the job with its gauges.
 
 pub mod config;
 pub mod executor;

@@ -1,6 +1,10 @@
 //! Retention: a pure planner (DESIGN §6), an executor that re-verifies and
 //! audits every deletion, report renderers, and the job that ties them
 //! together (dry-run by default; enforce applies).
+//!
+//! The job's house: `config.rs` (`[retention]`: raw → valid), `planner.rs`
+//! (pure), `executor.rs`, `report.rs`; beside them the planner's inputs
+//! (`in_use.rs`, `server_side.rs`) and quota relief (`relief.rs`).
 
 pub mod config;
 pub mod executor;

@@ -1,6 +1,6 @@
 //! `[tokens]`: the section as written (`Raw*`, phase one: serde with
 //! `deny_unknown_fields`), the checked `TokensConfig`, and `validate` between
-//! them (phase two). Errors go through the config's [`Validator`], which
+//! them (phase two). Errors go through the config's `Validator`, which
 //! points each at file, line and key.
 
 use crate::config::word::word;

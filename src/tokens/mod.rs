@@ -1,6 +1,11 @@
 //! Token rotation (DESIGN §6 tokens, Step 4): a pure planner, the journaled
 //! rotation engine, the sinks that receive a new secret, the registry login
 //! that proves it works, and the scheduled job.
+//!
+//! The job's house: `config.rs` (`[tokens]`: raw → valid, sinks included),
+//! `planner.rs` (pure), `rotate.rs` (the executor: the journaled engine),
+//! `sinks.rs`, `verify.rs`, `journal.rs` (the record and its typed step),
+//! `helper.rs` (the docker credential helper).
 
 pub mod config;
 pub mod helper;
