@@ -45,17 +45,7 @@ pub enum AuditStatus {
     Interrupted,
 }
 
-impl AuditStatus {
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-}
-
-impl PartialEq<&str> for AuditStatus {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+super::text_column!(AuditStatus);
 
 /// The error of an interrupted record.
 pub const AUDIT_INTERRUPTED_WHY: &str =

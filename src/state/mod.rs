@@ -239,7 +239,30 @@ fn parse_time(text: &str, i: usize, what: &str) -> rusqlite::Result<DateTime<Utc
         .map_err(|e| unreadable(i, format!("time {text:?} in {what} ({e})")))
 }
 
-/// Column `i` of `r`, a string enum `T` named `what` (e.g. `audit.outcome`).
+/// A string enum stored as text under its strum name (`AuditStatus`,
+/// `RunResult`, the token journal's `Step`): `as_str` is what is written,
+/// [`enum_at`] reads it back (naming table and column when it cannot), and
+/// a `&str` compares with it. `text_column!(AuditStatus);`
+macro_rules! text_column {
+    ($t:ty) => {
+        impl $t {
+            /// The name stored in the database (and shown to operators).
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+pub(crate) use text_column;
+
+/// Column `i` of `r`, a string enum `T` (see [`text_column!`]) named `what`
+/// (e.g. `audit.outcome`).
 fn enum_at<T: std::str::FromStr>(
     r: &rusqlite::Row<'_>,
     i: usize,

@@ -27,11 +27,7 @@ pub enum RunResult {
     Skipped,
 }
 
-impl RunResult {
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-}
+super::text_column!(RunResult);
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunRecord {

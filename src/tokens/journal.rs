@@ -46,21 +46,13 @@ pub enum Step {
 impl Step {
     pub const ALL: &[Step] = <Step as strum::VariantArray>::VARIANTS;
 
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
     /// The step named `s`; `None` for a name this build does not know.
     pub fn parse(s: &str) -> Option<Step> {
         s.parse().ok()
     }
 }
 
-impl PartialEq<&str> for Step {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+crate::state::text_column!(Step);
 
 /// One rotation of a managed token, as journaled before each step. Never
 /// holds the secret.
