@@ -784,6 +784,88 @@ async fn sd_notify_ready_watchdog_and_no_secrets_in_debug_logs() {
     }
 }
 
+/// A daemon whose stderr goes away (the terminal closed, the log pipe's reader
+/// died: EPIPE; or started with fd 2 closed: EBADF) keeps running: jobs run
+/// and are recorded, HTTP answers, and SIGTERM stops it with exit 0. Its log
+/// lines are lost, nothing more (it used to panic and exit 101 on the first
+/// line it could not write, through tracing-subscriber's `eprintln!`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_whose_stderr_is_closed_keeps_running_and_stops_with_0() {
+    let sim = sim(SimOptions::default()).await;
+    let sk = sim
+        .credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned();
+    for closed in ["a pipe with no reader (EPIPE)", "no fd 2 (EBADF)"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            config_text(&sim, &dir.path().join("state.db"), "")
+                .replace("127.0.0.1:0\"", &format!("127.0.0.1:{port}\""))
+                // Plenty of lines to write, from the first moment on.
+                .replace("level = \"info\"", "level = \"debug\"")
+                .replace("[scheduler]\n", "[scheduler]\nrun_on_start = true\n"),
+        )
+        .unwrap();
+        let mut cmd = if closed.contains("EPIPE") {
+            let mut c = Command::new(BIN);
+            c.stderr(Stdio::piped());
+            c
+        } else {
+            // `2>&-`: the daemon starts with file descriptor 2 closed.
+            let mut c = Command::new("sh");
+            c.args(["-c", "exec \"$0\" \"$@\" 2>&-", BIN]);
+            c
+        };
+        let mut child = cmd
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("TEST_SK", &sk)
+            .env_remove("KCR_HOUSEKEEPER_LOG")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The reader goes away at once: every log line meets a closed pipe.
+        drop(child.stderr.take());
+        let base = format!("http://127.0.0.1:{port}");
+        let (jobs, exited) = blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return (String::new(), Some(status));
+                }
+                if let Ok(r) = reqwest::blocking::get(format!("{base}/jobs"))
+                    && let Ok(text) = r.text()
+                    && text.contains("\"result\":\"success\"")
+                {
+                    // Still alive after its first run and a few more lines.
+                    std::thread::sleep(Duration::from_millis(300));
+                    assert!(child.try_wait().unwrap().is_none(), "{closed}: died");
+                    assert_eq!(get(&format!("{base}/healthz")).0, 200);
+                    Command::new("kill")
+                        .args(["-TERM", &child.id().to_string()])
+                        .status()
+                        .unwrap();
+                    return (text, child.wait().ok());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{closed}: no finished run in 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        assert!(
+            jobs.contains("\"job\":\"quota\""),
+            "{closed}: exited early with {exited:?}"
+        );
+        let status = exited.expect("exit status");
+        assert_eq!(status.code(), Some(0), "{closed}: SIGTERM stops it with 0");
+    }
+}
+
 /// The README's first command: the demo serves metrics, jobs and the retention
 /// report (dry-run: nothing deleted), and stops on SIGINT with exit 0.
 #[test]

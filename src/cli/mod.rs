@@ -143,9 +143,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into());
     let ansi = term::stderr_colour();
+    // A log line that cannot be written (stderr a closed pipe: the journal or
+    // the terminal went away) is dropped. tracing-subscriber would otherwise
+    // report it with `eprintln!`, which panics on that same closed stderr and
+    // took the daemon down with exit 101.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
