@@ -282,3 +282,70 @@ async fn an_api_trigger_answers_the_run_id_and_its_status_is_served() {
         "{runs:#}"
     );
 }
+
+/// `history` and `audit` read the local state only: they work without the
+/// daemon's secrets (KCR keys, `admin_token`) in the environment, which the
+/// config names; commands that talk to KCR still require them.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_and_audit_need_none_of_the_daemons_secrets() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_token = { env = \"ADMIN\" }",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut apply = Command::new(BIN);
+    apply
+        .args(["apply", "retention", "--yes", "--config", &config])
+        .envs(envs(&sim))
+        .env("ADMIN", "admin-token-for-history-0123456789")
+        .env_remove("KCR_HOUSEKEEPER_LOG");
+    let o = std::thread::spawn(move || apply.output().unwrap())
+        .join()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let bare = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("AK")
+            .env_remove("SK")
+            .env_remove("ADMIN")
+            .env_remove("KCR_HOUSEKEEPER_LOG")
+            .output()
+            .unwrap()
+    };
+    let o = bare(&["history", "--config", &config, "--format", "json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs[0]["job"], "retention");
+    assert_eq!(runs[0]["trigger"], "cli");
+    let o = bare(&["audit", "--config", &config]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("2 records"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // A command that talks to KCR still needs them, and says which.
+    let o = bare(&["plan", "retention", "--config", &config]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("environment variable SK is not set")
+            && err.contains("environment variable ADMIN is not set"),
+        "{err}"
+    );
+}

@@ -130,6 +130,13 @@ fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
     config::load(&path, &ProcessEnv).map_err(CliError::Config)
 }
 
+/// The config for a command that reads only the local state: its secrets
+/// are not read (see [`config::load_local`]).
+fn load_local_config(flag: Option<&Path>) -> Result<Config, CliError> {
+    let path = config::resolve_path(flag, &ProcessEnv);
+    config::load_local(&path, &ProcessEnv).map_err(CliError::Config)
+}
+
 /// Set up logging once; `KCR_HOUSEKEEPER_LOG` overrides the level, and
 /// `-q`/`-v` override both.
 pub fn init_logging(format: LogFormat, level: &str) {
@@ -201,7 +208,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Run => run::run(flag).await,
         Command::Demo(args) => demo::run(args, out).await,
-        Command::Audit(args) => audit::run(&load_config(flag)?, &args, out),
+        Command::Audit(args) => audit::run(&load_local_config(flag)?, &args, out),
         Command::Check(args) => {
             let c = load_config(flag)?;
             check::run(&c, out)?;
@@ -226,7 +233,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             let c = load_config(flag)?;
             with(&c, explain::run(&c, &args, out).await)
         }
-        Command::History(args) => history::run(&load_config(flag)?, &args, out),
+        Command::History(args) => history::run(&load_local_config(flag)?, &args, out),
         Command::Quota(args) => {
             let c = load_config(flag)?;
             with(&c, quota::run(&c, &args, out).await)

@@ -344,6 +344,23 @@ pub fn resolve_path(flag: Option<&Path>, env: &dyn Environment) -> PathBuf {
 
 /// Read and check a config file.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+    load_with(path, env, validate::Secrets::Read)
+}
+
+/// Read and check a config file for a command that reads only the local
+/// state (`history`, `audit`): every check of `load` except that secrets are
+/// not read, so these work without the daemon's environment (its
+/// `admin_token` or KCR keys). The config carries no credentials and no
+/// admin token: never connect with it.
+pub fn load_local(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+    load_with(path, env, validate::Secrets::LeftOut)
+}
+
+fn load_with(
+    path: &Path,
+    env: &dyn Environment,
+    secrets: validate::Secrets,
+) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -355,7 +372,7 @@ pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> 
         }])
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, &name, base, env)
+    validate::parse(&text, &name, base, env, secrets)
 }
 
 /// Check config text. Relative `{ file = … }` secrets are read from `base`.
@@ -365,5 +382,5 @@ pub fn parse(
     base: &Path,
     env: &dyn Environment,
 ) -> Result<Config, ConfigErrors> {
-    validate::parse(text, file_name, base, env)
+    validate::parse(text, file_name, base, env, validate::Secrets::Read)
 }

@@ -30,6 +30,18 @@ pub(crate) struct Validator<'a> {
     errors: Vec<(KeyPath, String)>,
     base: &'a Path,
     env: &'a dyn Environment,
+    /// False for commands that read only the local state: secrets are
+    /// checked for form but not read, and left out of the config.
+    read_secrets: bool,
+}
+
+/// Whether a parse reads the secrets the config names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Secrets {
+    Read,
+    /// Neither read nor required; the config carries none (no credentials,
+    /// no admin token).
+    LeftOut,
 }
 
 pub(super) fn parse(
@@ -37,6 +49,7 @@ pub(super) fn parse(
     file: &str,
     base: &Path,
     env: &dyn Environment,
+    secrets: Secrets,
 ) -> Result<Config, ConfigErrors> {
     let at = |offset: usize, key: String, message: String| {
         let (line, column) = locate::line_col(text, offset);
@@ -75,6 +88,7 @@ pub(super) fn parse(
         errors: Vec::new(),
         base,
         env,
+        read_secrets: secrets == Secrets::Read,
     };
     let config = v.config(table, file);
     if v.errors.is_empty() {
@@ -316,6 +330,9 @@ impl Validator<'_> {
                     self.err(path, "empty environment variable name");
                     return None;
                 }
+                if !self.read_secrets {
+                    return None;
+                }
                 match self.env.var(name) {
                     Some(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
                     Some(_) => {
@@ -328,6 +345,7 @@ impl Validator<'_> {
                     }
                 }
             }
+            RawSecret::File(_) if !self.read_secrets => None,
             RawSecret::File(file) => {
                 let full = self.base.join(file);
                 match std::fs::read_to_string(&full) {
