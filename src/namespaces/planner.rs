@@ -2,7 +2,7 @@
 //! wins, else `default`; drift is actual ≠ desired; over `max_changes_per_run`
 //! the whole plan is blocked.
 
-use crate::config::{NamespacesConfig, Visibility};
+use super::config::{NamespacesConfig, Visibility};
 use serde::Serialize;
 
 /// A namespace as listed.
@@ -108,7 +108,7 @@ pub fn plan(cfg: &NamespacesConfig, listed: &[Listed]) -> NamespacePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NamespaceRule;
+    use crate::namespaces::config::NamespaceRule;
     use crate::pattern::Pattern;
 
     fn cfg(allow: bool, cap: u32) -> NamespacesConfig {

@@ -1,7 +1,7 @@
 //! Quota figures (pure): usage ratios, prepaid charge types, and storage per
 //! namespace or repository from an inventory.
 
-use crate::config::StorageGranularity;
+use super::config::StorageGranularity;
 use crate::inventory::Inventory;
 use serde::Serialize;
 

@@ -165,9 +165,9 @@ pub(crate) fn validate(
         {
             v.err(mp.key("name"), format!("invalid name {:?}: use lowercase letters, digits and '-' (it is written into the token's Desc)", m.name));
         }
-        let desc_len = crate::tokens::planner::desc_len(m.name.len());
-        if desc_len > crate::tokens::planner::DESC_MAX {
-            v.err(mp.key("name"), format!("name is {} bytes: the token's Desc (kcr-housekeeper/<name>/<install-id>/<rotation-id>) would be {desc_len} bytes, over the API's limit of {}; use at most {} bytes", m.name.len(), crate::tokens::planner::DESC_MAX, crate::tokens::planner::MAX_NAME_LEN));
+        let desc_len = super::planner::desc_len(m.name.len());
+        if desc_len > super::planner::DESC_MAX {
+            v.err(mp.key("name"), format!("name is {} bytes: the token's Desc (kcr-housekeeper/<name>/<install-id>/<rotation-id>) would be {desc_len} bytes, over the API's limit of {}; use at most {} bytes", m.name.len(), super::planner::DESC_MAX, super::planner::MAX_NAME_LEN));
         }
         if managed.iter().any(|o| o.name == m.name) {
             v.err(
@@ -363,7 +363,7 @@ fn sink(v: &mut Validator, sp: &KeyPath, s: &RawSink) -> Option<Sink> {
                     && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                 if !valid_name {
                     v.err(sp.key("env").key(k), format!("{k:?} is not a variable name: use letters, digits and '_', not starting with a digit"));
-                } else if crate::tokens::sinks::EXEC_OWN_ENV.contains(&k.as_str()) {
+                } else if super::sinks::EXEC_OWN_ENV.contains(&k.as_str()) {
                     v.err(
                         sp.key("env").key(k),
                         format!("{k} is set by kcr-housekeeper itself"),
