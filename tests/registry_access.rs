@@ -79,18 +79,79 @@ async fn a_closed_endpoint_fails_the_rotation_before_any_token_is_created() {
         "{v2:?}"
     );
 
-    // The backoff applies: the next run does not try again at once.
+    // The backoff applies: the next run does not try the rotation again at
+    // once. (A run may still probe anonymously once for
+    // `kcr_housekeeper_token_registry_reachable`, never with credentials.)
     let again = apply_tokens(&sim, &config);
-    assert_eq!(again.status.code(), Some(1));
-    assert_eq!(sim.count("CreateInstanceToken"), 0);
-    assert_eq!(
-        sim.requests()
-            .iter()
-            .filter(|e| e.path.starts_with("/v2"))
-            .count(),
-        v2.len(),
-        "backing off: no second probe"
+    let again_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
     );
+    assert_eq!(again.status.code(), Some(1), "{again_text}");
+    assert!(again_text.contains("backing off"), "{again_text}");
+    assert_eq!(sim.count("CreateInstanceToken"), 0);
+    let v2_again: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|e| e.path.starts_with("/v2"))
+        .collect();
+    assert!(
+        v2_again.len() <= v2.len() + 1 && v2_again.iter().all(|e| e.status == 403),
+        "backing off: at most the gauge's one anonymous probe: {v2_again:?}"
+    );
+}
+
+/// Review finding 14: the gauge was refreshed only when a rotation was
+/// attempted, so between rotations (weeks) it kept whatever the last one
+/// saw. Every tokens run probes anonymously — here in dry-run, where no
+/// rotation is ever attempted — and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tokens_run_refreshes_the_reachability_gauge_without_rotating() {
+    use kcr_housekeeper::jobs::{Job, JobContext};
+    let sim = closed_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(write_config(&sim, dir.path(), ""))
+        .unwrap()
+        .replace("[tokens]\n", "[tokens]\nmode = \"dry-run\"\n");
+    assert!(text.contains("mode = \"dry-run\""));
+    let config = std::sync::Arc::new(common::parse_config(&sim, &text, dir.path()));
+    let state = kcr_housekeeper::state::Store::open(&config.state.path).unwrap();
+    let metrics = std::sync::Arc::new(kcr_housekeeper::metrics::Metrics::new());
+    let gauge = |m: &kcr_housekeeper::metrics::Metrics| -> Option<String> {
+        m.render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("kcr_housekeeper_token_registry_reachable{token=\"ci-pull\"} ")
+            })
+            .map(str::to_owned)
+    };
+    let mut probes = 0;
+    for (opened, want) in [(false, "0"), (true, "1"), (false, "0")] {
+        sim.world(|w| w.instances[0].external_endpoint.opened = opened);
+        let ctx = JobContext {
+            client: common::client_for(&sim),
+            config: config.clone(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+            cancel: Default::default(),
+            run_id: state
+                .start_run("tokens", "test", chrono::Utc::now())
+                .unwrap(),
+            inventory: Default::default(),
+        };
+        let result = kcr_housekeeper::tokens::TokensJob.run(&ctx).await;
+        assert!(result.is_ok(), "dry-run: {result:?}");
+        assert_eq!(gauge(&metrics).as_deref(), Some(want), "opened = {opened}");
+        let v2: Vec<_> = sim
+            .requests()
+            .into_iter()
+            .filter(|e| e.path.starts_with("/v2"))
+            .collect();
+        assert_eq!(v2.len(), probes + 1, "one anonymous probe per run: {v2:?}");
+        probes = v2.len();
+    }
+    assert_eq!(sim.count("CreateInstanceToken"), 0, "nothing rotated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +226,9 @@ async fn an_open_endpoint_rotates() {
         .filter(|e| e.path.starts_with("/v2"))
         .map(|e| e.status)
         .collect();
-    assert_eq!(v2, [401, 200]);
+    assert_eq!(v2[..2], [401, 200], "{v2:?}");
+    // After the run, at most the gauge's anonymous probe.
+    assert!(v2[2..].iter().all(|s| *s == 401) && v2.len() <= 3, "{v2:?}");
 }
 
 /// A registry that answers every request 200, credentials or not (review

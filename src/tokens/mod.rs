@@ -73,6 +73,7 @@ impl TokensJob {
         if tc.mode == Mode::DryRun {
             let plans = engine.plan().await?;
             engine.export_expiry().await;
+            engine.export_registry_reachable().await;
             let text = plans
                 .iter()
                 .map(|p| {

@@ -497,6 +497,7 @@ impl<'a> Engine<'a> {
             outcomes.push(outcome);
         }
         self.export_expiry().await;
+        self.export_registry_reachable().await;
         Ok(outcomes)
     }
 
@@ -1291,6 +1292,44 @@ impl<'a> Engine<'a> {
                     attempt += 1;
                 }
             }
+        }
+    }
+
+    /// `kcr_housekeeper_token_registry_reachable` for every managed token
+    /// whose instance names a registry, on every run (a rotation's preflight
+    /// alone would leave it stale between rotations, which may be weeks
+    /// apart): one anonymous `GET /v2/` per distinct registry ([`verify::probe`]),
+    /// no credentials sent, nothing created. Tokens with `verify = false` are
+    /// probed too: the gauge says what this host can reach.
+    pub async fn export_registry_reachable(&self) {
+        let Some(m) = self.metrics else { return };
+        let mut probed: HashMap<String, bool> = HashMap::new();
+        for mt in self.config.tokens.iter().flat_map(|t| &t.managed) {
+            let Some(inst) = self.config.instance_by_name(&mt.instance) else {
+                continue;
+            };
+            let Some(host) = inst.registry.as_deref() else {
+                continue;
+            };
+            let base = self
+                .settings
+                .registry_override
+                .clone()
+                .unwrap_or_else(|| verify::base_url(host));
+            let reachable = match probed.get(&base) {
+                Some(r) => *r,
+                None => {
+                    let r = verify::probe(&base, self.settings.verify_timeout)
+                        .await
+                        .map_or_else(|e| e.reached(), |()| true);
+                    if !r {
+                        tracing::warn!(token = %mt.name, registry = %host, "the registry does not answer this host (kcr_housekeeper_token_registry_reachable 0): a rotation would fail before creating a token");
+                    }
+                    probed.insert(base, r);
+                    r
+                }
+            };
+            m.tokens.registry_reachable(&mt.name, reachable);
         }
     }
 
