@@ -346,53 +346,12 @@ async fn permissions(client: &Client, config: &Config, inst: &InstanceConfig) ->
         .filter(|j| *j != "namespaces")
         .collect();
     if !image_jobs.is_empty() {
-        // The first namespace (in scope) with a repository that a job needs.
-        let mut repo_probe = None;
-        let mut image_probe = None;
-        for ns in namespaces
+        let jobs = image_jobs.join(", ");
+        let in_scope: Vec<&crate::kcr::Namespace> = namespaces
             .iter()
             .filter(|n| inst.namespace_in_scope(&n.namespace))
-        {
-            let r = client
-                .list_all(DescribeRepository::all(&inst.id, &ns.namespace))
-                .await;
-            let repos = match &r {
-                Ok(repos) => repos.clone(),
-                Err(_) => Vec::new(),
-            };
-            repo_probe.get_or_insert(r.map(|_| ()));
-            if let Some(repo) = repos.iter().find(|r| {
-                needs.images(&ns.namespace, &r.repo_name)
-                    && inst.in_scope(&ns.namespace, &r.repo_name)
-            }) {
-                let r = client
-                    .call(&DescribeImages {
-                        max_results: Some(1),
-                        ..DescribeImages::all(&inst.id, &ns.namespace, &repo.repo_name)
-                    })
-                    .await;
-                image_probe = Some(r.map(|_| ()));
-                break;
-            }
-            if repo_probe.as_ref().is_some_and(|r| r.is_err()) {
-                break;
-            }
-        }
-        let jobs = image_jobs.join(", ");
-        match repo_probe {
-            Some(r) => checks.push(probe_check("DescribeRepository", &jobs, r.as_ref().err())),
-            None => checks.push(Check::info(
-                format!("permission {}", iam("DescribeRepository")),
-                "not probed: no namespace in scope",
-            )),
-        }
-        match image_probe {
-            Some(r) => checks.push(probe_check("DescribeImages", &jobs, r.as_ref().err())),
-            None => checks.push(Check::info(
-                format!("permission {}", iam("DescribeImages")),
-                "not probed: no repository a job needs",
-            )),
-        }
+            .collect();
+        checks.extend(probe_namespaces(client, inst, &needs, &in_scope, &jobs).await);
     }
     let managed = managed_tokens(config, inst);
     if !managed.is_empty() {
@@ -445,6 +404,139 @@ async fn permissions(client: &Client, config: &Config, inst: &InstanceConfig) ->
             format!("{actions} (not probed: granted by {})", policy_of(job)),
         ));
     }
+    checks
+}
+
+/// What one read probe saw in each namespace: refusals and failures by namespace.
+#[derive(Default)]
+struct Probed {
+    /// Namespaces where the call was allowed.
+    allowed: usize,
+    /// (namespace, error) where IAM refused.
+    refused: Vec<(String, Error)>,
+    /// (namespace, error) where the call failed otherwise.
+    failed: Vec<(String, Error)>,
+}
+
+impl Probed {
+    fn note(&mut self, namespace: &str, r: Result<(), Error>) {
+        match r {
+            Ok(()) => self.allowed += 1,
+            Err(e) if e.code() == "AccessDenied" => self.refused.push((namespace.to_owned(), e)),
+            Err(e) => self.failed.push((namespace.to_owned(), e)),
+        }
+    }
+
+    /// One check for the action: ✔ naming what was probed, or ✘ naming every
+    /// namespace that refused (or failed) and the fix.
+    fn check(&self, inst: &InstanceConfig, action: &str, jobs: &str, what: &str) -> Check {
+        let name = format!("permission {}", iam(action));
+        let names = |v: &[(String, Error)]| {
+            v.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some((_, first)) = self.refused.first() {
+            let resource = format!("krn:ksc:kcrs:*:*:repository/{}/<namespace>/*", inst.id);
+            return Check::fail(
+                name,
+                format!(
+                    "refused in {} of {} namespaces probed ({}): {first}",
+                    self.refused.len(),
+                    self.allowed + self.refused.len() + self.failed.len(),
+                    names(&self.refused)
+                ),
+                format!(
+                    "grant {} on {resource} for those namespaces (deploy/iam/read-only.json), or narrow [[instances]] scope to what this key may read",
+                    iam(action)
+                ),
+            );
+        }
+        if let Some((_, first)) = self.failed.first() {
+            return Check::fail(
+                name,
+                format!("the probe failed in {}: {first}", names(&self.failed)),
+                "check the endpoint and the network, then run doctor again",
+            );
+        }
+        Check::ok(name, format!("allowed (needed by {jobs}); probed {what}"))
+    }
+}
+
+/// DescribeRepository in every namespace in scope, and DescribeImages on one
+/// repository a job needs in each of them. IAM grants per repository, so a
+/// policy may still refuse single repositories elsewhere in a namespace:
+/// the inventory skips those with the reason `access denied`, and the
+/// detail says what was probed.
+async fn probe_namespaces(
+    client: &Client,
+    inst: &InstanceConfig,
+    needs: &crate::inventory::Needs,
+    namespaces: &[&crate::kcr::Namespace],
+    jobs: &str,
+) -> Vec<Check> {
+    if namespaces.is_empty() {
+        return vec![
+            Check::info(
+                format!("permission {}", iam("DescribeRepository")),
+                "not probed: no namespace in scope",
+            ),
+            Check::info(
+                format!("permission {}", iam("DescribeImages")),
+                "not probed: no namespace in scope",
+            ),
+        ];
+    }
+    let mut repositories = Probed::default();
+    let mut images = Probed::default();
+    for ns in namespaces {
+        let listed = client
+            .list_all(DescribeRepository::all(&inst.id, &ns.namespace))
+            .await;
+        let repo = listed.as_ref().ok().and_then(|repos| {
+            repos
+                .iter()
+                .find(|r| {
+                    needs.images(&ns.namespace, &r.repo_name)
+                        && inst.in_scope(&ns.namespace, &r.repo_name)
+                })
+                .map(|r| r.repo_name.clone())
+        });
+        repositories.note(&ns.namespace, listed.map(|_| ()));
+        if let Some(repo) = repo {
+            let r = client
+                .call(&DescribeImages {
+                    max_results: Some(1),
+                    ..DescribeImages::all(&inst.id, &ns.namespace, &repo)
+                })
+                .await;
+            images.note(&ns.namespace, r.map(|_| ()));
+        }
+    }
+    let n = namespaces.len();
+    let mut checks = vec![repositories.check(
+        inst,
+        "DescribeRepository",
+        jobs,
+        &format!("in all {n} namespaces in scope"),
+    )];
+    let image_probes = images.allowed + images.refused.len() + images.failed.len();
+    checks.push(if image_probes == 0 {
+        Check::info(
+            format!("permission {}", iam("DescribeImages")),
+            "not probed: no repository a job needs",
+        )
+    } else {
+        images.check(
+            inst,
+            "DescribeImages",
+            jobs,
+            &format!(
+                "one repository in each of the {image_probes} namespaces holding a repository a job needs (IAM may still refuse single repositories: the inventory skips those as \"access denied\")"
+            ),
+        )
+    });
     checks
 }
 

@@ -177,17 +177,19 @@ async fn a_closed_external_endpoint_fails_the_registry_check_with_its_status_and
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_read_permission_is_named_with_the_policy_that_grants_it() {
-    // Everything read-only but DescribeInstanceToken.
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/iam/read-only.json"
-        ))
-        .unwrap(),
-    )
+/// The key `AKDOCTOR` (secret `doctor-secret`) with the statements of the
+/// shipped deploy/iam/read-only.json, its text passed through `edit` first,
+/// less the action `drop`.
+fn read_only_key(
+    edit: impl Fn(String) -> String,
+    drop: Option<&str>,
+) -> kcr_housekeeper::sim::iam::Policies {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/iam/read-only.json"
+    ))
     .unwrap();
+    let doc: Value = serde_json::from_str(&edit(text)).unwrap();
     let statements: Vec<Value> = doc["Statement"]
         .as_array()
         .unwrap()
@@ -197,16 +199,22 @@ async fn a_missing_read_permission_is_named_with_the_policy_that_grants_it() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|a| *a != "kcrs:DescribeInstanceToken")
+                .filter(|a| drop.is_none_or(|d| *a != d))
                 .collect();
             serde_json::json!({"effect": "Allow", "actions": actions, "resources": [s["Resource"]]})
         })
         .collect();
-    let policies = kcr_housekeeper::sim::iam::Policies::parse(
+    kcr_housekeeper::sim::iam::Policies::parse(
         &serde_json::json!({"AKDOCTOR": {"secret": "doctor-secret", "user": "doc", "statements": statements}})
             .to_string(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_read_permission_is_named_with_the_policy_that_grants_it() {
+    // Everything read-only but DescribeInstanceToken.
+    let policies = read_only_key(|text| text, Some("kcrs:DescribeInstanceToken"));
     let sim = sim(SimOptions {
         policies: Some(policies),
         ..Default::default()
@@ -308,4 +316,76 @@ fn doctor_passes_on_the_shipped_demo_config() {
     );
     assert!(stdout.contains("http://127.0.0.1:"), "{stdout}");
     assert!(!stdout.contains("https://demo.ksyunkcr.com"), "{stdout}");
+}
+
+/// Review finding 4: doctor probed DescribeImages in the first namespace
+/// only, so a key that may list images in `apps` alone passed while every
+/// other namespace's inventory would be refused. Every namespace in scope is
+/// probed; the refusing ones are named; a declared scope makes it pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_in_scope_is_probed_and_the_refusing_ones_are_named() {
+    let policies = read_only_key(
+        |text| {
+            let edited = text.replace(
+                "\"krn:ksc:kcrs:*:*:repository/*\"",
+                "\"krn:ksc:kcrs:*:*:repository/*/apps/*\"",
+            );
+            assert_ne!(edited, text);
+            edited
+        },
+        None,
+    );
+    let sim = sim(SimOptions {
+        policies: Some(policies),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path(), "AKDOCTOR", &dir.path().join("state.db"));
+    let (out, report) = doctor(&cfg, "doctor-secret");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(
+        failures(&report),
+        vec!["permission kcrs:DescribeImages".to_string()],
+        "{report}"
+    );
+    let c = check(&report, "permission kcrs:DescribeImages");
+    let detail = c["detail"].as_str().unwrap();
+    // `apps` sorts first: the old probe stopped there and passed.
+    for ns in ["ci", "mirrors", "publicdocs", "sandbox"] {
+        assert!(detail.contains(ns), "{ns} not named: {detail}");
+    }
+    assert!(!detail.contains("apps"), "{detail}");
+    assert!(detail.contains("AccessDenied"), "{detail}");
+    let fix = c["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("grant kcrs:DescribeImages") && fix.contains("scope"),
+        "{fix}"
+    );
+    // One DescribeImages probe per namespace holding a needed repository.
+    let probed: std::collections::BTreeSet<String> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.action.as_deref() == Some("DescribeImages"))
+        .map(|r| r.params["Namespace"].clone())
+        .collect();
+    assert_eq!(probed.len(), 5, "{probed:?}");
+
+    // The same key with its scope declared: only `apps` is probed, and it passes.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "name = \"demo\"\n",
+        "name = \"demo\"\nscope = [\"apps/*\"]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (out, report) = doctor(&cfg, "doctor-secret");
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let c = check(&report, "permission kcrs:DescribeImages");
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("probed one repository in each of the 1 namespaces"),
+        "{c}"
+    );
 }
