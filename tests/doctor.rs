@@ -389,3 +389,32 @@ async fn every_namespace_in_scope_is_probed_and_the_refusing_ones_are_named() {
         "{c}"
     );
 }
+
+/// Review finding 10: with `[quota]` off, doctor still called
+/// DescribeInstanceUsage and judged the usage. Now it says it did not check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_check_is_skipped_with_a_note_when_quota_is_off() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[quota]\nstorage = \"namespace\"\n", "");
+    assert!(!text.contains("[quota]"));
+    std::fs::write(&cfg, text).unwrap();
+    // Usage over the warning ratio: a quota check would fail.
+    sim.world(|w| w.instances[0].repo_quota = 7);
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let c = check(&report, "quota");
+    assert_eq!(c["status"], "info", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("[quota] is not enabled"),
+        "{c}"
+    );
+    assert_eq!(sim.count("DescribeInstanceUsage"), 0);
+}
