@@ -175,6 +175,26 @@ fn iam(action: &str) -> String {
     format!("kcrs:{action}")
 }
 
+/// The fix when the API could not be asked at all (`None`: it answered).
+fn api_unreachable(e: &Error) -> Option<String> {
+    use crate::kcr::TransportKind;
+    Some(match e {
+        Error::Transport {
+            kind: TransportKind::Timeout,
+            ..
+        } => "no answer within [kcr] timeout: allow this host's egress to [kcr] endpoint (firewall, security group, HTTPS_PROXY/NO_PROXY), or raise [kcr] timeout if the network is slow".to_owned(),
+        Error::Transport {
+            kind: TransportKind::Connect,
+            ..
+        } => "cannot connect: check [kcr] endpoint (scheme, host; e.g. https://kcrs.api.ksyun.com) and that this host resolves and reaches it".to_owned(),
+        Error::Transport { .. } => "the connection broke: check proxies between this host and [kcr] endpoint, then run doctor again".to_owned(),
+        Error::Http { status, .. } if (300..400).contains(status) => format!(
+            "[kcr] endpoint answers with a redirect (HTTP {status}): set it to the URL the API answers at itself (e.g. https://kcrs.api.ksyun.com; a signed request is not followed elsewhere)"
+        ),
+        _ => return None,
+    })
+}
+
 /// Run every check. `now` decides the expiry's days left.
 pub async fn diagnose(client: &Client, config: &Config, now: DateTime<Utc>) -> Report {
     let mut instances = Vec::new();
@@ -240,11 +260,11 @@ async fn diagnose_instance(
             checks.push(Check::ok("credentials", "the key is valid"));
             checks.push(probe_check("DescribeInstance", "doctor", Some(e)));
         }
-        Err(e) if matches!(e, Error::Transport { .. }) => {
+        Err(e) if api_unreachable(e).is_some() => {
             checks.push(Check::fail(
                 "API reachable",
                 e.to_string(),
-                "check [kcr] endpoint and this host's network access to it",
+                api_unreachable(e).unwrap_or_default(),
             ));
             return checks;
         }
@@ -689,6 +709,19 @@ async fn registry_reachable(client: &Client, config: &Config, inst: &InstanceCon
             format!("{e}; {endpoint_text}"),
             "point [[instances]] registry at the KCR registry host (it asks for credentials), or set verify = false on the managed tokens",
         ),
+        Err(e @ crate::tokens::verify::VerifyError::Redirected { .. }) => Check::fail(
+            name,
+            format!("{e}: {base} is not the registry host itself; {endpoint_text}"),
+            "set [[instances]] registry to the host that answers /v2/ itself (the one `docker login` uses, e.g. <instance>.ksyunkcr.com); credentials are never sent through a redirect",
+        ),
+        Err(e @ crate::tokens::verify::VerifyError::TimedOut { .. }) => Check::fail(
+            name,
+            format!(
+                "{e} ({}s): something drops the traffic (KCR refuses an address with HTTP 403, not silence); {endpoint_text}",
+                PROBE_TIMEOUT.as_secs()
+            ),
+            "allow this host's egress to the registry on port 443 (firewall, security group, HTTPS_PROXY/NO_PROXY), or use the registry host reachable from this network",
+        ),
         Err(e @ crate::tokens::verify::VerifyError::Blocked { .. }) => Check::fail(
             name,
             format!("{e}: this address is not let through; {endpoint_text}"),
@@ -773,15 +806,26 @@ fn state_writable(path: &std::path::Path) -> Check {
     } else {
         tempfile::NamedTempFile::new_in(dir).map(|_| ())
     };
-    match result {
-        Ok(()) => Check::ok(name, format!("{shown}")),
-        Err(e) => Check::fail(
-            name,
-            format!("{shown}: {e}"),
-            format!(
-                "create {} writable by this user, or set [state] path elsewhere",
-                dir.display()
-            ),
-        ),
-    }
+    let Err(e) = result else {
+        return Check::ok(name, format!("{shown}"));
+    };
+    let d = dir.display();
+    let fix = if !dir.is_dir() {
+        format!("{d} is a file, not a directory: set [state] path to a file inside a directory")
+    } else if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        format!(
+            "{d} is on a read-only filesystem (under systemd: ProtectSystem=strict without ReadWritePaths=/StateDirectory=): set [state] path to a writable place"
+        )
+    } else if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() {
+        format!(
+            "{shown} exists but this user may not write it: chown/chmod it for the user kcr-housekeeper runs as, or set [state] path elsewhere"
+        )
+    } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "this user may not create files in {d}: chown/chmod it for the user kcr-housekeeper runs as (under systemd: StateDirectory=), or set [state] path elsewhere"
+        )
+    } else {
+        format!("make {d} writable by this user, or set [state] path elsewhere")
+    };
+    Check::fail(name, format!("{shown}: {e}"), fix)
 }

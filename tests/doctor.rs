@@ -285,13 +285,10 @@ async fn bad_credentials_expiry_and_an_unwritable_state_path_each_fail() {
     );
     assert!(e["fix"].as_str().unwrap().contains("renew"), "{e}");
     assert_eq!(report["local"][0]["status"], "fail", "{report}");
-    assert!(
-        report["local"][0]["fix"]
-            .as_str()
-            .unwrap()
-            .contains("[state] path"),
-        "{report}"
-    );
+    let fix = report["local"][0]["fix"].as_str().unwrap();
+    assert!(fix.contains("[state] path"), "{report}");
+    // Review finding 9: says what is wrong with the path, not just "create it".
+    assert!(fix.contains("is a file, not a directory"), "{fix}");
 }
 
 /// Review finding: on the shipped demo config doctor probed the demo's
@@ -417,4 +414,126 @@ async fn the_quota_check_is_skipped_with_a_note_when_quota_is_off() {
         "{c}"
     );
     assert_eq!(sim.count("DescribeInstanceUsage"), 0);
+}
+
+/// A loopback server that accepts connections and never answers.
+async fn silent() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+/// A loopback server that answers every request with a 301 to `location`.
+async fn redirecting(location: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 301 Moved Permanently\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Review finding 9: a registry or API that redirects, or that never
+/// answers, got the fix for a closed external endpoint (or for bad
+/// credentials: a followed redirect broke the signature). Each now gets its
+/// own fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_and_timeouts_each_get_their_own_fix() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let sim_host = sim.endpoint().trim_start_matches("http://").to_string();
+    let with = |from: &str, to: &str| {
+        let text = original.replace(from, to);
+        assert_ne!(text, original);
+        std::fs::write(&cfg, text).unwrap();
+    };
+
+    // The registry host redirects (a console URL, a load balancer's http→https).
+    let moved = redirecting("https://console.example/kcr").await;
+    with(
+        &format!("registry = \"{sim_host}\""),
+        &format!("registry = \"{moved}\""),
+    );
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = check(&report, "registry");
+    assert_eq!(c["status"], "fail", "{c}");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("HTTP 301") && detail.contains("https://console.example/kcr"),
+        "{detail}"
+    );
+    let fix = c["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("[[instances]] registry") && fix.contains("redirect"),
+        "{fix}"
+    );
+    assert!(
+        !fix.contains("外网访问"),
+        "not an access-policy problem: {fix}"
+    );
+
+    // The registry host drops the traffic.
+    let dropped = silent().await;
+    with(
+        &format!("registry = \"{sim_host}\""),
+        &format!("registry = \"{dropped}\""),
+    );
+    let started = std::time::Instant::now();
+    let (out, report) = doctor(&cfg, &sk);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = check(&report, "registry");
+    assert!(c["detail"].as_str().unwrap().contains("no answer"), "{c}");
+    let fix = c["fix"].as_str().unwrap();
+    assert!(fix.contains("egress") && fix.contains("443"), "{fix}");
+
+    // The API endpoint redirects: named as such, not as refused credentials.
+    let api_moved = redirecting("https://kcrs.api.example/").await;
+    with(
+        &format!("endpoint = \"{}\"", sim.endpoint()),
+        &format!("endpoint = \"http://{api_moved}\""),
+    );
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = check(&report, "API reachable");
+    assert!(c["detail"].as_str().unwrap().contains("HTTP 301"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("redirect"), "{c}");
+    assert!(
+        !report.to_string().contains("SignatureDoesNotMatch"),
+        "{report}"
+    );
+
+    // The API endpoint never answers.
+    let api_dropped = silent().await;
+    with(
+        &format!("endpoint = \"{}\"", sim.endpoint()),
+        &format!("endpoint = \"http://{api_dropped}\"\ntimeout = \"1s\""),
+    );
+    let started = std::time::Instant::now();
+    let (out, report) = doctor(&cfg, &sk);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = check(&report, "API reachable");
+    assert!(c["detail"].as_str().unwrap().contains("Timeout"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("[kcr] timeout"), "{c}");
 }

@@ -972,7 +972,7 @@ impl<'a> Engine<'a> {
         let timeout = self.settings.verify_timeout;
         // A 403 is an answer, not a glitch: only a missing answer is tried again.
         let probed = match verify::probe(&base, timeout).await {
-            Err(verify::VerifyError::Unreachable { .. }) => {
+            Err(verify::VerifyError::Unreachable { .. } | verify::VerifyError::TimedOut { .. }) => {
                 self.with_retries(|| verify::probe(&base, timeout)).await
             }
             other => other,
@@ -989,7 +989,12 @@ impl<'a> Engine<'a> {
             Ok(()) => return Ok(()),
             // Reachable, but a login there would prove nothing: refuse to
             // create a token whose verification would be empty.
-            Err(source @ verify::VerifyError::OpenToAnonymous { .. }) => {
+            // A redirect: not the registry host itself; opening the
+            // external endpoint would not help either.
+            Err(
+                source @ (verify::VerifyError::OpenToAnonymous { .. }
+                | verify::VerifyError::Redirected { .. }),
+            ) => {
                 return Err(TokenError::Verify {
                     token: mt.name.clone(),
                     source,

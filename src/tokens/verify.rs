@@ -31,6 +31,19 @@ pub enum VerifyError {
          (a KCR registry asks for credentials: check the [[instances]] registry host)"
     )]
     OpenToAnonymous { registry: String },
+    /// The registry's `/v2/` answered with a redirect: this is not the
+    /// registry host itself (credentials are never sent through a redirect).
+    #[error("registry {registry}: GET /v2/ redirects ({detail})")]
+    Redirected {
+        registry: String,
+        /// `HTTP 301 to <Location>`; boxed, which keeps the error (and
+        /// every `Result` carrying it) small.
+        detail: Box<str>,
+    },
+    /// Nothing answered within the timeout (dropped packets: a firewall,
+    /// security group or proxy; KCR itself refuses an address with a 403).
+    #[error("registry {registry}: no answer to GET /v2/ within the timeout")]
+    TimedOut { registry: String },
     /// A test asked for a fault here (`failpoints` feature only).
     #[error("{0}")]
     Injected(String),
@@ -220,8 +233,9 @@ pub async fn login_with(
 /// sent: `401` (login required) = yes; `2xx` = [`VerifyError::OpenToAnonymous`]
 /// (reachable, but a login proves nothing); `403` = [`VerifyError::Blocked`] (KCR refuses the
 /// address: "新创建的KCR实例默认拒绝所有外部访问" until the instance's external
-/// endpoint access policy allows it); a timeout, a refused connection or any
-/// other answer = [`VerifyError::Unreachable`].
+/// endpoint access policy allows it); `3xx` = [`VerifyError::Redirected`] (not
+/// the registry host itself); no answer in time = [`VerifyError::TimedOut`];
+/// a refused connection or any other answer = [`VerifyError::Unreachable`].
 ///
 /// The token rotation runs it before creating a token (a token that cannot
 /// log in would be created and discarded every cycle); `doctor` shows it.
@@ -236,16 +250,31 @@ pub async fn probe(base: &str, timeout: Duration) -> Result<(), VerifyError> {
 /// [`probe`] with a given client (made by [`client_builder`]).
 pub async fn probe_with(http: &reqwest::Client, base: &str) -> Result<(), VerifyError> {
     let url = format!("{}/v2/", base.trim_end_matches('/'));
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| VerifyError::Unreachable {
-            registry: base.to_string(),
-            why: format!("GET /v2/: {}", e.without_url()),
-        })?;
+    let resp = http.get(&url).send().await.map_err(|e| {
+        if e.is_timeout() {
+            VerifyError::TimedOut {
+                registry: base.to_string(),
+            }
+        } else {
+            VerifyError::Unreachable {
+                registry: base.to_string(),
+                why: format!("GET /v2/: {}", e.without_url()),
+            }
+        }
+    })?;
     match resp.status().as_u16() {
         401 => Ok(()),
+        s @ 300..=399 => Err(VerifyError::Redirected {
+            registry: base.to_string(),
+            detail: format!(
+                "HTTP {s} to {}",
+                resp.headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .unwrap_or("nowhere (no Location header)")
+            )
+            .into(),
+        }),
         200..=299 => Err(VerifyError::OpenToAnonymous {
             registry: base.to_string(),
         }),

@@ -218,6 +218,11 @@ impl Client {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(config.max_in_flight.max(1))
+            // A signed request is not followed elsewhere: the signature
+            // covers the host, and a 301/302 turns the POST into a GET, so
+            // the answer would be a misleading SignatureDoesNotMatch. The
+            // redirect itself is the error (`Error::Http` with its 3xx).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("kcr-housekeeper/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
