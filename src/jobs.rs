@@ -19,18 +19,66 @@ use tokio_util::task::TaskTracker;
 /// How long a timed-out or cancelled job gets to reach its next safe point.
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
-/// Everything a job run may use. `cancel` fires on shutdown or timeout: a job
-/// checks it between mutations and returns [`JobError::Cancelled`].
+/// Everything a job's plan and apply may use, the same for the daemon and
+/// the one-shot CLI (built by [`Runner::context`]). `cancel` fires on
+/// shutdown, timeout or Ctrl-C: a job checks it between mutations and stops
+/// there ([`JobError::Cancelled`] or [`JobError::Stopped`]).
 pub struct JobContext {
     pub client: Client,
     pub config: Arc<Config>,
     pub state: Store,
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
-    pub run_id: i64,
+    /// The run's row; `None` while planning outside a run (`plan`, and
+    /// `apply` before it asks).
+    pub run_id: Option<i64>,
     /// Registry snapshots shared between jobs (`[inventory] max_age`).
     pub inventory: Arc<crate::inventory::InventoryCache>,
+    /// What set the run off: a one-shot `apply` (`cli`) enforces whatever
+    /// the job's `mode` says, as the operator asked.
+    pub trigger: Trigger,
+    /// The time (injectable for tests).
+    pub clock: Clock,
+    /// Told about the run as it goes (a terminal's progress bar and lines).
+    pub watch: Arc<dyn Watch>,
 }
+
+/// The time source of a [`JobContext`].
+pub type Clock = Arc<dyn Fn() -> chrono::DateTime<Utc> + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+impl JobContext {
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Does this run change things? A one-shot `apply` always does; a
+    /// scheduled or API run when the job's `mode` is `enforce`.
+    pub fn enforcing(&self, mode: crate::config::Mode) -> bool {
+        self.trigger == Trigger::Cli || mode == crate::config::Mode::Enforce
+    }
+}
+
+/// Told about a run while it goes: the CLI shows a progress bar and prints
+/// the lines; the daemon ignores them (its log has the same facts).
+pub trait Watch: Send + Sync {
+    /// `total` changes are about to be made.
+    fn begin(&self, _total: u64) {}
+    /// One change was made (or settled).
+    fn tick(&self) {}
+    /// The changes are over.
+    fn end(&self) {}
+    /// A line for the person who started the run (a failed or dropped action).
+    fn note(&self, _line: String) {}
+}
+
+/// A [`Watch`] that ignores everything (the daemon).
+pub struct Unwatched;
+impl Watch for Unwatched {}
 
 /// A run that finished normally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +117,17 @@ pub enum JobError {
     State(#[from] StateError),
     #[error("cancelled before finishing")]
     Cancelled,
+    /// Stopped at a safe point (cancelled) after doing part of its work:
+    /// what was done.
+    #[error("{0}")]
+    Stopped(String),
+    /// Abandoned in the middle of a change (a second Ctrl-C): the change in
+    /// flight has an unknown outcome, its audit record is closed
+    /// `interrupted`.
+    #[error(
+        "stopped during a change; the outcome of the change in flight is unknown (audited interrupted)"
+    )]
+    Abandoned,
     #[error("timed out after {}", crate::duration::format(*.0))]
     TimedOut(Duration),
 }
@@ -101,7 +160,7 @@ impl JobError {
             JobError::Actions { code, .. } => code,
             JobError::Tokens(e) => e.code(),
             JobError::State(_) => "state",
-            JobError::Cancelled => "cancelled",
+            JobError::Cancelled | JobError::Stopped(_) | JobError::Abandoned => "cancelled",
             JobError::TimedOut(_) => "timeout",
         }
     }
@@ -120,6 +179,38 @@ pub trait Job: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>>;
 }
+
+/// A job in two steps: `plan` reads (registry, state, config) and decides;
+/// `apply` carries a plan out — every mutation of the job happens there.
+/// The daemon's run is plan then apply; the CLI's `plan <job>` renders the
+/// plan, and `apply <job>` renders it, asks, and hands it to
+/// [`Runner::apply_now`]. Every such job is a [`Job`].
+pub trait Steps: Send + Sync + 'static {
+    const NAME: &'static str;
+    type Plan: Send + 'static;
+    fn plan<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Self::Plan, JobError>>;
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a JobContext,
+        plan: Self::Plan,
+    ) -> BoxFuture<'a, Result<Outcome, JobError>>;
+}
+
+impl<T: Steps> Job for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
+        Box::pin(async move {
+            let plan = self.plan(ctx).await?;
+            self.apply(ctx, plan).await
+        })
+    }
+}
+
+/// What a run executes: a job's `run`, or the `apply` of a plan made before.
+type Body =
+    Box<dyn for<'a> FnOnce(&'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> + Send>;
 
 /// What set a run off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +283,7 @@ impl RunLog {
         trigger: Trigger,
     ) -> Result<RunLog, StateError> {
         let started = Instant::now();
+        crate::failpoint::hit("jobs.state.run_start", StateError::Injected)?;
         let run_id = state.start_run(job, trigger.as_str(), Utc::now())?;
         Ok(RunLog {
             state: state.clone(),
@@ -257,6 +349,8 @@ pub struct Runner {
     cancel: CancellationToken,
     tracker: TaskTracker,
     inventory: Arc<crate::inventory::InventoryCache>,
+    /// Abandon the change in flight (a second Ctrl-C of a one-shot apply).
+    abandon: CancellationToken,
 }
 
 /// Removes a job from the running set however its task ends.
@@ -292,7 +386,40 @@ impl Runner {
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             inventory: Default::default(),
+            abandon: CancellationToken::new(),
         })
+    }
+
+    /// The context a run gets, outside a run (no row yet): what the CLI
+    /// plans with before it asks, so that its apply sees the same client,
+    /// state, metrics, inventory cache and cancellation as the plan did.
+    pub fn context(&self, trigger: Trigger, watch: Arc<dyn Watch>) -> JobContext {
+        let env = self.env();
+        JobContext {
+            client: env.client.clone(),
+            config: env.config.clone(),
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            cancel: self.cancel.child_token(),
+            run_id: None,
+            inventory: self.inventory.clone(),
+            trigger,
+            clock: system_clock(),
+            watch,
+        }
+    }
+
+    /// Fires when the runner stops (shutdown): every run's `cancel` is a
+    /// child of it, so the CLI wires its first Ctrl-C here.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Fires to abandon the change in flight at once (a second Ctrl-C): the
+    /// run's open audit records are closed `interrupted`, the run fails
+    /// with [`JobError::Abandoned`].
+    pub fn abandon_token(&self) -> CancellationToken {
+        self.abandon.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -370,13 +497,36 @@ impl Runner {
         let log = RunLog::start(&self.state, self.metrics.clone(), name, trigger);
         let run_id = log.as_ref().ok().map(RunLog::run_id);
         let me = self.clone();
+        let body: Body = Box::new(move |ctx| Box::pin(async move { j.run(ctx).await }));
+        let watch: Arc<dyn Watch> = Arc::new(Unwatched);
         Ok((
             Started::Running(
                 self.tracker
-                    .spawn(async move { me.execute(name, j, log).await }),
+                    .spawn(async move { me.execute(name, trigger, watch, body, log).await }),
             ),
             run_id,
         ))
+    }
+
+    /// Apply a plan made with [`Runner::context`] as a run of its own (the
+    /// one-shot CLI): recorded in the runs table, metrics and log exactly
+    /// like a daemon run; waited for here. `None` when the job is already
+    /// running or the runner is stopping.
+    pub async fn apply_now<J: Steps>(
+        self: &Arc<Self>,
+        job: Arc<J>,
+        plan: J::Plan,
+        trigger: Trigger,
+        watch: Arc<dyn Watch>,
+    ) -> Option<RunSummary> {
+        let name = J::NAME;
+        if self.tracker.is_closed() || !self.running.lock().expect("running lock").insert(name) {
+            return None;
+        }
+        self.metrics.jobs.started(name);
+        let log = RunLog::start(&self.state, self.metrics.clone(), name, trigger);
+        let body: Body = Box::new(move |ctx| Box::pin(async move { job.apply(ctx, plan).await }));
+        Some(self.execute(name, trigger, watch, body, log).await)
     }
 
     /// Run `job` and wait for it (one-shot commands, tests).
@@ -394,7 +544,9 @@ impl Runner {
     async fn execute(
         &self,
         name: &'static str,
-        job: Arc<dyn Job>,
+        trigger: Trigger,
+        watch: Arc<dyn Watch>,
+        body: Body,
         log: Result<RunLog, StateError>,
     ) -> RunSummary {
         let _guard = RunningGuard {
@@ -426,18 +578,33 @@ impl Runner {
             state: self.state.clone(),
             metrics: self.metrics.clone(),
             cancel: cancel.clone(),
-            run_id,
+            run_id: Some(run_id),
             inventory: self.inventory.clone(),
+            trigger,
+            clock: system_clock(),
+            watch,
         };
         let timeout = env.config.scheduler.job_timeout;
-        let mut fut = job.run(&ctx);
+        let mut fut = body(&ctx);
         let outcome = tokio::select! {
+            biased;
+            _ = self.abandon.cancelled() => {
+                // Dropped mid-change: the change in flight stays unknown,
+                // its audit record is closed as such (never left `started`).
+                drop(fut);
+                if let Err(e) = self.state.close_interrupted_audit_of_run(run_id) {
+                    tracing::error!(job = name, run_id, error = %e, "cannot close the run's audit records");
+                }
+                return self.finish(name, log, Err(JobError::Abandoned));
+            }
             r = &mut fut => r,
             _ = tokio::time::sleep(timeout) => {
                 // Ask the job to stop at its next safe point rather than dropping it mid-mutation.
                 cancel.cancel();
                 match tokio::time::timeout(STOP_GRACE, &mut fut).await {
-                    Ok(Ok(_)) | Ok(Err(JobError::Cancelled)) | Err(_) => {
+                    Ok(Ok(_))
+                    | Ok(Err(JobError::Cancelled | JobError::Stopped(_)))
+                    | Err(_) => {
                         Err(JobError::TimedOut(timeout))
                     }
                     Ok(Err(e)) => Err(e),
@@ -445,6 +612,16 @@ impl Runner {
             }
         };
         drop(fut);
+        self.finish(name, log, outcome)
+    }
+
+    fn finish(
+        &self,
+        name: &'static str,
+        log: RunLog,
+        outcome: Result<Outcome, JobError>,
+    ) -> RunSummary {
+        let run_id = log.run_id();
         let (result, summary, error, code) = match outcome {
             Ok(Outcome::Success(s)) => (RunResult::Success, s, None, None),
             Ok(Outcome::Blocked(s)) => (RunResult::Blocked, s, None, None),

@@ -419,8 +419,11 @@ async fn the_daemon_records_a_partial_run_as_a_failure() {
             state,
             metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
             cancel: Default::default(),
-            run_id,
+            run_id: Some(run_id),
             inventory: Default::default(),
+            trigger: kcr_housekeeper::jobs::Trigger::Api,
+            clock: kcr_housekeeper::jobs::system_clock(),
+            watch: Arc::new(kcr_housekeeper::jobs::Unwatched),
         };
         let r = kcr_housekeeper::retention::RetentionJob.run(&ctx).await;
         match r {
@@ -514,8 +517,11 @@ async fn the_quota_job_fails_when_a_storage_listing_is_partial() {
         state,
         metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
         cancel: Default::default(),
-        run_id,
+        run_id: Some(run_id),
         inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: Arc::new(kcr_housekeeper::jobs::Unwatched),
     };
     match kcr_housekeeper::quota::QuotaJob.run(&ctx).await {
         Err(JobError::Partial(why)) => {

@@ -134,8 +134,11 @@ async fn namespace_enforce_under_every_fault() {
                 state: state.clone(),
                 metrics: Arc::new(Metrics::new()),
                 cancel: Default::default(),
-                run_id,
+                run_id: Some(run_id),
                 inventory: Default::default(),
+                trigger: kcr_housekeeper::jobs::Trigger::Api,
+                clock: kcr_housekeeper::jobs::system_clock(),
+                watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
             };
             if NamespacesJob.run(&ctx).await.is_ok() {
                 ok = true;

@@ -55,8 +55,11 @@ fn context(sim: &Simulator, config: Config) -> JobContext {
         state,
         metrics: Arc::new(Metrics::new()),
         cancel: Default::default(),
-        run_id,
+        run_id: Some(run_id),
         inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
     }
 }
 
@@ -300,8 +303,11 @@ async fn when_the_api_is_down_quota_keeps_its_last_values() {
         config: Arc::new(down),
         state: Store::in_memory().unwrap(),
         cancel: Default::default(),
-        run_id: 2,
+        run_id: Some(2),
         inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
     };
     let err = QuotaJob.run(&ctx2).await.unwrap_err();
     assert!(matches!(err, JobError::Partial(_)));

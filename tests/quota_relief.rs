@@ -28,8 +28,11 @@ fn context(sim: &Simulator, dir: &std::path::Path, extra: &str) -> JobContext {
         state,
         metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
         cancel: Default::default(),
-        run_id,
+        run_id: Some(run_id),
         inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: Arc::new(kcr_housekeeper::jobs::Unwatched),
     }
 }
 
@@ -175,7 +178,7 @@ async fn a_repository_filled_since_planning_is_not_deleted() {
         metrics: &ctx.metrics,
         cancel: &ctx.cancel,
         job: "retention",
-        run_id: Some(ctx.run_id),
+        run_id: ctx.run_id,
         verify: true,
         tick: &|| {},
     };

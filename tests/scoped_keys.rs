@@ -235,8 +235,11 @@ async fn the_job_counts_refusals_in_the_skipped_metric_and_succeeds_within_its_s
             state,
             metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
             cancel: Default::default(),
-            run_id,
+            run_id: Some(run_id),
             inventory: Default::default(),
+            trigger: kcr_housekeeper::jobs::Trigger::Api,
+            clock: kcr_housekeeper::jobs::system_clock(),
+            watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
         }
     };
     let skipped = |ctx: &JobContext, reason: &str| ctx.metrics.inventory.skipped("demo", reason);

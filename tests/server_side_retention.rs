@@ -220,8 +220,11 @@ async fn the_job_exports_server_side_rules_per_namespace() {
         state,
         metrics: std::sync::Arc::new(Metrics::new()),
         cancel: Default::default(),
-        run_id,
+        run_id: Some(run_id),
         inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
     };
     RetentionJob.run(&ctx).await.unwrap();
     let m = ctx.metrics.render();

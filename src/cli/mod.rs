@@ -18,6 +18,7 @@ mod plan;
 mod plan_file;
 mod quota;
 mod run;
+mod session;
 #[cfg(feature = "sim")]
 mod sim;
 #[cfg(not(feature = "sim"))]

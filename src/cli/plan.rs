@@ -1,12 +1,14 @@
 //! `plan`: what a job would do, without changing anything.
 
 use super::apply::token_engine;
-use super::common::{collect_inventory, emit, namespaces_config, retention_config, tokens_config};
+use super::common::{emit, namespaces_config, retention_config, tokens_config};
+use super::session::Session;
 use super::tokens_text::{token_plans_json, token_plans_text};
 use super::{CliError, OutputFormat, failed};
+use crate::app;
 use crate::config::Config;
-use crate::{app, retention};
-use chrono::Utc;
+use crate::jobs::Steps;
+use crate::retention::{self, RetentionJob};
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,39 +69,42 @@ async fn plan_retention_cmd(
     args: &PlanRetentionArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let rc = retention_config(c)?;
-    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
-    let now = Utc::now();
-    let inventory = collect_inventory(&conn.client, c, now).await;
+    retention_config(c)?;
     // The state remembers the in-use sources' last counts; a plan without
     // it still reads them (an empty answer is then not compared).
-    let state = rc
-        .in_use
-        .as_ref()
-        .and_then(|_| crate::state::Store::open(&c.state.path).ok());
-    let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
-    let mut plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, false);
+    let state = crate::state::Store::open(&c.state.path)
+        .or_else(|_| crate::state::Store::in_memory())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let session = Session::open(c, state).await?;
     // As `apply retention` would see it: server-side rules block there.
-    retention::check_server_side(&conn.client, &inventory, rc, &mut plan, true).await;
-    for r in &plan.idle_rules {
+    let plan = RetentionJob
+        .plan(&session.context())
+        .await
+        .map_err(|e| failed(e, "planning"))?;
+    warn_unlisted(&plan.inventory);
+    for r in &plan.plan.idle_rules {
         super::term::warn(&format!("rule {r:?} matches nothing in this registry"));
     }
-    let mut report = retention::report::Report::from_plan(
-        &plan,
-        rc.mode.as_str(),
-        retention::report_instances(c),
-    );
-    report.config_fingerprint = Some(retention::config_fingerprint(rc));
-    report.timezone = Some(c.kcr.timezone.name().into());
-    report.relief = retention::relief::plan_relief(&inventory, rc, now);
+    let report = &plan.report;
     let text = match args.format {
-        ReportFormat::Table => retention::report::render_table(&report),
+        ReportFormat::Table => retention::report::render_table(report),
         ReportFormat::Json => report.to_json(),
-        ReportFormat::Markdown => retention::report::render_markdown(&report),
-        ReportFormat::Html => retention::report::render_html(&report),
+        ReportFormat::Markdown => retention::report::render_markdown(report),
+        ReportFormat::Html => retention::report::render_html(report),
     };
     emit(args.output.as_deref(), &text, out)?;
-    partial_result(&plan)
+    partial_result(&plan.plan)
+}
+
+/// Warn about every instance that could not be listed.
+pub(super) fn warn_unlisted(inventory: &crate::inventory::Inventory) {
+    for i in inventory.instances.iter().filter(|i| i.error.is_some()) {
+        super::term::warn(&format!(
+            "instance {}: {}",
+            i.name,
+            i.error.as_deref().unwrap_or_default()
+        ));
+    }
 }
 
 /// Exit 1 when anything could not be listed completely (DESIGN §4: never 0

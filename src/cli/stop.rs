@@ -4,10 +4,9 @@ use super::{CliError, failed};
 
 /// SIGINT or SIGTERM during an apply: the first stops at the next action
 /// boundary (`soft`), a second abandons the current action (`hard`); the
-/// caller closes the run and its audit records either way. `code()` is the
+/// runner closes the run and its audit records either way. `code()` is the
 /// exit code of the first signal: 130 (SIGINT) or 143 (SIGTERM).
 pub(super) struct StopSignals {
-    pub(super) hard: tokio_util::sync::CancellationToken,
     code: std::sync::Arc<std::sync::atomic::AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -15,9 +14,10 @@ pub(super) struct StopSignals {
 impl StopSignals {
     pub(super) fn install(
         soft: &tokio_util::sync::CancellationToken,
+        hard: &tokio_util::sync::CancellationToken,
     ) -> Result<StopSignals, CliError> {
         use std::sync::atomic::{AtomicU8, Ordering};
-        let (soft, hard) = (soft.clone(), tokio_util::sync::CancellationToken::new());
+        let (soft, hard) = (soft.clone(), hard.clone());
         let code = std::sync::Arc::new(AtomicU8::new(130));
         #[cfg(unix)]
         let (mut int, mut term) = {
@@ -29,7 +29,7 @@ impl StopSignals {
             )
         };
         let task = {
-            let (hard, code) = (hard.clone(), code.clone());
+            let code = code.clone();
             tokio::spawn(async move {
                 #[cfg(unix)]
                 let mut next = async || {
@@ -53,7 +53,7 @@ impl StopSignals {
                 hard.cancel();
             })
         };
-        Ok(StopSignals { hard, code, task })
+        Ok(StopSignals { code, task })
     }
 
     fn code(&self) -> u8 {

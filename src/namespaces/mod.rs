@@ -103,7 +103,7 @@ impl NamespacesJob {
             state: &ctx.state,
             metrics: Some(&ctx.metrics),
             cancel: Some(&ctx.cancel),
-            run_id: Some(ctx.run_id),
+            run_id: ctx.run_id,
         };
         let applied = execute(&env, &plan).await;
         export_metrics(&ctx.metrics, &plan, &applied);

@@ -14,7 +14,7 @@ use crate::failpoint;
 use crate::kcr::{Client, DeleteImages, DeleteRepoTag, DescribeImages, Error};
 use crate::metrics::Metrics;
 use crate::state::{AuditStatus, Mutation, StateError, Store};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -115,24 +115,6 @@ pub fn grace_key(t: &Target, a: &PlannedAction) -> String {
         a.action.as_str(),
         a.tags.join(",")
     )
-}
-
-/// Keep only actions planned continuously for `grace` (marks are updated for all).
-pub fn apply_grace(
-    state: &Store,
-    items: Vec<(Target, PlannedAction)>,
-    grace: Duration,
-    now: DateTime<Utc>,
-) -> Result<(Vec<(Target, PlannedAction)>, usize), StateError> {
-    let keys: Vec<String> = items.iter().map(|(t, a)| grace_key(t, a)).collect();
-    failpoint::hit("retention.state.grace_marks", StateError::Injected)?;
-    let marks = state.update_grace_marks(&keys, now)?;
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let (ready, waiting): (Vec<_>, Vec<_>) = items
-        .into_iter()
-        .zip(keys)
-        .partition(|(_, k)| marks.get(k).is_some_and(|first| now - *first >= grace));
-    Ok((ready.into_iter().map(|(i, _)| i).collect(), waiting.len()))
 }
 
 fn sorted(v: &[String]) -> Vec<String> {

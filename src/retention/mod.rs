@@ -19,8 +19,8 @@ pub use planner::{
     plan_explained,
 };
 
-use crate::config::{Config, Mode, RetentionConfig};
-use crate::jobs::{Job, JobContext, JobError, Outcome};
+use crate::config::{Config, RetentionConfig};
+use crate::jobs::{JobContext, JobError, Outcome};
 use chrono::{DateTime, Utc};
 use executor::{ExecEnv, Executed, Target};
 use futures::future::BoxFuture;
@@ -345,21 +345,21 @@ pub fn store_report(ctx: &JobContext, report: &Report, now: DateTime<Utc>) -> Re
     )?;
     ctx.state.put_report(
         "retention",
-        Some(ctx.run_id),
+        ctx.run_id,
         now,
         "json",
         report.to_json().as_bytes(),
     )?;
     ctx.state.put_report(
         "retention",
-        Some(ctx.run_id),
+        ctx.run_id,
         now,
         "html",
         report::render_html(report).as_bytes(),
     )?;
     ctx.state.put_report(
         "retention",
-        Some(ctx.run_id),
+        ctx.run_id,
         now,
         "markdown",
         report::render_markdown(report).as_bytes(),
@@ -398,11 +398,223 @@ fn export_plan_metrics(ctx: &JobContext, plan: &Plan) {
     }
 }
 
+/// A retention plan as the job made it, with what its apply will carry out.
+pub struct RetentionPlan {
+    pub now: DateTime<Utc>,
+    pub inventory: std::sync::Arc<crate::inventory::Inventory>,
+    pub plan: Plan,
+    /// A failed in-use source: nothing may be deleted, a reviewed plan file
+    /// neither (the fresh plan is blocked with it too).
+    pub in_use_blocked: Option<String>,
+    /// Empty repositories and namespaces to delete (quota relief).
+    pub relief: Vec<relief::ReliefAction>,
+    /// The report of this plan (stored with the run).
+    pub report: Report,
+    /// Does apply change anything (enforce mode, or a one-shot `apply`)?
+    pub enforce: bool,
+    /// What apply carries out: every planned action, or (after
+    /// [`RetentionPlan::review`]) those of a reviewed plan file this plan
+    /// also holds.
+    pub selected: Vec<(Target, PlannedAction)>,
+    /// Set by [`RetentionPlan::review`].
+    pub review: Option<Review>,
+}
+
+/// A reviewed plan file applied through a fresh plan.
+pub struct Review {
+    /// The file's actions left out, and why.
+    pub dropped: Vec<Dropped>,
+    /// What runs, in one line.
+    pub summary: String,
+}
+
+impl RetentionPlan {
+    /// Keep only what the reviewed plan `file` (from `path`) holds too
+    /// ([`intersect`]); the file's quota relief is not applied. `changed`:
+    /// the retention config changed since the file was made.
+    pub fn review(&mut self, file: &Report, path: &str, config: &Config, changed: bool) {
+        let (items, dropped) = intersect(file, &self.plan, &self.inventory, config, changed);
+        let count = |k: ActionKind| items.iter().filter(|(_, a)| a.action == k).count();
+        let summary = format!(
+            "{} delete_image, {} delete_tag: the actions of {path} that a fresh plan also holds ({} of the file's {} dropped)",
+            count(ActionKind::DeleteImage),
+            count(ActionKind::DeleteTag),
+            dropped.len(),
+            file.actions().count()
+        );
+        self.selected = items;
+        self.relief.clear();
+        self.review = Some(Review { dropped, summary });
+    }
+
+    /// What the plan does, in one line.
+    pub fn summary(&self) -> String {
+        if let Some(r) = &self.review {
+            return r.summary.clone();
+        }
+        let mut summary = plan_summary(&self.plan);
+        if !self.relief.is_empty() {
+            summary.push_str(&format!(
+                ", {} empty repositories/namespaces to delete",
+                self.relief.len()
+            ));
+        }
+        summary
+    }
+
+    /// Nothing to delete (the caps are checked apart: [`RetentionPlan::blocked`]).
+    pub fn is_empty(&self) -> bool {
+        self.selected.is_empty() && self.relief.is_empty()
+    }
+
+    /// Why nothing may be deleted: a failed in-use source, a blocked fresh
+    /// plan (a reviewed file runs only the intersection, whose repositories
+    /// blocked by the ratio have no actions), or more deletions than
+    /// `max_deletions_per_run` (relief counts too).
+    pub fn blocked(&self, rc: &RetentionConfig) -> Option<String> {
+        if let Some(b) = &self.in_use_blocked {
+            return Some(b.clone());
+        }
+        if self.review.is_none()
+            && let Some(b) = &self.plan.blocked
+        {
+            return Some(b.clone());
+        }
+        let total = self.selected.len() + self.relief.len();
+        (total as u64 > rc.max_deletions_per_run).then(|| {
+            let relief = match self.relief.len() {
+                0 => String::new(),
+                n => format!(" (with {n} quota relief)"),
+            };
+            format!(
+                "{total} actions exceed max_deletions_per_run {}{relief}: nothing will be deleted",
+                rc.max_deletions_per_run
+            )
+        })
+    }
+
+    fn grace_keys(&self, config: &Config) -> (Vec<String>, Vec<String>) {
+        let id = |a: &relief::ReliefAction| {
+            config
+                .instance_by_name(&a.instance)
+                .map(|i| i.id.clone())
+                .unwrap_or_default()
+        };
+        let actions = plan_targets(&self.plan, config)
+            .iter()
+            .map(|(t, a)| executor::grace_key(t, a))
+            .collect();
+        let relief = self.relief.iter().map(|a| a.grace_key(&id(a))).collect();
+        (actions, relief)
+    }
+
+    /// How many selected actions (and relief actions) have been planned for
+    /// the whole grace period, and how many wait, given when each was
+    /// first planned (`first`; an action not marked yet starts now).
+    fn grace_split(
+        &self,
+        config: &Config,
+        grace: std::time::Duration,
+        first: impl Fn(&str) -> Option<DateTime<Utc>>,
+    ) -> Graced {
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let ready = |k: &str| self.now - first(k).unwrap_or(self.now) >= grace;
+        let mut g = Graced::default();
+        for (t, a) in &self.selected {
+            match ready(&executor::grace_key(t, a)) {
+                true => g.ready.push((t.clone(), a.clone())),
+                false => g.waiting += 1,
+            }
+        }
+        let (_, relief_keys) = self.grace_keys(config);
+        for (a, k) in self.relief.iter().zip(relief_keys) {
+            match ready(&k) {
+                true => g.relief_ready.push(a.clone()),
+                false => g.relief_waiting += 1,
+            }
+        }
+        g
+    }
+
+    /// As apply would split the selected actions by grace, without touching
+    /// the marks: `(ready, waiting)` (for the CLI's question).
+    pub fn grace_preview(
+        &self,
+        state: &crate::state::Store,
+        config: &Config,
+        grace: std::time::Duration,
+    ) -> Result<(usize, usize), crate::state::StateError> {
+        let marks = state.grace_marks()?;
+        let g = self.grace_split(config, grace, |k| marks.get(k).copied());
+        Ok((g.ready.len(), g.waiting))
+    }
+
+    /// Note every planned action (and relief) as planned now — marks of
+    /// what is no longer planned are forgotten, grace needs continuity —
+    /// and split what runs by grace.
+    fn apply_grace(
+        &self,
+        state: &crate::state::Store,
+        config: &Config,
+        grace: std::time::Duration,
+    ) -> Result<Graced, crate::state::StateError> {
+        let (mut keys, relief) = self.grace_keys(config);
+        keys.extend(relief);
+        crate::failpoint::hit(
+            "retention.state.grace_marks",
+            crate::state::StateError::Injected,
+        )?;
+        let marks = state.update_grace_marks(&keys, self.now)?;
+        Ok(self.grace_split(config, grace, |k| marks.get(k).copied()))
+    }
+}
+
+#[derive(Default)]
+struct Graced {
+    ready: Vec<(Target, PlannedAction)>,
+    waiting: usize,
+    relief_ready: Vec<relief::ReliefAction>,
+    relief_waiting: usize,
+}
+
+fn retention_config(ctx: &JobContext) -> Result<&RetentionConfig, JobError> {
+    ctx.config
+        .retention
+        .as_ref()
+        .ok_or_else(|| JobError::Config("no [retention] section in the configuration".into()))
+}
+
+/// A line for each action that did not go as planned.
+fn note_outcomes(ctx: &JobContext, executed: &Executed) {
+    for (t, a, o) in &executed.results {
+        let (kind, why) = match o {
+            executor::Outcome::Stale(why) => ("dropped (stale)", why),
+            executor::Outcome::Unknown(why) => ("UNKNOWN", why),
+            executor::Outcome::Failed(why) => ("FAILED", why),
+            _ => continue,
+        };
+        ctx.watch.note(format!(
+            "{kind}: {} {}/{}/{} {} {}: {why}",
+            a.action.as_str(),
+            t.instance,
+            t.namespace,
+            t.repository,
+            a.digest,
+            a.tags.join(",")
+        ));
+    }
+}
+
+/// The retention job: plan (inventory, in-use sources, KCR's own rules,
+/// quota relief, report), then apply (report stored; in enforce mode or a
+/// one-shot apply: caps, grace, deletions, relief).
 pub struct RetentionJob;
 
 impl RetentionJob {
-    async fn run_inner(&self, ctx: &JobContext, rc: &RetentionConfig) -> Result<Outcome, JobError> {
-        let now = Utc::now();
+    async fn make_plan(&self, ctx: &JobContext) -> Result<RetentionPlan, JobError> {
+        let rc = retention_config(ctx)?;
+        let now = ctx.now();
+        crate::failpoint::hit("retention.api.list", JobError::Partial)?;
         let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
         ctx.metrics.inventory.snapshot(&inventory);
         for inst in &inventory.instances {
@@ -410,35 +622,41 @@ impl RetentionJob {
         }
         let in_use = read_in_use(rc, &ctx.config, Some(&ctx.state), now).await;
         let mut plan = planner::plan_in_use(&inventory, rc, now, &in_use, false);
-        let found = check_server_side(
-            &ctx.client,
-            &inventory,
-            rc,
-            &mut plan,
-            rc.mode == Mode::Enforce,
-        )
-        .await;
+        let enforce = ctx.enforcing(rc.mode);
+        // A namespace where KCR's own retention is enabled blocks an
+        // enforcing run (unless allowed).
+        let found = check_server_side(&ctx.client, &inventory, rc, &mut plan, enforce).await;
         server_side::export(&ctx.metrics, &inventory, rc, &found);
-        let relieve = relief::plan_relief(&inventory, rc, now);
+        let relief = relief::plan_relief(&inventory, rc, now);
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
         report.config_fingerprint = Some(config_fingerprint(rc));
         report.timezone = Some(ctx.config.kcr.timezone.name().into());
-        report.relief = relieve.clone();
-        store_report(ctx, &report, now)?;
-        let mut summary = plan_summary(&plan);
-        if !relieve.is_empty() {
-            summary.push_str(&format!(
-                ", {} empty repositories/namespaces to delete",
-                relieve.len()
-            ));
-        }
+        report.relief = relief.clone();
+        let selected = plan_targets(&plan, &ctx.config);
+        Ok(RetentionPlan {
+            now,
+            inventory,
+            in_use_blocked: in_use.blocked(),
+            plan,
+            relief,
+            report,
+            enforce,
+            selected,
+            review: None,
+        })
+    }
+
+    async fn apply_plan(&self, ctx: &JobContext, p: RetentionPlan) -> Result<Outcome, JobError> {
+        let rc = retention_config(ctx)?;
+        store_report(ctx, &p.report, p.now)?;
+        let summary = p.summary();
         // A listing that failed makes the run partial: a failure with the
         // reason, after doing what the complete listings allow.
-        let partial = plan.partial_reason();
-        if rc.mode == Mode::DryRun {
+        let partial = p.plan.partial_reason();
+        if !p.enforce {
             let mut text = format!("dry-run: {summary}");
-            if let Some(b) = &plan.blocked {
+            if let Some(b) = &p.plan.blocked {
                 text.push_str(&format!("; enforce would be blocked: {b}"));
             }
             return match partial {
@@ -446,38 +664,31 @@ impl RetentionJob {
                 None => Ok(Outcome::Success(text)),
             };
         }
-        if let Some(b) = &plan.blocked {
-            return Ok(Outcome::Blocked(b.clone()));
+        if let Some(b) = p.blocked(rc) {
+            return Ok(Outcome::Blocked(b));
         }
-        // Relief deletions count against the same run cap.
-        let total = plan.actions().count() + relieve.len();
-        if total as u64 > rc.max_deletions_per_run {
-            return Ok(Outcome::Blocked(format!(
-                "{total} actions planned (with {} quota relief), over max_deletions_per_run {}: nothing will be deleted",
-                relieve.len(),
-                rc.max_deletions_per_run
-            )));
-        }
-        let (ready, waiting) =
-            executor::apply_grace(&ctx.state, plan_targets(&plan, &ctx.config), rc.grace, now)?;
+        let g = p.apply_grace(&ctx.state, &ctx.config, rc.grace)?;
+        ctx.watch.begin(g.ready.len() as u64);
+        let tick = || ctx.watch.tick();
         let env = ExecEnv {
             client: &ctx.client,
             state: &ctx.state,
             metrics: &ctx.metrics,
             cancel: &ctx.cancel,
             job: "retention",
-            run_id: Some(ctx.run_id),
-            verify: rc.verify_before_delete,
-            tick: &|| {},
+            run_id: ctx.run_id,
+            // A reviewed plan is always re-verified: the registry may have moved on.
+            verify: rc.verify_before_delete || p.review.is_some(),
+            tick: &tick,
         };
-        let mut executed = executor::execute(&env, ready).await;
-        executed.waiting = waiting;
-        let (relief_ready, relief_waiting) =
-            relief::apply_grace(&env, &ctx.config, relieve, rc.grace, now)?;
+        let mut executed = executor::execute(&env, g.ready).await;
+        ctx.watch.end();
+        executed.waiting = g.waiting;
+        note_outcomes(ctx, &executed);
         let relieved = if executed.stopped.is_some() || executed.cancelled {
             Vec::new()
         } else {
-            relief::execute(&env, &ctx.config, relief_ready).await
+            relief::execute(&env, &ctx.config, g.relief_ready).await
         };
         let relief_done = relieved
             .iter()
@@ -505,25 +716,20 @@ impl RetentionJob {
             "enforce: planned {summary}; {}",
             executed_summary(&executed)
         );
-        if !relieved.is_empty() || relief_waiting > 0 {
+        if !relieved.is_empty() || g.relief_waiting > 0 {
             text.push_str(&format!(
-                "; quota relief: {relief_done} deleted, {} failed, {relief_waiting} waiting for grace",
-                relief_failed.len()
+                "; quota relief: {relief_done} deleted, {} failed, {} waiting for grace",
+                relief_failed.len(),
+                g.relief_waiting
             ));
         }
         for f in &relief_failed {
             text.push_str(&format!("; FAILED {f}"));
         }
-        if !relief_failed.is_empty() && !executed.has_failures() {
-            return Err(JobError::Actions {
-                summary: text,
-                code: "actions",
-            });
-        }
         if executed.cancelled {
-            return Err(JobError::Cancelled);
+            return Err(JobError::Stopped(text));
         }
-        if executed.has_failures() {
+        if executed.has_failures() || !relief_failed.is_empty() {
             return Err(JobError::Actions {
                 summary: text,
                 code: "actions",
@@ -536,19 +742,19 @@ impl RetentionJob {
     }
 }
 
-impl Job for RetentionJob {
-    fn name(&self) -> &'static str {
-        "retention"
+impl crate::jobs::Steps for RetentionJob {
+    const NAME: &'static str = "retention";
+    type Plan = RetentionPlan;
+
+    fn plan<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<RetentionPlan, JobError>> {
+        Box::pin(self.make_plan(ctx))
     }
 
-    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
-        Box::pin(async move {
-            let Some(rc) = ctx.config.retention.clone() else {
-                return Err(JobError::Config(
-                    "no [retention] section in the configuration".into(),
-                ));
-            };
-            self.run_inner(ctx, &rc).await
-        })
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a JobContext,
+        plan: RetentionPlan,
+    ) -> BoxFuture<'a, Result<Outcome, JobError>> {
+        Box::pin(self.apply_plan(ctx, plan))
     }
 }

@@ -137,35 +137,6 @@ pub fn plan_relief(
     out
 }
 
-/// Keep only the relief actions planned continuously for `grace`.
-pub fn apply_grace(
-    env: &ExecEnv<'_>,
-    config: &Config,
-    actions: Vec<ReliefAction>,
-    grace: std::time::Duration,
-    now: DateTime<Utc>,
-) -> Result<(Vec<ReliefAction>, usize), StateError> {
-    let id = |a: &ReliefAction| {
-        config
-            .instance_by_name(&a.instance)
-            .map(|i| i.id.clone())
-            .unwrap_or_default()
-    };
-    let keys: Vec<String> = actions.iter().map(|a| a.grace_key(&id(a))).collect();
-    failpoint::hit("retention.relief.grace_marks", StateError::Injected)?;
-    let marks = env.state.update_grace_marks(&keys, now)?;
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let mut ready = Vec::new();
-    let mut waiting = 0;
-    for (a, k) in actions.into_iter().zip(keys) {
-        match marks.get(&k) {
-            Some(first) if now.signed_duration_since(*first) >= grace => ready.push(a),
-            _ => waiting += 1,
-        }
-    }
-    Ok((ready, waiting))
-}
-
 /// Apply relief actions in order: audit, re-check emptiness, delete. Stops
 /// when cancelled. Returns each action's outcome.
 pub async fn execute(

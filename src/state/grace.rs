@@ -43,6 +43,20 @@ impl Store {
             .collect()
         })
     }
+
+    /// When each marked key was first planned (read only).
+    pub fn grace_marks(&self) -> Result<HashMap<String, DateTime<Utc>>, StateError> {
+        self.with(|c| {
+            let mut q = c.prepare("SELECT key, first_planned_at FROM grace_marks")?;
+            q.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    time_at(r, 1, "grace_marks.first_planned_at")?,
+                ))
+            })?
+            .collect()
+        })
+    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ impl TokensJob {
             config: &ctx.config,
             state: &ctx.state,
             metrics: Some(&ctx.metrics),
-            run_id: Some(ctx.run_id),
+            run_id: ctx.run_id,
             cancel: Some(&ctx.cancel),
             clock: &system_clock,
             settings: settings_for(&ctx.config, &ctx.client),

@@ -1,0 +1,129 @@
+//! One-shot runs: the same [`Runner`] and [`JobContext`] as the daemon's
+//! (client, state, metrics, inventory cache, clock, cancellation), a
+//! [`Watch`] that draws the progress bar and keeps the lines to print, and
+//! the way a recorded run becomes output and an exit code.
+
+use super::common::{Bar, confirmed};
+use super::stop::StopSignals;
+use super::{CliError, failed, io};
+use crate::app;
+use crate::config::Config;
+use crate::jobs::{JobContext, RunEnv, RunSummary, Runner, Steps, Trigger, Watch};
+use crate::metrics::Metrics;
+use crate::state::{RunResult, Store};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// A connected runner for one command, with the embedded simulator (if
+/// any) kept alive as long as it.
+pub(super) struct Session {
+    pub(super) runner: Arc<Runner>,
+    pub(super) watch: Arc<CliWatch>,
+    _simulator: Option<app::Embedded>,
+}
+
+impl Session {
+    /// Connect and build the runner on `state`.
+    pub(super) async fn open(c: &Config, state: Store) -> Result<Session, CliError> {
+        let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
+        let runner = Runner::new(
+            crate::daemon::all_jobs(),
+            RunEnv {
+                config: Arc::new(c.clone()),
+                client: conn.client,
+            },
+            state,
+            Arc::new(Metrics::new()),
+        );
+        Ok(Session {
+            runner,
+            watch: Arc::new(CliWatch::default()),
+            _simulator: conn.simulator,
+        })
+    }
+
+    /// The context a plan is made with (trigger `cli`, no run yet).
+    pub(super) fn context(&self) -> JobContext {
+        self.runner.context(Trigger::Cli, self.watch.clone())
+    }
+
+    /// Ask (unless `yes`), then apply `plan` as a recorded run (trigger
+    /// `cli`), with Ctrl-C/SIGTERM stopping it at the next safe point and a
+    /// second one abandoning the change in flight. Prints the lines the run
+    /// noted and its outcome (`job: …`); the error carries the exit code.
+    /// `Ok(false)`: declined, nothing applied.
+    pub(super) async fn apply<J: Steps>(
+        &self,
+        job: J,
+        plan: J::Plan,
+        yes: bool,
+        prompt: &str,
+        out: &mut dyn Write,
+    ) -> Result<bool, CliError> {
+        if !confirmed(yes, prompt, out)? {
+            return Ok(false);
+        }
+        let signals =
+            StopSignals::install(&self.runner.stop_token(), &self.runner.abandon_token())?;
+        let summary = self
+            .runner
+            .apply_now(Arc::new(job), plan, Trigger::Cli, self.watch.clone())
+            .await
+            .ok_or_else(|| failed(anyhow::anyhow!("the job is already running"), J::NAME))?;
+        self.watch.finish();
+        for line in self.watch.take_notes() {
+            writeln!(out, "{line}").map_err(io)?;
+        }
+        outcome(&summary, &signals, out).map(|()| true)
+    }
+}
+
+/// The run's outcome line, and its exit code (DESIGN §4).
+fn outcome(s: &RunSummary, signals: &StopSignals, out: &mut dyn Write) -> Result<(), CliError> {
+    let job = s.job;
+    let text = s.error.as_deref().unwrap_or(&s.summary);
+    writeln!(out, "{job}: {text}").map_err(io)?;
+    match (s.result, s.code) {
+        (RunResult::Success, _) => Ok(()),
+        (RunResult::Blocked, _) => Err(CliError::Blocked(format!("{job}: {text}"))),
+        (_, Some("cancelled")) => Err(signals.error(format!("{job}: interrupted; {text}"))),
+        _ => Err(CliError::Failed(anyhow::anyhow!("{job}: {text}"))),
+    }
+}
+
+/// The CLI's [`Watch`]: a progress bar on a terminal, the run's lines kept
+/// for standard output.
+#[derive(Default)]
+pub(super) struct CliWatch {
+    bar: Mutex<Option<Bar>>,
+    notes: Mutex<Vec<String>>,
+}
+
+impl CliWatch {
+    fn finish(&self) {
+        if let Some(bar) = self.bar.lock().expect("bar lock").take() {
+            bar.finish();
+        }
+    }
+
+    fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().expect("notes lock"))
+    }
+}
+
+impl Watch for CliWatch {
+    fn begin(&self, total: u64) {
+        *self.bar.lock().expect("bar lock") = Some(Bar::new("applying", "changes", total));
+    }
+    fn tick(&self) {
+        if let Some(bar) = &*self.bar.lock().expect("bar lock") {
+            bar.inc();
+        }
+    }
+    fn end(&self) {
+        self.finish();
+    }
+    fn note(&self, line: String) {
+        self.notes.lock().expect("notes lock").push(line);
+    }
+}
