@@ -135,10 +135,15 @@ async fn every_tokens_run_refreshes_the_reachability_gauge_without_rotating() {
             state: state.clone(),
             metrics: metrics.clone(),
             cancel: Default::default(),
-            run_id: state
-                .start_run("tokens", "test", chrono::Utc::now())
-                .unwrap(),
+            run_id: Some(
+                state
+                    .start_run("tokens", "test", chrono::Utc::now())
+                    .unwrap(),
+            ),
             inventory: Default::default(),
+            trigger: kcr_housekeeper::jobs::Trigger::Api,
+            clock: kcr_housekeeper::jobs::system_clock(),
+            watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
         };
         let result = kcr_housekeeper::tokens::TokensJob.run(&ctx).await;
         assert!(result.is_ok(), "dry-run: {result:?}");
