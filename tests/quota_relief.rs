@@ -298,3 +298,79 @@ async fn explain_says_whether_relief_deletes_the_repository() {
     let web = explain("apps/web");
     assert!(web.contains("quota relief: kept: it holds images"), "{web}");
 }
+/// Rules that plan image deletions in the demo world.
+const DELETING_RULES: &str = r#"min_age = "1h"
+max_deletions_per_run = 1000
+[retention.protect]
+tags = ["latest", "v*.*.*"]
+newest_images_per_repository = 1
+[[retention.rules]]
+name = "ci"
+tags = ["pr-*", "sha-*"]
+older_than = "3d"
+keep_latest = 1
+[[retention.rules]]
+name = "untagged"
+untagged = true
+older_than = "1d"
+"#;
+
+fn sent(sim: &Simulator, actions: &[&str]) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.action.as_deref().is_some_and(|a| actions.contains(&a)))
+        .count()
+}
+
+/// Review 2 #1: with `grace` above 0 the job's second run deletes what its
+/// first planned. Retention and relief keep grace marks in two calls per
+/// run; neither may forget the other's marks — with relief off (its call
+/// has no key) and on (both have keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_grace_the_second_run_deletes_with_relief_on_and_off() {
+    for relief in [false, true] {
+        let sim = sim(SimOptions::default()).await;
+        let now = sim.now();
+        sim.world(|w| {
+            let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+            let mut empty = apps.repos["web"].clone();
+            empty.images.clear();
+            empty.update_time = now - chrono::Duration::days(60);
+            apps.repos.insert("old-empty".into(), empty);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let relief_line = if relief {
+            "delete_empty_repositories = { older_than = \"30d\" }\n"
+        } else {
+            ""
+        };
+        let ctx = context(
+            &sim,
+            dir.path(),
+            &format!("grace = \"1s\"\n{relief_line}{DELETING_RULES}"),
+        );
+        let images = ["DeleteImages", "DeleteRepoTag"];
+        match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+            Ok(Outcome::Success(s)) => assert!(s.contains("waiting for grace"), "{s}"),
+            other => panic!("relief {relief}: {other:?}"),
+        }
+        assert_eq!(sent(&sim, &images), 0, "first sight: nothing deleted");
+        assert_eq!(sent(&sim, &["DeleteRepository"]), 0);
+
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+            Ok(Outcome::Success(_)) => {}
+            other => panic!("relief {relief}: {other:?}"),
+        }
+        assert!(
+            sent(&sim, &images) > 0,
+            "relief {relief}: the second run deletes the images planned for the whole grace"
+        );
+        assert_eq!(
+            sent(&sim, &["DeleteRepository"]),
+            usize::from(relief),
+            "relief {relief}: the empty repository goes on the second run"
+        );
+        assert_eq!(repositories(&sim).contains("apps/old-empty"), !relief);
+    }
+}
