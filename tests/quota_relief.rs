@@ -13,9 +13,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 fn context(sim: &Simulator, dir: &std::path::Path, extra: &str) -> JobContext {
+    context_scoped(sim, dir, "", extra)
+}
+
+/// As [`context`], the demo instance declaring `scope` (a `scope = [...]` line).
+fn context_scoped(sim: &Simulator, dir: &std::path::Path, scope: &str, extra: &str) -> JobContext {
     let text = format!(
         "{}[retention]\nmode = \"enforce\"\n{extra}\n[quota]\nstorage = \"none\"\n",
-        demo_head(sim, dir)
+        demo_head(sim, dir).replace("\n[state]\n", &format!("\n{scope}\n[state]\n"))
     );
     let config = parse_config(sim, &text, dir);
     let state = kcr_housekeeper::state::Store::open(&config.state.path).unwrap();
@@ -163,8 +168,12 @@ async fn a_repository_filled_since_planning_is_not_deleted() {
     );
     let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
     let rc = ctx.config.retention.as_ref().unwrap();
-    let planned =
-        kcr_housekeeper::retention::relief::plan_relief(&inventory, rc, chrono::Utc::now());
+    let planned = kcr_housekeeper::retention::relief::plan_relief(
+        &inventory,
+        &ctx.config.instances,
+        rc,
+        chrono::Utc::now(),
+    );
     assert_eq!(planned.len(), 1);
     // A push lands between the plan and the delete.
     sim.world(|w| {
@@ -373,4 +382,43 @@ async fn with_grace_the_second_run_deletes_with_relief_on_and_off() {
         );
         assert_eq!(repositories(&sim).contains("apps/old-empty"), !relief);
     }
+}
+
+/// Review 2 #2: with a full key and a declared scope, relief deletes only
+/// inside the scope — it deleted the demo's empty namespaces `internal` and
+/// `tools`, outside `apps/**`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relief_with_a_full_key_deletes_only_inside_the_scope() {
+    let sim = sim(SimOptions::default()).await;
+    let now = sim.now();
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty".into(), empty);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context_scoped(
+        &sim,
+        dir.path(),
+        "scope = [\"apps/**\"]",
+        "delete_empty_repositories = { older_than = \"30d\" }\ndelete_empty_namespaces = { older_than = \"30d\" }",
+    );
+    let namespaces_before = namespaces(&sim);
+    let repos_before = repositories(&sim);
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Ok(Outcome::Success(s)) => assert!(s.contains("quota relief: 1 deleted"), "{s}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        namespaces(&sim),
+        namespaces_before,
+        "internal and tools stay"
+    );
+    let gone: BTreeSet<String> = repos_before
+        .difference(&repositories(&sim))
+        .cloned()
+        .collect();
+    assert_eq!(gone, BTreeSet::from(["apps/old-empty".to_string()]));
 }

@@ -100,6 +100,40 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The retention job's context with the scoped key; `edit` changes the
+/// config's text (from [`write_config`]) first.
+fn scoped_context(
+    sim: &Simulator,
+    dir: &Path,
+    scope: &str,
+    edit: impl Fn(String) -> String,
+) -> JobContext {
+    let cfg = write_config(sim, dir, scope);
+    let text = edit(std::fs::read_to_string(&cfg).unwrap());
+    let config = kcr_housekeeper::config::parse(&text, "t.toml", dir, &|k: &str| {
+        (k == "TEST_SK").then(|| SK.to_string())
+    })
+    .unwrap();
+    let mut cc = config_for(sim);
+    cc.credentials = Credentials::new(AK, SK);
+    let state = kcr_housekeeper::state::Store::in_memory().unwrap();
+    let run_id = state
+        .start_run("retention", "cli", chrono::Utc::now())
+        .unwrap();
+    JobContext {
+        client: Client::new(cc).unwrap(),
+        config: Arc::new(config),
+        state,
+        metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
+        cancel: Default::default(),
+        run_id: Some(run_id),
+        inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
+    }
+}
+
 /// (namespace/repository, digest) → tags, of the namespaces other than `apps`.
 fn outside_apps(
     sim: &Simulator,
@@ -215,32 +249,9 @@ async fn the_job_counts_refusals_in_the_skipped_metric_and_succeeds_within_its_s
     let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
     let dir = tempfile::tempdir().unwrap();
     let run_job = |scope: &str| {
-        let cfg = write_config(&sim, dir.path(), scope);
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("mode = \"enforce\"", "mode = \"dry-run\"");
-        let config = kcr_housekeeper::config::parse(&text, "t.toml", dir.path(), &|k: &str| {
-            (k == "TEST_SK").then(|| SK.to_string())
+        scoped_context(&sim, dir.path(), scope, |t| {
+            t.replace("mode = \"enforce\"", "mode = \"dry-run\"")
         })
-        .unwrap();
-        let mut cc = config_for(&sim);
-        cc.credentials = Credentials::new(AK, SK);
-        let state = kcr_housekeeper::state::Store::in_memory().unwrap();
-        let run_id = state
-            .start_run("retention", "cli", chrono::Utc::now())
-            .unwrap();
-        JobContext {
-            client: Client::new(cc).unwrap(),
-            config: Arc::new(config),
-            state,
-            metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
-            cancel: Default::default(),
-            run_id: Some(run_id),
-            inventory: Default::default(),
-            trigger: kcr_housekeeper::jobs::Trigger::Api,
-            clock: kcr_housekeeper::jobs::system_clock(),
-            watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
-        }
     };
     let skipped = |ctx: &JobContext, reason: &str| ctx.metrics.inventory.skipped("demo", reason);
 
@@ -349,4 +360,44 @@ async fn a_key_without_delete_images_stops_enforce_naming_the_permission() {
         .sum();
     assert_eq!(lost, deleted_tags, "{t}");
     assert_eq!(before.len(), after.len(), "no image deleted");
+}
+
+/// Review 2 #2: quota relief stays inside the declared scope. The key lists
+/// every namespace (DescribeRepository takes no resource) and those it may
+/// not read look empty; relief planned to delete them, and every enforcing
+/// run failed on AccessDenied from DeleteNamespace. Now nothing outside
+/// `scope` is planned and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relief_with_a_scoped_key_stays_inside_the_scope() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag", "DeleteRepository"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespaces_before = sim.world(|w| w.instances[0].namespaces.len());
+    let ctx = scoped_context(&sim, dir.path(), "scope = [\"apps/**\"]", |t| {
+        t.replace(
+            "min_age = \"1h\"\n",
+            "min_age = \"1h\"\ndelete_empty_namespaces = { older_than = \"1d\" }\ndelete_empty_repositories = { older_than = \"1d\" }\n",
+        )
+    });
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Ok(Outcome::Success(s)) => assert!(s.starts_with("enforce"), "{s}"),
+        other => panic!("{other:?}"),
+    }
+    let refused: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.action.as_deref().is_some_and(|a| a.starts_with("Delete")) && r.code == "AccessDenied"
+        })
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert!(
+        !sim.requests()
+            .iter()
+            .any(|r| r.action.as_deref() == Some("DeleteNamespace")),
+        "no namespace is in apps/**"
+    );
+    assert_eq!(
+        sim.world(|w| w.instances[0].namespaces.len()),
+        namespaces_before
+    );
 }

@@ -121,7 +121,7 @@ pub(super) async fn run(
     // KCR's own retention in this namespace, and whether it blocks apply.
     retention::check_server_side(&conn.client, &inventory, rc, &mut plan, true).await;
     // The namespace's own relief is not judged here: only this repository was listed.
-    let relief: Vec<_> = retention::relief::plan_relief(&inventory, rc, now)
+    let relief: Vec<_> = retention::relief::plan_relief(&inventory, &c.instances, rc, now)
         .into_iter()
         .filter(|a| a.repository.is_some())
         .collect();

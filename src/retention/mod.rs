@@ -627,7 +627,7 @@ impl RetentionJob {
         // enforcing run (unless allowed).
         let found = check_server_side(&ctx.client, &inventory, rc, &mut plan, enforce).await;
         server_side::export(&ctx.metrics, &inventory, rc, &found);
-        let relief = relief::plan_relief(&inventory, rc, now);
+        let relief = relief::plan_relief(&inventory, &ctx.config.instances, rc, now);
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));
         report.config_fingerprint = Some(config_fingerprint(rc));

@@ -8,7 +8,7 @@
 //! (DescribeImages / DescribeRepository must answer 0).
 
 use super::executor::{ExecEnv, Outcome};
-use crate::config::{Config, RetentionConfig};
+use crate::config::{Config, InstanceConfig, RetentionConfig};
 use crate::failpoint;
 use crate::inventory::Inventory;
 use crate::kcr::{DeleteNamespace, DeleteRepository, DescribeImages, DescribeRepository, Error};
@@ -80,8 +80,13 @@ fn days(d: chrono::Duration) -> i64 {
 /// listing shows empty is a candidate: an instance or namespace whose
 /// listing failed (or was refused), a repository skipped or whose images
 /// were not listed, and anything without a known time are left alone.
+/// So is anything outside the instance's declared `scope` (`instances`, by
+/// name; an instance not configured is not touched): DescribeRepository
+/// takes no resource, so a scoped key lists namespaces it may not look into
+/// as empty — deleting them is not ours to do, and the key may not.
 pub fn plan_relief(
     inv: &Inventory,
+    instances: &[InstanceConfig],
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
 ) -> Vec<ReliefAction> {
@@ -89,9 +94,20 @@ pub fn plan_relief(
         |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let mut out = Vec::new();
     for inst in inv.instances.iter().filter(|i| i.error.is_none()) {
-        for ns in inst.namespaces.iter().filter(|n| n.error.is_none()) {
+        let Some(declared) = instances.iter().find(|c| c.name == inst.name) else {
+            continue;
+        };
+        for ns in inst
+            .namespaces
+            .iter()
+            .filter(|n| n.error.is_none() && declared.namespace_in_scope(&n.name))
+        {
             if let Some(older) = cfg.delete_empty_repositories.map(bound) {
-                for r in &ns.repositories {
+                for r in ns
+                    .repositories
+                    .iter()
+                    .filter(|r| declared.in_scope(&ns.name, &r.name))
+                {
                     let Some(updated) = r.updated_at else {
                         continue;
                     };
@@ -286,9 +302,9 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
     }
 
-    fn cfg(repos: Option<&str>, namespaces: Option<&str>) -> RetentionConfig {
-        let mut text = String::from(
-            "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\n[retention]\n",
+    fn parsed(repos: Option<&str>, namespaces: Option<&str>, scope: &str) -> Config {
+        let mut text = format!(
+            "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\n{scope}\n[retention]\n",
         );
         if let Some(d) = repos {
             text.push_str(&format!(
@@ -300,10 +316,16 @@ mod tests {
                 "delete_empty_namespaces = {{ older_than = \"{d}\" }}\n"
             ));
         }
-        crate::config::parse(&text, "t.toml", std::path::Path::new("."), &|_: &str| None)
-            .unwrap()
-            .retention
-            .unwrap()
+        crate::config::parse(&text, "t.toml", std::path::Path::new("."), &|_: &str| None).unwrap()
+    }
+
+    fn cfg(repos: Option<&str>, namespaces: Option<&str>) -> RetentionConfig {
+        parsed(repos, namespaces, "").retention.unwrap()
+    }
+
+    /// The one instance `prod`, with no declared scope.
+    fn all() -> Vec<InstanceConfig> {
+        parsed(None, None, "").instances
     }
 
     fn repo(name: &str, images: usize, age_days: i64) -> RepositoryInventory {
@@ -399,7 +421,7 @@ mod tests {
             ),
         ];
         for (r, n, want) in table {
-            let got = plan_relief(&world, &cfg(r, n), now());
+            let got = plan_relief(&world, &all(), &cfg(r, n), now());
             let want: Vec<(ReliefKind, String)> =
                 want.into_iter().map(|(k, t)| (k, t.to_owned())).collect();
             assert_eq!(targets(&got), want, "{r:?} {n:?}");
@@ -407,7 +429,68 @@ mod tests {
         // A failed instance listing: nothing at all.
         let mut broken = world.clone();
         broken.instances[0].error = Some("DescribeNamespace: HTTP 500".into());
-        assert!(plan_relief(&broken, &cfg(Some("1d"), Some("1d")), now()).is_empty());
+        assert!(plan_relief(&broken, &all(), &cfg(Some("1d"), Some("1d")), now()).is_empty());
+    }
+
+    /// Review 2 #2: nothing outside the declared scope is planned — a scoped
+    /// key lists namespaces it may not read as empty — and nothing of an
+    /// instance the config does not name.
+    #[test]
+    fn nothing_outside_the_declared_scope() {
+        use ReliefKind::*;
+        let world = inv(vec![
+            ns(
+                "apps",
+                vec![repo("old-empty", 0, 90), repo("web", 0, 90)],
+                400,
+            ),
+            ns("bare", vec![], 90),
+            ns("internal", vec![], 90),
+        ]);
+        let rc = cfg(Some("1d"), Some("1d"));
+        type Row<'a> = (&'a str, Vec<(ReliefKind, &'a str)>);
+        let table: [Row; 5] = [
+            (
+                "",
+                vec![
+                    (DeleteRepository, "apps/old-empty"),
+                    (DeleteRepository, "apps/web"),
+                    (DeleteNamespace, "bare"),
+                    (DeleteNamespace, "internal"),
+                ],
+            ),
+            (
+                "scope = [\"apps/*\"]",
+                vec![
+                    (DeleteRepository, "apps/old-empty"),
+                    (DeleteRepository, "apps/web"),
+                ],
+            ),
+            (
+                "scope = [\"apps/old-*\"]",
+                vec![(DeleteRepository, "apps/old-empty")],
+            ),
+            (
+                "scope = [\"apps/*\", \"bare/*\"]",
+                vec![
+                    (DeleteRepository, "apps/old-empty"),
+                    (DeleteRepository, "apps/web"),
+                    (DeleteNamespace, "bare"),
+                ],
+            ),
+            ("scope = [\"elsewhere/*\"]", vec![]),
+        ];
+        for (scope, want) in table {
+            let instances = parsed(None, None, scope).instances;
+            let got = plan_relief(&world, &instances, &rc, now());
+            let want: Vec<(ReliefKind, String)> =
+                want.into_iter().map(|(k, t)| (k, t.to_owned())).collect();
+            assert_eq!(targets(&got), want, "{scope}");
+        }
+        assert!(
+            plan_relief(&world, &[], &rc, now()).is_empty(),
+            "an instance the config does not name is not touched"
+        );
     }
 
     #[test]
