@@ -987,6 +987,55 @@ async fn a_full_last_page_is_checked_by_one_more_page() {
     }
 }
 
+/// Review finding 13: the guard knew only pages of 99. An endpoint that
+/// clamps `MaxResults` (the reference's defaults are 20 and 10) serves
+/// full pages of fewer items and says so in the answer's `MaxResults`: a
+/// page of that size reaching a lagging `TotalCount` was taken as the end,
+/// and 20 of 21 images came back as the whole listing.
+#[tokio::test]
+async fn a_full_page_of_a_clamped_size_is_checked_by_one_more_page() {
+    let clamped = |images: usize, low: bool| {
+        let mut opts = generated(&format!("namespaces=1,repos=1,images={images},seed=4"));
+        opts.faults = Faults {
+            fault_rate: if low { 1.0 } else { 0.0 },
+            kinds: vec![FaultKind::TotalCountLow],
+            seed: Some(1),
+            page_cap: Some(20),
+            ..Default::default()
+        };
+        opts
+    };
+    let markers = |sim: &kcr_housekeeper::sim::Simulator| -> Vec<String> {
+        sim.requests()
+            .into_iter()
+            .filter(|e| e.action.as_deref() == Some("DescribeImages"))
+            .map(|e| e.params["Marker"].clone())
+            .collect()
+    };
+    // 21 images, TotalCount answered as 20: the first page (20, all the
+    // endpoint serves) seems to end it; one more page finds the 21st.
+    let first = sim(clamped(21, true)).await;
+    let id = first.world(|w| w.instances[0].id.clone());
+    let err = client_for(&first)
+        .list_all(DescribeImages::all(&id, "team0", "app0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ListingChanged", "{err}");
+    assert_eq!(markers(&first), ["0", "20"], "exactly one extra page");
+
+    // Honest counts: 40 images end with one extra, empty page; 39 need none.
+    for (images, calls) in [(40, 3), (39, 2)] {
+        let sim = sim(clamped(images, false)).await;
+        let id = sim.world(|w| w.instances[0].id.clone());
+        let got = client_for(&sim)
+            .list_all(DescribeImages::all(&id, "team0", "app0"))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), images);
+        assert_eq!(sim.count("DescribeImages"), calls, "{images} images");
+    }
+}
+
 async fn sim_for(spec: &str) -> kcr_housekeeper::sim::Simulator {
     sim(generated(spec)).await
 }

@@ -131,6 +131,7 @@ pub(super) async fn run(args: SimArgs, out: &mut dyn Write) -> Result<(), CliErr
             seed: args.seed,
             stall: args.stall,
             page_drift: args.page_drift,
+            page_cap: None,
         },
         request_log: args.request_log,
         log_in_memory: false,

@@ -132,6 +132,10 @@ pub struct Faults {
     /// Image listings drift between pages: every `DescribeImages` page after
     /// the first starts one image early (a push and a delete while paging).
     pub page_drift: bool,
+    /// Listings serve at most this many items per page whatever
+    /// `MaxResults` asks, and echo the size used in the answer's
+    /// `MaxResults` (an endpoint that clamps page sizes).
+    pub page_cap: Option<u64>,
 }
 
 /// Where the simulated registry's contents come from.
@@ -640,12 +644,24 @@ async fn api(
         let now = shared.now_beijing();
         let mut random = || shared.random();
         let mut world = shared.world.lock().expect("world lock");
-        let answer = world.handle(action, &params, now, &mut random)?;
+        let mut capped = None;
+        if let Some(cap) = shared.faults.page_cap
+            && params
+                .get("MaxResults")
+                .and_then(|m| m.parse::<u64>().ok())
+                .is_some_and(|m| m > cap)
+        {
+            let mut p = params.clone();
+            p.insert("MaxResults".into(), cap.max(1).to_string());
+            capped = Some(p);
+        }
+        let params = capped.as_ref().unwrap_or(&params);
+        let answer = world.handle(action, params, now, &mut random)?;
         if shared.faults.page_drift {
             return Ok(drift_page(
                 &mut world,
                 action,
-                &params,
+                params,
                 now,
                 &mut random,
                 answer,

@@ -474,7 +474,9 @@ impl Client {
 
     /// A stream of pages of `MaxResults=99`, checking that `TotalCount`
     /// stays put and that the listing delivers all it announced. A full page
-    /// that reaches `TotalCount` is followed by one more request: an item in
+    /// (99 items, or as many as the answer's `MaxResults` says the endpoint
+    /// serves per page when it clamps the size asked for) that reaches
+    /// `TotalCount` is followed by one more request: an item in
     /// it (or a changed `TotalCount`) is [`Error::ListingChanged`], never a
     /// silently shorter list; more items than `TotalCount` likewise.
     pub fn pages<P: Paginated + 'static>(
@@ -536,7 +538,12 @@ impl Client {
                     after: c.offset,
                 });
             }
-            if c.offset == page.total && got == u64::from(MAX_PAGE) {
+            // Full: as many items as asked for, or as many as the endpoint
+            // says it serves per page (it may clamp `MaxResults` below what
+            // was asked, as the reference's default of 20 or 10 would).
+            let full = got > 0
+                && (got >= u64::from(MAX_PAGE) || (page.page_size > 0 && got >= page.page_size));
+            if c.offset == page.total && full {
                 // A full page that reached TotalCount: one more page proves
                 // the listing really ends here (TotalCount can lag behind).
                 c.checking_end = true;

@@ -75,6 +75,10 @@ pub struct Page<T> {
     pub total: u64,
     /// The next offset, or 0 at the end, as the API reports it.
     pub next_marker: u64,
+    /// The page size the API says it used (`MaxResults` in the answer; 0
+    /// when absent). An endpoint may clamp the size asked for: a page of
+    /// this many items is full even when smaller than the size asked.
+    pub page_size: u64,
 }
 
 /// A listing action with `Marker`/`MaxResults` offset pagination.
@@ -99,6 +103,7 @@ macro_rules! paginated {
                     items: out.items,
                     total: out.total_count,
                     next_marker: out.marker,
+                    page_size: out.max_results,
                 }
             }
         }
@@ -133,6 +138,9 @@ pub struct ListOutput<T> {
     pub total_count: u64,
     #[serde(rename = "Marker", default, deserialize_with = "decode::count")]
     pub marker: u64,
+    /// The page size the API used, as it echoes it (0 when absent).
+    #[serde(rename = "MaxResults", default, deserialize_with = "decode::count")]
+    pub max_results: u64,
     #[serde(rename = "RequestId", alias = "requestId", default)]
     pub request_id: String,
 }
