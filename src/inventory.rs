@@ -67,6 +67,11 @@ pub const LISTING_FAILED: &str = "listing failed";
 /// so reported but not partial.
 pub const OUTSIDE_SCOPE: &str = "access denied (outside the instance's scope)";
 
+/// The `skipped` of a repository that was listed but lies outside the
+/// instance's declared `scope` ([`Inventory::within_scope`]): not managed,
+/// never planned or relieved, not shown in plans.
+pub const UNMANAGED: &str = "outside the instance's scope (not managed)";
+
 /// The metric label of a skip reason: [`ACCESS_DENIED`] or [`LISTING_FAILED`].
 pub fn skip_label(reason: &str) -> &'static str {
     if reason.starts_with(ACCESS_DENIED) {
@@ -79,7 +84,7 @@ pub fn skip_label(reason: &str) -> &'static str {
 /// A skip the config declares expected: AccessDenied outside the instance's
 /// `scope`. It is listed in reports but does not make a run partial.
 pub fn is_expected_skip(reason: &str) -> bool {
-    reason.starts_with(OUTSIDE_SCOPE)
+    reason.starts_with(OUTSIDE_SCOPE) || reason == UNMANAGED
 }
 
 /// The skip reason of a failed listing; `in_scope` says whether the listed
@@ -433,6 +438,51 @@ impl Inventory {
             out.push((i.name.clone(), LISTING_FAILED, failed));
         }
         out
+    }
+
+    /// What the instances' declared `scope` manages (review finding 8: a
+    /// full key planned everywhere, whatever the scope said). Unchanged for
+    /// an instance without a scope. Otherwise a namespace outside the scope
+    /// is dropped, and a repository outside it is kept as skipped
+    /// ([`UNMANAGED`], images cleared): its namespace is then never taken
+    /// for empty by quota relief. Refusals (instance, namespace or
+    /// repository) stay as they were, so reports still list them.
+    pub fn within_scope(
+        self: std::sync::Arc<Self>,
+        instances: &[InstanceConfig],
+    ) -> std::sync::Arc<Inventory> {
+        let scoped = |name: &str| {
+            instances
+                .iter()
+                .find(|i| i.name == name)
+                .filter(|i| !i.scope.is_empty())
+        };
+        if !self.instances.iter().any(|i| scoped(&i.name).is_some()) {
+            return self;
+        }
+        let mut inv = (*self).clone();
+        for i in &mut inv.instances {
+            let Some(cfg) = scoped(&i.name) else {
+                continue;
+            };
+            i.namespaces.retain_mut(|ns| {
+                let ns_in = cfg.namespace_in_scope(&ns.name);
+                for r in &mut ns.repositories {
+                    if r.skipped.is_none() && !cfg.in_scope(&ns.name, &r.name) {
+                        r.skipped = Some(UNMANAGED.to_owned());
+                        r.images = Vec::new();
+                    }
+                }
+                if !ns_in {
+                    // Outside the scope: only its refusals are worth showing.
+                    ns.repositories
+                        .retain(|r| r.skipped.as_deref().is_some_and(|s| s != UNMANAGED));
+                    return ns.error.is_some() || !ns.repositories.is_empty();
+                }
+                true
+            });
+        }
+        std::sync::Arc::new(inv)
     }
 
     pub fn image_count(&self) -> usize {

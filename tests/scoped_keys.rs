@@ -401,3 +401,111 @@ async fn relief_with_a_scoped_key_stays_inside_the_scope() {
         namespaces_before
     );
 }
+
+/// Review finding 8: `scope` only declared which refusals were expected; a
+/// full key with `scope = ["apps/*"]` still planned and deleted everywhere.
+/// The scope now bounds what is managed: planned, applied and relieved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_key_plans_and_applies_only_inside_the_declared_scope() {
+    use secrecy::ExposeSecret;
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = sim.credentials();
+    let admin = |scope: &str| {
+        let cfg = write_config(&sim, dir.path(), scope);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("access_key_id = \"{AK}\""),
+            &format!("access_key_id = \"{}\"", creds.access_key_id),
+        );
+        // Quota relief too: an empty, old repository outside the scope stays.
+        let text = text.replace(
+            "[retention]\n",
+            "[retention]\ndelete_empty_repositories = { older_than = \"1s\" }\n",
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let bin = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("TEST_SK", creds.secret_access_key.expose_secret());
+        std::thread::spawn(move || c.output().unwrap())
+            .join()
+            .unwrap()
+    };
+    // An empty repository outside apps, old enough for relief.
+    sim.world(|w| {
+        let ns = w.instances[0].namespaces.get_mut("ci").unwrap();
+        let mut empty = ns.repos.values().next().unwrap().clone();
+        empty.images.clear();
+        ns.repos.insert("empty-old".into(), empty);
+    });
+    let planned_in =
+        |out: &Output| -> std::collections::BTreeSet<String> {
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", text(out)));
+            let mut repos: std::collections::BTreeSet<String> = report["repositories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| !r["actions"].as_array().unwrap().is_empty())
+                .map(|r| format!("{}/{}", r["namespace"], r["repository"]).replace('"', ""))
+                .collect();
+            repos.extend(report["relief"].as_array().into_iter().flatten().map(|r| {
+                format!("relief {}/{}", r["namespace"], r["repository"]).replace('"', "")
+            }));
+            repos
+        };
+
+    // Without a scope the full key plans outside apps (the contrast).
+    let cfg = admin("");
+    let out = bin(&["plan", "retention", "--config", &cfg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let everywhere = planned_in(&out);
+    assert!(
+        everywhere.iter().any(|r| !r.contains("apps/")),
+        "{everywhere:?}"
+    );
+    assert!(everywhere.contains("relief ci/empty-old"), "{everywhere:?}");
+
+    // With it, only apps: nothing planned, shown or relieved elsewhere.
+    let cfg = admin("scope = [\"apps/*\"]");
+    let out = bin(&["plan", "retention", "--config", &cfg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let scoped = planned_in(&out);
+    assert!(!scoped.is_empty(), "apps has work");
+    assert!(scoped.iter().all(|r| r.contains("apps/")), "{scoped:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["namespace"] == "apps"),
+        "repositories outside the scope are not in the plan: {report}"
+    );
+
+    let before_outside = outside_apps(&sim);
+    let log = sim.requests().len();
+    let out = bin(&["apply", "retention", "--config", &cfg, "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(outside_apps(&sim), before_outside);
+    assert!(
+        sim.world(|w| w.instances[0].namespaces["ci"]
+            .repos
+            .contains_key("empty-old")),
+        "relief stays inside the scope"
+    );
+    let deletes: Vec<_> = sim.requests()[log..]
+        .iter()
+        .filter(|r| r.action.as_deref().is_some_and(|a| a.starts_with("Delete")))
+        .cloned()
+        .collect();
+    assert!(!deletes.is_empty());
+    assert!(
+        deletes
+            .iter()
+            .all(|r| r.params.get("Namespace").map(String::as_str) == Some("apps")),
+        "{deletes:?}"
+    );
+}

@@ -113,10 +113,12 @@ pub(super) async fn run(
         .as_ref()
         .and_then(|_| crate::state::Store::open(&c.state.path).ok());
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
-    let inventory = crate::inventory::Inventory {
+    // As the job plans: only what the instance's declared scope manages.
+    let inventory = std::sync::Arc::new(crate::inventory::Inventory {
         taken_at: now,
         instances,
-    };
+    })
+    .within_scope(&c.instances);
     let mut plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, true);
     // KCR's own retention in this namespace, and whether it blocks apply.
     retention::check_server_side(&conn.client, &inventory, rc, &mut plan, true).await;

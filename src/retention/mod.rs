@@ -620,6 +620,8 @@ impl RetentionJob {
         for inst in &inventory.instances {
             ctx.metrics.api.reached(&inst.name, inst.error.is_none());
         }
+        // Plan only what the instances' declared scope manages.
+        let inventory = inventory.within_scope(&ctx.config.instances);
         let in_use = read_in_use(rc, &ctx.config, Some(&ctx.state), now).await;
         let mut plan = planner::plan_in_use(&inventory, rc, now, &in_use, false);
         let enforce = ctx.enforcing(rc.mode);

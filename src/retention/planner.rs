@@ -986,6 +986,10 @@ fn plan_with(
             let mut repos: Vec<_> = ns.repositories.iter().collect();
             repos.sort_by(|a, b| a.name.cmp(&b.name));
             for repo in repos {
+                // Outside the instance's declared scope: not managed here.
+                if repo.skipped.as_deref() == Some(crate::inventory::UNMANAGED) {
+                    continue;
+                }
                 // Images nobody needs were not listed: nothing to plan, and
                 // never to be taken for an empty repository. A rule that
                 // covers one anyway (a config other than the listing's)
