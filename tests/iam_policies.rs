@@ -16,7 +16,6 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
 const AK: &str = "AKLEASTPRIVILEGE";
 const SK: &str = "least-privilege-secret";
 
@@ -127,14 +126,7 @@ impl Seen {
     fn text(&self) -> String {
         self.outputs
             .iter()
-            .map(|o| {
-                format!(
-                    "exit {:?}\n{}{}",
-                    o.status.code(),
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
+            .map(text)
             .collect::<Vec<_>>()
             .join("\n---\n")
     }
@@ -148,31 +140,25 @@ async fn run_mode(mode: &Mode, removed: Option<&str>) -> Seen {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{AK}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
-             [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"{}\"\n[state]\npath = \"{}\"\n{}",
-            sim.endpoint(),
-            sim.endpoint().trim_start_matches("http://"),
-            dir.path().join("state.db").display(),
-            (mode.config)(dir.path())
-        ),
-    )
-    .unwrap();
+    let config = generated_config_with(
+        &sim,
+        dir.path(),
+        &Head {
+            key_id: Some(AK),
+            name: "demo",
+            registry: sim.endpoint().trim_start_matches("http://"),
+            ..Default::default()
+        },
+        &(mode.config)(dir.path()),
+    );
     let mut outputs = Vec::new();
     for (i, args) in mode.commands.iter().enumerate() {
         if i > 0 {
             tokio::time::sleep(mode.pause).await;
         }
-        let out = tokio::process::Command::new(BIN)
-            .args(args.iter())
-            .arg("--config")
-            .arg(&config)
-            .env("TEST_SK", SK)
-            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
-            .output();
+        let mut cmd = bin(SK, args);
+        cmd.arg("--config").arg(&config);
+        let out = tokio::process::Command::from(cmd).output();
         let out = tokio::time::timeout(Duration::from_secs(60), out)
             .await
             .expect("a command finishes within 60 s")

@@ -10,7 +10,6 @@ use common::*;
 use kcr_housekeeper::jobs::{Job, JobContext, Outcome};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 fn context(sim: &Simulator, dir: &std::path::Path, extra: &str) -> JobContext {
     context_scoped(sim, dir, "", extra)
@@ -24,21 +23,7 @@ fn context_scoped(sim: &Simulator, dir: &std::path::Path, scope: &str, extra: &s
     );
     let config = parse_config(sim, &text, dir);
     let state = kcr_housekeeper::state::Store::open(&config.state.path).unwrap();
-    let run_id = state
-        .start_run("retention", "cli", chrono::Utc::now())
-        .unwrap();
-    JobContext {
-        client: client_for(sim),
-        config: Arc::new(config),
-        state,
-        metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
-        cancel: Default::default(),
-        run_id: Some(run_id),
-        inventory: Default::default(),
-        trigger: kcr_housekeeper::jobs::Trigger::Api,
-        clock: kcr_housekeeper::jobs::system_clock(),
-        watch: Arc::new(kcr_housekeeper::jobs::Unwatched),
-    }
+    job_context("retention", client_for(sim), config, state)
 }
 
 fn used(ctx: &JobContext, resource: &str) -> f64 {
@@ -206,7 +191,6 @@ async fn a_repository_filled_since_planning_is_not_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_retention_lists_what_relief_would_delete() {
-    use secrecy::ExposeSecret;
     let sim = sim(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
@@ -218,14 +202,9 @@ async fn plan_retention_lists_what_relief_would_delete() {
         ),
     )
     .unwrap();
-    let creds = sim.credentials();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-        .args(["plan", "retention", "--format", "json", "--config"])
-        .arg(&path)
-        .env("AK", &creds.access_key_id)
-        .env("SK", creds.secret_access_key.expose_secret())
-        .output()
-        .unwrap();
+    let mut plan = demo_bin(&sim, &["plan", "retention", "--format", "json", "--config"]);
+    plan.arg(&path);
+    let out = output(plan);
     assert!(
         out.status.success(),
         "{}",
@@ -256,7 +235,6 @@ async fn plan_retention_lists_what_relief_would_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_says_whether_relief_deletes_the_repository() {
-    use secrecy::ExposeSecret;
     let sim = sim(SimOptions::default()).await;
     let now = sim.now();
     sim.world(|w| {
@@ -278,15 +256,10 @@ async fn explain_says_whether_relief_deletes_the_repository() {
         ),
     )
     .unwrap();
-    let creds = sim.credentials();
     let explain = |target: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-            .args(["explain", target, "--config"])
-            .arg(&path)
-            .env("AK", &creds.access_key_id)
-            .env("SK", creds.secret_access_key.expose_secret())
-            .output()
-            .unwrap();
+        let mut explain = demo_bin(&sim, &["explain", target, "--config"]);
+        explain.arg(&path);
+        let out = output(explain);
         assert!(
             out.status.success(),
             "{}",

@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{demo_head, sim};
+use common::{demo_bin, demo_head, sim};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
-use secrecy::ExposeSecret;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -25,15 +24,8 @@ fn write_config(sim: &Simulator, dir: &Path, extra: &str) -> std::path::PathBuf 
 }
 
 fn binary(sim: &Simulator, args: &[&str], config: &Path) -> Command {
-    let creds = sim.credentials();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .env("AK", &creds.access_key_id)
-        .env("SK", creds.secret_access_key.expose_secret())
-        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
-        .env_remove("KCR_HOUSEKEEPER_LOG");
+    let mut cmd = demo_bin(sim, args);
+    cmd.arg("--config").arg(config);
     cmd
 }
 

@@ -6,12 +6,8 @@ mod common;
 
 use common::*;
 use kcr_housekeeper::sim::{Faults, Simulator};
-use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
 
 const RULES: &str = r#"
 [retention.protect]
@@ -33,62 +29,12 @@ untagged = true
 older_than = "1d"
 "#;
 
+/// Enforce with `head` (more `[retention]` keys) and the rules above.
 fn write_config(sim: &Simulator, dir: &Path, head: &str) -> String {
-    let id = sim.world(|w| w.instances[0].id.clone());
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
-             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"r\"\n[state]\npath = \"{}\"\n\
-             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{head}\n{RULES}",
-            sim.endpoint(),
-            sim.credentials().access_key_id,
-            dir.join("state.db").display()
-        ),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-fn run(sim: &Simulator, args: &[&str]) -> Output {
-    let sk = sim
-        .credentials()
-        .secret_access_key
-        .expose_secret()
-        .to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    std::thread::spawn(move || {
-        Command::new(BIN)
-            .args(&args)
-            .env("TEST_SK", sk)
-            .output()
-            .unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
-fn plan_json(sim: &Simulator, config: &str, dir: &Path) -> (serde_json::Value, String) {
-    let out = dir.join("plan.json");
-    let o = run(
+    generated_config(
         sim,
-        &[
-            "plan",
-            "retention",
-            "--config",
-            config,
-            "--format",
-            "json",
-            "--output",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = std::fs::read_to_string(&out).unwrap();
-    (
-        serde_json::from_str(&text).unwrap(),
-        out.to_str().unwrap().to_owned(),
+        dir,
+        &format!("[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{head}\n{RULES}"),
     )
 }
 
@@ -119,25 +65,6 @@ fn expected_after(
         }
     }
     after
-}
-
-fn deletes_in_log(sim: &Simulator) -> Vec<(String, String)> {
-    sim.requests()
-        .into_iter()
-        .filter(|e| {
-            e.code == "OK" && matches!(e.action.as_deref(), Some("DeleteImages" | "DeleteRepoTag"))
-        })
-        .map(|e| {
-            (
-                e.action.unwrap(),
-                e.params
-                    .get("ImageId")
-                    .or(e.params.get("TagName"))
-                    .cloned()
-                    .unwrap(),
-            )
-        })
-        .collect()
 }
 
 async fn enforce_matches_plan(faults: Faults) {
@@ -173,7 +100,7 @@ async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let o = run(
+        let o = run_bin(
             &sim,
             &[
                 "apply",
@@ -206,7 +133,7 @@ async fn enforce_matches_plan_on(spec: &str, faults: Faults, min_planned: u64) {
         "the registry is exactly in the planned state"
     );
     // Every mutation is in the audit table, and only planned objects were touched.
-    let audit = run(&sim, &["audit", "--config", &config, "--format", "json"]);
+    let audit = run_bin(&sim, &["audit", "--config", &config, "--format", "json"]);
     let records: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
     // A delete whose answer was lost may be recorded `failed` and found done by
     // the next pass (which then sends nothing): each planned action has a record.
@@ -263,7 +190,7 @@ async fn enforce_without_a_plan_file_matches_a_fresh_plan() {
     let config = write_config(&sim, dir.path(), "");
     let before = registry_snapshot(&sim);
     let (plan, _) = plan_json(&sim, &config, dir.path());
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(registry_snapshot(&sim), expected_after(&before, &plan));
 }
@@ -363,7 +290,7 @@ async fn a_tag_changed_between_plan_and_apply_is_not_deleted() {
             .unwrap();
         img.tags.push("hotfix".into());
     });
-    let o = run(
+    let o = run_bin(
         &sim,
         &[
             "apply",
@@ -409,7 +336,7 @@ async fn budget_block_deletes_nothing_and_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "max_deletions_per_run = 2");
     let before = registry_snapshot(&sim);
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -444,7 +371,7 @@ async fn ratio_block_leaves_the_repository_alone() {
         .map(|b| b.as_str().unwrap().split(':').next().unwrap().to_owned())
         .collect();
     let before = registry_snapshot(&sim);
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success());
     let after = registry_snapshot(&sim);
     for repo in &blocked_repos {
@@ -486,7 +413,7 @@ async fn apply_plan_executes_only_the_plan() {
         img.tags.clear();
         repo.images.push(img);
     });
-    let o = run(
+    let o = run_bin(
         &sim,
         &[
             "apply",
@@ -525,7 +452,7 @@ async fn bad_plan_files_exit_2() {
     let text = std::fs::read_to_string(&plan_path).unwrap();
     let corrupt = dir.path().join("corrupt.json");
     std::fs::write(&corrupt, &text[..text.len() / 2]).unwrap();
-    let o = run(
+    let o = run_bin(
         &sim,
         &[
             "apply",
@@ -546,7 +473,7 @@ async fn bad_plan_files_exit_2() {
     let other = dir.path().join("other.json");
     let id = sim.world(|w| w.instances[0].id.clone());
     std::fs::write(&other, text.replace(&id, "another-instance-id")).unwrap();
-    let o = run(
+    let o = run_bin(
         &sim,
         &[
             "apply",
@@ -566,7 +493,7 @@ async fn bad_plan_files_exit_2() {
         text.replace("retention-report/v1", "retention-report/v9"),
     )
     .unwrap();
-    let o = run(
+    let o = run_bin(
         &sim,
         &[
             "apply",
@@ -591,7 +518,7 @@ async fn apply_without_yes_off_a_terminal_refuses() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
-    let o = run(&sim, &["apply", "retention", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--config", &config]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
     assert!(deletes_in_log(&sim).is_empty());
@@ -611,7 +538,7 @@ async fn applying_a_plan_twice_is_idempotent() {
         plan["summary"]["delete_tag"].as_u64().unwrap() > 0,
         "covers delete_tag too"
     );
-    let first = run(
+    let first = run_bin(
         &sim,
         &[
             "apply",
@@ -626,7 +553,7 @@ async fn applying_a_plan_twice_is_idempotent() {
     assert!(first.status.success());
     let after_first = registry_snapshot(&sim);
     let sent = deletes_in_log(&sim).len();
-    let second = run(
+    let second = run_bin(
         &sim,
         &[
             "apply",
@@ -663,7 +590,7 @@ async fn grace_applies_an_action_only_after_it_was_planned_long_enough() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "grace = \"1h\"");
     let before = registry_snapshot(&sim);
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -678,7 +605,7 @@ async fn grace_applies_an_action_only_after_it_was_planned_long_enough() {
     assert!(deletes_in_log(&sim).is_empty());
     // With grace 0s the same actions go at once.
     let config = write_config(&sim, dir.path(), "grace = \"0s\"");
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success());
     assert!(!deletes_in_log(&sim).is_empty());
 }
@@ -704,14 +631,11 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
     let before = registry_snapshot(&sim);
     let (plan, plan_path) = plan_json(&sim, &config, dir.path());
     let expected = expected_after(&before, &plan);
-    let sk = sim
-        .credentials()
-        .secret_access_key
-        .expose_secret()
-        .to_owned();
+    let sk = sim_secret(&sim);
     let apply = || {
-        Command::new(BIN)
-            .args([
+        bin(
+            &sk,
+            &[
                 "apply",
                 "retention",
                 "--yes",
@@ -719,12 +643,12 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
                 &config,
                 "--plan",
                 &plan_path,
-            ])
-            .env("TEST_SK", &sk)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut kills = 0;
@@ -746,7 +670,7 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
         if registry_snapshot(&sim) == expected {
             break;
         }
-        let o = run(
+        let o = run_bin(
             &sim,
             &[
                 "apply",
@@ -771,7 +695,7 @@ async fn sigkill_at_random_points_then_restart_ends_as_planned_and_audited() {
     );
 
     // Audit ↔ the simulator's log of applied deletions.
-    let audit = run(&sim, &["audit", "--config", &config, "--format", "json"]);
+    let audit = run_bin(&sim, &["audit", "--config", &config, "--format", "json"]);
     let records: Vec<serde_json::Value> = serde_json::from_slice(&audit.stdout).unwrap();
     let target_of = |r: &serde_json::Value| r["target"].as_str().unwrap().to_owned();
     let applied_in_log: Vec<(String, String)> = sim

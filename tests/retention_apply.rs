@@ -17,8 +17,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
-
 const RULES: &str = r#"
 [[retention.rules]]
 name = "ci"
@@ -38,77 +36,25 @@ older_than = "1d"
 
 /// A config for the simulator; `protect` is the `[retention.protect] tags` list.
 fn write_config(sim: &Simulator, dir: &Path, head: &str, protect: &str) -> String {
-    let id = sim.world(|w| w.instances[0].id.clone());
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
-             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"r\"\n[state]\npath = \"{}\"\n\
-             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{head}\n\
-             [retention.protect]\ntags = [{protect}]\nnewest_images_per_repository = 1\n{RULES}",
-            sim.endpoint(),
-            sim.credentials().access_key_id,
-            dir.join("state.db").display()
+    generated_config(
+        sim,
+        dir,
+        &format!(
+            "[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{head}\n\
+             [retention.protect]\ntags = [{protect}]\nnewest_images_per_repository = 1\n{RULES}"
         ),
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 const PROTECT: &str = r#""latest", "v*.*.*""#;
 
+/// The binary with the simulator's secret.
 fn command(sim: &Simulator, args: &[&str]) -> Command {
-    let sk = sim
-        .credentials()
-        .secret_access_key
-        .expose_secret()
-        .to_owned();
-    let mut c = Command::new(BIN);
-    c.args(args).env("TEST_SK", sk);
-    c
-}
-
-fn run(sim: &Simulator, args: &[&str]) -> Output {
-    let mut c = command(sim, args);
-    std::thread::spawn(move || c.output().unwrap())
-        .join()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn plan_json(sim: &Simulator, config: &str, dir: &Path) -> (serde_json::Value, String) {
-    let out = dir.join("plan.json");
-    let o = run(
-        sim,
-        &[
-            "plan",
-            "retention",
-            "--config",
-            config,
-            "--format",
-            "json",
-            "--output",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let t = std::fs::read_to_string(&out).unwrap();
-    (
-        serde_json::from_str(&t).unwrap(),
-        out.to_str().unwrap().to_owned(),
-    )
+    bin(&sim_secret(sim), args)
 }
 
 fn apply_plan(sim: &Simulator, config: &str, plan: &str) -> Output {
-    run(
+    run_bin(
         sim,
         &[
             "apply",
@@ -120,26 +66,6 @@ fn apply_plan(sim: &Simulator, config: &str, plan: &str) -> Output {
             plan,
         ],
     )
-}
-
-/// Successful deletions the simulator applied: (action, digest or tag).
-fn deletes_in_log(sim: &Simulator) -> Vec<(String, String)> {
-    sim.requests()
-        .into_iter()
-        .filter(|e| {
-            e.code == "OK" && matches!(e.action.as_deref(), Some("DeleteImages" | "DeleteRepoTag"))
-        })
-        .map(|e| {
-            (
-                e.action.unwrap(),
-                e.params
-                    .get("ImageId")
-                    .or(e.params.get("TagName"))
-                    .cloned()
-                    .unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn actions(plan: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
@@ -412,7 +338,7 @@ async fn a_delete_is_never_retried_without_a_fresh_check() {
     let mut plan_path = None;
     for _ in 0..5 {
         let out = dir.path().join("plan.json");
-        let o = run(
+        let o = run_bin(
             &sim,
             &[
                 "plan",
@@ -665,7 +591,7 @@ async fn ctrl_c_stops_between_actions_and_exits_130() {
         deletes_in_log(&sim).len() < planned,
         "stopped before the end"
     );
-    let audit = run(&sim, &["audit", "--config", &config, "--format", "json"]);
+    let audit = run_bin(&sim, &["audit", "--config", &config, "--format", "json"]);
     let records: Vec<serde_json::Value> = serde_json::from_slice(&audit.stdout).unwrap();
     assert!(!records.is_empty());
     assert!(
@@ -684,7 +610,7 @@ async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "", PROTECT);
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", text(&o));
     let store = kcr_housekeeper::state::Store::open(&dir.path().join("state.db")).unwrap();
     store
@@ -703,7 +629,7 @@ async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
         )
         .unwrap();
     drop(store);
-    let all = run(&sim, &["audit", "--config", &config, "--format", "json"]);
+    let all = run_bin(&sim, &["audit", "--config", &config, "--format", "json"]);
     let all: Vec<serde_json::Value> = serde_json::from_slice(&all.stdout).unwrap();
     assert!(all.len() > 3);
     let statuses = [
@@ -723,7 +649,7 @@ async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
         (token["outcome"].as_str(), token["error"].as_str()),
         (Some("failed"), Some("AccessDenied"))
     );
-    let o = run(
+    let o = run_bin(
         &sim,
         &[
             "audit",
@@ -750,7 +676,7 @@ async fn audit_records_carry_a_status_and_filter_by_job_and_limit() {
 }
 
 fn audit_records(sim: &Simulator, config: &str) -> Vec<serde_json::Value> {
-    let o = run(sim, &["audit", "--config", config, "--format", "json"]);
+    let o = run_bin(sim, &["audit", "--config", config, "--format", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap()
 }

@@ -19,12 +19,9 @@ mod common;
 
 use common::*;
 use kcr_housekeeper::sim::{Faults, GenerateSpec, SimOptions, Simulator, WorldSource};
-use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+use std::process::Output;
 const SPEC: &str = "namespaces=1,repos=2,images=14,seed=23";
 
 /// Failpoints of the path that a CLI apply on a quiet registry cannot reach,
@@ -43,40 +40,21 @@ const SOURCES: &[&str] = &[
 ];
 
 fn write_config(sim: &Simulator, dir: &Path) -> String {
-    let id = sim.world(|w| w.instances[0].id.clone());
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 1000\n\
-             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"r\"\n[state]\npath = \"{}\"\n\
-             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n\
-             [retention.protect]\ntags = [\"latest\"]\nnewest_images_per_repository = 1\n\
-             [[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\", \"sha-*\", \"main-*\"]\nkeep_latest = 2\n\
-             [[retention.rules]]\nname = \"untagged\"\nuntagged = true\nolder_than = \"1d\"\n",
-            sim.endpoint(),
-            sim.credentials().access_key_id,
-            dir.join("state.db").display()
-        ),
+    generated_config(
+        sim,
+        dir,
+        "[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n\
+         [retention.protect]\ntags = [\"latest\"]\nnewest_images_per_repository = 1\n\
+         [[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\", \"sha-*\", \"main-*\"]\nkeep_latest = 2\n\
+         [[retention.rules]]\nname = \"untagged\"\nuntagged = true\nolder_than = \"1d\"\n",
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
+/// The binary with the simulator's secret and `env`, run to the end.
 fn run(sim: &Simulator, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let sk = sim
-        .credentials()
-        .secret_access_key
-        .expose_secret()
-        .to_owned();
-    let mut c = Command::new(BIN);
-    c.args(args).env("TEST_SK", sk);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    std::thread::spawn(move || c.output().unwrap())
-        .join()
-        .unwrap()
+    let mut c = bin(&sim_secret(sim), args);
+    c.envs(env.iter().copied());
+    output(c)
 }
 
 /// One world, its config, and the plan of its rules before anything ran.

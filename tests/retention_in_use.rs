@@ -9,12 +9,10 @@ mod common;
 
 use common::*;
 use kcr_housekeeper::sim::{Faults, Simulator};
-use secrecy::ExposeSecret;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
 const HOST: &str = "registry.example.com";
 const SPEC: &str = "namespaces=1,repos=2,images=14,seed=23";
 
@@ -32,48 +30,19 @@ untagged = true
 older_than = "1d"
 "#;
 
+/// Enforce with the rules above and `in_use` as `[retention.in_use]`; the
+/// registry is `HOST`, the name the sources use.
 fn write_config(sim: &Simulator, dir: &Path, in_use: &str) -> String {
-    let id = sim.world(|w| w.instances[0].id.clone());
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
-             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"{HOST}\"\n[state]\npath = \"{}\"\n\
-             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{RULES}\n[retention.in_use]\n{in_use}\n",
-            sim.endpoint(),
-            sim.credentials().access_key_id,
-            dir.join("state.db").display()
+    generated_config_with(
+        sim,
+        dir,
+        &Head {
+            registry: HOST,
+            ..Default::default()
+        },
+        &format!(
+            "[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n{RULES}\n[retention.in_use]\n{in_use}\n"
         ),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-fn run(sim: &Simulator, args: &[&str]) -> Output {
-    let sk = sim
-        .credentials()
-        .secret_access_key
-        .expose_secret()
-        .to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    std::thread::spawn(move || {
-        Command::new(BIN)
-            .args(&args)
-            .env("TEST_SK", sk)
-            .output()
-            .unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     )
 }
 
@@ -99,7 +68,7 @@ async fn world() -> (Simulator, Vec<Condemned>) {
     let sim = sim(generated_world(SPEC, Faults::default())).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "file = \"/dev/null\"");
-    let o = run(
+    let o = run_bin(
         &sim,
         &["plan", "retention", "--config", &config, "--format", "json"],
     );
@@ -161,7 +130,7 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
     let config = write_config(&sim, dir.path(), &format!("file = \"{}\"", list.display()));
 
     // Every report format and explain name the veto.
-    let o = run(
+    let o = run_bin(
         &sim,
         &["plan", "retention", "--config", &config, "--format", "json"],
     );
@@ -176,7 +145,7 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
         "{in_use}"
     );
     for format in ["table", "markdown", "html"] {
-        let o = run(
+        let o = run_bin(
             &sim,
             &["plan", "retention", "--config", &config, "--format", format],
         );
@@ -189,7 +158,7 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
             "{format}: {out}"
         );
     }
-    let o = run(&sim, &["explain", &condemned[1].repo, "--config", &config]);
+    let o = run_bin(&sim, &["explain", &condemned[1].repo, "--config", &config]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -198,7 +167,7 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
         "{out}"
     );
 
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(present(&sim, &condemned[0]), "named by digest: kept");
     assert!(present(&sim, &condemned[1]), "named by tag: kept");
@@ -208,7 +177,7 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
     std::fs::write(&list, "# nothing\n").unwrap();
     let before = registry_snapshot(&sim);
     let n = deletes(&sim);
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(
         text(&o).contains("file: no image in use, where it named 3 last time"),
@@ -248,13 +217,13 @@ async fn a_failing_file_or_program_blocks_enforce_and_dry_run_reports_it() {
     for (source, why) in cases {
         let config = write_config(&sim, dir.path(), &source);
         let started = Instant::now();
-        let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+        let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
         assert_eq!(o.status.code(), Some(3), "{source}: {}", text(&o));
         assert!(text(&o).contains("in-use source failed"), "{}", text(&o));
         assert!(text(&o).contains(why), "{source}: {}", text(&o));
         assert!(started.elapsed() < Duration::from_secs(20));
         // Dry-run reports it and still plans.
-        let o = run(&sim, &["plan", "retention", "--config", &config]);
+        let o = run_bin(&sim, &["plan", "retention", "--config", &config]);
         assert!(o.status.success(), "{}", text(&o));
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(
@@ -280,7 +249,7 @@ async fn an_exec_source_keeps_what_it_prints_and_gets_a_cleared_environment() {
             condemned[0].by_tag()
         ),
     );
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(present(&sim, &condemned[0]));
     assert!(!present(&sim, &condemned[1]));
@@ -393,7 +362,7 @@ async fn prometheus_keeps_an_image_run_3_days_ago_not_one_last_seen_10_days_ago(
 
     // Prometheus down: enforce blocked, nothing deleted; dry-run reports it.
     let before = registry_snapshot(&sim);
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(
         text(&o).contains("in-use source failed (prometheus: "),
@@ -429,7 +398,7 @@ async fn prometheus_keeps_an_image_run_3_days_ago_not_one_last_seen_10_days_ago(
     assert!(o.status.success(), "{}", text(&o));
     let prom = start_prometheus(dir.path(), &data, port);
 
-    let o = run(&sim, &["explain", &condemned[0].repo, "--config", &config]);
+    let o = run_bin(&sim, &["explain", &condemned[0].repo, "--config", &config]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -437,7 +406,7 @@ async fn prometheus_keeps_an_image_run_3_days_ago_not_one_last_seen_10_days_ago(
         "{out}"
     );
 
-    let o = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         present(&sim, &condemned[0]),
@@ -471,12 +440,7 @@ async fn the_daemon_job_exports_the_veto_count_and_reports_it() {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[scheduler]\nrun_on_start = true\njitter = \"0s\"\nshutdown_timeout = \"5s\"\n"
     ));
     std::fs::write(&config, text).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config", &config])
-        .env(
-            "TEST_SK",
-            sim.credentials().secret_access_key.expose_secret(),
-        )
+    let child = bin(&sim_secret(&sim), &["run", "--config", &config])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

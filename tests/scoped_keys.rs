@@ -13,10 +13,7 @@ use kcr_housekeeper::jobs::{Job, JobContext, JobError, Outcome};
 use kcr_housekeeper::kcr::{Client, Credentials};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::Arc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
 const AK: &str = "AKTEAMAPPS";
 const SK: &str = "team-apps-secret";
 
@@ -69,35 +66,22 @@ older_than = "1d"
 
 /// A config using the scoped key; `scope` is the `[[instances]] scope` line.
 fn write_config(sim: &Simulator, dir: &Path, scope: &str) -> String {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{AK}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
-             [[instances]]\nid = \"{DEMO_INSTANCE}\"\nname = \"demo\"\nregistry = \"r\"\n{scope}\n\
-             [state]\npath = \"{}\"\n{RULES}",
-            sim.endpoint(),
-            dir.join("state.db").display()
-        ),
+    generated_config_with(
+        sim,
+        dir,
+        &Head {
+            key_id: Some(AK),
+            name: "demo",
+            instance_lines: scope,
+            ..Default::default()
+        },
+        RULES,
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
-fn run(args: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).env("TEST_SK", SK);
-    std::thread::spawn(move || c.output().unwrap())
-        .join()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// The binary with the scoped key's secret, run to the end.
+fn run(args: &[&str]) -> std::process::Output {
+    output(bin(SK, args))
 }
 
 /// The retention job's context with the scoped key; `edit` changes the
@@ -116,22 +100,12 @@ fn scoped_context(
     .unwrap();
     let mut cc = config_for(sim);
     cc.credentials = Credentials::new(AK, SK);
-    let state = kcr_housekeeper::state::Store::in_memory().unwrap();
-    let run_id = state
-        .start_run("retention", "cli", chrono::Utc::now())
-        .unwrap();
-    JobContext {
-        client: Client::new(cc).unwrap(),
-        config: Arc::new(config),
-        state,
-        metrics: Arc::new(kcr_housekeeper::metrics::Metrics::new()),
-        cancel: Default::default(),
-        run_id: Some(run_id),
-        inventory: Default::default(),
-        trigger: kcr_housekeeper::jobs::Trigger::Api,
-        clock: kcr_housekeeper::jobs::system_clock(),
-        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
-    }
+    job_context(
+        "retention",
+        Client::new(cc).unwrap(),
+        config,
+        kcr_housekeeper::state::Store::in_memory().unwrap(),
+    )
 }
 
 /// (namespace/repository, digest) → tags, of the namespaces other than `apps`.

@@ -9,50 +9,20 @@ mod common;
 use common::*;
 use kcr_housekeeper::sim::world::RetentionRule;
 use kcr_housekeeper::sim::{Faults, Simulator};
-use secrecy::ExposeSecret;
 use std::path::Path;
-use std::process::Output;
 
 const SPEC: &str = "namespaces=2,repos=2,images=20,seed=23";
 
+/// Enforce with `extra` (more `[retention]` keys) and one rule for the CI tags.
 fn write_config(sim: &Simulator, dir: &Path, extra: &str) -> String {
-    let id = sim.world(|w| w.instances[0].id.clone());
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kcr]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
-             [[instances]]\nid = \"{id}\"\nname = \"gen\"\nregistry = \"r\"\n[state]\npath = \"{}\"\n\
-             [retention]\nmode = \"enforce\"\nmin_age = \"1h\"\nmax_deletion_ratio = 1.0\n{extra}\n\
+    generated_config(
+        sim,
+        dir,
+        &format!(
+            "[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\nmax_deletion_ratio = 1.0\n{extra}\n\
              [retention.protect]\ntags = [\"latest\"]\nnewest_images_per_repository = 1\n\
-             [[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\", \"sha-*\", \"main-*\"]\nkeep_latest = 1\n",
-            sim.endpoint(),
-            sim.credentials().access_key_id,
-            dir.join("state.db").display()
+             [[retention.rules]]\nname = \"ci\"\ntags = [\"pr-*\", \"sha-*\", \"main-*\"]\nkeep_latest = 1\n"
         ),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-fn run(sim: &Simulator, args: &[&str]) -> Output {
-    let sk = sim
-        .credentials()
-        .secret_access_key
-        .expose_secret()
-        .to_owned();
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
-    c.args(args).env("TEST_SK", sk);
-    std::thread::spawn(move || c.output().unwrap())
-        .join()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     )
 }
 
@@ -92,7 +62,7 @@ async fn a_server_side_rule_blocks_enforce_in_its_namespace_only() {
     let config = write_config(&sim, dir.path(), "");
 
     // plan: the namespace is named, its repositories blocked, the other planned.
-    let plan = run(
+    let plan = run_bin(
         &sim,
         &["plan", "retention", "--config", &config, "--format", "json"],
     );
@@ -121,7 +91,7 @@ async fn a_server_side_rule_blocks_enforce_in_its_namespace_only() {
         blocked[0].contains("allow_server_side_rules"),
         "{blocked:?}"
     );
-    let table = run(&sim, &["plan", "retention", "--config", &config]);
+    let table = run_bin(&sim, &["plan", "retention", "--config", &config]);
     assert!(
         text(&table).contains("SERVER-SIDE gen/team0"),
         "{}",
@@ -129,7 +99,7 @@ async fn a_server_side_rule_blocks_enforce_in_its_namespace_only() {
     );
 
     // explain names it too.
-    let explain = run(&sim, &["explain", "team0/app0", "--config", &config]);
+    let explain = run_bin(&sim, &["explain", "team0/app0", "--config", &config]);
     assert!(explain.status.success(), "{}", text(&explain));
     assert!(
         text(&explain).contains("SERVER-SIDE gen/team0: 1 enabled"),
@@ -139,7 +109,7 @@ async fn a_server_side_rule_blocks_enforce_in_its_namespace_only() {
     assert!(text(&explain).contains("BLOCKED"), "{}", text(&explain));
 
     // apply: team1 is cleaned, team0 untouched.
-    let apply = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let apply = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(
         matches!(apply.status.code(), Some(0 | 3)),
         "{}",
@@ -154,7 +124,7 @@ async fn a_server_side_rule_blocks_enforce_in_its_namespace_only() {
 
     // Allowed: both engines may delete; team0 is cleaned now.
     let allowed = write_config(&sim, dir.path(), "allow_server_side_rules = true");
-    let apply = run(&sim, &["apply", "retention", "--yes", "--config", &allowed]);
+    let apply = run_bin(&sim, &["apply", "retention", "--yes", "--config", &allowed]);
     assert!(apply.status.success(), "{}", text(&apply));
     assert!(deletes_in(&sim, "team0") > 0, "{}", text(&apply));
 }
@@ -173,7 +143,7 @@ async fn a_disabled_rule_blocks_nothing() {
     });
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "");
-    let apply = run(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    let apply = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
     assert!(apply.status.success(), "{}", text(&apply));
     assert!(deletes_in(&sim, "team0") > 0, "{}", text(&apply));
     assert!(!text(&apply).contains("SERVER-SIDE"));
@@ -183,8 +153,7 @@ async fn a_disabled_rule_blocks_nothing() {
 /// (0 where none) and, in dry-run, shows without blocking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_exports_server_side_rules_per_namespace() {
-    use kcr_housekeeper::jobs::{Job, JobContext};
-    use kcr_housekeeper::metrics::Metrics;
+    use kcr_housekeeper::jobs::Job;
     use kcr_housekeeper::retention::RetentionJob;
     let sim = sim(generated_world(SPEC, Faults::default())).await;
     sim.world(|w| {
@@ -212,20 +181,12 @@ async fn the_job_exports_server_side_rules_per_namespace() {
             "access_key_id = { env = \"AK\" }",
         );
     let config = parse_config(&sim, &text, dir.path());
-    let state = kcr_housekeeper::state::Store::in_memory().unwrap();
-    let run_id = state.start_run("test", "cli", chrono::Utc::now()).unwrap();
-    let ctx = JobContext {
-        client: client_for(&sim),
-        config: std::sync::Arc::new(config),
-        state,
-        metrics: std::sync::Arc::new(Metrics::new()),
-        cancel: Default::default(),
-        run_id: Some(run_id),
-        inventory: Default::default(),
-        trigger: kcr_housekeeper::jobs::Trigger::Api,
-        clock: kcr_housekeeper::jobs::system_clock(),
-        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
-    };
+    let ctx = job_context(
+        "test",
+        client_for(&sim),
+        config,
+        kcr_housekeeper::state::Store::in_memory().unwrap(),
+    );
     RetentionJob.run(&ctx).await.unwrap();
     let m = ctx.metrics.render();
     assert!(

@@ -8,12 +8,11 @@
 
 mod common;
 
-use common::{DEMO_INSTANCE, client_for, demo_head, sim};
+use common::{DEMO_INSTANCE, client_for, demo_bin, demo_head, sim};
 use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::tokens::planner::parse_desc;
 use kcr_housekeeper::tokens::rotate::FAILPOINTS;
-use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -51,13 +50,8 @@ sinks = [
 }
 
 fn apply(sim: &Simulator, config: &Path, failpoint: Option<&str>) -> Output {
-    let creds = sim.credentials();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
-    cmd.args(["apply", "tokens", "--yes", "--config"])
-        .arg(config)
-        .env("AK", &creds.access_key_id)
-        .env("SK", creds.secret_access_key.expose_secret())
-        .env_remove("KCR_HOUSEKEEPER_FAILPOINT");
+    let mut cmd = demo_bin(sim, &["apply", "tokens", "--yes", "--config"]);
+    cmd.arg(config);
     if let Some(fp) = failpoint {
         cmd.env("KCR_HOUSEKEEPER_FAILPOINT", fp);
     }
@@ -102,15 +96,9 @@ async fn a_full_rotation_leaves_the_secret_nowhere_but_the_sinks() {
         "trace",
         "[server]\nlisten = \"127.0.0.1:0\"\n[scheduler]\nrun_on_start = true\njitter = \"0s\"",
     );
-    let creds = sim.credentials();
     let log_path = dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-        .args(["run", "--config"])
+    let mut child = demo_bin(&sim, &["run", "--config"])
         .arg(&config)
-        .env("AK", &creds.access_key_id)
-        .env("SK", creds.secret_access_key.expose_secret())
-        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
-        .env_remove("KCR_HOUSEKEEPER_LOG")
         .stdout(std::fs::File::create(dir.path().join("daemon.out")).unwrap())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -167,13 +155,9 @@ async fn a_full_rotation_leaves_the_secret_nowhere_but_the_sinks() {
     assert!(child.wait().unwrap().success());
 
     let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-            .args(args)
+        let out = demo_bin(&sim, args)
             .arg("--config")
             .arg(&config)
-            .env("AK", &creds.access_key_id)
-            .env("SK", creds.secret_access_key.expose_secret())
-            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
             .output()
             .unwrap();
         assert!(
@@ -259,13 +243,8 @@ async fn sigkill_at_random_points_during_rotation() {
         .await;
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(&sim, dir.path());
-        let creds = sim.credentials();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-            .args(["apply", "tokens", "--yes", "--config"])
+        let mut child = demo_bin(&sim, &["apply", "tokens", "--yes", "--config"])
             .arg(&config)
-            .env("AK", &creds.access_key_id)
-            .env("SK", creds.secret_access_key.expose_secret())
-            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -303,11 +282,8 @@ async fn sigkill_at_random_points_during_rotation() {
         assert!(tokens.len() <= 3, "round {round}: {tokens:?}");
 
         // Every token mutation the registry applied is in the audit table.
-        let audit = Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-            .args(["audit", "--format", "json", "--config"])
+        let audit = demo_bin(&sim, &["audit", "--format", "json", "--config"])
             .arg(&config)
-            .env("AK", &creds.access_key_id)
-            .env("SK", creds.secret_access_key.expose_secret())
             .output()
             .unwrap();
         let records: Vec<serde_json::Value> = serde_json::from_slice(&audit.stdout).unwrap();
@@ -415,15 +391,12 @@ impl Scenario {
     }
 
     async fn apply(&self, failpoint: Option<&str>, trace: Option<&Path>) -> Output {
-        let creds = self.sim.credentials();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"));
-        cmd.args(["apply", "tokens", "--yes", "--config"])
-            .arg(&self.config)
-            .env("AK", &creds.access_key_id)
-            .env("SK", creds.secret_access_key.expose_secret())
-            .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
-            .env_remove("KCR_HOUSEKEEPER_FAILPOINT_TRACE")
-            .env_remove("KCR_HOUSEKEEPER_LOG");
+        let mut cmd = tokio::process::Command::from(demo_bin(
+            &self.sim,
+            &["apply", "tokens", "--yes", "--config"],
+        ));
+        cmd.arg(&self.config)
+            .env_remove("KCR_HOUSEKEEPER_FAILPOINT_TRACE");
         if let Some(fp) = failpoint {
             cmd.env("KCR_HOUSEKEEPER_FAILPOINT", fp);
         }
@@ -715,17 +688,13 @@ async fn a_state_write_failing_after_delivery_never_discards_the_delivered_token
             marker.display()
         ),
     );
-    let creds = sim.credentials();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcr-housekeeper"))
-        .args(["apply", "tokens", "--yes", "--config"])
-        .arg(&config)
-        .env("AK", &creds.access_key_id)
-        .env("SK", creds.secret_access_key.expose_secret())
-        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        tokio::process::Command::from(demo_bin(&sim, &["apply", "tokens", "--yes", "--config"]))
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !marker.exists() {
         assert!(

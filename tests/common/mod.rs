@@ -117,3 +117,195 @@ pub fn registry_snapshot(
         m
     })
 }
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_kcr-housekeeper");
+
+/// How [`generated_config_with`] names the key and the instance.
+pub struct Head<'a> {
+    /// The access key id; `None`: the simulator's own.
+    pub key_id: Option<&'a str>,
+    /// The instance's name in the config (its id is the simulator's first instance).
+    pub name: &'a str,
+    pub registry: &'a str,
+    /// Lines inside `[[instances]]` (a `scope = …`).
+    pub instance_lines: &'a str,
+}
+
+impl Default for Head<'_> {
+    fn default() -> Self {
+        Head {
+            key_id: None,
+            name: "gen",
+            registry: "r",
+            instance_lines: "",
+        }
+    }
+}
+
+/// Write `dir/config.toml` and return its path: `[kcr]` at the simulator
+/// (its key id, the secret from `$TEST_SK` — see [`run_bin`] — 500
+/// requests/s), its first instance as `gen` with registry `r`, `[state]` in
+/// `dir`, then `body`.
+pub fn generated_config(sim: &Simulator, dir: &std::path::Path, body: &str) -> String {
+    generated_config_with(sim, dir, &Head::default(), body)
+}
+
+/// [`generated_config`] with another key, instance name, registry or scope.
+pub fn generated_config_with(
+    sim: &Simulator,
+    dir: &std::path::Path,
+    head: &Head,
+    body: &str,
+) -> String {
+    let id = sim.world(|w| w.instances[0].id.clone());
+    let key_id = match head.key_id {
+        Some(k) => k.to_owned(),
+        None => sim.credentials().access_key_id,
+    };
+    let mut instance_lines = head.instance_lines.to_owned();
+    if !instance_lines.is_empty() {
+        instance_lines.push('\n');
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kcr]\nendpoint = \"{endpoint}\"\naccess_key_id = \"{key_id}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\nrequests_per_second = 500\n\
+             [[instances]]\nid = \"{id}\"\nname = \"{name}\"\nregistry = \"{registry}\"\n{instance_lines}\
+             [state]\npath = \"{state}\"\n{body}",
+            endpoint = sim.endpoint(),
+            name = head.name,
+            registry = head.registry,
+            state = dir.join("state.db").display(),
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The simulator's secret access key, in clear (for a child's environment).
+pub fn sim_secret(sim: &Simulator) -> String {
+    use secrecy::ExposeSecret;
+    sim.credentials()
+        .secret_access_key
+        .expose_secret()
+        .to_owned()
+}
+
+/// The binary with `args` and `secret` in `$TEST_SK` (what
+/// [`generated_config`] names); the caller's failpoint and log level stay out.
+pub fn bin(secret: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args)
+        .env("TEST_SK", secret)
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+        .env_remove("KCR_HOUSEKEEPER_LOG");
+    c
+}
+
+/// The binary with `args` for a [`demo_head`] config: the simulator's key in
+/// `$AK`/`$SK`; the caller's failpoint and log level stay out.
+pub fn demo_bin(sim: &Simulator, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args)
+        .env("AK", sim.credentials().access_key_id)
+        .env("SK", sim_secret(sim))
+        .env_remove("KCR_HOUSEKEEPER_FAILPOINT")
+        .env_remove("KCR_HOUSEKEEPER_LOG");
+    c
+}
+
+/// Run to the end on a thread of its own, so that a simulator on the
+/// test's runtime keeps answering meanwhile.
+pub fn output(mut c: std::process::Command) -> std::process::Output {
+    std::thread::spawn(move || c.output().unwrap())
+        .join()
+        .unwrap()
+}
+
+/// [`bin`] with the simulator's secret, run to the end.
+pub fn run_bin(sim: &Simulator, args: &[&str]) -> std::process::Output {
+    output(bin(&sim_secret(sim), args))
+}
+
+/// Exit code, stdout and stderr, for assertions and their messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A job's context over `client`, `config` and `state`, with a run of `job`
+/// started and fresh metrics, the system clock, nothing watching.
+pub fn job_context(
+    job: &str,
+    client: Client,
+    config: kcr_housekeeper::config::Config,
+    state: kcr_housekeeper::state::Store,
+) -> kcr_housekeeper::jobs::JobContext {
+    let run_id = state.start_run(job, "cli", chrono::Utc::now()).unwrap();
+    kcr_housekeeper::jobs::JobContext {
+        client,
+        config: std::sync::Arc::new(config),
+        state,
+        metrics: std::sync::Arc::new(kcr_housekeeper::metrics::Metrics::new()),
+        cancel: Default::default(),
+        run_id: Some(run_id),
+        inventory: Default::default(),
+        trigger: kcr_housekeeper::jobs::Trigger::Api,
+        clock: kcr_housekeeper::jobs::system_clock(),
+        watch: std::sync::Arc::new(kcr_housekeeper::jobs::Unwatched),
+    }
+}
+
+/// `plan retention --format json --output dir/plan.json`: the plan and its path.
+pub fn plan_json(
+    sim: &Simulator,
+    config: &str,
+    dir: &std::path::Path,
+) -> (serde_json::Value, String) {
+    let out = dir.join("plan.json");
+    let o = run_bin(
+        sim,
+        &[
+            "plan",
+            "retention",
+            "--config",
+            config,
+            "--format",
+            "json",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let t = std::fs::read_to_string(&out).unwrap();
+    (
+        serde_json::from_str(&t).unwrap(),
+        out.to_str().unwrap().to_owned(),
+    )
+}
+
+/// Successful deletions the simulator applied: (action, digest or tag).
+pub fn deletes_in_log(sim: &Simulator) -> Vec<(String, String)> {
+    sim.requests()
+        .into_iter()
+        .filter(|e| {
+            e.code == "OK" && matches!(e.action.as_deref(), Some("DeleteImages" | "DeleteRepoTag"))
+        })
+        .map(|e| {
+            (
+                e.action.unwrap(),
+                e.params
+                    .get("ImageId")
+                    .or(e.params.get("TagName"))
+                    .cloned()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
