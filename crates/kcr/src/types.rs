@@ -926,7 +926,9 @@ pub struct ServerRetentionRule {
 }
 
 /// The rules of one namespace. `Data` may be one rule (the Go SDK's shape),
-/// a list of rules, or `null`/absent (none).
+/// a list of rules, or `null` (none). `Data` must be there: an answer of
+/// another shape is a decode error (the caller blocks the namespace), never
+/// read as "no rules" — that would lift the block it exists for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetentionRules {
     pub rules: Vec<ServerRetentionRule>,
@@ -943,15 +945,26 @@ impl RetentionRules {
 impl<'de> Deserialize<'de> for RetentionRules {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
+        /// `Some(Null)` for `"Data": null`, `None` when the key is absent.
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<serde_json::Value>, D::Error> {
+            serde_json::Value::deserialize(d).map(Some)
+        }
         #[derive(Deserialize)]
         struct Raw {
-            #[serde(rename = "Data", default)]
-            data: serde_json::Value,
+            #[serde(rename = "Data", default, deserialize_with = "present")]
+            data: Option<serde_json::Value>,
             #[serde(rename = "RequestId", alias = "requestId", default)]
             request_id: String,
         }
         let raw = Raw::deserialize(d)?;
-        let rules = match raw.data {
+        let Some(data) = raw.data else {
+            return Err(D::Error::custom(
+                "no Data: not an answer of DescribeRetentionRule's shape",
+            ));
+        };
+        let rules = match data {
             serde_json::Value::Null => Vec::new(),
             serde_json::Value::Array(items) => items
                 .into_iter()
@@ -1040,16 +1053,26 @@ mod tests {
         let r: RetentionRules = serde_json::from_str(list).unwrap();
         assert_eq!(r.rules.len(), 2);
         assert_eq!(r.enabled().count(), 1);
-        for none in [
-            r#"{"Data":null}"#,
-            r#"{}"#,
-            r#"{"Data":{}}"#,
-            r#"{"Data":[]}"#,
-        ] {
+        for none in [r#"{"Data":null}"#, r#"{"Data":{}}"#, r#"{"Data":[]}"#] {
             let r: RetentionRules = serde_json::from_str(none).unwrap();
             assert!(r.rules.is_empty(), "{none}");
         }
         assert!(serde_json::from_str::<RetentionRules>(r#"{"Data":"x"}"#).is_err());
+    }
+
+    /// Review 2 #3: an answer without `Data` (another shape) is not "no
+    /// rules" — it fails, so the namespace is unreadable and stays blocked.
+    #[test]
+    fn retention_rules_without_data_fail_to_decode() {
+        for other in [
+            r#"{}"#,
+            r#"{"RequestId":"r"}"#,
+            r#"{"RequestId":"r","RetentionRuleSet":[{"Id":1}]}"#,
+            r#"{"data":[{"Id":1}]}"#,
+        ] {
+            let e = serde_json::from_str::<RetentionRules>(other).unwrap_err();
+            assert!(e.to_string().contains("no Data"), "{other}: {e}");
+        }
     }
 
     #[test]
