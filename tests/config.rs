@@ -449,13 +449,14 @@ fn a_wrong_word_names_line_key_and_the_words_expected() {
 fn a_wrong_required_word_does_not_hide_the_rest() {
     let head = "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\nregistry = \"r\"\n";
     let e = errors(&format!(
-        "{head}[tokens]\n[[tokens.managed]]\nname = \"Bad\"\ninstance = \"prod\"\nsinks = [{{ kind = \"ftp\", path = \"/x\" }}, {{ kind = \"file\", path = \"/y\", format = \"yaml\" }}, {{ path = \"/z\" }}]\n[namespaces]\ndefault = \"open\"\nrules = [ {{ match = \"a*\", visibility = \"hidden\" }}, {{ match = \"b*\" }} ]\n"
+        "{head}[tokens]\n[[tokens.managed]]\nname = \"Bad\"\ninstance = \"prod\"\nsinks = [{{ kind = \"ftp\", path = \"/x\" }}, {{ kind = \"file\", path = \"/y\", format = \"yaml\" }}, {{ path = \"/z\" }}, {{ kind = \"docker-config\", path = \"rel/config.json\" }}]\n[namespaces]\ndefault = \"open\"\nrules = [ {{ match = \"a*\", visibility = \"hidden\" }}, {{ match = \"b*\" }} ]\n"
     ));
     for want in [
         "tokens.managed[0].name: invalid name \"Bad\"",
         "tokens.managed[0].sinks[0].kind: unknown sink kind \"ftp\"; expected \"docker-config\", \"containers-auth\", \"file\" or \"exec\"",
         "tokens.managed[0].sinks[1].format: unknown format \"yaml\"; expected \"env\", \"json\" or \"raw\"",
         "tokens.managed[0].sinks[2]: missing field `kind`",
+        "tokens.managed[0].sinks[3].path: \"rel/config.json\" is not an absolute path",
         "test.toml:13:1: namespaces.default: unknown visibility \"open\"; expected \"public\", \"private\" or \"ignore\"",
         "namespaces.rules[0].visibility: unknown visibility \"hidden\"",
         "namespaces.rules[1]: missing field `visibility`",

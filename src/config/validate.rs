@@ -246,6 +246,17 @@ impl Validator<'_> {
         value
     }
 
+    /// A path that must be absolute (the daemon's working directory is not
+    /// the config's): `None`, with the error, otherwise.
+    pub(crate) fn absolute_path(&mut self, path: KeyPath, raw: &str) -> Option<PathBuf> {
+        if Path::new(raw).is_absolute() {
+            Some(PathBuf::from(raw))
+        } else {
+            self.err(path, format!("{raw:?} is not an absolute path"));
+            None
+        }
+    }
+
     /// How many errors so far: a part is valid when checking it added none.
     pub(crate) fn error_count(&self) -> usize {
         self.errors.len()

@@ -9,7 +9,7 @@ use crate::pattern::Pattern;
 use crate::schedule::Schedule;
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, strum::EnumString, strum::VariantNames)]
@@ -313,14 +313,7 @@ fn in_use(v: &mut Validator, p: &KeyPath, raw: RawInUse) -> Option<InUseConfig> 
             lookback,
         }
     });
-    let file = raw.file.and_then(|f| {
-        if Path::new(&f).is_absolute() {
-            Some(PathBuf::from(f))
-        } else {
-            v.err(p.key("file"), format!("{f:?} is not an absolute path"));
-            None
-        }
-    });
+    let file = raw.file.and_then(|f| v.absolute_path(p.key("file"), &f));
     let exec = raw.exec.and_then(|c| {
         if c.first().is_some_and(|p| !p.is_empty()) {
             Some(c)

@@ -8,7 +8,7 @@ use crate::config::{InstanceConfig, KeyPath, Mode, Validator};
 use crate::duration;
 use crate::schedule::Schedule;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The largest `TokenTime` CreateInstanceToken accepts, in days or in hours.
@@ -321,11 +321,7 @@ fn sink(v: &mut Validator, sp: &KeyPath, s: &RawSink) -> Option<Sink> {
                 this.err(sp.key("path"), format!("kind {kind_name:?} needs `path`"));
                 None
             }
-            Some(p) if !Path::new(p).is_absolute() => {
-                this.err(sp.key("path"), format!("{p:?} is not an absolute path"));
-                None
-            }
-            Some(p) => Some(PathBuf::from(p)),
+            Some(p) => this.absolute_path(sp.key("path"), p),
         }
     };
     let sink = match kind {
