@@ -381,7 +381,6 @@ async fn relief_with_a_scoped_key_stays_inside_the_scope() {
 /// The scope now bounds what is managed: planned, applied and relieved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_key_plans_and_applies_only_inside_the_declared_scope() {
-    use secrecy::ExposeSecret;
     let sim = sim(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let creds = sim.credentials();
@@ -399,14 +398,7 @@ async fn a_full_key_plans_and_applies_only_inside_the_declared_scope() {
         std::fs::write(&cfg, text).unwrap();
         cfg
     };
-    let bin = |args: &[&str]| {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("TEST_SK", creds.secret_access_key.expose_secret());
-        std::thread::spawn(move || c.output().unwrap())
-            .join()
-            .unwrap()
-    };
+    let bin = |args: &[&str]| run_bin(&sim, args);
     // An empty repository outside apps, old enough for relief.
     sim.world(|w| {
         let ns = w.instances[0].namespaces.get_mut("ci").unwrap();
@@ -415,7 +407,7 @@ async fn a_full_key_plans_and_applies_only_inside_the_declared_scope() {
         ns.repos.insert("empty-old".into(), empty);
     });
     let planned_in =
-        |out: &Output| -> std::collections::BTreeSet<String> {
+        |out: &std::process::Output| -> std::collections::BTreeSet<String> {
             let report: serde_json::Value = serde_json::from_slice(&out.stdout)
                 .unwrap_or_else(|e| panic!("{e}: {}", text(out)));
             let mut repos: std::collections::BTreeSet<String> = report["repositories"]
