@@ -631,20 +631,32 @@ async fn server_side_rules(
         )];
     }
     if with_rules.is_empty() {
-        vec![Check::ok(
+        return vec![Check::ok(
             name,
             "no enabled server-side rule where retention rules apply",
-        )]
-    } else {
-        vec![Check::fail(
+        )];
+    }
+    let found = format!("enabled server-side rules in {}", with_rules.join(", "));
+    // Only an enforcing run that is not allowed to share is blocked there.
+    vec![match (rc.mode, rc.allow_server_side_rules) {
+        (Mode::Enforce, false) => Check::fail(
+            name,
+            format!("{found}: two engines would delete in one namespace; enforce is blocked there"),
+            "disable those rules in the KCR console (image retention), or set [retention] allow_server_side_rules = true to let both delete there",
+        ),
+        (Mode::Enforce, true) => Check::info(
             name,
             format!(
-                "enabled server-side rules in {}: two engines would delete in one namespace",
-                with_rules.join(", ")
+                "{found}: allowed by [retention] allow_server_side_rules = true (both engines delete there)"
             ),
-            "disable those rules in the KCR console (image retention), or keep [retention] in dry-run there",
-        )]
-    }
+        ),
+        (Mode::DryRun, _) => Check::info(
+            name,
+            format!(
+                "{found}: dry-run deletes nothing; enforce would be blocked there unless [retention] allow_server_side_rules = true"
+            ),
+        ),
+    }]
 }
 
 /// For each managed token: the registry answers an anonymous `/v2/` from here.

@@ -537,3 +537,61 @@ async fn redirects_and_timeouts_each_get_their_own_fix() {
     assert!(c["detail"].as_str().unwrap().contains("Timeout"), "{c}");
     assert!(c["fix"].as_str().unwrap().contains("[kcr] timeout"), "{c}");
 }
+
+/// Review 2 #4: an enabled server-side rule fails doctor only where it
+/// blocks — an enforcing [retention] not allowed to share the namespace —
+/// and the fix names `allow_server_side_rules`. Dry-run, or enforce with
+/// `allow_server_side_rules = true`: ℹ, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_side_rule_fails_only_an_enforce_that_is_not_allowed() {
+    let sim = sim(SimOptions::default()).await;
+    sim.world(|w| {
+        w.instances[0]
+            .namespaces
+            .get_mut("apps")
+            .unwrap()
+            .retention_rules = vec![kcr_housekeeper::sim::world::RetentionRule {
+            id: 11,
+            disabled: false,
+            registry_scope: "**".into(),
+            rule_type: "byNum".into(),
+            untagged: false,
+            template: "latestPushedK".into(),
+            tag_patten: None,
+            param: Some(3),
+        }]
+    });
+    let (ak, sk) = admin(&sim);
+    for (settings, status, code) in [
+        ("", "info", 0),
+        (
+            "mode = \"enforce\"\nallow_server_side_rules = true\n",
+            "info",
+            0,
+        ),
+        ("mode = \"enforce\"\n", "fail", 1),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[retention]\n", &format!("[retention]\n{settings}"));
+        std::fs::write(&cfg, text).unwrap();
+        let (out, report) = doctor(&cfg, &sk);
+        let c = check(&report, "server-side retention");
+        assert_eq!(c["status"], status, "{settings}: {c}");
+        assert_eq!(out.status.code(), Some(code), "{settings}: {report}");
+        assert!(c["detail"].as_str().unwrap().contains("apps (1)"), "{c}");
+        if status == "fail" {
+            assert!(
+                c["fix"]
+                    .as_str()
+                    .unwrap()
+                    .contains("allow_server_side_rules = true"),
+                "{c}"
+            );
+        } else {
+            assert!(c["fix"].is_null(), "{c}");
+        }
+    }
+}
