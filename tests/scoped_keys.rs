@@ -288,7 +288,34 @@ async fn a_key_without_delete_images_stops_enforce_naming_the_permission() {
     // DeleteRepoTag granted, DeleteImages not.
     let sim = scoped_sim(&["DeleteRepoTag"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\"]");
+    // apps/web's plan deletes the tag pr-102 of an image kept for v1.4.1
+    // ahead (newer) of the images it deletes: in plan order the allowed
+    // DeleteRepoTag went before the refused DeleteImages.
+    let cfg = write_config(&sim, dir.path(), "scope = [\"apps/web\"]");
+    // Without the untagged image of 2 days, whose delete would come first.
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let web = apps.repos.get_mut("web").unwrap();
+        web.images.retain(|i| !i.digest.ends_with("1111"));
+    });
+    // Repositories whose plan deletes images (review finding 7: none of
+    // them may lose a tag before its refused DeleteImages stops the run).
+    let planned = run(&["plan", "retention", "--config", &cfg, "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&planned.stdout).unwrap();
+    let with_image_deletes: std::collections::BTreeSet<String> = plan["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == "delete_image")
+        })
+        .map(|r| format!("{}/{}", r["namespace"], r["repository"]).replace('"', ""))
+        .collect();
+    assert!(!with_image_deletes.is_empty(), "{plan}");
     let before = registry_snapshot(&sim);
     let before_log = sim.requests().len();
     let out = run(&["apply", "retention", "--config", &cfg, "--yes"]);
@@ -334,6 +361,17 @@ async fn a_key_without_delete_images_stops_enforce_naming_the_permission() {
         .sum();
     assert_eq!(lost, deleted_tags, "{t}");
     assert_eq!(before.len(), after.len(), "no image deleted");
+    // No repository's plan half-applied: a tag went only where the plan
+    // deleted no image (images run first within a repository).
+    let tagged_in: Vec<String> = deletes
+        .iter()
+        .filter(|r| r.code == "OK" && r.action.as_deref() == Some("DeleteRepoTag"))
+        .map(|r| format!("{}/{}", r.params["Namespace"], r.params["RepoName"]))
+        .collect();
+    assert!(
+        tagged_in.iter().all(|r| !with_image_deletes.contains(r)),
+        "tags deleted in {tagged_in:?}, where images were planned too: {with_image_deletes:?}"
+    );
 }
 
 /// Review 2 #2: quota relief stays inside the declared scope. The key lists

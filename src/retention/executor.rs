@@ -513,9 +513,31 @@ pub fn malformed(a: &PlannedAction) -> Option<String> {
     }
 }
 
-/// Apply `items` in order. Stops between actions when cancelled, and after
-/// `[kcr] max_consecutive_failures` failed calls in a row.
-pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> Executed {
+/// The order actions run in: the plan's, but within each repository every
+/// `delete_image` before any `delete_tag` (review finding 7). A key without
+/// `kcrs:DeleteImages` is refused at a repository's first delete, before
+/// any of its tags went: the run stops at the first refusal, so no
+/// repository's plan is left half-applied that way. The other way round (a
+/// key with DeleteImages but without DeleteRepoTag) a repository may be left
+/// with its images deleted and its condemned tags in place; that is safe,
+/// because every action is justified on its own (the planner condemns an
+/// image only when all its tags are condemned, and a tag never because of
+/// another action), so a subset of the plan never deletes what the rules
+/// keep, and the next run plans the rest. Repositories stay in plan order.
+pub fn execution_order(items: &mut [(Target, PlannedAction)]) {
+    // Stable: the plan's order within each kind, repositories as they came.
+    let mut first_seen: HashMap<Target, usize> = HashMap::new();
+    for (i, (t, _)) in items.iter().enumerate() {
+        first_seen.entry(t.clone()).or_insert(i);
+    }
+    items.sort_by_key(|(t, a)| (first_seen[t], a.action != ActionKind::DeleteImage));
+}
+
+/// Apply `items` ([`execution_order`]). Stops between actions when
+/// cancelled, after `[kcr] max_consecutive_failures` failed calls in a
+/// row, and at the first call IAM refuses.
+pub async fn execute(env: &ExecEnv<'_>, mut items: Vec<(Target, PlannedAction)>) -> Executed {
+    execution_order(&mut items);
     let mut out = Executed::default();
     let mut bytes: HashMap<String, u64> = HashMap::new();
     let mut effects = RunEffects::default();
@@ -608,4 +630,72 @@ pub async fn execute(env: &ExecEnv<'_>, items: Vec<(Target, PlannedAction)>) -> 
         env.metrics.retention.freed(&inst, b);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(kind: ActionKind, digest: &str) -> PlannedAction {
+        PlannedAction {
+            action: kind,
+            digest: digest.into(),
+            tags: match kind {
+                ActionKind::DeleteTag => vec![format!("t-{digest}")],
+                ActionKind::DeleteImage => Vec::new(),
+            },
+            image_tags: Vec::new(),
+            size: 0,
+            pushed_at: chrono::DateTime::<Utc>::UNIX_EPOCH,
+            rules: Vec::new(),
+            reason: String::new(),
+        }
+    }
+
+    fn target(repo: &str) -> Target {
+        Target {
+            instance: "i".into(),
+            instance_id: "id".into(),
+            namespace: "ns".into(),
+            repository: repo.into(),
+        }
+    }
+
+    /// Review finding 7: within a repository, images before tags;
+    /// repositories and each kind keep the plan's order.
+    #[test]
+    fn image_deletes_run_before_tag_deletes_within_each_repository() {
+        use ActionKind::{DeleteImage as I, DeleteTag as T};
+        let plan = [
+            ("b", T, "1"),
+            ("b", I, "2"),
+            ("b", T, "3"),
+            ("a", T, "4"),
+            ("b", I, "5"),
+            ("a", I, "6"),
+            ("c", T, "7"),
+        ];
+        let mut items: Vec<_> = plan
+            .iter()
+            .map(|(r, k, d)| (target(r), action(*k, d)))
+            .collect();
+        execution_order(&mut items);
+        let got: Vec<(String, &str, String)> = items
+            .iter()
+            .map(|(t, a)| (t.repository.clone(), a.action.as_str(), a.digest.clone()))
+            .collect();
+        let want: Vec<(String, &str, String)> = [
+            ("b", I, "2"),
+            ("b", I, "5"),
+            ("b", T, "1"),
+            ("b", T, "3"),
+            ("a", I, "6"),
+            ("a", T, "4"),
+            ("c", T, "7"),
+        ]
+        .iter()
+        .map(|(r, k, d)| (r.to_string(), k.as_str(), d.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
 }
