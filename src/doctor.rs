@@ -156,6 +156,7 @@ fn policy_of(job: &str) -> &'static str {
         "retention" => "deploy/iam/retention-enforce.json",
         "tokens" => "deploy/iam/tokens.json",
         "namespaces" => "deploy/iam/namespaces-enforce.json",
+        "quota relief" => "deploy/iam/quota-relief.json",
         _ => "deploy/iam/read-only.json",
     }
 }
@@ -406,7 +407,28 @@ async fn permissions(client: &Client, config: &Config, inst: &InstanceConfig) ->
         .as_ref()
         .is_some_and(|r| r.mode == Mode::Enforce)
     {
-        mutations.push(("retention", "kcrs:DeleteImages, kcrs:DeleteRepoTag"));
+        mutations.push((
+            "retention",
+            "kcrs:DeleteImages, kcrs:DeleteRepoTag".to_string(),
+        ));
+    }
+    // Quota relief deletes repositories and namespaces: its own policy.
+    if let Some(rc) = config
+        .retention
+        .as_ref()
+        .filter(|r| r.mode == Mode::Enforce)
+    {
+        let relief: Vec<&str> = [
+            rc.delete_empty_repositories
+                .map(|_| "kcrs:DeleteRepository"),
+            rc.delete_empty_namespaces.map(|_| "kcrs:DeleteNamespace"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !relief.is_empty() {
+            mutations.push(("quota relief", relief.join(", ")));
+        }
     }
     if config
         .tokens
@@ -416,7 +438,8 @@ async fn permissions(client: &Client, config: &Config, inst: &InstanceConfig) ->
     {
         mutations.push((
             "tokens",
-            "kcrs:CreateInstanceToken, kcrs:ModifyInstanceTokenStatus, kcrs:DeleteInstanceToken",
+            "kcrs:CreateInstanceToken, kcrs:ModifyInstanceTokenStatus, kcrs:DeleteInstanceToken"
+                .to_string(),
         ));
     }
     if config
@@ -424,7 +447,7 @@ async fn permissions(client: &Client, config: &Config, inst: &InstanceConfig) ->
         .as_ref()
         .is_some_and(|n| n.mode == Mode::Enforce)
     {
-        mutations.push(("namespaces", "kcrs:ModifyNamespaceType"));
+        mutations.push(("namespaces", "kcrs:ModifyNamespaceType".to_string()));
     }
     for (job, actions) in mutations {
         checks.push(Check::info(

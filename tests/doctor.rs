@@ -595,3 +595,54 @@ async fn a_server_side_rule_fails_only_an_enforce_that_is_not_allowed() {
         }
     }
 }
+
+/// Review 2 #5: with quota relief on in enforce, doctor lists the mutations
+/// relief needs (DeleteRepository, DeleteNamespace) and the policy that
+/// grants them; without relief it lists none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relief_lists_the_permissions_it_needs_and_their_policy() {
+    let sim = sim(SimOptions::default()).await;
+    let (ak, sk) = admin(&sim);
+    let relief_needs = |settings: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[retention]\n", &format!("[retention]\n{settings}"));
+        std::fs::write(&cfg, text).unwrap();
+        let (out, report) = doctor(&cfg, &sk);
+        assert_eq!(out.status.code(), Some(0), "{settings}: {report}");
+        report["instances"][0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "quota relief enforce needs")
+            .cloned()
+    };
+    let both = relief_needs(
+        "mode = \"enforce\"\ndelete_empty_repositories = { older_than = \"30d\" }\ndelete_empty_namespaces = { older_than = \"30d\" }\n",
+    )
+    .expect("listed");
+    assert_eq!(both["status"], "info", "{both}");
+    let detail = both["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("kcrs:DeleteRepository, kcrs:DeleteNamespace")
+            && detail.contains("deploy/iam/quota-relief.json"),
+        "{both}"
+    );
+    let repos =
+        relief_needs("mode = \"enforce\"\ndelete_empty_repositories = { older_than = \"30d\" }\n")
+            .expect("listed");
+    assert!(
+        !repos["detail"]
+            .as_str()
+            .unwrap()
+            .contains("DeleteNamespace"),
+        "{repos}"
+    );
+    assert!(relief_needs("mode = \"enforce\"\n").is_none());
+    assert!(
+        relief_needs("delete_empty_namespaces = { older_than = \"30d\" }\n").is_none(),
+        "dry-run deletes nothing"
+    );
+}
