@@ -55,7 +55,7 @@ pub async fn run(
     // First, so a signal sent while starting is not lost.
     let mut signals =
         Signals::install().map_err(|e| DaemonError::Setup(format!("signal handlers: {e}")))?;
-    let state = Store::open(&config.state.path).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let state = Store::open_config(&config.state).map_err(|e| DaemonError::Setup(e.to_string()))?;
     let abandoned = state
         .close_abandoned_runs(chrono::Utc::now())
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -181,8 +181,8 @@ async fn reload(
         return Err("this daemon was started without a config file to re-read".into());
     };
     let new = config::load(path, &ProcessEnv).map_err(|e| e.to_string())?;
-    if new.server.listen != current.server.listen || new.state.path != current.state.path {
-        tracing::warn!("server.listen and state.path take effect only after a restart");
+    if new.server.listen != current.server.listen || !new.state.same_place(&current.state) {
+        tracing::warn!("server.listen and [state] take effect only after a restart");
     }
     let conn = app::connect_observed(&new, Some(metrics.clone()))
         .await

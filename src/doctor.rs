@@ -206,7 +206,11 @@ pub async fn diagnose(client: &Client, config: &Config, now: DateTime<Utc>) -> R
             checks: diagnose_instance(client, config, inst, now).await,
         });
     }
-    Report::new(instances, vec![state_writable(&config.state.path)])
+    let state = match &config.state {
+        crate::config::StateConfig::Sqlite { path } => state_writable(path),
+        crate::config::StateConfig::Postgres { .. } => state_reachable(&config.state),
+    };
+    Report::new(instances, vec![state])
 }
 
 /// One read probe's outcome, as a permission check.
@@ -808,6 +812,19 @@ async fn quota(client: &Client, inst: &InstanceConfig) -> Check {
                 Check::ok("quota", detail)
             }
         }
+    }
+}
+
+/// The PostgreSQL state answers and its schema is one this build reads.
+fn state_reachable(state: &crate::config::StateConfig) -> Check {
+    let name = "state database reachable";
+    match crate::state::Store::open_config(state) {
+        Ok(s) => Check::ok(name, s.location().to_owned()),
+        Err(e) => Check::fail(
+            name,
+            e.to_string(),
+            "check [state] url (host, port, database, user, password, sslmode) and that the database is up".to_owned(),
+        ),
     }
 }
 

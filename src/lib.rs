@@ -30,7 +30,7 @@ pub use kcr_sim as sim;
 // The config file: raw TOML → validated `Config`, every error at once with file, line and key;
 // core sections and the validator here, each job's section in its folder's `config.rs`.
 pub mod config;
-// Durable state (SQLite): runs, audit, token journal, grace marks, reports.
+// Durable state (SQLite, or PostgreSQL for replicas): runs, audit, token journal, grace marks, reports.
 pub mod state;
 // The Prometheus registry and every metric, grouped per subsystem.
 pub mod metrics;

@@ -675,6 +675,7 @@ impl InventoryMetrics {
 pub struct DaemonMetrics {
     reload_failures: IntCounter,
     tasks: IntGauge,
+    state_up: IntGaugeVec,
 }
 
 impl DaemonMetrics {
@@ -702,7 +703,19 @@ impl DaemonMetrics {
                 )
                 .expect("valid metric"),
             ),
+            state_up: r.int_gauge_vec(
+                "kcr_housekeeper_state_backend_up",
+                "Whether the state database answers (1) or not (0), at the last scrape; backend = sqlite or postgresql.",
+                &["backend"],
+            ),
         }
+    }
+
+    /// Whether the state database answers (set at each scrape).
+    pub fn state_backend(&self, backend: &str, up: bool) {
+        self.state_up
+            .with_label_values(&[backend])
+            .set(i64::from(up));
     }
 
     /// A SIGHUP reload was refused (the new config is invalid).
@@ -890,6 +903,7 @@ mod tests {
         m.quota.namespace_stored("i", "ns", 1, 2);
         m.quota.repository_stored("i", "ns", "r", 1, 2);
         m.daemon.reload_failed();
+        m.daemon.state_backend("sqlite", true);
         assert_eq!(m.inventory.skipped("i", "access denied"), 0);
         m.tokens.registry_reachable("t", true);
         m.retention.server_rules("i", "ns", 1);

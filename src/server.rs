@@ -49,6 +49,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let state = s.runner.state();
+    s.metrics
+        .daemon
+        .state_backend(state.backend_name(), state.is_up());
     let mut r = s.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

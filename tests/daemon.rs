@@ -208,6 +208,14 @@ async fn endpoints_metrics_jobs_and_trigger_auth() {
         assert_eq!(
             sample(
                 &samples,
+                "kcr_housekeeper_state_backend_up",
+                "backend=\"sqlite\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &samples,
                 "kcr_quota_used",
                 "instance=\"demo\",resource=\"namespaces\""
             ),

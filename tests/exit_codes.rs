@@ -409,7 +409,7 @@ async fn the_daemon_records_a_partial_run_as_a_failure() {
                 &format!("[retention]\nmode = \"{mode}\"\n"),
             );
         let cfg = parse_config(&sim, &text, dir.path());
-        let state = kcr_housekeeper::state::Store::open(&cfg.state.path).unwrap();
+        let state = kcr_housekeeper::state::Store::open(cfg.state.sqlite_path().unwrap()).unwrap();
         let run_id = state
             .start_run("retention", "cli", chrono::Utc::now())
             .unwrap();
@@ -509,7 +509,7 @@ async fn the_quota_job_fails_when_a_storage_listing_is_partial() {
     let dir = tempfile::tempdir().unwrap();
     let text = demo_head(&sim, dir.path()) + &body(dir.path(), false);
     let cfg = parse_config(&sim, &text, dir.path());
-    let state = kcr_housekeeper::state::Store::open(&cfg.state.path).unwrap();
+    let state = kcr_housekeeper::state::Store::open(cfg.state.sqlite_path().unwrap()).unwrap();
     let run_id = state.start_run("quota", "cli", chrono::Utc::now()).unwrap();
     let ctx = JobContext {
         client: client_for(&sim),

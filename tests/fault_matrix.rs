@@ -124,7 +124,7 @@ async fn namespace_enforce_under_every_fault() {
              { match = \"tools\", visibility = \"public\" }, { match = \"ci\", visibility = \"public\" } ]\n",
         );
         let before = namespace_visibility(&sim);
-        let state = Store::open(&cfg.state.path).unwrap();
+        let state = Store::open(cfg.state.sqlite_path().unwrap()).unwrap();
         let mut ok = false;
         for attempt in 0..8 {
             let run_id = state.start_run("namespaces", "cli", Utc::now()).unwrap();
@@ -190,7 +190,7 @@ async fn token_rotation_under_every_fault() {
                 dir.path().join("ci-pull.env").display()
             ),
         );
-        let state = Store::open(&cfg.state.path).unwrap();
+        let state = Store::open(cfg.state.sqlite_path().unwrap()).unwrap();
         let unmanaged: BTreeSet<String> = sim.world(|w| {
             w.instances[0]
                 .tokens

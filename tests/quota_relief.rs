@@ -22,7 +22,7 @@ fn context_scoped(sim: &Simulator, dir: &std::path::Path, scope: &str, extra: &s
         demo_head(sim, dir).replace("\n[state]\n", &format!("\n{scope}\n[state]\n"))
     );
     let config = parse_config(sim, &text, dir);
-    let state = kcr_housekeeper::state::Store::open(&config.state.path).unwrap();
+    let state = kcr_housekeeper::state::Store::open(config.state.sqlite_path().unwrap()).unwrap();
     job_context("retention", client_for(sim), config, state)
 }
 

@@ -108,7 +108,7 @@ async fn every_tokens_run_refreshes_the_reachability_gauge_without_rotating() {
         .replace("[tokens]\n", "[tokens]\nmode = \"dry-run\"\n");
     assert!(text.contains("mode = \"dry-run\""));
     let config = std::sync::Arc::new(common::parse_config(&sim, &text, dir.path()));
-    let state = kcr_housekeeper::state::Store::open(&config.state.path).unwrap();
+    let state = kcr_housekeeper::state::Store::open(config.state.sqlite_path().unwrap()).unwrap();
     let metrics = std::sync::Arc::new(kcr_housekeeper::metrics::Metrics::new());
     let gauge = |m: &kcr_housekeeper::metrics::Metrics| -> Option<String> {
         m.render()

@@ -59,7 +59,7 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn new(sim: &'a Simulator, config: Config) -> Self {
-        let state = Store::open(&config.state.path).unwrap();
+        let state = Store::open(config.state.sqlite_path().unwrap()).unwrap();
         Run {
             sim,
             client: client_for(sim),

@@ -65,7 +65,7 @@ pub(super) async fn apply_namespaces_cmd(
     namespaces_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let state =
-        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
     let plan = namespace_plan(c, &conn).await?;
     out.write_all(crate::namespaces::render_table(&plan).as_bytes())
         .map_err(io)?;
@@ -161,7 +161,7 @@ pub(super) async fn apply_tokens_cmd(
     tokens_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let state =
-        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut engine = token_engine(c, &conn, &state);
     let plans = engine
         .plan()

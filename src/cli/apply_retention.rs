@@ -24,7 +24,7 @@ pub(super) async fn apply_retention_cmd(
         None => None,
     };
     let state = crate::failpoint::hit("retention.state.open", crate::state::StateError::Injected)
-        .and_then(|()| crate::state::Store::open(&c.state.path))
+        .and_then(|()| crate::state::Store::open_config(&c.state))
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let session = Session::open(c, state).await?;
     let ctx = session.context();

@@ -37,14 +37,16 @@ pub(super) fn run(c: &Config, args: &AuditArgs, out: &mut dyn Write) -> Result<(
             }
         }),
     };
-    if !c.state.path.exists() {
+    if let Some(path) = c.state.sqlite_path()
+        && !path.exists()
+    {
         return Err(CliError::Usage(format!(
             "state {}: no database yet (the daemon creates it)",
-            c.state.path.display()
+            path.display()
         )));
     }
     let store =
-        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
     let records = store
         .audit_query(since, args.job.as_deref(), args.limit)
         .map_err(|e| CliError::Failed(e.into()))?;

@@ -27,7 +27,9 @@ pub fn demo_config(listen: SocketAddr, state_dir: &Path) -> Result<Config, CliEr
     )
     .map_err(CliError::Config)?;
     c.server.listen = listen;
-    c.state.path = state_dir.join("state.db");
+    c.state = config::StateConfig::Sqlite {
+        path: state_dir.join("state.db"),
+    };
     // Token sinks go beside the demo's state, not into /tmp/kcr-housekeeper-demo.
     for mt in c.tokens.iter_mut().flat_map(|t| t.managed.iter_mut()) {
         for sink in &mut mt.sinks {

@@ -111,7 +111,7 @@ pub(super) async fn run(
     let state = rc
         .in_use
         .as_ref()
-        .and_then(|_| crate::state::Store::open(&c.state.path).ok());
+        .and_then(|_| crate::state::Store::open_config(&c.state).ok());
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
     // As the job plans: only what the instance's declared scope manages.
     let inventory = std::sync::Arc::new(crate::inventory::Inventory {

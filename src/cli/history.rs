@@ -41,14 +41,16 @@ pub struct HistoryArgs {
 }
 
 pub(super) fn run(c: &Config, args: &HistoryArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    if !c.state.path.exists() {
+    if let Some(path) = c.state.sqlite_path()
+        && !path.exists()
+    {
         return Err(CliError::Usage(format!(
             "state {}: no database yet (the daemon or an apply creates it)",
-            c.state.path.display()
+            path.display()
         )));
     }
     let store =
-        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
     let runs = store
         .runs(args.job.map(HistoryJob::as_str), args.limit)
         .map_err(|e| CliError::Failed(e.into()))?;

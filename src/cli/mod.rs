@@ -24,6 +24,7 @@ mod sim;
 #[cfg(not(feature = "sim"))]
 #[path = "sim_missing.rs"]
 mod sim;
+mod state;
 mod stop;
 mod term;
 mod tokens_text;
@@ -40,6 +41,7 @@ pub use history::{HistoryArgs, HistoryJob};
 pub use plan::{PlanArgs, PlanJob, PlanRetentionArgs, PlanTableArgs, ReportFormat};
 pub use quota::QuotaArgs;
 pub use sim::SimArgs;
+pub use state::{CopyArgs, StateArgs, StateCommand};
 pub use term::ColorChoice;
 
 use crate::config::{self, Config, LogFormat, ProcessEnv};
@@ -98,6 +100,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Show quota usage per instance: namespaces and repositories used / limit
     Quota(QuotaArgs),
+    /// The state database: copy a SQLite state into PostgreSQL
+    State(StateArgs),
     /// Run the KCR simulator (for tests, demos and benchmarks)
     Sim(Box<SimArgs>),
     /// Print a shell completion script (e.g. completions bash > /etc/bash_completion.d/kcr-housekeeper)
@@ -196,6 +200,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             Command::Completions(_) | Command::Man(_) => {
                 Some("it prints the same for every config")
             }
+            Command::State(_) => {
+                Some("state copy takes its source and target from --from and --to")
+            }
             _ => None,
         };
         if let Some(why) = ignored {
@@ -240,6 +247,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             with(&c, quota::run(&c, &args, out).await)
         }
         Command::Sim(args) => sim::run(*args, out).await,
+        Command::State(args) => state::run(&args, out),
         Command::Completions(args) => {
             let mut buf = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "kcr-housekeeper", &mut buf);

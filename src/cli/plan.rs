@@ -72,7 +72,7 @@ async fn plan_retention_cmd(
     retention_config(c)?;
     // The state remembers the in-use sources' last counts; a plan without
     // it still reads them (an empty answer is then not compared).
-    let state = crate::state::Store::open(&c.state.path)
+    let state = crate::state::Store::open_config(&c.state)
         .or_else(|_| crate::state::Store::in_memory())
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let session = Session::open(c, state).await?;
@@ -161,7 +161,7 @@ pub(super) async fn plan_tokens_cmd(
     tokens_config(c)?;
     let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
     let state =
-        crate::state::Store::open(&c.state.path).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
     let plans = token_engine(c, &conn, &state)
         .plan()
         .await

@@ -15,6 +15,7 @@
 
 mod locate;
 pub mod raw;
+mod state;
 mod validate;
 pub(crate) mod word;
 
@@ -166,9 +167,36 @@ pub struct ServerConfig {
     pub header_timeout: std::time::Duration,
 }
 
+/// Where the state lives (`[state]`): exactly one of `path` or `url`.
 #[derive(Clone, Debug)]
-pub struct StateConfig {
-    pub path: PathBuf,
+pub enum StateConfig {
+    /// `path`: a SQLite file (the embedded default).
+    Sqlite { path: PathBuf },
+    /// `url = { env = … }`: a PostgreSQL database, shared by replicas. A
+    /// secret (it may hold a password): `Debug` shows `[REDACTED]`.
+    Postgres { url: SecretString },
+}
+
+impl StateConfig {
+    /// The SQLite file, if the state is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            StateConfig::Sqlite { path } => Some(path),
+            StateConfig::Postgres { .. } => None,
+        }
+    }
+
+    /// Whether two configs name the same state (a reload cannot move it).
+    pub fn same_place(&self, other: &StateConfig) -> bool {
+        use secrecy::ExposeSecret;
+        match (self, other) {
+            (StateConfig::Sqlite { path: a }, StateConfig::Sqlite { path: b }) => a == b,
+            (StateConfig::Postgres { url: a }, StateConfig::Postgres { url: b }) => {
+                a.expose_secret() == b.expose_secret()
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

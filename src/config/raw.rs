@@ -91,6 +91,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub path: Option<String>,
+    pub url: Option<RawSecret>,
 }
 
 #[derive(Debug, Default, Deserialize)]

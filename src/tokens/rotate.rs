@@ -297,11 +297,9 @@ impl<'a> Engine<'a> {
     /// one-shot `apply tokens`): an exclusive lock beside the state file,
     /// released by the kernel if the holder dies.
     fn lock(&self) -> Result<CycleLock, TokenError> {
-        let path = self.state.path();
-        if path.as_os_str() == ":memory:" {
+        let Some(lock_path) = self.state.lock_path("tokens") else {
             return Ok(CycleLock { _file: None });
-        }
-        let lock_path = path.with_extension("tokens.lock");
+        };
         let mut options = std::fs::OpenOptions::new();
         options.create(true).truncate(false).write(true);
         #[cfg(unix)]

@@ -1,6 +1,8 @@
 //! Shared helpers: a simulator on 127.0.0.1:0 and a client pointed at it.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use kcr_housekeeper::kcr::{Client, ClientConfig, RetryPolicy};
 use kcr_housekeeper::sim::{Faults, SimOptions, Simulator};
 use std::time::Duration;
