@@ -4,8 +4,10 @@
 //!
 //! The PostgreSQL tests need `KCR_TEST_PG_URL` (a server where the user may
 //! create databases; `.ci/run` starts one): each test gets a database of its
-//! own, dropped at the end. Without the variable they are skipped, except
-//! when `CI` is set: then they fail.
+//! own, dropped at the end. The `pgbouncer::` tests reach the same server
+//! through PgBouncer in transaction pooling mode (`KCR_TEST_PGBOUNCER_URL`).
+//! Without the variables they are skipped, except when `CI` is set: then
+//! they fail.
 
 use super::*;
 use crate::tokens::journal::{RotationRecord, Step};
@@ -29,6 +31,8 @@ pub(super) enum Place {
 }
 
 pub(super) const PG_ENV: &str = "KCR_TEST_PG_URL";
+/// The same server behind PgBouncer in transaction pooling mode.
+pub(super) const PGBOUNCER_ENV: &str = "KCR_TEST_PGBOUNCER_URL";
 
 /// Run `sql` on the server of `url` as its own connection (test set-up).
 pub(super) fn pg_admin(url: &str, sql: &str) {
@@ -60,16 +64,18 @@ pub(super) fn with_database(url: &str, db: &str) -> String {
     format!("{}/{db}{query}", &base[..host_end])
 }
 
-/// The admin URL of the test server, or `None` (skip) when it is not
-/// configured and this is not CI.
-pub(super) fn pg_url() -> Option<String> {
-    match std::env::var(PG_ENV) {
+/// The URL in `var`, or `None` (skip) when it is not configured and this
+/// is not CI.
+pub(super) fn env_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(u) if !u.is_empty() => Some(u),
         _ if std::env::var_os("CI").is_some() => {
-            panic!("{PG_ENV} is not set but CI is: .ci/run starts PostgreSQL and sets it")
+            panic!(
+                "{var} is not set but CI is: .ci/run starts PostgreSQL and PgBouncer and sets it"
+            )
         }
         _ => {
-            eprintln!("skipped: {PG_ENV} is not set (no PostgreSQL to test against)");
+            eprintln!("skipped: {var} is not set (no PostgreSQL to test against)");
             None
         }
     }
@@ -82,14 +88,25 @@ impl Place {
 
     /// A fresh, empty database on the test server.
     pub(super) fn postgres() -> Option<Place> {
-        let admin = pg_url()?;
+        Place::postgres_via(PG_ENV)
+    }
+
+    /// A fresh database, reached through PgBouncer (transaction pooling).
+    pub(super) fn pgbouncer() -> Option<Place> {
+        Place::postgres_via(PGBOUNCER_ENV)
+    }
+
+    /// A fresh database, created directly and reached through the URL in `var`.
+    fn postgres_via(var: &str) -> Option<Place> {
+        let admin = env_url(PG_ENV)?;
+        let through = env_url(var)?;
         let db = format!(
             "kcr_test_{}_{:08x}",
             std::process::id(),
             rand::random::<u32>()
         );
         pg_admin(&admin, &format!("CREATE DATABASE {db}"));
-        let url = SecretString::from(with_database(&admin, &db));
+        let url = SecretString::from(with_database(&through, &db));
         Some(Place::Postgres { admin, db, url })
     }
 
@@ -140,6 +157,11 @@ macro_rules! suite {
         mod postgres {
             $( #[test] fn $name() {
                 if let Some(p) = super::Place::postgres() { super::$name(&p) }
+            } )*
+        }
+        mod pgbouncer {
+            $( #[test] fn $name() {
+                if let Some(p) = super::Place::pgbouncer() { super::$name(&p) }
             } )*
         }
     };
