@@ -513,3 +513,31 @@ async fn a_full_key_plans_and_applies_only_inside_the_declared_scope() {
         "{deletes:?}"
     );
 }
+
+/// Review finding 12: a refused repository was listed under "without
+/// actions" in the table, as if it had been checked and found clean. It is
+/// shown as skipped with the reason, in the table and in Markdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_repositories_are_shown_as_skipped_with_the_reason() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\"]");
+    for format in ["table", "markdown"] {
+        let out = run(&["plan", "retention", "--config", &cfg, "--format", format]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (head, skipped) = stdout
+            .split_once("kipped (nothing planned)")
+            .unwrap_or_else(|| panic!("{format}: no skipped section: {stdout}"));
+        let line = skipped
+            .lines()
+            .find(|l| l.contains("demo/ci/builder"))
+            .unwrap_or_else(|| panic!("{format}: {stdout}"));
+        assert!(line.contains("access denied"), "{format}: {line}");
+        let quiet = head.split_once("ithout actions").map_or("", |(_, q)| q);
+        assert!(
+            !quiet.contains("ci/builder"),
+            "{format}: a skipped repository under 'without actions': {stdout}"
+        );
+    }
+}

@@ -399,11 +399,31 @@ fn summary_lines(r: &Report) -> Vec<String> {
     v
 }
 
-/// Repositories the plan has no action for (listed, so every format names every repository).
+/// Why a repository was skipped (its listing failed or was refused), as the
+/// summary's `skipped` says it; `None` when it was planned.
+fn skip_reason<'r>(r: &'r Report, repo: &ReportRepository) -> Option<&'r str> {
+    let prefix = format!("{}: ", repo_name(repo));
+    r.summary
+        .skipped
+        .iter()
+        .find_map(|s| s.strip_prefix(prefix.as_str()))
+}
+
+/// Repositories the plan has no action for and that were not skipped
+/// (listed, so every format names every repository).
 fn quiet_repositories(r: &Report) -> impl Iterator<Item = &ReportRepository> {
+    r.repositories.iter().filter(|x| {
+        x.actions.is_empty() && x.blocked_actions.is_empty() && skip_reason(r, x).is_none()
+    })
+}
+
+/// Repositories skipped, with the reason: nothing was planned for them
+/// because their listing failed or was refused (review finding 12: they
+/// were shown under "without actions", as if checked and clean).
+fn skipped_repositories(r: &Report) -> impl Iterator<Item = (&ReportRepository, &str)> {
     r.repositories
         .iter()
-        .filter(|x| x.actions.is_empty() && x.blocked_actions.is_empty())
+        .filter_map(|x| skip_reason(r, x).map(|why| (x, why)))
 }
 
 /// A repository's actions to list: those planned, then those its block
@@ -463,6 +483,13 @@ pub fn render_table(r: &Report) -> String {
         out.push_str("\nwithout actions:\n");
         for repo in quiet {
             let _ = writeln!(out, "  {} ({} images)", repo_name(repo), repo.images);
+        }
+    }
+    let mut skipped = skipped_repositories(r).peekable();
+    if skipped.peek().is_some() {
+        out.push_str("\nskipped (nothing planned):\n");
+        for (repo, why) in skipped {
+            let _ = writeln!(out, "  {}: {why}", repo_name(repo));
         }
     }
     out
@@ -527,6 +554,13 @@ pub fn render_markdown(r: &Report) -> String {
                 md_escape(&repo_name(repo)),
                 repo.images
             );
+        }
+    }
+    let mut skipped = skipped_repositories(r).peekable();
+    if skipped.peek().is_some() {
+        out.push_str("\n### Skipped (nothing planned)\n\n");
+        for (repo, why) in skipped {
+            let _ = writeln!(out, "- {}: {}", md_escape(&repo_name(repo)), md_escape(why));
         }
     }
     out
@@ -692,6 +726,19 @@ pub fn render_html(r: &Report) -> String {
                 "<li>{} ({} images)</li>",
                 html_escape(&repo_name(repo)),
                 repo.images
+            );
+        }
+        body.push_str("</ul>");
+    }
+    let mut skipped = skipped_repositories(r).peekable();
+    if skipped.peek().is_some() {
+        body.push_str("<h2>Skipped (nothing planned)</h2><ul class=skipped>");
+        for (repo, why) in skipped {
+            let _ = write!(
+                body,
+                "<li>{}: {}</li>",
+                html_escape(&repo_name(repo)),
+                html_escape(why)
             );
         }
         body.push_str("</ul>");
