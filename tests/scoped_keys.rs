@@ -173,7 +173,9 @@ async fn a_key_scoped_to_one_namespace_plans_there_and_skips_elsewhere_with_the_
         "{planned_in:?}"
     );
 
-    // With the scope declared, the same refusals are expected: exit 0, and
+    // With the scope declared, the same refusals are expected: exit 0 (the
+    // issue's item 6 wins over DESIGN §4's "never 0"; README's exit codes
+    // say so — review finding 15), and
     // the report still lists them.
     let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\"]");
     let out = run(&["plan", "retention", "--config", &cfg, "--format", "json"]);
