@@ -188,12 +188,15 @@ pub trait Job: Send + Sync + 'static {
 pub trait Steps: Send + Sync + 'static {
     const NAME: &'static str;
     type Plan: Send + 'static;
-    fn plan<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Self::Plan, JobError>>;
-    fn apply<'a>(
-        &'a self,
-        ctx: &'a JobContext,
+    fn plan(
+        &self,
+        ctx: &JobContext,
+    ) -> impl std::future::Future<Output = Result<Self::Plan, JobError>> + Send;
+    fn apply(
+        &self,
+        ctx: &JobContext,
         plan: Self::Plan,
-    ) -> BoxFuture<'a, Result<Outcome, JobError>>;
+    ) -> impl std::future::Future<Output = Result<Outcome, JobError>> + Send;
 }
 
 impl<T: Steps> Job for T {
@@ -283,7 +286,6 @@ impl RunLog {
         trigger: Trigger,
     ) -> Result<RunLog, StateError> {
         let started = Instant::now();
-        crate::failpoint::hit("jobs.state.run_start", StateError::Injected)?;
         let run_id = state.start_run(job, trigger.as_str(), Utc::now())?;
         Ok(RunLog {
             state: state.clone(),

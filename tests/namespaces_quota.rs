@@ -187,22 +187,14 @@ async fn over_the_cap_nothing_is_changed() {
 
 #[tokio::test]
 async fn a_namespace_changed_since_planning_is_left_alone() {
-    use kcr_housekeeper::namespaces::{Applied, ExecEnv, execute, list, plan};
+    use kcr_housekeeper::namespaces::{Applied, execute, list, plan};
     let sim = sim(SimOptions::default()).await;
     let ctx = context(&sim, config(&sim, &namespaces("enforce", true, 10)));
     let nc = ctx.config.namespaces.clone().unwrap();
     let p = plan(&nc, &list(&ctx.client, &ctx.config).await.unwrap());
     // Someone fixes `sandbox` by hand between plan and apply.
     sim.world(|w| w.instances[0].namespaces.get_mut("sandbox").unwrap().public = false);
-    let env = ExecEnv {
-        client: &ctx.client,
-        config: &ctx.config,
-        state: &ctx.state,
-        metrics: None,
-        cancel: None,
-        run_id: None,
-    };
-    let done = execute(&env, &p).await;
+    let done = execute(&ctx, &p).await;
     let sandbox = done.iter().find(|(d, _)| d.namespace == "sandbox").unwrap();
     assert_eq!(sandbox.1, Applied::AlreadyDone);
     let mirrors = done.iter().find(|(d, _)| d.namespace == "mirrors").unwrap();

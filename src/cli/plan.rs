@@ -1,14 +1,14 @@
 //! `plan`: what a job would do, without changing anything.
 
-use super::apply::token_engine;
 use super::common::{emit, namespaces_config, retention_config, tokens_config};
 use super::session::Session;
 use super::tokens_text::{token_plans_json, token_plans_text};
 use super::{CliError, OutputFormat, failed};
-use crate::app;
 use crate::config::Config;
 use crate::jobs::Steps;
+use crate::namespaces::NamespacesJob;
 use crate::retention::{self, RetentionJob};
+use crate::tokens::TokensJob;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -70,12 +70,7 @@ async fn plan_retention_cmd(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     retention_config(c)?;
-    // The state remembers the in-use sources' last counts; a plan without
-    // it still reads them (an empty answer is then not compared).
-    let state = crate::state::Store::open_config(&c.state)
-        .or_else(|_| crate::state::Store::in_memory())
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    let session = Session::open(c, state).await?;
+    let session = Session::open(c, plan_state(c)?).await?;
     // As `apply retention` would see it: server-side rules block there.
     let plan = RetentionJob
         .plan(&session.context())
@@ -94,6 +89,14 @@ async fn plan_retention_cmd(
     };
     emit(args.output.as_deref(), &text, out)?;
     partial_result(&plan.plan)
+}
+
+/// The state a plan reads (the in-use sources' last counts): without it a
+/// plan is still made (an empty in-use answer is then not compared).
+fn plan_state(c: &Config) -> Result<crate::state::Store, CliError> {
+    crate::state::Store::open_config(&c.state)
+        .or_else(|_| crate::state::Store::in_memory())
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// Warn about every instance that could not be listed.
@@ -116,25 +119,18 @@ pub(super) fn partial_result(plan: &retention::Plan) -> Result<(), CliError> {
     }
 }
 
-pub(super) async fn namespace_plan(
-    c: &Config,
-    conn: &app::Connection,
-) -> Result<crate::namespaces::NamespacePlan, CliError> {
-    let nc = namespaces_config(c)?;
-    let listed = crate::namespaces::list(&conn.client, c)
-        .await
-        .map_err(|e| failed(e, "listing namespaces"))?;
-    Ok(crate::namespaces::plan(nc, &listed))
-}
-
 pub(super) async fn plan_namespaces_cmd(
     c: &Config,
     args: &PlanTableArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     namespaces_config(c)?;
-    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
-    let plan = namespace_plan(c, &conn).await?;
+    let session = Session::open(c, plan_state(c)?).await?;
+    let plan = NamespacesJob
+        .plan(&session.context())
+        .await
+        .map_err(|e| failed(e, "listing namespaces"))?
+        .plan;
     let text = match args.format {
         OutputFormat::Json => {
             serde_json::to_string_pretty(&serde_json::json!({
@@ -159,16 +155,14 @@ pub(super) async fn plan_tokens_cmd(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     tokens_config(c)?;
-    let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
-    let state =
-        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
-    let plans = token_engine(c, &conn, &state)
-        .plan()
+    let session = Session::open(c, super::apply::open_state(c)?).await?;
+    let plan = TokensJob
+        .plan(&session.context())
         .await
         .map_err(|e| failed(e, "planning tokens"))?;
     let text = match args.format {
-        OutputFormat::Json => token_plans_json(&plans),
-        OutputFormat::Table => token_plans_text(&plans),
+        OutputFormat::Json => token_plans_json(&plan.plans),
+        OutputFormat::Table => token_plans_text(&plan.plans),
     };
     emit(args.output.as_deref(), &text, out)
 }

@@ -2,11 +2,9 @@
 //! audit record, then ModifyNamespaceType.
 
 use super::planner::{Decision, NamespacePlan};
-use crate::config::Config;
-use crate::kcr::{Client, DescribeNamespace, ModifyNamespaceType};
-use crate::metrics::Metrics;
-use crate::state::{AuditGuard, AuditStatus, Mutation, Store};
-use tokio_util::sync::CancellationToken;
+use crate::jobs::JobContext;
+use crate::kcr::{DescribeNamespace, ModifyNamespaceType};
+use crate::state::{AuditGuard, AuditStatus, Mutation};
 
 /// How one change ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,23 +29,16 @@ impl Applied {
     }
 }
 
-pub struct ExecEnv<'a> {
-    pub client: &'a Client,
-    pub config: &'a Config,
-    pub state: &'a Store,
-    pub metrics: Option<&'a Metrics>,
-    pub cancel: Option<&'a CancellationToken>,
-    pub run_id: Option<i64>,
-}
-
-/// Apply the plan's changes (not when blocked). Stops between changes when cancelled.
-pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, Applied)> {
+/// Apply the plan's changes (not when blocked) with the run's client,
+/// state and metrics. Stops between changes when cancelled.
+pub async fn execute(env: &JobContext, plan: &NamespacePlan) -> Vec<(Decision, Applied)> {
     let mut out = Vec::new();
     if plan.blocked.is_some() {
         return out;
     }
+    env.watch.begin(plan.changes().count() as u64);
     for d in plan.changes() {
-        if env.cancel.is_some_and(|c| c.is_cancelled()) {
+        if env.cancel.is_cancelled() {
             break;
         }
         let detail = format!(
@@ -81,18 +72,18 @@ pub async fn execute(env: &ExecEnv<'_>, plan: &NamespacePlan) -> Vec<(Decision, 
             Some(why) => format!("{status}: {why}"),
             None => status.to_string(),
         };
-        if matches!(result, Applied::Applied)
-            && let Some(m) = env.metrics
-        {
-            m.namespaces.changed(&d.instance, d.desired);
+        if matches!(result, Applied::Applied) {
+            env.metrics.namespaces.changed(&d.instance, d.desired);
         }
+        env.watch.tick();
         tracing::info!(instance = %d.instance, namespace = %d.namespace, to = d.desired, outcome = %outcome, public = target_public, "namespace policy");
         out.push((d.clone(), result));
     }
+    env.watch.end();
     out
 }
 
-fn mutation<'a>(env: &ExecEnv<'_>, d: &'a Decision, detail: &'a str) -> Mutation<'a> {
+fn mutation<'a>(env: &JobContext, d: &'a Decision, detail: &'a str) -> Mutation<'a> {
     Mutation {
         job: "namespaces",
         run_id: env.run_id,
@@ -105,7 +96,7 @@ fn mutation<'a>(env: &ExecEnv<'_>, d: &'a Decision, detail: &'a str) -> Mutation
 
 /// Re-read, then (write-ahead audit record, then) change. Returns the
 /// outcome and the audit record started for the call, if one was.
-async fn apply_one(env: &ExecEnv<'_>, d: &Decision, detail: &str) -> (Applied, Option<AuditGuard>) {
+async fn apply_one(env: &JobContext, d: &Decision, detail: &str) -> (Applied, Option<AuditGuard>) {
     let Some(inst) = env.config.instance_by_name(&d.instance) else {
         return (Applied::Stale("instance no longer configured".into()), None);
     };

@@ -14,15 +14,14 @@ pub mod executor;
 pub mod planner;
 pub mod report;
 
-pub use executor::{Applied, ExecEnv, execute};
+pub use executor::{Applied, execute};
 pub use planner::{Change, Decision, Listed, NamespacePlan, plan};
 pub use report::{render_table, summary};
 
-use crate::config::{Config, Mode, NamespacesConfig};
-use crate::jobs::{Job, JobContext, JobError, Outcome};
+use crate::config::{Config, NamespacesConfig};
+use crate::jobs::{JobContext, JobError, Outcome};
 use crate::kcr::{Client, DescribeNamespace};
 use crate::metrics::Metrics;
-use futures::future::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
@@ -75,21 +74,44 @@ pub fn export_metrics(m: &Metrics, plan: &NamespacePlan, applied: &[(Decision, A
     }));
 }
 
+fn namespaces_config(ctx: &JobContext) -> Result<&NamespacesConfig, JobError> {
+    ctx.config
+        .namespaces
+        .as_ref()
+        .ok_or_else(|| JobError::Config("no [namespaces] section in the configuration".into()))
+}
+
+/// The namespace job: plan (list every namespace, pure policy), then apply
+/// (in enforce mode or a one-shot apply: re-read, audit, change each drift).
 pub struct NamespacesJob;
 
-impl NamespacesJob {
-    async fn run_inner(
-        &self,
-        ctx: &JobContext,
-        nc: &NamespacesConfig,
-    ) -> Result<Outcome, JobError> {
+/// What the namespace job plans, and whether its apply changes anything.
+pub struct NamespacesPlan {
+    pub plan: NamespacePlan,
+    /// Enforce mode, or a one-shot `apply`.
+    pub enforce: bool,
+}
+
+impl crate::jobs::Steps for NamespacesJob {
+    const NAME: &'static str = "namespaces";
+    type Plan = NamespacesPlan;
+
+    async fn plan(&self, ctx: &JobContext) -> Result<NamespacesPlan, JobError> {
+        let nc = namespaces_config(ctx)?;
         let listed = list(&ctx.client, &ctx.config).await.inspect_err(|e| {
             let NamespaceError::Listing { instance, .. } = e;
             ctx.metrics.api.reached(instance, false);
         })?;
-        let plan = plan(nc, &listed);
+        Ok(NamespacesPlan {
+            plan: plan(nc, &listed),
+            enforce: ctx.enforcing(nc.mode),
+        })
+    }
+
+    async fn apply(&self, ctx: &JobContext, p: NamespacesPlan) -> Result<Outcome, JobError> {
+        let plan = p.plan;
         let text = summary(&plan);
-        if nc.mode == Mode::DryRun {
+        if !p.enforce {
             export_metrics(&ctx.metrics, &plan, &[]);
             return Ok(Outcome::Success(format!("dry-run: {text}")));
         }
@@ -97,18 +119,19 @@ impl NamespacesJob {
             export_metrics(&ctx.metrics, &plan, &[]);
             return Ok(Outcome::Blocked(b.clone()));
         }
-        let env = ExecEnv {
-            client: &ctx.client,
-            config: &ctx.config,
-            state: &ctx.state,
-            metrics: Some(&ctx.metrics),
-            cancel: Some(&ctx.cancel),
-            run_id: ctx.run_id,
-        };
-        let applied = execute(&env, &plan).await;
+        let applied = execute(ctx, &plan).await;
         export_metrics(&ctx.metrics, &plan, &applied);
-        if ctx.cancel.is_cancelled() {
-            return Err(JobError::Cancelled);
+        for (d, r) in &applied {
+            let what = match r {
+                Applied::Applied => "changed".to_string(),
+                Applied::AlreadyDone => "already as desired".to_string(),
+                Applied::Stale(why) => format!("skipped: {why}"),
+                Applied::Failed(why) => format!("FAILED: {why}"),
+            };
+            ctx.watch.note(format!(
+                "{}/{} → {}: {what}",
+                d.instance, d.namespace, d.desired
+            ));
         }
         let failed: Vec<String> = applied
             .iter()
@@ -122,6 +145,11 @@ impl NamespacesJob {
             .filter(|(_, r)| matches!(r, Applied::Applied | Applied::AlreadyDone))
             .count();
         let text = format!("enforce: {text}; {done} changed");
+        if ctx.cancel.is_cancelled() {
+            return Err(JobError::Stopped(format!(
+                "{text}; cancelled before the end"
+            )));
+        }
         if !failed.is_empty() {
             return Err(JobError::Actions {
                 summary: format!("{text}; failed: {}", failed.join(", ")),
@@ -129,22 +157,5 @@ impl NamespacesJob {
             });
         }
         Ok(Outcome::Success(text))
-    }
-}
-
-impl Job for NamespacesJob {
-    fn name(&self) -> &'static str {
-        "namespaces"
-    }
-
-    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
-        Box::pin(async move {
-            let Some(nc) = ctx.config.namespaces.clone() else {
-                return Err(JobError::Config(
-                    "no [namespaces] section in the configuration".into(),
-                ));
-            };
-            self.run_inner(ctx, &nc).await
-        })
     }
 }

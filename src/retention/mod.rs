@@ -23,7 +23,6 @@ use crate::config::{Config, RetentionConfig};
 use crate::jobs::{JobContext, JobError, Outcome};
 use chrono::{DateTime, Utc};
 use executor::{ExecEnv, Executed, Target};
-use futures::future::BoxFuture;
 use report::{Report, ReportInstance};
 
 /// The actions of (instance, namespace, repository, actions) groups with where
@@ -610,8 +609,11 @@ fn note_outcomes(ctx: &JobContext, executed: &Executed) {
 /// one-shot apply: caps, grace, deletions, relief).
 pub struct RetentionJob;
 
-impl RetentionJob {
-    async fn make_plan(&self, ctx: &JobContext) -> Result<RetentionPlan, JobError> {
+impl crate::jobs::Steps for RetentionJob {
+    const NAME: &'static str = "retention";
+    type Plan = RetentionPlan;
+
+    async fn plan(&self, ctx: &JobContext) -> Result<RetentionPlan, JobError> {
         let rc = retention_config(ctx)?;
         let now = ctx.now();
         crate::failpoint::hit("retention.api.list", JobError::Partial)?;
@@ -649,7 +651,7 @@ impl RetentionJob {
         })
     }
 
-    async fn apply_plan(&self, ctx: &JobContext, p: RetentionPlan) -> Result<Outcome, JobError> {
+    async fn apply(&self, ctx: &JobContext, p: RetentionPlan) -> Result<Outcome, JobError> {
         let rc = retention_config(ctx)?;
         store_report(ctx, &p.report, p.now)?;
         let summary = p.summary();
@@ -741,22 +743,5 @@ impl RetentionJob {
             return Err(JobError::Partial(format!("{text}; {why}")));
         }
         Ok(Outcome::Success(text))
-    }
-}
-
-impl crate::jobs::Steps for RetentionJob {
-    const NAME: &'static str = "retention";
-    type Plan = RetentionPlan;
-
-    fn plan<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<RetentionPlan, JobError>> {
-        Box::pin(self.make_plan(ctx))
-    }
-
-    fn apply<'a>(
-        &'a self,
-        ctx: &'a JobContext,
-        plan: RetentionPlan,
-    ) -> BoxFuture<'a, Result<Outcome, JobError>> {
-        Box::pin(self.apply_plan(ctx, plan))
     }
 }

@@ -15,9 +15,8 @@ pub mod rotate;
 pub mod sinks;
 pub mod verify;
 
-use crate::config::{Config, Endpoint, Mode};
-use crate::jobs::{Job, JobContext, JobError, Outcome};
-use futures::future::BoxFuture;
+use crate::config::{Config, Endpoint};
+use crate::jobs::{JobContext, JobError, Outcome};
 use rotate::{Engine, Settings, TokenOutcome};
 
 /// Settings for this config: with the embedded simulator (`sim:demo`),
@@ -47,34 +46,76 @@ pub fn outcome_summary(outcomes: &[TokenOutcome]) -> String {
         .join(" | ")
 }
 
-fn system_clock() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
+/// What the token job plans: each managed token's steps due now and
+/// upcoming (the rotation re-plans each token right before acting, from
+/// the journal and a fresh listing).
+pub struct TokensPlan {
+    pub plans: Vec<planner::TokenPlan>,
+    /// Does apply change anything (enforce mode, or a one-shot `apply`)?
+    pub enforce: bool,
 }
 
-pub struct TokensJob;
+impl TokensPlan {
+    /// No step due now.
+    pub fn is_empty(&self) -> bool {
+        self.plans.iter().all(|p| p.steps.is_empty())
+    }
 
-impl TokensJob {
-    async fn run_inner(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
-        let Some(tc) = &ctx.config.tokens else {
-            return Err(JobError::Config(
-                "no [tokens] section in the configuration".into(),
-            ));
-        };
-        let engine = Engine {
+    /// A rotation is due but backs off after failed attempts.
+    pub fn backing_off(&self) -> bool {
+        self.plans.iter().any(|p| p.backoff_until.is_some())
+    }
+}
+
+impl<'a> Engine<'a> {
+    /// The engine of a job run: the run's client, config, state, metrics,
+    /// cancellation and clock.
+    pub fn for_job(ctx: &'a JobContext) -> Engine<'a> {
+        Engine {
             client: &ctx.client,
             config: &ctx.config,
             state: &ctx.state,
             metrics: Some(&ctx.metrics),
             run_id: ctx.run_id,
             cancel: Some(&ctx.cancel),
-            clock: &system_clock,
+            clock: &*ctx.clock,
             settings: settings_for(&ctx.config, &ctx.client),
-        };
-        if tc.mode == Mode::DryRun {
-            let plans = engine.plan().await?;
+        }
+    }
+}
+
+fn tokens_config(ctx: &JobContext) -> Result<&crate::config::TokensConfig, JobError> {
+    ctx.config
+        .tokens
+        .as_ref()
+        .ok_or_else(|| JobError::Config("no [tokens] section in the configuration".into()))
+}
+
+/// The token job: plan every managed token; apply rotates, adopts,
+/// disables and deletes as due (journaled), or in dry-run says what it would.
+pub struct TokensJob;
+
+impl crate::jobs::Steps for TokensJob {
+    const NAME: &'static str = "tokens";
+    type Plan = TokensPlan;
+
+    async fn plan(&self, ctx: &JobContext) -> Result<TokensPlan, JobError> {
+        let tc = tokens_config(ctx)?;
+        let plans = Engine::for_job(ctx).plan().await?;
+        Ok(TokensPlan {
+            plans,
+            enforce: ctx.enforcing(tc.mode),
+        })
+    }
+
+    async fn apply(&self, ctx: &JobContext, plan: TokensPlan) -> Result<Outcome, JobError> {
+        tokens_config(ctx)?;
+        let engine = Engine::for_job(ctx);
+        if !plan.enforce {
             engine.export_expiry().await;
             engine.export_registry_reachable().await;
-            let text = plans
+            let text = plan
+                .plans
                 .iter()
                 .map(|p| {
                     let steps: Vec<String> = p.steps.iter().map(|s| s.describe()).collect();
@@ -101,15 +142,5 @@ impl TokensJob {
             });
         }
         Ok(Outcome::Success(text))
-    }
-}
-
-impl Job for TokensJob {
-    fn name(&self) -> &'static str {
-        "tokens"
-    }
-
-    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>> {
-        Box::pin(self.run_inner(ctx))
     }
 }
