@@ -105,10 +105,36 @@ fn tokens(dir: &Path, mode: &str) -> String {
 /// and the commands it runs, `pause` apart.
 struct Mode {
     policy: &'static str,
+    /// Policy files the mode needs besides `policy` (their statements are
+    /// added to it).
+    with: &'static [&'static str],
+    /// Prepares the simulator's world before the commands run.
+    setup: fn(&Simulator),
     config: fn(&Path) -> String,
     commands: &'static [&'static [&'static str]],
     pause: Duration,
 }
+
+impl Mode {
+    /// `policy` with the statements of every file of `with` added.
+    fn document(&self) -> Value {
+        let mut doc = policy(self.policy);
+        for extra in self.with {
+            let more = policy(extra)["Statement"].as_array().unwrap().clone();
+            doc["Statement"].as_array_mut().unwrap().extend(more);
+        }
+        doc
+    }
+
+    fn name(&self) -> String {
+        std::iter::once(self.policy)
+            .chain(self.with.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+}
+
+fn no_setup(_: &Simulator) {}
 
 /// What one run of a mode's commands saw.
 struct Seen {
@@ -133,12 +159,13 @@ impl Seen {
 }
 
 async fn run_mode(mode: &Mode, removed: Option<&str>) -> Seen {
-    let doc = policy(mode.policy);
+    let doc = mode.document();
     let sim: Simulator = sim(SimOptions {
         policies: Some(principal(&doc, removed)),
         ..Default::default()
     })
     .await;
+    (mode.setup)(&sim);
     let dir = tempfile::tempdir().unwrap();
     let config = generated_config_with(
         &sim,
@@ -182,31 +209,32 @@ async fn run_mode(mode: &Mode, removed: Option<&str>) -> Seen {
 
 /// Sufficient, used in full, and no action to spare.
 async fn check(mode: Mode) {
-    let granted = allowed(&policy(mode.policy));
+    let granted = allowed(&mode.document());
+    let name = mode.name();
     let seen = run_mode(&mode, None).await;
     assert!(
         seen.succeeded() && seen.denied.is_empty(),
         "{}: not sufficient; refused {:?}\n{}",
-        mode.policy,
+        name,
         seen.denied,
         seen.text()
     );
     assert_eq!(
         seen.used, granted,
         "{}: the policy must grant exactly what the mode calls",
-        mode.policy
+        name
     );
     for action in &granted {
         let without = run_mode(&mode, Some(action)).await;
         assert!(
             !without.succeeded(),
             "{}: without {action} the mode still succeeds: not minimal",
-            mode.policy
+            name
         );
         assert!(
             without.denied.contains(action),
             "{}: without {action}: {:?} refused",
-            mode.policy,
+            name,
             without.denied
         );
     }
@@ -216,6 +244,8 @@ async fn check(mode: Mode) {
 async fn read_only_policy_covers_dry_runs_quota_and_doctor_and_nothing_more() {
     check(Mode {
         policy: "read-only.json",
+        with: &[],
+        setup: no_setup,
         config: |dir| {
             format!(
                 "[retention]\nmode = \"dry-run\"\n{RETENTION}\n{}\n[namespaces]\nmode = \"dry-run\"\ndefault = \"private\"\n\
@@ -239,6 +269,8 @@ async fn read_only_policy_covers_dry_runs_quota_and_doctor_and_nothing_more() {
 async fn retention_enforce_policy_is_sufficient_and_minimal() {
     check(Mode {
         policy: "retention-enforce.json",
+        with: &[],
+        setup: no_setup,
         config: |_| format!("[retention]\nmode = \"enforce\"\n{RETENTION}"),
         commands: &[&["apply", "retention", "--yes"]],
         pause: Duration::ZERO,
@@ -250,6 +282,8 @@ async fn retention_enforce_policy_is_sufficient_and_minimal() {
 async fn namespaces_enforce_policy_is_sufficient_and_minimal() {
     check(Mode {
         policy: "namespaces-enforce.json",
+        with: &[],
+        setup: no_setup,
         // sandbox is public in the demo: made private.
         config: |_| "[namespaces]\nmode = \"enforce\"\ndefault = \"private\"\n".into(),
         commands: &[&["apply", "namespaces", "--yes"]],
@@ -263,6 +297,8 @@ async fn tokens_policy_is_sufficient_and_minimal() {
     // Rotate, disable the old token after overlap, delete it after delete_after.
     check(Mode {
         policy: "tokens.json",
+        with: &[],
+        setup: no_setup,
         config: |dir| tokens(dir, "enforce"),
         commands: &[
             &["apply", "tokens", "--yes"],
@@ -271,6 +307,40 @@ async fn tokens_policy_is_sufficient_and_minimal() {
             &["apply", "tokens", "--yes"],
         ],
         pause: Duration::from_millis(600),
+    })
+    .await;
+}
+
+/// quota-relief.json (with retention-enforce.json, as deploy/iam/README
+/// says) is sufficient for quota relief and minimal: enforce with
+/// `delete_empty_repositories` / `delete_empty_namespaces` deletes an empty
+/// repository and the demo's empty old namespaces, and without either
+/// action the run fails on that refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_relief_policy_is_sufficient_and_minimal() {
+    check(Mode {
+        policy: "retention-enforce.json",
+        with: &["quota-relief.json"],
+        // An empty repository, not updated for 60 days (the demo has none).
+        setup: |sim| {
+            let now = sim.now();
+            sim.world(|w| {
+                let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+                let mut empty = apps.repos["web"].clone();
+                empty.images.clear();
+                empty.update_time = now - chrono::Duration::days(60);
+                apps.repos.insert("old-empty".into(), empty);
+            })
+        },
+        config: |_| {
+            format!(
+                "[retention]\nmode = \"enforce\"\n\
+                 delete_empty_repositories = {{ older_than = \"30d\" }}\n\
+                 delete_empty_namespaces = {{ older_than = \"30d\" }}\n{RETENTION}"
+            )
+        },
+        commands: &[&["apply", "retention", "--yes"]],
+        pause: Duration::ZERO,
     })
     .await;
 }
