@@ -395,3 +395,89 @@ async fn relief_with_a_full_key_deletes_only_inside_the_scope() {
         .collect();
     assert_eq!(gone, BTreeSet::from(["apps/old-empty".to_string()]));
 }
+
+/// The report's `relief` section, field by field, and the CLI's one-shot
+/// `apply retention` (the job's own apply since the one execution path)
+/// carrying it out: exactly the actions the plan listed, then gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relief_json_names_each_action_and_the_cli_apply_carries_it_out() {
+    let sim = sim(SimOptions::default()).await;
+    let now = sim.now();
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty".into(), empty);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}[retention]\ndelete_empty_repositories = {{ older_than = \"30d\" }}\n\
+             delete_empty_namespaces = {{ older_than = \"30d\" }}\n",
+            demo_head(&sim, dir.path())
+        ),
+    )
+    .unwrap();
+    let mut plan = demo_bin(&sim, &["plan", "retention", "--format", "json", "--config"]);
+    plan.arg(&path);
+    let out = output(plan);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let relief = report["relief"].as_array().unwrap();
+    let keys =
+        |a: &serde_json::Value| -> Vec<String> { a.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(relief.len(), 3, "{report}");
+    // A repository: every field; a namespace: no `repository` at all.
+    let repo = &relief[0];
+    assert_eq!(
+        keys(repo),
+        ["action", "instance", "namespace", "reason", "repository"]
+    );
+    assert_eq!(repo["action"], "delete_repository");
+    assert_eq!(repo["instance"], "demo");
+    assert_eq!(repo["namespace"], "apps");
+    assert_eq!(repo["repository"], "old-empty");
+    let why = repo["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with("no image, last updated 6") && why.contains("older_than 30d"),
+        "{why}"
+    );
+    for (entry, ns) in relief[1..].iter().zip(["internal", "tools"]) {
+        assert_eq!(keys(entry), ["action", "instance", "namespace", "reason"]);
+        assert_eq!(entry["action"], "delete_namespace");
+        assert_eq!(entry["namespace"], ns);
+        let why = entry["reason"].as_str().unwrap();
+        assert!(
+            why.starts_with("no repository, created") && why.contains("older_than 30d"),
+            "{why}"
+        );
+    }
+
+    // The one-shot apply (dry-run mode in the file: `apply` is the enforce).
+    let mut apply = demo_bin(&sim, &["apply", "retention", "--yes", "--config"]);
+    apply.arg(&path);
+    let out = output(apply);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("quota relief: 3 deleted"), "{text}");
+    assert!(!repositories(&sim).contains("apps/old-empty"), "{text}");
+    let left = namespaces(&sim);
+    assert!(
+        !left.contains("internal") && !left.contains("tools"),
+        "{left:?}"
+    );
+    assert!(left.contains("scratch"), "10 days old: kept");
+    assert_eq!(sim.count("DeleteRepository"), 1);
+    assert_eq!(sim.count("DeleteNamespace"), 2);
+}
