@@ -126,6 +126,29 @@ def main():
     tokens = call(get, "DescribeInstanceToken", {"InstanceId": DEMO})["TokenSet"]
     check("DeleteInstanceToken removed it", all(t["TokenId"] != token_id for t in tokens), tokens)
 
+    # Step 9: the SDK-only actions our client calls (read-only). The SDK
+    # models DescribeRetentionRule and GetRetentionTrigger; it has no
+    # DescribeExternalEndpoint (not in 1.5.8.114: the name is the Go SDK's and
+    # the terraform provider's), so that one goes through the SDK's own
+    # signed call_judge, as a model would.
+    r = call(get, "DescribeRetentionRule", {"InstanceId": DEMO, "Namespace": "apps"})
+    check("DescribeRetentionRule (SDK model) answers Data as a list", isinstance(r.get("Data"), list), r)
+    r = call(post, "GetRetentionTrigger", {"InstanceId": DEMO, "Namespace": "apps"})
+    check("GetRetentionTrigger (SDK model) answers Data", "Data" in r, r)
+    r = json.loads(post.call_judge("DescribeExternalEndpoint", {"InstanceId": DEMO}, "application/x-www-form-urlencoded"))
+    check(
+        "DescribeExternalEndpoint (SDK-signed call) says Opened for loopback",
+        r.get("Status") == "Opened" and [p["Entry"] for p in r.get("PolicySet", [])] == ["127.0.0.0/8"],
+        r,
+    )
+    # An action this endpoint does not offer: the SDK raises with the code our
+    # client reads as "not supported" (NoSuchEntity), never a failure.
+    try:
+        call(get, "GetRetentionPolicyLogs", {"InstanceId": DEMO, "Namespace": "apps"})
+        check("an action the endpoint does not offer is refused", False, "accepted")
+    except KsyunSDKException as e:
+        check("an action the endpoint does not offer answers NoSuchEntity", "NoSuchEntity" in str(e), str(e))
+
     # 16. Parameter validation answered in the SDK's error shape.
     try:
         call(post, "DescribeNamespace", {"InstanceId": DEMO, "MaxResults": 100})
