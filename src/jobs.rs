@@ -779,6 +779,54 @@ mod tests {
         ));
     }
 
+    /// A job in two steps whose apply hangs in the middle of a change.
+    struct Hangs;
+
+    impl Steps for Hangs {
+        const NAME: &'static str = "hangs";
+        type Plan = u32;
+        async fn plan(&self, _ctx: &JobContext) -> Result<u32, JobError> {
+            Ok(7)
+        }
+        async fn apply(&self, ctx: &JobContext, plan: u32) -> Result<Outcome, JobError> {
+            assert_eq!(plan, 7, "apply gets the plan made before");
+            assert_eq!(ctx.trigger, Trigger::Cli);
+            assert!(ctx.run_id.is_some(), "applied inside a recorded run");
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_applied_now_is_a_recorded_run_and_abandoning_it_closes_the_run() {
+        let (r, _, metrics) = runner(Duration::from_secs(30), "1h");
+        let ctx = r.context(Trigger::Cli, Arc::new(Unwatched));
+        assert_eq!(ctx.run_id, None, "planning is outside a run");
+        let plan = Hangs.plan(&ctx).await.unwrap();
+        let abandon = r.abandon_token();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            abandon.cancel();
+        });
+        let s = r
+            .apply_now(Arc::new(Hangs), plan, Trigger::Cli, Arc::new(Unwatched))
+            .await
+            .expect("not running yet");
+        assert_eq!(s.result, RunResult::Failure);
+        assert_eq!(s.code, Some("cancelled"));
+        assert!(
+            s.error
+                .unwrap()
+                .contains("outcome of the change in flight is unknown")
+        );
+        assert_eq!(metrics.jobs.failures("hangs", "cancelled"), 1);
+        let runs = r.state().runs(Some("hangs"), 10).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].trigger, "cli");
+        assert!(runs[0].finished_at.is_some(), "the run is closed");
+        assert!(!r.is_running("hangs"));
+    }
+
     #[tokio::test]
     async fn shutdown_cancels_running_jobs_and_waits() {
         let (r, _, _) = runner(Duration::from_secs(30), "1h");

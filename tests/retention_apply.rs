@@ -890,6 +890,35 @@ async fn sigterm_stops_between_actions_exits_143_and_closes_the_run() {
     assert_closed(dir.path(), &sim, &config);
 }
 
+/// Issue 12 item 1: a one-shot apply is a run of the job like a daemon
+/// run; Ctrl-C stops it at a safe point and `history` lists it as a failed
+/// `cli` run that says it was cancelled and what it had done.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_leaves_a_cancelled_cli_run_in_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, config, child) = slow_apply(dir.path()).await;
+    signal(&child, "-INT");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert_closed(dir.path(), &sim, &config);
+    let h = run_bin(&sim, &["history", "--config", &config, "--format", "json"]);
+    assert!(h.status.success(), "{}", text(&h));
+    let runs: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let r = &runs[0];
+    assert_eq!(r["job"], "retention", "{r:#}");
+    assert_eq!(r["trigger"], "cli", "{r:#}");
+    assert_eq!(r["result"], "failure", "{r:#}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cancelled before the end") && error.contains("not attempted"),
+        "{r:#}"
+    );
+}
+
 /// Review finding 3: a second Ctrl-C stops at once, yet leaves no
 /// `started` record and no open run (the action in flight: interrupted).
 #[tokio::test(flavor = "multi_thread")]
