@@ -229,7 +229,8 @@ pub struct ServerSide {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerSideState {
-    /// Enabled rules (one line each) and, when known, when they run.
+    /// Enabled rules (one line each) and, when known, when they run
+    /// (`runs 0 0 * * *`) or why that is unknown (`trigger unreadable: AccessDenied`).
     Enabled {
         rules: Vec<String>,
         trigger: Option<String>,
@@ -261,7 +262,7 @@ impl ServerSide {
                 rules.join("; "),
                 trigger
                     .as_deref()
-                    .map(|t| format!(", runs {t}"))
+                    .map(|t| format!(", {t}"))
                     .unwrap_or_default()
             ),
             ServerSideState::NotSupported(code) => format!(

@@ -86,16 +86,22 @@ pub async fn read(client: &Client, inventory: &Inventory, rc: &RetentionConfig) 
                 if enabled.is_empty() {
                     continue;
                 }
-                let trigger = client
+                // When they run; a refusal is shown with its code, not
+                // dropped (a policy missing GetRetentionTrigger is visible).
+                let trigger = match client
                     .call_if_supported(&GetRetentionTrigger {
                         instance_id: instance_id.to_string(),
                         namespace: namespace.to_string(),
                     })
                     .await
-                    .ok()
-                    .and_then(Supported::ok)
-                    .and_then(|t| t.trigger)
-                    .and_then(|t| t.cron.or(t.display_text));
+                {
+                    Ok(Supported::Yes(t)) => t
+                        .trigger
+                        .and_then(|t| t.cron.or(t.display_text))
+                        .map(|when| format!("runs {when}")),
+                    Ok(Supported::No { .. }) => None,
+                    Err(e) => Some(format!("trigger unreadable: {}", e.code())),
+                };
                 ServerSideState::Enabled {
                     rules: enabled,
                     trigger,
