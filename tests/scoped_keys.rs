@@ -543,3 +543,34 @@ async fn skipped_repositories_are_shown_as_skipped_with_the_reason() {
         );
     }
 }
+
+/// Review 2 #7: KCR's own retention rules are read only in namespaces
+/// inside the declared scope — the namespaces outside it whose repositories
+/// refused were asked too, and every report carried their AccessDenied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_rules_are_read_only_inside_the_scope() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = scoped_context(&sim, dir.path(), "scope = [\"apps/**\"]", |t| t);
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Ok(Outcome::Success(s)) => assert!(s.starts_with("enforce"), "{s}"),
+        other => panic!("{other:?}"),
+    }
+    let asked: std::collections::BTreeSet<(String, String)> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("DescribeRetentionRule"))
+        .map(|r| (r.params["Namespace"].clone(), r.code.clone()))
+        .collect();
+    assert_eq!(
+        asked,
+        std::collections::BTreeSet::from([("apps".to_string(), "OK".to_string())])
+    );
+    let report = ctx
+        .state
+        .latest_report("retention", "json")
+        .unwrap()
+        .expect("a report");
+    let body = String::from_utf8_lossy(&report.body).into_owned();
+    assert!(!body.contains("could not be read"), "{body}");
+}

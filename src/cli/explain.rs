@@ -121,7 +121,7 @@ pub(super) async fn run(
     .within_scope(&c.instances);
     let mut plan = retention::planner::plan_in_use(&inventory, rc, now, &in_use, true);
     // KCR's own retention in this namespace, and whether it blocks apply.
-    retention::check_server_side(&conn.client, &inventory, rc, &mut plan, true).await;
+    retention::check_server_side(&conn.client, &inventory, &c.instances, rc, &mut plan, true).await;
     // The namespace's own relief is not judged here: only this repository was listed.
     let relief: Vec<_> = retention::relief::plan_relief(&inventory, &c.instances, rc, now)
         .into_iter()

@@ -82,11 +82,12 @@ pub fn report_instances(config: &Config) -> Vec<ReportInstance> {
 pub async fn check_server_side(
     client: &crate::kcr::Client,
     inventory: &crate::inventory::Inventory,
+    instances: &[crate::config::InstanceConfig],
     rc: &RetentionConfig,
     plan: &mut Plan,
     enforcing: bool,
 ) -> Vec<ServerSide> {
-    let found = server_side::read(client, inventory, rc).await;
+    let found = server_side::read(client, inventory, instances, rc).await;
     apply_server_side(
         plan,
         found.clone(),
@@ -629,8 +630,16 @@ impl crate::jobs::Steps for RetentionJob {
         let enforce = ctx.enforcing(rc.mode);
         // A namespace where KCR's own retention is enabled blocks an
         // enforcing run (unless allowed).
-        let found = check_server_side(&ctx.client, &inventory, rc, &mut plan, enforce).await;
-        server_side::export(&ctx.metrics, &inventory, rc, &found);
+        let found = check_server_side(
+            &ctx.client,
+            &inventory,
+            &ctx.config.instances,
+            rc,
+            &mut plan,
+            enforce,
+        )
+        .await;
+        server_side::export(&ctx.metrics, &inventory, &ctx.config.instances, rc, &found);
         let relief = relief::plan_relief(&inventory, &ctx.config.instances, rc, now);
         export_plan_metrics(ctx, &plan);
         let mut report = Report::from_plan(&plan, rc.mode.as_str(), report_instances(&ctx.config));

@@ -6,24 +6,29 @@
 //! every report, `explain` and `kcr_server_retention_rules`.
 
 use super::planner::{ServerSide, ServerSideState};
-use crate::config::RetentionConfig;
+use crate::config::{InstanceConfig, RetentionConfig};
 use crate::inventory::Inventory;
 use crate::kcr::{
     Client, DescribeRetentionRule, GetRetentionTrigger, ServerRetentionRule, Supported,
 };
 
-/// Namespaces of the inventory that some rule of `rc` covers.
+/// Namespaces of the inventory that some rule of `rc` covers, inside the
+/// instance's declared scope (`instances`, by name): outside it the key is
+/// expected to be refused, and asking would only fill reports with AccessDenied.
 pub fn in_scope<'a>(
     inventory: &'a Inventory,
+    instances: &'a [InstanceConfig],
     rc: &'a RetentionConfig,
 ) -> impl Iterator<Item = (&'a str, &'a str, &'a str)> + 'a {
     inventory.instances.iter().flat_map(move |i| {
+        let declared = instances.iter().find(|c| c.name == i.name);
         i.namespaces
             .iter()
             .filter(move |n| {
-                rc.rules.iter().any(|r| {
-                    r.namespaces.is_empty() || r.namespaces.iter().any(|p| p.is_match(&n.name))
-                })
+                declared.is_none_or(|c| c.namespace_in_scope(&n.name))
+                    && rc.rules.iter().any(|r| {
+                        r.namespaces.is_empty() || r.namespaces.iter().any(|p| p.is_match(&n.name))
+                    })
             })
             .map(move |n| (i.name.as_str(), i.id.as_str(), n.name.as_str()))
     })
@@ -60,10 +65,15 @@ fn describe(rule: &ServerRetentionRule) -> String {
 /// namespaces with something to say are returned: enabled rules, rules that
 /// could not be read, and (once per instance) an endpoint that does not
 /// offer the action. Never fails: an error is recorded as `Unreadable`.
-pub async fn read(client: &Client, inventory: &Inventory, rc: &RetentionConfig) -> Vec<ServerSide> {
+pub async fn read(
+    client: &Client,
+    inventory: &Inventory,
+    instances: &[InstanceConfig],
+    rc: &RetentionConfig,
+) -> Vec<ServerSide> {
     let mut out = Vec::new();
     let mut unsupported: Vec<&str> = Vec::new();
-    for (instance, instance_id, namespace) in in_scope(inventory, rc) {
+    for (instance, instance_id, namespace) in in_scope(inventory, instances, rc) {
         if unsupported.contains(&instance) {
             continue;
         }
@@ -124,10 +134,11 @@ pub async fn read(client: &Client, inventory: &Inventory, rc: &RetentionConfig) 
 pub fn export(
     metrics: &crate::metrics::Metrics,
     inventory: &Inventory,
+    instances: &[InstanceConfig],
     rc: &RetentionConfig,
     found: &[ServerSide],
 ) {
-    for (instance, _, namespace) in in_scope(inventory, rc) {
+    for (instance, _, namespace) in in_scope(inventory, instances, rc) {
         let hit = found
             .iter()
             .find(|s| s.instance == instance && (s.namespace == namespace || s.namespace == "*"));
