@@ -71,7 +71,8 @@ pub(super) async fn run(
         let updated_at = match rc.delete_empty_repositories {
             Some(_) if images.is_empty() => conn
                 .client
-                .call(&crate::kcr::DescribeRepository {
+                // Every page: the endpoint may ignore the filter.
+                .list_all(crate::kcr::DescribeRepository {
                     repo_name: Some(repository.to_owned()),
                     ..crate::kcr::DescribeRepository::all(&inst.id, namespace)
                 })
@@ -82,7 +83,6 @@ pub(super) async fn run(
                         &format!("describing {}/{namespace}/{repository}", inst.name),
                     )
                 })?
-                .items
                 .into_iter()
                 .find(|r| r.repo_name == repository)
                 .and_then(|r| r.update_time)

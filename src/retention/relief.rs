@@ -219,13 +219,15 @@ async fn relieve(env: &ExecEnv<'_>, instance_id: &str, a: &ReliefAction) -> Outc
         failpoint::hit("retention.relief.verify", ReliefError::Injected)?;
         match &a.repository {
             Some(repo) => {
+                // "Gone" only from a complete listing: every page, checked
+                // against TotalCount (an endpoint may ignore the filter).
                 let listed = client
-                    .call(&DescribeRepository {
+                    .list_all(DescribeRepository {
                         repo_name: Some(repo.clone()),
                         ..DescribeRepository::all(instance_id, &a.namespace)
                     })
                     .await?;
-                if !listed.items.iter().any(|r| &r.repo_name == repo) {
+                if !listed.iter().any(|r| &r.repo_name == repo) {
                     return Ok(Some(Outcome::AlreadyDone));
                 }
                 let images = client

@@ -267,11 +267,16 @@ fn required_bool(p: &ParamMap, key: &str) -> Result<bool, ApiError> {
 }
 
 /// `Key.1`, `Key.2`, … (N from 1 to 100, as the reference writes them; the
-/// official Python SDK counts from 0, so `Key.0` is taken too), plus a bare `Key`.
+/// official Python SDK counts from 0, so `Key.0` is taken too). A bare `Key`
+/// is refused: the reference types these parameters Array of String, and a
+/// client sending the bare form would filter nothing on the real service.
 fn list_param(p: &ParamMap, key: &str) -> Result<Vec<String>, ApiError> {
     let mut out = Vec::new();
-    if let Some(v) = optional(p, key) {
-        out.push(v.to_owned());
+    if optional(p, key).is_some() {
+        return Err(ApiError::invalid_because(
+            key,
+            &format!("a list parameter: send {key}.1, {key}.2, …"),
+        ));
     }
     let prefix = format!("{key}.");
     let mut indexed: Vec<(u32, &String)> = Vec::new();
@@ -976,4 +981,30 @@ pub fn uuid_from(bits: u128) -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> ParamMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Review 2 #8: list parameters are `Key.N` (N from 1, or from 0 as the
+    /// Python SDK sends them); the bare `Key` is refused, naming the form.
+    #[test]
+    fn list_parameters_are_indexed_and_a_bare_key_is_refused() {
+        let p = params(&[("RepoName.2", "b"), ("RepoName.1", "a")]);
+        assert_eq!(list_param(&p, "RepoName").unwrap(), ["a", "b"]);
+        let p = params(&[("InstanceId.0", "i")]);
+        assert_eq!(list_param(&p, "InstanceId").unwrap(), ["i"]);
+        assert!(list_param(&params(&[]), "RepoName").unwrap().is_empty());
+        let e = list_param(&params(&[("RepoName", "web")]), "RepoName").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "InvalidParameterValue"));
+        assert!(e.message.contains("RepoName.1"), "{}", e.message);
+    }
 }

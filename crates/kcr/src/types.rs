@@ -620,7 +620,8 @@ impl Action for DescribeRepository {
     fn write_params(&self, p: &mut Params) {
         p.set("InstanceId", &self.instance_id)
             .set("Namespace", &self.namespace)
-            .set_opt("RepoName", self.repo_name.as_deref());
+            // An Array of String in the reference: `RepoName.1`.
+            .set_list("RepoName", self.repo_name.as_slice());
         write_page(p, self.marker, self.max_results);
     }
 }
@@ -1058,6 +1059,23 @@ mod tests {
             assert!(r.rules.is_empty(), "{none}");
         }
         assert!(serde_json::from_str::<RetentionRules>(r#"{"Data":"x"}"#).is_err());
+    }
+
+    /// Review 2 #8: DescribeRepository's RepoName is an Array of String in
+    /// the reference, sent as `RepoName.1` (a bare `RepoName` is not it).
+    #[test]
+    fn describe_repository_sends_repo_name_as_a_list() {
+        let mut p = Params::default();
+        DescribeRepository {
+            repo_name: Some("web".into()),
+            ..DescribeRepository::all("i", "apps")
+        }
+        .write_params(&mut p);
+        assert_eq!(p.get("RepoName.1"), Some("web"));
+        assert_eq!(p.get("RepoName"), None);
+        let mut p = Params::default();
+        DescribeRepository::all("i", "apps").write_params(&mut p);
+        assert!(p.0.iter().all(|(k, _)| !k.starts_with("RepoName")), "{p:?}");
     }
 
     /// Review 2 #3: an answer without `Data` (another shape) is not "no
