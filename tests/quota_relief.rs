@@ -178,7 +178,7 @@ async fn a_repository_filled_since_planning_is_not_deleted() {
     };
     let out = kcr_housekeeper::retention::relief::execute(&env, &ctx.config, planned).await;
     assert!(
-        matches!(&out[0].1, kcr_housekeeper::retention::executor::Outcome::Stale(why) if why.contains("holds 1 images")),
+        matches!(&out.results[0].1, kcr_housekeeper::retention::executor::Outcome::Stale(why) if why.contains("holds 1 images")),
         "{out:?}"
     );
     assert!(repositories(&sim).contains("apps/old-empty"));
@@ -480,4 +480,76 @@ async fn the_relief_json_names_each_action_and_the_cli_apply_carries_it_out() {
     assert!(left.contains("scratch"), "10 days old: kept");
     assert_eq!(sim.count("DeleteRepository"), 1);
     assert_eq!(sim.count("DeleteNamespace"), 2);
+}
+
+/// A world with one empty repository, not updated for 60 days.
+async fn sim_with_old_empty_repository() -> Simulator {
+    let sim = sim(SimOptions::default()).await;
+    let now = sim.now();
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty".into(), empty);
+    });
+    sim
+}
+
+/// Review 2 #9: a cancelled run with relief left undone is not a success
+/// (relief just stopped, and the run said success with work skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_relief_is_not_a_success() {
+    let sim = sim_with_old_empty_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &sim,
+        dir.path(),
+        "delete_empty_repositories = { older_than = \"30d\" }",
+    );
+    ctx.cancel.cancel();
+    let result = kcr_housekeeper::retention::RetentionJob.run(&ctx).await;
+    assert!(
+        matches!(&result, Err(kcr_housekeeper::jobs::JobError::Stopped(s)) if s.contains("1 not attempted")),
+        "{result:?}"
+    );
+    assert!(repositories(&sim).contains("apps/old-empty"));
+}
+
+/// Review 2 #9: an audit record of a relief delete that cannot be finished
+/// fails the run (exit 1), as the executor's do — it was only logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritten_relief_audit_record_fails_the_run() {
+    let sim = sim_with_old_empty_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}[retention]\nmode = \"enforce\"\ndelete_empty_repositories = {{ older_than = \"30d\" }}\n",
+            demo_head(&sim, dir.path())
+        ),
+    )
+    .unwrap();
+    let creds = sim.credentials();
+    let apply = |failpoint: &str| {
+        let mut c = bin(
+            &sim_secret(&sim),
+            &["apply", "retention", "--yes", "--config"],
+        );
+        c.arg(&path)
+            .env("AK", &creds.access_key_id)
+            .env("SK", sim_secret(&sim))
+            .env("KCR_HOUSEKEEPER_FAILPOINT", failpoint);
+        output(c)
+    };
+    let o = apply("retention.relief.audit_finish=error");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("1 audit records not written"),
+        "{}",
+        text(&o)
+    );
+    // The delete itself went through (the record was begun before it).
+    assert!(!repositories(&sim).contains("apps/old-empty"));
 }

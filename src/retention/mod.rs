@@ -699,29 +699,12 @@ impl crate::jobs::Steps for RetentionJob {
         executed.waiting = g.waiting;
         note_outcomes(ctx, &executed);
         let relieved = if executed.stopped.is_some() || executed.cancelled {
-            Vec::new()
+            relief::Relieved::skipped(g.relief_ready.len())
         } else {
             relief::execute(&env, &ctx.config, g.relief_ready).await
         };
-        let relief_done = relieved
-            .iter()
-            .filter(|(_, o)| {
-                matches!(
-                    o,
-                    executor::Outcome::Applied | executor::Outcome::AlreadyDone
-                )
-            })
-            .count();
-        let relief_failed: Vec<String> =
-            relieved
-                .iter()
-                .filter_map(|(a, o)| match o {
-                    executor::Outcome::Failed(why) | executor::Outcome::Unknown(why) => Some(
-                        format!("{} {}/{}: {why}", a.action.as_str(), a.instance, a.target()),
-                    ),
-                    _ => None,
-                })
-                .collect();
+        let relief_done = relieved.done();
+        let relief_failed = relieved.failures();
         if executed.done() > 0 || relief_done > 0 {
             ctx.inventory.invalidate().await;
         }
@@ -729,20 +712,32 @@ impl crate::jobs::Steps for RetentionJob {
             "enforce: planned {summary}; {}",
             executed_summary(&executed)
         );
-        if !relieved.is_empty() || g.relief_waiting > 0 {
+        if !relieved.results.is_empty() || relieved.not_attempted > 0 || g.relief_waiting > 0 {
             text.push_str(&format!(
                 "; quota relief: {relief_done} deleted, {} failed, {} waiting for grace",
                 relief_failed.len(),
                 g.relief_waiting
             ));
+            if relieved.not_attempted > 0 {
+                text.push_str(&format!(", {} not attempted", relieved.not_attempted));
+            }
+            if relieved.audit_errors > 0 {
+                text.push_str(&format!(
+                    ", {} audit records not written",
+                    relieved.audit_errors
+                ));
+            }
+        }
+        if let Some(why) = &relieved.stopped {
+            text.push_str(&format!("; {why}"));
         }
         for f in &relief_failed {
             text.push_str(&format!("; FAILED {f}"));
         }
-        if executed.cancelled {
+        if executed.cancelled || relieved.cancelled {
             return Err(JobError::Stopped(text));
         }
-        if executed.has_failures() || !relief_failed.is_empty() {
+        if executed.has_failures() || relieved.has_failures() {
             return Err(JobError::Actions {
                 summary: text,
                 code: "actions",

@@ -153,19 +153,83 @@ pub fn plan_relief(
     out
 }
 
+/// What applying relief did: as [`super::executor::Executed`], a
+/// cancellation, a stop and an unwritten audit record are counted, never
+/// silently dropped — the run must not say success with relief unfinished.
+#[derive(Debug, Default)]
+pub struct Relieved {
+    pub results: Vec<(ReliefAction, Outcome)>,
+    pub cancelled: bool,
+    /// Actions never attempted (cancelled, stopped, or the run stopped
+    /// before relief began).
+    pub not_attempted: usize,
+    /// Why relief stopped before the end (too many failures in a row).
+    pub stopped: Option<String>,
+    /// Audit records that could not be written (the run fails).
+    pub audit_errors: usize,
+}
+
+impl Relieved {
+    /// Nothing attempted: `n` actions left because the run stopped first.
+    pub fn skipped(n: usize) -> Relieved {
+        Relieved {
+            not_attempted: n,
+            ..Default::default()
+        }
+    }
+    pub fn done(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Applied | Outcome::AlreadyDone))
+            .count()
+    }
+    /// Lines for each action that failed or whose outcome is unknown.
+    pub fn failures(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter_map(|(a, o)| match o {
+                Outcome::Failed(why) | Outcome::Unknown(why) => Some(format!(
+                    "{} {}/{}: {why}",
+                    a.action.as_str(),
+                    a.instance,
+                    a.target()
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+    /// Something went wrong or was left undone.
+    pub fn has_failures(&self) -> bool {
+        !self.failures().is_empty()
+            || self.stopped.is_some()
+            || self.audit_errors > 0
+            || self.not_attempted > 0
+    }
+}
+
 /// Apply relief actions in order: audit, re-check emptiness, delete. Stops
-/// when cancelled. Returns each action's outcome.
-pub async fn execute(
-    env: &ExecEnv<'_>,
-    config: &Config,
-    actions: Vec<ReliefAction>,
-) -> Vec<(ReliefAction, Outcome)> {
-    let mut out = Vec::new();
-    for a in actions {
+/// between actions when cancelled and after `[kcr] max_consecutive_failures`
+/// failed actions in a row; what was left is counted as not attempted.
+pub async fn execute(env: &ExecEnv<'_>, config: &Config, actions: Vec<ReliefAction>) -> Relieved {
+    let mut out = Relieved::default();
+    let total = actions.len();
+    let mut failures_in_row = 0u32;
+    for (i, a) in actions.into_iter().enumerate() {
         if env.cancel.is_cancelled() {
+            out.cancelled = true;
+            out.not_attempted = total - i;
+            break;
+        }
+        let limit = env.client.max_consecutive_failures();
+        if failures_in_row >= limit {
+            out.stopped = Some(format!(
+                "quota relief stopped after {failures_in_row} failed actions in a row ([kcr] max_consecutive_failures = {limit})"
+            ));
+            out.not_attempted = total - i;
             break;
         }
         let Some(inst) = config.instance_by_name(&a.instance) else {
+            out.not_attempted += 1;
             continue;
         };
         let target = a.target();
@@ -198,16 +262,22 @@ pub async fn execute(
             let finished = failpoint::hit("retention.relief.audit_finish", StateError::Injected)
                 .and_then(|()| guard.finish(status, error));
             if let Err(e) = finished {
+                out.audit_errors += 1;
                 tracing::error!(error = %e, target = %target, "cannot write the audit record");
             }
         }
-        if matches!(outcome, Outcome::Applied | Outcome::AlreadyDone) {
-            env.metrics
-                .retention
-                .deleted(&a.instance, a.action.as_str());
+        match &outcome {
+            Outcome::Applied | Outcome::AlreadyDone => {
+                failures_in_row = 0;
+                env.metrics
+                    .retention
+                    .deleted(&a.instance, a.action.as_str());
+            }
+            Outcome::Failed(_) | Outcome::Unknown(_) => failures_in_row += 1,
+            Outcome::Stale(_) => failures_in_row = 0,
         }
         tracing::info!(instance = %a.instance, action = a.action.as_str(), target = %target, outcome = ?outcome, "quota relief");
-        out.push((a, outcome));
+        out.results.push((a, outcome));
     }
     out
 }
