@@ -37,7 +37,8 @@
 //!   the tokens job's: [`crate::tokens::journal::RotationRecord`]);
 //! - `grace.rs`: grace marks (how long an action has been planned);
 //! - `reports.rs`: the latest reports, served over HTTP;
-//! - `copy.rs`: copying every table from one store to another (`state copy`).
+//! - `copy.rs`: copying every table from one store to another (`state copy`);
+//! - `lease.rs`: the leader lease row and the fence on writes (PostgreSQL).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::Connection;
@@ -48,6 +49,7 @@ mod audit;
 mod copy;
 mod grace;
 mod journal;
+mod lease;
 mod pg;
 mod reports;
 mod runs;
@@ -58,6 +60,7 @@ mod suite;
 pub use audit::{AUDIT_INTERRUPTED_WHY, AuditGuard, AuditRecord, AuditStatus, Mutation};
 pub use copy::{COPIED_TABLES, CopyError};
 pub use journal::TokenBackoff;
+pub use lease::{Fence, LeaseState};
 pub use reports::StoredReport;
 pub use runs::{RunRecord, RunResult};
 pub use schema::SCHEMA_VERSION;
@@ -111,6 +114,16 @@ pub enum StateError {
         "state {at}: no answer within {secs}s; the connection was dropped (the statement may or may not have taken effect)"
     )]
     Timeout { at: String, secs: u64 },
+    /// A fenced write found the lease no longer this holder's (taken over,
+    /// expired, or too close to its end): nothing was written.
+    #[error(
+        "state {at}: lease {name} epoch {epoch} is no longer held (taken over or expiring); nothing was written"
+    )]
+    Fenced {
+        at: String,
+        name: String,
+        epoch: i64,
+    },
     #[error("state {at}: the database connection thread stopped")]
     WorkerGone { at: String },
     /// The URL is never repeated: it may hold a password.
@@ -351,6 +364,9 @@ pub struct Store {
     at: Arc<str>,
     /// The SQLite file (`None` in memory and on PostgreSQL).
     file: Option<Arc<Path>>,
+    /// Set: every statement runs in a transaction that first checks this
+    /// lease ([`Store::fenced`]; PostgreSQL only).
+    fence: Option<Arc<Fence>>,
 }
 
 #[derive(Clone)]
@@ -492,6 +508,7 @@ impl Store {
         Ok(Store {
             at: pg.location().into(),
             file: None,
+            fence: None,
             backend: Backend::Postgres(Arc::new(pg)),
         })
     }
@@ -579,6 +596,7 @@ impl Store {
             backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
             at: path.display().to_string().into(),
             file: (path != Path::new(":memory:")).then(|| Arc::from(path)),
+            fence: None,
         })
     }
 
@@ -642,7 +660,7 @@ impl Store {
                 };
                 run(&mut conn).map_err(StateError::Sql)
             }
-            Backend::Postgres(pg) => pg.run(stmts, true),
+            Backend::Postgres(pg) => pg.run(stmts, true, self.fence.as_deref().cloned()),
         }
     }
 
@@ -656,7 +674,7 @@ impl Store {
                     .map(|o| vec![o])
                     .map_err(StateError::Sql)
             }
-            Backend::Postgres(pg) => pg.run(stmts, false),
+            Backend::Postgres(pg) => pg.run(stmts, false, self.fence.as_deref().cloned()),
         }?;
         Ok(out.pop().unwrap_or_default())
     }

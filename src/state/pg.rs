@@ -33,7 +33,7 @@
 //! [`IDLE_CHECK`], so that [`Pg::is_up`] tells the truth between jobs.
 
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
-use super::{Outcome, Param, Row, StateError, Stmt, Value};
+use super::{Fence, Outcome, Param, Row, StateError, Stmt, Value};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +54,8 @@ type Answer = Result<Vec<Outcome>, StateError>;
 struct Request {
     stmts: Vec<Stmt>,
     tx: bool,
+    /// Checked first, in the same transaction (which it makes one).
+    fence: Option<Fence>,
     reply: std::sync::mpsc::SyncSender<Answer>,
 }
 
@@ -159,14 +161,20 @@ impl Pg {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Run `stmts` (in one transaction if `tx`) and wait for the answer.
-    pub fn run(&self, stmts: Vec<Stmt>, tx: bool) -> Answer {
+    /// Run `stmts` (in one transaction if `tx` or `fence`; behind the
+    /// fence if given) and wait for the answer.
+    pub fn run(&self, stmts: Vec<Stmt>, tx: bool, fence: Option<Fence>) -> Answer {
         let gone = || StateError::WorkerGone {
             at: self.location.clone(),
         };
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         self.requests
-            .send(Request { stmts, tx, reply })
+            .send(Request {
+                stmts,
+                tx: tx || fence.is_some(),
+                fence,
+                reply,
+            })
             .map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }
@@ -274,6 +282,8 @@ impl Worker {
                 if source
                     .as_db_error()
                     .is_some_and(|d| d.severity() == "ERROR") => {}
+            // The lease was not ours: the database answered.
+            Err(StateError::Fenced { .. }) => self.up.store(true, Ordering::Relaxed),
             // No answer, a broken connection, or the server ending the
             // session (FATAL: terminated, shutting down): drop it (the fate
             // of its last statement is unknown); the next call reconnects.
@@ -296,6 +306,35 @@ impl Worker {
             return Ok(out);
         }
         simple(client, "BEGIN", &at).await?;
+        if let Some(f) = &req.fence {
+            // FOR SHARE: a takeover (an UPDATE of the row) waits for this
+            // transaction, so nothing commits behind a lost lease.
+            let check = Stmt::new(
+                "SELECT 1 FROM leader_lease WHERE name = $1 AND holder = $2 AND epoch = $3
+                 AND valid_until > clock_timestamp() + ($4::float8 * interval '1 millisecond') FOR SHARE",
+                vec![
+                    Param::Text(Some(f.name.clone())),
+                    Param::Text(Some(f.holder.clone())),
+                    Param::Int(Some(f.epoch)),
+                    Param::Int(Some(f.margin.as_millis() as i64)),
+                ],
+            );
+            match statement(client, &check, &at).await {
+                Ok(o) if !o.rows.is_empty() => {}
+                Ok(_) => {
+                    let _ = simple(client, "ROLLBACK", &at).await;
+                    return Err(StateError::Fenced {
+                        at,
+                        name: f.name.clone(),
+                        epoch: f.epoch,
+                    });
+                }
+                Err(e) => {
+                    let _ = simple(client, "ROLLBACK", &at).await;
+                    return Err(e);
+                }
+            }
+        }
         let mut out = Vec::with_capacity(req.stmts.len());
         for s in &req.stmts {
             match statement(client, s, &at).await {

@@ -202,6 +202,23 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     );",
         postgres: "",
     },
+    // 4: the leader lease (Step 10): one row per lease, its holder, the
+    // epoch (the fencing token, +1 on every change of holder) and until when
+    // it is valid, on the database's clock. Not copied by `state copy`.
+    Migration {
+        sqlite: "CREATE TABLE leader_lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            valid_until TEXT NOT NULL
+        );",
+        postgres: "CREATE TABLE leader_lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            epoch BIGINT NOT NULL,
+            valid_until TIMESTAMPTZ NOT NULL
+        );",
+    },
 ];
 
 /// The schema version this build writes and reads.

@@ -187,6 +187,8 @@ suite!(
     install_id_backoff_and_absence_survive_reopening,
     meta_values_round_trip,
     copy_from_sqlite_moves_every_table_and_refuses_a_non_empty_target,
+    one_holder_at_a_time_and_the_epoch_grows_on_every_change,
+    a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied,
 );
 
 fn schema_is_current_and_reopening_migrates_nothing(p: &Place) {
@@ -675,6 +677,125 @@ fn copy_from_sqlite_moves_every_table_and_refuses_a_non_empty_target(p: &Place) 
         "{e}"
     );
     assert_eq!(target.count_rows("audit").unwrap(), 2, "nothing added");
+}
+
+fn one_holder_at_a_time_and_the_epoch_grows_on_every_change(p: &Place) {
+    let a = p.open();
+    let b = p.open();
+    let short = Duration::from_millis(300);
+    if let Place::Sqlite(_) = p {
+        // One host, one replica: the lease is simply held.
+        assert_eq!(
+            a.lease_acquire("leader", "a", short).unwrap(),
+            LeaseState::Held {
+                epoch: 1,
+                remaining: short
+            }
+        );
+        return;
+    }
+    let held = |s: &Store, who: &str, ttl: Duration| match s.lease_acquire("leader", who, ttl) {
+        Ok(LeaseState::Held { epoch, remaining }) => {
+            assert!(
+                remaining <= ttl && remaining > Duration::ZERO,
+                "{remaining:?}"
+            );
+            Some(epoch)
+        }
+        Ok(LeaseState::HeldBy { .. }) => None,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(held(&a, "a", short), Some(1));
+    match b.lease_acquire("leader", "b", short).unwrap() {
+        LeaseState::HeldBy { holder, epoch, .. } => assert_eq!((holder.as_str(), epoch), ("a", 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(held(&a, "a", short), Some(1), "renewed: same epoch");
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(
+        held(&b, "b", Duration::from_secs(30)),
+        Some(2),
+        "expired: taken over"
+    );
+    assert_eq!(held(&a, "a", short), None, "a may not renew b's lease");
+    // A clean release hands over at once, with a new epoch.
+    assert!(
+        !a.lease_release("leader", "a", 1).unwrap(),
+        "not a's any more"
+    );
+    assert!(b.lease_release("leader", "b", 2).unwrap());
+    assert_eq!(held(&a, "a", short), Some(3));
+    // Another lease is independent.
+    assert_eq!(held(&b, "b", short), None, "a holds it");
+    assert!(matches!(
+        b.lease_acquire("other", "b", short).unwrap(),
+        LeaseState::Held { epoch: 1, .. }
+    ));
+}
+
+fn a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied(p: &Place) {
+    let a = p.open();
+    let b = p.open();
+    let LeaseState::Held { epoch, .. } = a
+        .lease_acquire("leader", "a", Duration::from_millis(400))
+        .unwrap()
+    else {
+        panic!("free lease")
+    };
+    let fence = |margin| Fence {
+        name: "leader".into(),
+        holder: "a".into(),
+        epoch,
+        margin,
+    };
+    let fa = a.fenced(fence(Duration::from_millis(50)));
+    let run = fa.start_run("retention", "schedule", now()).unwrap();
+    if let Place::Sqlite(_) = p {
+        return;
+    }
+    // Too close to the end of the lease: refused, though still held.
+    let e = a
+        .fenced(fence(Duration::from_secs(60)))
+        .finish_run(run, now(), RunResult::Success, "x", None)
+        .unwrap_err();
+    assert!(matches!(e, StateError::Fenced { .. }), "{e}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(matches!(
+        b.lease_acquire("leader", "b", Duration::from_secs(30))
+            .unwrap(),
+        LeaseState::Held { epoch: 2, .. }
+    ));
+    // The deposed holder's writes are refused and leave nothing behind.
+    let e = fa
+        .finish_run(run, now(), RunResult::Success, "late", None)
+        .unwrap_err();
+    assert!(matches!(e, StateError::Fenced { epoch: 1, .. }), "{e}");
+    assert!(e.to_string().contains("nothing was written"), "{e}");
+    let e = fa
+        .audit_unsent(
+            &mutation("retention", "delete_tag"),
+            AuditStatus::Applied,
+            None,
+            now(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, StateError::Fenced { .. }), "{e}");
+    assert_eq!(b.run(run).unwrap().unwrap().result, None);
+    assert!(b.audit_since(None).unwrap().is_empty());
+    // The new holder's fenced writes go through; the unfenced store still reads.
+    let fb = b.fenced(Fence {
+        name: "leader".into(),
+        holder: "b".into(),
+        epoch: 2,
+        margin: Duration::from_secs(1),
+    });
+    fb.finish_run(run, now(), RunResult::Failure, "taken over", None)
+        .unwrap();
+    assert_eq!(
+        a.run(run).unwrap().unwrap().result,
+        Some(RunResult::Failure)
+    );
+    assert!(a.is_up(), "a refused write is not a database outage");
 }
 
 #[test]

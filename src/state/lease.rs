@@ -1,0 +1,143 @@
+//! The leader lease (Step 10, PostgreSQL): one row `(name, holder, epoch,
+//! valid_until)` per lease, written only with the database's clock
+//! (`clock_timestamp()`), so replicas' clocks never matter. A holder
+//! acquires a free or expired lease, or renews its own, in one atomic
+//! upsert; the epoch grows by one on every change of holder and is the
+//! fencing token. [`Store::fenced`] gives a store whose every statement runs
+//! in a transaction that first checks, `FOR SHARE`, that the lease is still
+//! this holder's at this epoch with more than a margin left — a takeover
+//! waits for such a transaction, and a write behind a lost lease is
+//! [`StateError::Fenced`], never applied. No advisory lock: the lease is a
+//! row, so it works through PgBouncer's transaction pooling.
+//!
+//! With SQLite (one host, one replica) the lease is simply held: epoch 1,
+//! nothing stored, and a fence checks nothing.
+//!
+//! Not yet wired into the daemon: renewal, cancelling jobs on a lost
+//! lease and followers are the next increment.
+
+use super::{Param, StateError, Stmt, Store, args};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a fenced write checks first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+    /// The lease must stay valid for more than this after the check.
+    pub margin: Duration,
+}
+
+/// The answer of [`Store::lease_acquire`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Ours, at `epoch`, for `remaining` (by the database's clock, from when
+    /// it answered).
+    Held { epoch: i64, remaining: Duration },
+    /// Another holder's (a follower reports it).
+    HeldBy {
+        holder: String,
+        epoch: i64,
+        remaining: Duration,
+    },
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn remaining(v: i64) -> Duration {
+    Duration::from_millis(v.max(0) as u64)
+}
+
+impl Store {
+    fn is_postgres(&self) -> bool {
+        self.backend_name() == "postgresql"
+    }
+
+    /// Acquire the lease `name` for `holder` for `ttl` if it is free or
+    /// expired, or renew it if `holder` holds it. The epoch grows when the
+    /// holder changes.
+    pub fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseState, StateError> {
+        if !self.is_postgres() {
+            return Ok(LeaseState::Held {
+                epoch: 1,
+                remaining: ttl,
+            });
+        }
+        let out = self.tx(vec![
+            Stmt::new(
+                "INSERT INTO leader_lease (name, holder, epoch, valid_until)
+                 VALUES ($1, $2, 1, clock_timestamp() + ($3::float8 * interval '1 millisecond'))
+                 ON CONFLICT (name) DO UPDATE SET
+                   epoch = CASE WHEN leader_lease.holder = excluded.holder
+                           THEN leader_lease.epoch ELSE leader_lease.epoch + 1 END,
+                   holder = excluded.holder,
+                   valid_until = excluded.valid_until
+                 WHERE leader_lease.holder = excluded.holder
+                    OR leader_lease.valid_until <= clock_timestamp()",
+                args![name, holder, ms(ttl)],
+            ),
+            Stmt::new(
+                "SELECT holder, epoch,
+                   (extract(epoch FROM (valid_until - clock_timestamp())) * 1000)::bigint
+                 FROM leader_lease WHERE name = $1",
+                args![name],
+            ),
+        ])?;
+        let rows = self.read(&out[1].rows, |r| {
+            Ok((
+                r.text(0, "leader_lease.holder")?,
+                r.int(1, "leader_lease.epoch")?,
+                r.int(2, "leader_lease.valid_until")?,
+            ))
+        })?;
+        let (who, epoch, left) = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.unreadable("leader_lease (no row after the upsert)".into()))?;
+        Ok(if who == holder && left > 0 {
+            LeaseState::Held {
+                epoch,
+                remaining: remaining(left),
+            }
+        } else {
+            LeaseState::HeldBy {
+                holder: who,
+                epoch,
+                remaining: remaining(left),
+            }
+        })
+    }
+
+    /// Give the lease up at once (a clean shutdown): the next replica need
+    /// not wait for it to expire. Only if it is still `holder`'s at `epoch`.
+    pub fn lease_release(&self, name: &str, holder: &str, epoch: i64) -> Result<bool, StateError> {
+        if !self.is_postgres() {
+            return Ok(true);
+        }
+        let n = self.exec(
+            "UPDATE leader_lease SET valid_until = clock_timestamp() - interval '1 millisecond'
+             WHERE name = $1 AND holder = $2 AND epoch = $3",
+            vec![Param::from(name), Param::from(holder), Param::from(epoch)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// This store, its every statement behind `fence` (PostgreSQL; with
+    /// SQLite the same store).
+    pub fn fenced(&self, fence: Fence) -> Store {
+        let mut s = self.clone();
+        if self.is_postgres() {
+            s.fence = Some(Arc::new(fence));
+        }
+        s
+    }
+}
