@@ -646,3 +646,42 @@ async fn relief_lists_the_permissions_it_needs_and_their_policy() {
         "dry-run deletes nothing"
     );
 }
+
+/// Review 2 #10: `check --online --format json` prints the doctor's JSON
+/// (alone on stdout; the offline summary goes to stderr), with doctor's
+/// exit codes; `--format` without `--online` is a usage error (2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_has_the_json_form() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
+    let check = |args: &[&str], sk: &str| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("check").args(args).args(["--config", &cfg]);
+        c.env("TEST_SK", sk);
+        std::thread::spawn(move || c.output().unwrap())
+            .join()
+            .unwrap()
+    };
+    let out = check(&["--online", "--format", "json"], &sk);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(": OK"),
+        "the offline summary on stderr"
+    );
+    // A bad secret: ✘ in the JSON, exit 1.
+    let out = check(&["--online", "--format", "json"], "wrong-secret");
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let out = check(&["--format", "json"], &sk);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--online"),
+        "{out:?}"
+    );
+}

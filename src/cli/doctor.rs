@@ -18,6 +18,10 @@ pub struct CheckArgs {
     /// Also run every `doctor` check against the API and the registry
     #[arg(long)]
     pub online: bool,
+    /// The online checks' form (`json`: the doctor's JSON alone on stdout,
+    /// the offline summary on stderr); needs --online
+    #[arg(long, value_enum, default_value = "table", requires = "online")]
+    pub format: OutputFormat,
 }
 
 pub(super) async fn run(

@@ -219,9 +219,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Audit(args) => audit::run(&load_local_config(flag)?, &args, out),
         Command::Check(args) => {
             let c = load_config(flag)?;
-            check::run(&c, out)?;
+            if args.format == OutputFormat::Json {
+                // stdout carries the doctor's JSON alone.
+                check::run(&c, &mut std::io::stderr())?;
+            } else {
+                check::run(&c, out)?;
+            }
             if args.online {
-                with(&c, doctor::run(&c, OutputFormat::Table, out).await)?;
+                with(&c, doctor::run(&c, args.format, out).await)?;
             }
             Ok(())
         }
