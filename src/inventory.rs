@@ -299,9 +299,26 @@ impl InventoryCache {
     /// `[inventory] max_age`, taking a new one if needed. Concurrent callers
     /// wait for one listing rather than starting their own.
     pub async fn for_config(&self, client: &Client, config: &Config) -> std::sync::Arc<Inventory> {
+        self.for_config_watched(client, config, &Quiet).await
+    }
+
+    /// As [`InventoryCache::for_config`], telling `progress` how a new
+    /// listing goes (a progress bar on a terminal).
+    pub async fn for_config_watched(
+        &self,
+        client: &Client,
+        config: &Config,
+        progress: &dyn Progress,
+    ) -> std::sync::Arc<Inventory> {
         let needs = Needs::from_config(config);
-        self.get_needed(client, &config.instances, config.inventory.max_age, &needs)
-            .await
+        self.get_needed(
+            client,
+            &config.instances,
+            config.inventory.max_age,
+            &needs,
+            progress,
+        )
+        .await
     }
 
     /// A snapshot of every repository's images no older than `max_age`.
@@ -311,7 +328,7 @@ impl InventoryCache {
         instances: &[InstanceConfig],
         max_age: std::time::Duration,
     ) -> std::sync::Arc<Inventory> {
-        self.get_needed(client, instances, max_age, &Needs::all())
+        self.get_needed(client, instances, max_age, &Needs::all(), &Quiet)
             .await
     }
 
@@ -321,6 +338,7 @@ impl InventoryCache {
         instances: &[InstanceConfig],
         max_age: std::time::Duration,
         needs: &Needs,
+        progress: &dyn Progress,
     ) -> std::sync::Arc<Inventory> {
         let key = format!("{instances:?}\n{}", needs.key());
         let mut latest = self.latest.lock().await;
@@ -331,7 +349,7 @@ impl InventoryCache {
             return inv.clone();
         }
         let inv = std::sync::Arc::new(
-            Inventory::collect_needed(client, instances, Utc::now(), &Quiet, needs).await,
+            Inventory::collect_needed(client, instances, Utc::now(), progress, needs).await,
         );
         // A snapshot with a failed listing is not shared: the next job lists
         // again rather than inheriting the gap for `max_age`. Expected

@@ -74,6 +74,10 @@ pub trait Watch: Send + Sync {
     fn end(&self) {}
     /// A line for the person who started the run (a failed or dropped action).
     fn note(&self, _line: String) {}
+    /// Told how a registry listing goes.
+    fn listing(&self) -> &dyn crate::inventory::Progress {
+        &crate::inventory::Quiet
+    }
 }
 
 /// A [`Watch`] that ignores everything (the daemon).

@@ -3,9 +3,8 @@
 use super::common::{namespaces_config, tokens_config};
 use super::session::Session;
 use super::tokens_text::token_plans_text;
-use super::{CliError, failed, io};
+use super::{CliError, io};
 use crate::config::Config;
-use crate::jobs::Steps;
 use crate::namespaces::NamespacesJob;
 use crate::tokens::TokensJob;
 use clap::{Args, Subcommand};
@@ -60,10 +59,7 @@ pub(super) async fn apply_namespaces_cmd(
 ) -> Result<(), CliError> {
     namespaces_config(c)?;
     let session = Session::open(c, open_state(c)?).await?;
-    let plan = NamespacesJob
-        .plan(&session.context())
-        .await
-        .map_err(|e| failed(e, "listing namespaces"))?;
+    let plan = session.plan(&NamespacesJob, "listing namespaces").await?;
     out.write_all(crate::namespaces::render_table(&plan.plan).as_bytes())
         .map_err(io)?;
     if let Some(b) = &plan.plan.blocked {
@@ -88,10 +84,7 @@ pub(super) async fn apply_tokens_cmd(
 ) -> Result<(), CliError> {
     tokens_config(c)?;
     let session = Session::open(c, open_state(c)?).await?;
-    let plan = TokensJob
-        .plan(&session.context())
-        .await
-        .map_err(|e| failed(e, "planning tokens"))?;
+    let plan = session.plan(&TokensJob, "planning tokens").await?;
     out.write_all(token_plans_text(&plan.plans).as_bytes())
         .map_err(io)?;
     if plan.is_empty() {

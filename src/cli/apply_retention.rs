@@ -8,7 +8,6 @@ use super::plan_file::read_plan_file;
 use super::session::Session;
 use super::{CliError, failed, io};
 use crate::config::Config;
-use crate::jobs::Steps;
 use crate::retention::{self, RetentionJob};
 use chrono::Utc;
 use std::io::Write;
@@ -27,11 +26,7 @@ pub(super) async fn apply_retention_cmd(
         .and_then(|()| crate::state::Store::open_config(&c.state))
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let session = Session::open(c, state).await?;
-    let ctx = session.context();
-    let mut plan = RetentionJob
-        .plan(&ctx)
-        .await
-        .map_err(|e| failed(e, "planning"))?;
+    let mut plan = session.plan(&RetentionJob, "planning").await?;
     super::plan::warn_unlisted(&plan.inventory);
     if let Some((path, report)) = &file {
         let changed = report.config_fingerprint.as_deref()
@@ -86,7 +81,7 @@ pub(super) async fn apply_retention_cmd(
         return partial(&plan);
     }
     let (ready, waiting) = plan
-        .grace_preview(&ctx.state, c, rc.grace)
+        .grace_preview(session.runner.state(), c, rc.grace)
         .map_err(|e| failed(e, "grace marks"))?;
     let relief = match plan.relief.len() {
         0 => String::new(),

@@ -3,9 +3,8 @@
 use super::common::{emit, namespaces_config, retention_config, tokens_config};
 use super::session::Session;
 use super::tokens_text::{token_plans_json, token_plans_text};
-use super::{CliError, OutputFormat, failed};
+use super::{CliError, OutputFormat};
 use crate::config::Config;
-use crate::jobs::Steps;
 use crate::namespaces::NamespacesJob;
 use crate::retention::{self, RetentionJob};
 use crate::tokens::TokensJob;
@@ -72,10 +71,7 @@ async fn plan_retention_cmd(
     retention_config(c)?;
     let session = Session::open(c, plan_state(c)?).await?;
     // As `apply retention` would see it: server-side rules block there.
-    let plan = RetentionJob
-        .plan(&session.context())
-        .await
-        .map_err(|e| failed(e, "planning"))?;
+    let plan = session.plan(&RetentionJob, "planning").await?;
     warn_unlisted(&plan.inventory);
     for r in &plan.plan.idle_rules {
         super::term::warn(&format!("rule {r:?} matches nothing in this registry"));
@@ -126,10 +122,9 @@ pub(super) async fn plan_namespaces_cmd(
 ) -> Result<(), CliError> {
     namespaces_config(c)?;
     let session = Session::open(c, plan_state(c)?).await?;
-    let plan = NamespacesJob
-        .plan(&session.context())
-        .await
-        .map_err(|e| failed(e, "listing namespaces"))?
+    let plan = session
+        .plan(&NamespacesJob, "listing namespaces")
+        .await?
         .plan;
     let text = match args.format {
         OutputFormat::Json => {
@@ -156,10 +151,7 @@ pub(super) async fn plan_tokens_cmd(
 ) -> Result<(), CliError> {
     tokens_config(c)?;
     let session = Session::open(c, super::apply::open_state(c)?).await?;
-    let plan = TokensJob
-        .plan(&session.context())
-        .await
-        .map_err(|e| failed(e, "planning tokens"))?;
+    let plan = session.plan(&TokensJob, "planning tokens").await?;
     let text = match args.format {
         OutputFormat::Json => token_plans_json(&plan.plans),
         OutputFormat::Table => token_plans_text(&plan.plans),

@@ -47,6 +47,16 @@ impl Session {
         self.runner.context(Trigger::Cli, self.watch.clone())
     }
 
+    /// The job's plan, as the daemon's run would make it (with a listing
+    /// progress bar on a terminal); `what` names the step in an error.
+    pub(super) async fn plan<J: Steps>(&self, job: &J, what: &str) -> Result<J::Plan, CliError> {
+        let plan = job.plan(&self.context()).await;
+        if let Some(bar) = self.watch.listing.get() {
+            bar.finish();
+        }
+        plan.map_err(|e| failed(e, what))
+    }
+
     /// Ask (unless `yes`), then apply `plan` as a recorded run (trigger
     /// `cli`), with Ctrl-C/SIGTERM stopping it at the next safe point and a
     /// second one abandoning the change in flight. Prints the lines the run
@@ -95,6 +105,7 @@ fn outcome(s: &RunSummary, signals: &StopSignals, out: &mut dyn Write) -> Result
 /// for standard output.
 #[derive(Default)]
 pub(super) struct CliWatch {
+    listing: std::sync::OnceLock<Bar>,
     bar: Mutex<Option<Bar>>,
     notes: Mutex<Vec<String>>,
 }
@@ -125,5 +136,9 @@ impl Watch for CliWatch {
     }
     fn note(&self, line: String) {
         self.notes.lock().expect("notes lock").push(line);
+    }
+    fn listing(&self) -> &dyn crate::inventory::Progress {
+        self.listing
+            .get_or_init(|| Bar::new("listing", "repositories", 0))
     }
 }

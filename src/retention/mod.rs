@@ -618,7 +618,10 @@ impl crate::jobs::Steps for RetentionJob {
         let rc = retention_config(ctx)?;
         let now = ctx.now();
         crate::failpoint::hit("retention.api.list", JobError::Partial)?;
-        let inventory = ctx.inventory.for_config(&ctx.client, &ctx.config).await;
+        let inventory = ctx
+            .inventory
+            .for_config_watched(&ctx.client, &ctx.config, ctx.watch.listing())
+            .await;
         ctx.metrics.inventory.snapshot(&inventory);
         for inst in &inventory.instances {
             ctx.metrics.api.reached(&inst.name, inst.error.is_none());
