@@ -72,12 +72,22 @@ pub const OUTSIDE_SCOPE: &str = "access denied (outside the instance's scope)";
 /// never planned or relieved, not shown in plans.
 pub const UNMANAGED: &str = "outside the instance's scope (not managed)";
 
-/// The metric label of a skip reason: [`ACCESS_DENIED`] or [`LISTING_FAILED`].
-pub fn skip_label(reason: &str) -> &'static str {
-    if reason.starts_with(ACCESS_DENIED) {
-        ACCESS_DENIED
+/// The metric label of a refusal the config declares expected (outside the
+/// instance's `scope`), apart from the unexpected ones.
+pub const OUTSIDE_SCOPE_LABEL: &str = "outside scope";
+
+/// The metric label of a skip reason: [`OUTSIDE_SCOPE_LABEL`] (expected),
+/// [`ACCESS_DENIED`] or [`LISTING_FAILED`]; `None` for a repository merely
+/// not managed ([`UNMANAGED`]: nothing was refused or failed).
+pub fn skip_label(reason: &str) -> Option<&'static str> {
+    if reason == UNMANAGED {
+        None
+    } else if reason.starts_with(OUTSIDE_SCOPE) {
+        Some(OUTSIDE_SCOPE_LABEL)
+    } else if reason.starts_with(ACCESS_DENIED) {
+        Some(ACCESS_DENIED)
     } else {
-        LISTING_FAILED
+        Some(LISTING_FAILED)
     }
 }
 
@@ -434,13 +444,14 @@ impl Inventory {
     }
 
     /// Skipped listings per (instance, reason label): what
-    /// `kcr_housekeeper_inventory_skipped` exports. Every instance has both
-    /// labels, zero when nothing was skipped for that reason.
+    /// `kcr_housekeeper_inventory_skipped` exports. Every instance has every
+    /// label, zero when nothing was skipped for that reason.
     pub fn skipped_counts(&self) -> Vec<(String, &'static str, u64)> {
         let mut out = Vec::new();
         for i in &self.instances {
             let mut denied = 0;
             let mut failed = 0;
+            let mut outside = 0;
             let reasons = i.error.iter().chain(i.namespaces.iter().flat_map(|n| {
                 n.error
                     .iter()
@@ -448,12 +459,15 @@ impl Inventory {
             }));
             for r in reasons {
                 match skip_label(r) {
-                    ACCESS_DENIED => denied += 1,
-                    _ => failed += 1,
+                    Some(OUTSIDE_SCOPE_LABEL) => outside += 1,
+                    Some(ACCESS_DENIED) => denied += 1,
+                    Some(_) => failed += 1,
+                    None => {}
                 }
             }
             out.push((i.name.clone(), ACCESS_DENIED, denied));
             out.push((i.name.clone(), LISTING_FAILED, failed));
+            out.push((i.name.clone(), OUTSIDE_SCOPE_LABEL, outside));
         }
         out
     }

@@ -650,7 +650,7 @@ impl InventoryMetrics {
         InventoryMetrics {
             skipped: r.int_gauge_vec(
                 "kcr_housekeeper_inventory_skipped",
-                "Listings skipped in the last registry snapshot, by reason (\"access denied\": refused by IAM; \"listing failed\": any other failure).",
+                "Listings skipped in the last registry snapshot, by reason (\"access denied\": refused by IAM where the instance's scope says it should not be; \"outside scope\": refused outside the declared scope, expected; \"listing failed\": any other failure).",
                 &["instance", "reason"],
             ),
         }

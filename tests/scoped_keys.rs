@@ -242,13 +242,16 @@ async fn the_job_counts_refusals_in_the_skipped_metric_and_succeeds_within_its_s
     // ci/builder, mirrors/alpine, publicdocs/site, sandbox/experiment.
     assert_eq!(skipped(&ctx, "access denied"), 4);
     assert_eq!(skipped(&ctx, "listing failed"), 0);
+    assert_eq!(skipped(&ctx, "outside scope"), 0);
 
     let ctx = run_job("scope = [\"apps/**\"]");
     match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
         Ok(Outcome::Success(s)) => assert!(s.starts_with("dry-run"), "{s}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(skipped(&ctx, "access denied"), 4);
+    // Declared expected (review 2 #10): counted apart from unexpected refusals.
+    assert_eq!(skipped(&ctx, "outside scope"), 4);
+    assert_eq!(skipped(&ctx, "access denied"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
