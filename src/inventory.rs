@@ -729,6 +729,105 @@ pub async fn list_images(
 mod tests {
     use super::*;
 
+    fn repo(name: &str, images: usize, skipped: Option<&str>) -> RepositoryInventory {
+        RepositoryInventory {
+            name: name.into(),
+            images: (0..images)
+                .map(|n| ImageInfo {
+                    digest: format!("sha256:{n:064x}").into(),
+                    size: 1,
+                    pushed_at: DateTime::<Utc>::UNIX_EPOCH,
+                    tags: tags(["t"]),
+                })
+                .collect(),
+            skipped: skipped.map(str::to_owned),
+            unlisted: false,
+            updated_at: None,
+        }
+    }
+
+    fn ns(name: &str, repositories: Vec<RepositoryInventory>) -> NamespaceInventory {
+        NamespaceInventory {
+            name: name.into(),
+            public: false,
+            repositories,
+            error: None,
+            created_at: None,
+        }
+    }
+
+    fn instances(scope: &str) -> Vec<InstanceConfig> {
+        let text = format!(
+            "[kcr]\nendpoint = \"sim:demo\"\n[[instances]]\nid = \"i\"\nname = \"prod\"\n{scope}\n"
+        );
+        crate::config::parse(&text, "t.toml", std::path::Path::new("."), &|_: &str| None)
+            .unwrap()
+            .instances
+    }
+
+    /// Review finding 8: what a declared scope keeps of a full listing.
+    #[test]
+    fn within_scope_keeps_what_the_scope_manages_and_every_refusal() {
+        let denied = "access denied (outside the instance's scope): AccessDenied";
+        let inv = std::sync::Arc::new(Inventory {
+            taken_at: DateTime::<Utc>::UNIX_EPOCH,
+            instances: vec![InstanceInventory {
+                name: "prod".into(),
+                id: "i".into(),
+                namespaces: vec![
+                    ns("apps", vec![repo("web", 2, None), repo("worker", 1, None)]),
+                    ns(
+                        "ci",
+                        vec![repo("builder", 3, None), repo("cache", 0, Some(denied))],
+                    ),
+                    ns("tools", vec![]),
+                ],
+                error: None,
+            }],
+        });
+        // No scope: the very same snapshot, not a copy.
+        let same = inv.clone().within_scope(&instances(""));
+        assert!(std::sync::Arc::ptr_eq(&same, &inv));
+
+        let scoped = inv
+            .clone()
+            .within_scope(&instances("scope = [\"apps/web\"]"));
+        type Repo = (String, usize, Option<String>);
+        let view: Vec<(String, Vec<Repo>)> = scoped.instances[0]
+            .namespaces
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    n.repositories
+                        .iter()
+                        .map(|r| (r.name.clone(), r.images.len(), r.skipped.clone()))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                (
+                    "apps".to_string(),
+                    vec![
+                        ("web".to_string(), 2, None),
+                        // Kept, so that apps is never taken for empty.
+                        ("worker".to_string(), 0, Some(UNMANAGED.to_string())),
+                    ]
+                ),
+                // Outside: only its refusal stays, for the report.
+                (
+                    "ci".to_string(),
+                    vec![("cache".to_string(), 0, Some(denied.to_string()))]
+                ),
+            ]
+        );
+        assert!(is_expected_skip(UNMANAGED));
+        assert!(scoped.is_complete());
+    }
+
     #[test]
     fn digests_round_trip_and_order_as_their_text() {
         let texts = [

@@ -124,9 +124,11 @@ pub struct InstanceConfig {
     /// The registry host (`prod.ksyunkcr.com`): needed only by managed
     /// tokens (the login and the docker-config key), required there.
     pub registry: Option<String>,
-    /// `namespace/repository` globs the access key is meant to reach
-    /// (`scope = ["team-a/*"]`); empty = the whole instance. An AccessDenied
-    /// outside it is expected (skipped, not partial); inside it is not.
+    /// `namespace/repository` globs this installation manages (`scope =
+    /// ["team-a/*"]`); empty = the whole instance. Retention plans and
+    /// relieves only inside it ([`crate::inventory::Inventory::within_scope`]).
+    /// An AccessDenied outside it is expected (skipped, not partial); inside
+    /// it is not.
     pub scope: Vec<Pattern>,
 }
 
