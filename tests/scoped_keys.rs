@@ -577,3 +577,58 @@ async fn server_side_rules_are_read_only_inside_the_scope() {
     let body = String::from_utf8_lossy(&report.body).into_owned();
     assert!(!body.contains("could not be read"), "{body}");
 }
+
+/// A reviewed plan file made before the scope was declared: its actions
+/// outside the scope are dropped as "outside the instance's scope", never
+/// applied (and not misreported as gone from the registry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewed_plan_keeps_nothing_outside_the_declared_scope() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = sim.credentials();
+    let admin = |scope: &str| {
+        let cfg = write_config(&sim, dir.path(), scope);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("access_key_id = \"{AK}\""),
+            &format!("access_key_id = \"{}\"", creds.access_key_id),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let bin = |args: &[&str]| run_bin(&sim, args);
+    let cfg = admin("");
+    let out = bin(&["plan", "retention", "--config", &cfg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let file = dir.path().join("reviewed.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outside = report["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["namespace"] != "apps")
+        .map(|r| r["actions"].as_array().unwrap().len())
+        .sum::<usize>();
+    assert!(outside > 0, "the file plans outside apps: {report}");
+
+    let cfg = admin("scope = [\"apps/*\"]");
+    let before_outside = outside_apps(&sim);
+    let out = bin(&[
+        "apply",
+        "retention",
+        "--yes",
+        "--config",
+        &cfg,
+        "--plan",
+        file.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert_eq!(
+        t.matches("outside the instance's scope (not managed)")
+            .count(),
+        outside,
+        "{t}"
+    );
+    assert_eq!(outside_apps(&sim), before_outside, "{t}");
+}

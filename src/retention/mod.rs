@@ -273,7 +273,10 @@ pub fn intersect(
             });
         let listed = ns_listed.and_then(|n| n.repositories.iter().find(|x| x.name == r.repository));
         let image = listed.and_then(|x| x.images.iter().find(|i| i.digest.to_string() == a.digest));
-        let reason = if let Some(why) = unlisted.as_deref() {
+        let reason = if !inst.in_scope(&r.namespace, &r.repository) {
+            // Not managed here: the instance's declared scope leaves it out.
+            format!("{NOT_IN_CURRENT_PLAN}: outside the instance's scope (not managed)")
+        } else if let Some(why) = unlisted.as_deref() {
             format!("{NOT_IN_CURRENT_PLAN}: the repository could not be listed ({why})")
         } else if let Some(why) = repo_plan.and_then(|p| p.skipped.as_deref()) {
             format!("{NOT_IN_CURRENT_PLAN}: the repository could not be listed ({why})")
