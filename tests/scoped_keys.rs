@@ -632,3 +632,48 @@ async fn a_reviewed_plan_keeps_nothing_outside_the_declared_scope() {
     );
     assert_eq!(outside_apps(&sim), before_outside, "{t}");
 }
+
+/// Review 2 #9: quota relief stops after `[kcr] max_consecutive_failures`
+/// failed actions in a row (here a key without DeleteRepository), counting
+/// the rest as not attempted — it went on sending every delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relief_stops_after_failures_in_a_row() {
+    let sim = scoped_sim(&["DeleteImages", "DeleteRepoTag"]).await;
+    let now = sim.now();
+    sim.world(|w| {
+        let apps = w.instances[0].namespaces.get_mut("apps").unwrap();
+        let mut empty = apps.repos["web"].clone();
+        empty.images.clear();
+        empty.update_time = now - chrono::Duration::days(60);
+        apps.repos.insert("old-empty-1".into(), empty.clone());
+        apps.repos.insert("old-empty-2".into(), empty);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = scoped_context(&sim, dir.path(), "scope = [\"apps/**\"]", |t| {
+        t.replace(
+            "min_age = \"1h\"\n",
+            "min_age = \"1h\"\ndelete_empty_repositories = { older_than = \"30d\" }\n",
+        )
+    });
+    // [kcr] max_consecutive_failures = 1, on the client the job uses.
+    let mut cc = config_for(&sim);
+    cc.credentials = Credentials::new(AK, SK);
+    cc.max_consecutive_failures = 1;
+    ctx.client = Client::new(cc).unwrap();
+    match kcr_housekeeper::retention::RetentionJob.run(&ctx).await {
+        Err(JobError::Actions { summary, .. }) => {
+            assert!(
+                summary.contains("quota relief stopped after 1 failed actions in a row"),
+                "{summary}"
+            );
+            assert!(summary.contains("1 not attempted"), "{summary}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let sent = sim
+        .requests()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("DeleteRepository"))
+        .count();
+    assert_eq!(sent, 1, "the second delete is not sent");
+}
