@@ -5,9 +5,8 @@
 
 use crate::app::{self, Connection};
 use crate::config::{self, Config, ProcessEnv};
-use crate::jobs::{Job, RunEnv, Runner};
+use crate::jobs::{RunEnv, Runner};
 use crate::metrics::Metrics;
-use crate::quota::QuotaJob;
 use crate::scheduler::{Heartbeat, Scheduler};
 use crate::server::{self, AppState};
 use crate::signal::{Signal, Signals};
@@ -27,16 +26,6 @@ pub enum DaemonError {
     /// Exit 1.
     #[error("{0}")]
     Runtime(String),
-}
-
-/// Every job this build has.
-pub fn all_jobs() -> Vec<Arc<dyn Job>> {
-    vec![
-        Arc::new(QuotaJob),
-        Arc::new(crate::retention::RetentionJob),
-        Arc::new(crate::tokens::TokensJob),
-        Arc::new(crate::namespaces::NamespacesJob),
-    ]
 }
 
 /// What the caller gets to see once the daemon is serving.
@@ -89,7 +78,7 @@ pub async fn run(
     metrics.init_series(&config);
     let config = Arc::new(config);
     let runner = Runner::new(
-        all_jobs(),
+        crate::jobs::all(),
         RunEnv {
             config: config.clone(),
             client,

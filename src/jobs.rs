@@ -179,6 +179,18 @@ impl From<crate::tokens::rotate::TokenError> for JobError {
     }
 }
 
+/// Every job this build has — the one list the daemon's scheduler, `/jobs`,
+/// the API trigger, `history` and the one-shot CLI runner are built from.
+/// Adding a job is its folder plus one line here.
+pub fn all() -> Vec<Arc<dyn Job>> {
+    vec![
+        Arc::new(crate::quota::QuotaJob),
+        Arc::new(crate::retention::RetentionJob),
+        Arc::new(crate::tokens::TokensJob),
+        Arc::new(crate::namespaces::NamespacesJob),
+    ]
+}
+
 pub trait Job: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, Result<Outcome, JobError>>;

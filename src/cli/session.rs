@@ -27,7 +27,7 @@ impl Session {
     pub(super) async fn open(c: &Config, state: Store) -> Result<Session, CliError> {
         let conn = app::connect(c).await.map_err(|e| failed(e, "connecting"))?;
         let runner = Runner::new(
-            crate::daemon::all_jobs(),
+            crate::jobs::all(),
             RunEnv {
                 config: Arc::new(c.clone()),
                 client: conn.client,
