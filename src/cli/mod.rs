@@ -14,6 +14,7 @@ mod doctor;
 mod error;
 mod explain;
 mod history;
+mod man;
 mod plan;
 mod plan_file;
 mod quota;
@@ -38,11 +39,12 @@ pub use doctor::{CheckArgs, DoctorArgs};
 pub use error::{CliError, print_error};
 pub use explain::ExplainArgs;
 pub use history::{HistoryArgs, HistoryJob};
+pub use man::{CompletionsArgs, ManArgs};
 pub use plan::{PlanArgs, PlanJob, PlanRetentionArgs, PlanTableArgs, ReportFormat};
 pub use quota::QuotaArgs;
 pub use sim::SimArgs;
 pub use state::{CopyArgs, StateArgs, StateCommand};
-pub use term::ColorChoice;
+pub use term::{ColorChoice, init_logging};
 
 use crate::config::{self, Config, LogFormat, ProcessEnv};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -112,18 +114,6 @@ pub enum Command {
     CredentialHelper(CredentialHelperArgs),
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ManArgs {
-    /// Write kcr-housekeeper.1 and a page per command (kcr-housekeeper-plan.1, …) into DIR
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct CompletionsArgs {
-    pub shell: clap_complete::Shell,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
@@ -140,38 +130,6 @@ fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
 fn load_local_config(flag: Option<&Path>) -> Result<Config, CliError> {
     let path = config::resolve_path(flag, &ProcessEnv);
     config::load_local(&path, &ProcessEnv).map_err(CliError::Config)
-}
-
-/// Set up logging once; `KCR_HOUSEKEEPER_LOG` overrides the level, and
-/// `-q`/`-v` override both.
-pub fn init_logging(format: LogFormat, level: &str) {
-    let mut level = match term::log_level() {
-        Some(l) => l.to_owned(),
-        None => std::env::var("KCR_HOUSEKEEPER_LOG").unwrap_or_else(|_| level.to_owned()),
-    };
-    // The scheduler crate narrates its own start-up at info; keep it quiet unless asked for.
-    if !level.contains("tokio_cron_scheduler") {
-        level.push_str(",tokio_cron_scheduler=warn");
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into());
-    let ansi = term::stderr_colour();
-    // A log line that cannot be written (stderr a closed pipe: the journal or
-    // the terminal went away) is dropped. tracing-subscriber would otherwise
-    // report it with `eprintln!`, which panics on that same closed stderr and
-    // took the daemon down with exit 101.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .log_internal_errors(false)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-    };
 }
 
 /// Parse the command line; `version` is what `--version` prints (the
@@ -253,43 +211,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         }
         Command::Sim(args) => sim::run(*args, out).await,
         Command::State(args) => state::run(&args, out),
-        Command::Completions(args) => {
-            let mut buf = Vec::new();
-            clap_complete::generate(args.shell, &mut Cli::command(), "kcr-housekeeper", &mut buf);
-            out.write_all(&buf).map_err(io)
-        }
-        Command::Man(args) => match args.dir {
-            None => {
-                let mut buf = Vec::new();
-                clap_mangen::Man::new(Cli::command())
-                    .render(&mut buf)
-                    .map_err(io)?;
-                out.write_all(&buf).map_err(io)
-            }
-            Some(dir) => {
-                // Built, so the generated `help` commands the pages list are there too.
-                let mut cmd = Cli::command();
-                cmd.build();
-                man_pages(&cmd, "kcr-housekeeper", &dir)
-            }
-        },
+        Command::Completions(args) => man::completions(args, &mut Cli::command(), out),
+        Command::Man(args) => man::run(args, Cli::command(), out),
         Command::CredentialHelper(args) => credential_helper::run(flag, &args, out),
     }
-}
-
-/// One page for `cmd` and each command below it, named as the pages'
-/// SUBCOMMANDS sections refer to them (`kcr-housekeeper-plan-retention.1`).
-fn man_pages(cmd: &clap::Command, name: &str, dir: &Path) -> Result<(), CliError> {
-    let page = cmd.clone().name(name.to_owned());
-    let mut buf = Vec::new();
-    clap_mangen::Man::new(page).render(&mut buf).map_err(io)?;
-    let path = dir.join(format!("{name}.1"));
-    std::fs::write(&path, buf)
-        .map_err(|e| CliError::Usage(format!("{}: cannot write: {e}", path.display())))?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        man_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
-    }
-    Ok(())
 }
 
 /// A failed write to the output; a closed pipe ends the command quietly.

@@ -112,6 +112,38 @@ pub(super) fn eprintln_safe(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Set up logging once; `KCR_HOUSEKEEPER_LOG` overrides the level, and
+/// `-q`/`-v` override both.
+pub fn init_logging(format: crate::config::LogFormat, level: &str) {
+    let mut level = match log_level() {
+        Some(l) => l.to_owned(),
+        None => std::env::var("KCR_HOUSEKEEPER_LOG").unwrap_or_else(|_| level.to_owned()),
+    };
+    // The scheduler crate narrates its own start-up at info; keep it quiet unless asked for.
+    if !level.contains("tokio_cron_scheduler") {
+        level.push_str(",tokio_cron_scheduler=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into());
+    let ansi = stderr_colour();
+    // A log line that cannot be written (stderr a closed pipe: the journal or
+    // the terminal went away) is dropped. tracing-subscriber would otherwise
+    // report it with `eprintln!`, which panics on that same closed stderr and
+    // took the daemon down with exit 101.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => builder.try_init(),
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
