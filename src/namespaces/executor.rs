@@ -4,30 +4,12 @@
 use super::planner::{Decision, NamespacePlan};
 use crate::jobs::JobContext;
 use crate::kcr::{DescribeNamespace, ModifyNamespaceType};
-use crate::state::{AuditGuard, AuditStatus, Mutation};
+use crate::state::{AuditGuard, Mutation};
 
 /// How one change ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    Applied,
-    /// Re-read: already as desired.
-    AlreadyDone,
-    /// Re-read: gone or changed since planning; not touched.
-    Stale(String),
-    Failed(String),
-}
-
-impl Applied {
-    /// Its audit status and error.
-    fn status(&self) -> (AuditStatus, Option<&str>) {
-        match self {
-            Applied::Applied => (AuditStatus::Applied, None),
-            Applied::AlreadyDone => (AuditStatus::AlreadyDone, None),
-            Applied::Stale(why) => (AuditStatus::Stale, Some(why)),
-            Applied::Failed(why) => (AuditStatus::Failed, Some(why)),
-        }
-    }
-}
+/// How one namespace change settled (the shared [`crate::state::Settled`];
+/// a visibility change is re-read, so it never stays `Unknown`).
+pub type Applied = crate::state::Settled;
 
 /// Apply the plan's changes (not when blocked) with the run's client,
 /// state and metrics. Stops between changes when cancelled.
@@ -49,7 +31,7 @@ pub async fn execute(env: &JobContext, plan: &NamespacePlan) -> Vec<(Decision, A
         );
         let (result, audit) = apply_one(env, d, &detail).await;
         let target_public = d.desired == "public";
-        let (status, error) = result.status();
+        let (status, error) = result.audit();
         let recorded = match audit {
             Some(audit) => audit.finish(status, error),
             // Decided on the re-read, nothing sent: a failed re-read and an

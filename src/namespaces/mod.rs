@@ -127,6 +127,7 @@ impl crate::jobs::Steps for NamespacesJob {
                 Applied::AlreadyDone => "already as desired".to_string(),
                 Applied::Stale(why) => format!("skipped: {why}"),
                 Applied::Failed(why) => format!("FAILED: {why}"),
+                Applied::Unknown(why) => format!("UNKNOWN: {why}"),
             };
             ctx.watch.note(format!(
                 "{}/{} → {}: {what}",
@@ -136,7 +137,9 @@ impl crate::jobs::Steps for NamespacesJob {
         let failed: Vec<String> = applied
             .iter()
             .filter_map(|(d, r)| match r {
-                Applied::Failed(why) => Some(format!("{}/{}: {why}", d.instance, d.namespace)),
+                Applied::Failed(why) | Applied::Unknown(why) => {
+                    Some(format!("{}/{}: {why}", d.instance, d.namespace))
+                }
                 _ => None,
             })
             .collect();

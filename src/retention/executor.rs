@@ -13,7 +13,7 @@ use super::planner::{ActionKind, PlannedAction};
 use crate::failpoint;
 use crate::kcr::{Client, DeleteImages, DeleteRepoTag, DescribeImages, Error};
 use crate::metrics::Metrics;
-use crate::state::{AuditStatus, Mutation, StateError, Store};
+use crate::state::{Mutation, StateError, Store};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,31 +40,8 @@ pub struct ExecEnv<'a> {
     pub tick: &'a (dyn Fn() + Sync),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    /// The effect was already in place: counted as done.
-    AlreadyDone,
-    /// Dropped by verification: the registry no longer matches the plan.
-    Stale(String),
-    Failed(String),
-    /// A delete was sent and its answer lost (timeout, reset, server
-    /// error), and no later check settled whether it happened: audited
-    /// `interrupted` with the delete's error, counted apart from failures.
-    Unknown(String),
-}
-
-impl Outcome {
-    fn status(&self) -> (AuditStatus, Option<&str>) {
-        match self {
-            Outcome::Applied => (AuditStatus::Applied, None),
-            Outcome::AlreadyDone => (AuditStatus::AlreadyDone, None),
-            Outcome::Stale(why) => (AuditStatus::Stale, Some(why)),
-            Outcome::Failed(why) => (AuditStatus::Failed, Some(why)),
-            Outcome::Unknown(why) => (AuditStatus::Interrupted, Some(why)),
-        }
-    }
-}
+/// How one deletion settled (the shared [`crate::state::Settled`]).
+pub type Outcome = crate::state::Settled;
 
 #[derive(Debug, Default)]
 pub struct Executed {
@@ -584,7 +561,7 @@ pub async fn execute(env: &ExecEnv<'_>, mut items: Vec<(Target, PlannedAction)>)
                 outcome
             }
         };
-        let (status, error) = outcome.status();
+        let (status, error) = outcome.audit();
         let recorded = begun.and_then(|audit| {
             failpoint::hit("retention.state.audit_finish", StateError::Injected)
                 .and_then(|()| audit.finish(status, error))

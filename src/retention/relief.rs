@@ -12,7 +12,7 @@ use crate::config::{Config, InstanceConfig, RetentionConfig};
 use crate::failpoint;
 use crate::inventory::Inventory;
 use crate::kcr::{DeleteNamespace, DeleteRepository, DescribeImages, DescribeRepository, Error};
-use crate::state::{AuditStatus, Mutation, StateError};
+use crate::state::{Mutation, StateError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -251,13 +251,7 @@ pub async fn execute(env: &ExecEnv<'_>, config: &Config, actions: Vec<ReliefActi
             Err(e) => Outcome::Failed(format!("cannot write the audit record: {e}")),
             Ok(_) => relieve(env, &inst.id, &a).await,
         };
-        let (status, error) = match &outcome {
-            Outcome::Applied => (AuditStatus::Applied, None),
-            Outcome::AlreadyDone => (AuditStatus::AlreadyDone, None),
-            Outcome::Stale(why) => (AuditStatus::Stale, Some(why.as_str())),
-            Outcome::Failed(why) => (AuditStatus::Failed, Some(why.as_str())),
-            Outcome::Unknown(why) => (AuditStatus::Interrupted, Some(why.as_str())),
-        };
+        let (status, error) = outcome.audit();
         if let Ok(guard) = begun {
             let finished = failpoint::hit("retention.relief.audit_finish", StateError::Injected)
                 .and_then(|()| guard.finish(status, error));

@@ -46,6 +46,35 @@ pub enum AuditStatus {
 
 super::text_column!(AuditStatus);
 
+/// How one mutation of any job settled — the one outcome vocabulary the
+/// executors share, and the one map from it to an audit row's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Applied,
+    /// The effect was already in place: counted as done.
+    AlreadyDone,
+    /// Dropped by verification: the registry no longer matches the plan.
+    Stale(String),
+    Failed(String),
+    /// The call was sent and its answer lost (timeout, reset, server
+    /// error), and no later check settled whether it happened: audited
+    /// `interrupted` with the call's error, counted apart from failures.
+    Unknown(String),
+}
+
+impl Settled {
+    /// The audit status and error its record is finished with.
+    pub fn audit(&self) -> (AuditStatus, Option<&str>) {
+        match self {
+            Settled::Applied => (AuditStatus::Applied, None),
+            Settled::AlreadyDone => (AuditStatus::AlreadyDone, None),
+            Settled::Stale(why) => (AuditStatus::Stale, Some(why)),
+            Settled::Failed(why) => (AuditStatus::Failed, Some(why)),
+            Settled::Unknown(why) => (AuditStatus::Interrupted, Some(why)),
+        }
+    }
+}
+
 /// The error of an interrupted record.
 pub const AUDIT_INTERRUPTED_WHY: &str =
     "the process stopped during the call; the next run re-checks it";

@@ -57,7 +57,7 @@ mod schema;
 #[cfg(test)]
 mod suite;
 
-pub use audit::{AUDIT_INTERRUPTED_WHY, AuditGuard, AuditRecord, AuditStatus, Mutation};
+pub use audit::{AUDIT_INTERRUPTED_WHY, AuditGuard, AuditRecord, AuditStatus, Mutation, Settled};
 pub use copy::{COPIED_TABLES, CopyError};
 pub use journal::TokenBackoff;
 pub use lease::{Fence, LeaseState};
