@@ -349,3 +349,73 @@ async fn history_and_audit_need_none_of_the_daemons_secrets() {
         "{err}"
     );
 }
+
+/// Issue 12 item 5: Ctrl-C during a one-shot `apply namespaces` stops at
+/// the next change boundary: exit 130, `history` lists it as a cancelled
+/// `cli` run, every change the registry applied is audited `applied`, none
+/// is left `started`, and the namespaces not reached are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_apply_namespaces_leaves_a_cancelled_cli_run_in_history() {
+    let sim = sim(SimOptions {
+        faults: kcr_housekeeper::sim::Faults {
+            latency: Duration::from_millis(150),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let before = namespace_visibility(&sim);
+    let private = before.values().filter(|p| !**p).count();
+    assert!(
+        private >= 4,
+        "the demo world has private namespaces: {before:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[namespaces]\nmode = \"dry-run\"\ndefault = \"public\"\nallow_make_public = true\n\
+             max_changes_per_run = 100\n",
+            demo_head(&sim, dir.path())
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let child = demo_bin(&sim, &["apply", "namespaces", "--yes", "--config", config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_ok(&sim, "ModifyNamespaceType", 1).await;
+    signal(&child, "-INT");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+
+    let changed = sim
+        .requests()
+        .iter()
+        .filter(|e| e.code == "OK" && e.action.as_deref() == Some("ModifyNamespaceType"))
+        .count();
+    assert!(
+        (1..private).contains(&changed),
+        "stopped part-way: {changed} of {private}"
+    );
+    let after = namespace_visibility(&sim);
+    let made_public = before.iter().filter(|(ns, p)| !**p && after[*ns]).count();
+    assert_eq!(made_public, changed, "{before:?} → {after:?}");
+
+    let history = output(demo_bin(
+        &sim,
+        &["history", "--format", "json", "--config", config],
+    ));
+    let audit = output(demo_bin(
+        &sim,
+        &["audit", "--format", "json", "--config", config],
+    ));
+    let records = assert_cancelled_cli_run(&history, &audit, "namespaces");
+    let applied = records.iter().filter(|r| r["outcome"] == "applied").count();
+    assert_eq!(applied, changed, "{records:#?}");
+}

@@ -844,14 +844,6 @@ async fn slow_apply(dir: &Path) -> (Simulator, String, std::process::Child) {
     (sim, config, child)
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
-    let kill = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-}
-
 /// No audit record left `started`, and the run row closed as a failure.
 fn assert_closed(dir: &Path, sim: &Simulator, config: &str) {
     let records = audit_records(sim, config);

@@ -795,3 +795,85 @@ async fn a_token_whose_sinks_could_not_be_put_back_is_kept() {
         "{journal:?}"
     );
 }
+
+/// Issue 12 item 5: Ctrl-C during a one-shot `apply tokens` (after the new
+/// token was created) stops at the rotation's next safe point: exit 130,
+/// `history` lists a cancelled `cli` run, no audit record is left
+/// `started`, and the journal is recoverable — the next `apply` finishes
+/// the rotation: the sinks' credential logs in, and no undelivered token is
+/// enabled.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_apply_tokens_is_a_cancelled_cli_run_the_next_apply_finishes() {
+    use common::{assert_cancelled_cli_run, output, signal, wait_for_ok};
+    let sim = sim(SimOptions {
+        faults: kcr_housekeeper::sim::Faults {
+            latency: std::time::Duration::from_millis(150),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path());
+    let child = demo_bin(&sim, &["apply", "tokens", "--yes", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_ok(&sim, "CreateInstanceToken", 1).await;
+    signal(&child, "-INT");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let out = format!(
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(130), "{out}");
+    let cfg = config.to_str().unwrap();
+    let history = output(demo_bin(
+        &sim,
+        &["history", "--format", "json", "--config", cfg],
+    ));
+    let audit = output(demo_bin(
+        &sim,
+        &["audit", "--format", "json", "--config", cfg],
+    ));
+    assert_cancelled_cli_run(&history, &audit, "tokens");
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|e| e.code == "OK" && e.action.as_deref() == Some("CreateInstanceToken"))
+            .count(),
+        1,
+        "stopped before a second create"
+    );
+
+    // Past list_lag (2 s in this config): the next apply picks the journal up.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let again = apply(&sim, &config, None);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let sink_id = env_value(dir.path(), "KCR_TOKEN_ID");
+    let user = env_value(dir.path(), "KCR_USERNAME");
+    let secret = env_value(dir.path(), "KCR_TOKEN");
+    assert!(
+        sim.world(|w| w.login(&user, &secret, sim.now())),
+        "the sinks' credential logs in"
+    );
+    let tokens = managed_tokens(&sim).await;
+    for t in tokens.iter().filter(|t| t.enable) {
+        assert!(
+            t.token_id == sink_id || t.token_id == SEED,
+            "enabled token {} is neither delivered nor the previous one",
+            t.token_id
+        );
+    }
+    assert!(tokens.len() <= 3, "{tokens:?}");
+}

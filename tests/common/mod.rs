@@ -311,3 +311,62 @@ pub fn deletes_in_log(sim: &Simulator) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Send `sig` (`-INT`, `-TERM`, …) to a child, as a terminal or systemd would.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let kill = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Wait (at most 60 s) until the simulator has answered `action` OK `n` times.
+pub async fn wait_for_ok(sim: &Simulator, action: &str, n: usize) {
+    let started = std::time::Instant::now();
+    let done = || {
+        sim.requests()
+            .iter()
+            .filter(|e| e.code == "OK" && e.action.as_deref() == Some(action))
+            .count()
+    };
+    while done() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{n} × {action} answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// After a Ctrl-C'd one-shot `apply <job>`: `history --format json` lists
+/// one run, of `job`, triggered `cli`, failed, saying it was cancelled; and
+/// `audit --format json` leaves no record `started`. Returns the audit records.
+pub fn assert_cancelled_cli_run(
+    history: &std::process::Output,
+    audit: &std::process::Output,
+    job: &str,
+) -> Vec<serde_json::Value> {
+    assert!(history.status.success(), "{}", text(history));
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let r = &runs[0];
+    assert_eq!(r["job"], job, "{r:#}");
+    assert_eq!(r["trigger"], "cli", "{r:#}");
+    assert_eq!(r["result"], "failure", "{r:#}");
+    assert!(r["finished_at"].is_string(), "the run is closed: {r:#}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{r:#}"
+    );
+    assert!(audit.status.success(), "{}", text(audit));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&audit.stdout).unwrap();
+    assert!(
+        records.iter().all(|r| r["outcome"] != "started"),
+        "no call left unfinished: {records:#?}"
+    );
+    records
+}
