@@ -1004,3 +1004,224 @@ async fn containers_auth_sink_and_credential_helper_deliver_a_working_token() {
         (Some(user), Some(secret))
     );
 }
+
+// ---------------------------------------------------------------- real clients
+
+/// Is Debian's `skopeo` here? Locally its absence skips the test; under CI
+/// (`CI` set, where `.ci/run` installs it) it fails it.
+fn skopeo_present() -> bool {
+    let found = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "skopeo is not installed; CI must run the real-client tests (.ci/run installs it)"
+        );
+        eprintln!("skipping: skopeo is not installed");
+    }
+    found
+}
+
+/// `skopeo inspect docker://<host>/apps/web:v1.4.2` over plain HTTP with
+/// `args` (the credential source), in an environment of its own: no user
+/// auth files, `bin` first on `PATH` (for a credential helper), `sink` as
+/// `KCR_SINK` (the file the test's helper wrapper answers from).
+fn skopeo_inspect(sim: &Simulator, home: &Path, args: &[&std::ffi::OsStr], sink: &Path) -> Output {
+    let host = sim.endpoint().trim_start_matches("http://").to_owned();
+    let path = format!(
+        "{}:{}",
+        home.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--command-timeout", "60s"])
+        .args(args)
+        .arg(format!("docker://{host}/apps/web:v1.4.2"))
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("KCR_SINK", sink)
+        .output()
+        .unwrap()
+}
+
+/// Item 3 of Step 11, by a real client: after a rotation `skopeo inspect`
+/// reads an image from the simulator's registry with the delivered token —
+/// through the `containers-auth` sink (`--authfile`) and through
+/// `credHelpers` pointing at `kcr-housekeeper credential-helper` — and once
+/// the old token is retired, the same two sources holding the old token fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_inspects_with_the_delivered_token_and_not_with_the_retired_one() {
+    if !skopeo_present() {
+        return;
+    }
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    let auth = dir.path().join("auth.json");
+    let json = dir.path().join("ci.json");
+    let config = write_config(
+        &sim,
+        dir.path(),
+        "",
+        &format!(
+            "{{ kind = \"containers-auth\", path = \"{}\" }},\n{{ kind = \"file\", path = \"{}\", format = \"json\" }}",
+            auth.display(),
+            json.display()
+        ),
+    );
+    // The old token is retired 1s after the new one is delivered.
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_of.replace(
+            "rotate_before = \"10d\"\n",
+            "rotate_before = \"10d\"\noverlap = \"1s\"\n",
+        ),
+    )
+    .unwrap();
+    // docker-credential-kcr: the helper protocol's name for our helper.
+    let wrapper = home.join("bin/docker-credential-kcr");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' credential-helper \"$@\" --file \"$KCR_SINK\"\n",
+            env!("CARGO_BIN_EXE_kcr-housekeeper")
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let host = sim.endpoint().trim_start_matches("http://").to_owned();
+    let helpers = dir.path().join("helpers.json");
+    std::fs::write(
+        &helpers,
+        serde_json::json!({"credHelpers": {&host: "kcr"}}).to_string(),
+    )
+    .unwrap();
+    let authfile = |f: &Path| vec![std::ffi::OsString::from("--authfile"), f.into()];
+    let inspect = |args: &[std::ffi::OsString], sink: &Path| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        skopeo_inspect(&sim, &home, &args, sink)
+    };
+
+    // Without credentials the registry refuses.
+    let o = inspect(&[], &json);
+    assert!(!o.status.success(), "anonymous: {}", text(&o));
+
+    let o = apply(&sim, &config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (how, args) in [
+        ("--authfile (containers-auth sink)", authfile(&auth)),
+        ("credHelpers → credential-helper", authfile(&helpers)),
+    ] {
+        let o = inspect(&args, &json);
+        assert!(o.status.success(), "{how}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["Name"], format!("{host}/apps/web"), "{how}");
+        assert_eq!(
+            v["Labels"]["com.ksyun.kcr-sim.image-id"],
+            "sha256:1111111111111111111111111111111111111111111111111111111111111101",
+            "{how}: the image of tag v1.4.2"
+        );
+        // skopeo checked the manifest's and config's digests; the digest
+        // it reports is what the registry answers for the tag.
+        let head = reqwest::Client::new()
+            .head(format!("{}/v2/apps/web/manifests/v1.4.2", sim.endpoint()))
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .basic_auth(
+                sink_json(&json)["username"].as_str().unwrap(),
+                sink_json(&json)["token"].as_str(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers()["docker-content-digest"].to_str().unwrap(),
+            v["Digest"].as_str().unwrap(),
+            "{how}"
+        );
+    }
+    // skopeo went through the Bearer token realm.
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|e| e.path == "/service/token" && e.status == 200),
+        "a Bearer token was bought"
+    );
+
+    // Keep the first token's files, bring its expiry inside rotate_before
+    // (the binary's clock is real time, so the token moves, not the clock),
+    // rotate, and retire the first token once the overlap (1s) has passed.
+    let old_auth = dir.path().join("old-auth.json");
+    let old_json = dir.path().join("old-ci.json");
+    std::fs::copy(&auth, &old_auth).unwrap();
+    std::fs::copy(&json, &old_json).unwrap();
+    let old_id = sink_json(&old_json)["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let soon = sim.now() + chrono::Duration::days(1);
+    sim.world(|w| {
+        for t in w.instances.iter_mut().flat_map(|i| i.tokens.iter_mut()) {
+            if t.id == old_id {
+                t.expire_time = Some(soon);
+            }
+        }
+    });
+    let o = apply(&sim, &config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(
+        sink_json(&json)["token_id"],
+        sink_json(&old_json)["token_id"],
+        "rotated"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let o = apply(&sim, &config, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let old_id = sink_json(&old_json)["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old = managed_tokens(&sim)
+        .await
+        .into_iter()
+        .find(|t| t.token_id == old_id);
+    assert!(old.is_none_or(|t| !t.enable), "the first token is retired");
+
+    for (how, args, sink) in [
+        ("--authfile", authfile(&auth), &json),
+        ("credHelpers", authfile(&helpers), &json),
+    ] {
+        let o = inspect(&args, sink);
+        assert!(o.status.success(), "new token, {how}: {}", text(&o));
+    }
+    for (how, args, sink) in [
+        ("--authfile", authfile(&old_auth), &old_json),
+        ("credHelpers", authfile(&helpers), &old_json),
+    ] {
+        let o = inspect(&args, sink);
+        assert!(!o.status.success(), "retired token, {how}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_ascii_lowercase();
+        assert!(
+            err.contains("unauthorized") || err.contains("authentication required"),
+            "retired token, {how}: {err}"
+        );
+    }
+}
+
+/// What a `json` file sink holds.
+fn sink_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

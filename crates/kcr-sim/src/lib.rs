@@ -3,9 +3,9 @@
 //! A KCR simulator faithful enough that passing against it means passing
 //! against the real service (DESIGN §10): SigV4 verification with the
 //! reference's error codes, GET and POST (form and JSON) requests, parameter
-//! validation, offset pagination, the documented quirks, a registry `GET /v2/`
-//! with Basic auth against live tokens, scenarios, fault injection and a
-//! request log.
+//! validation, offset pagination, the documented quirks, the registry API v2
+//! (login, manifests, config blobs, tag lists; Basic or Bearer auth against
+//! live tokens), scenarios, fault injection and a request log.
 //!
 //! Tests start it on `127.0.0.1:0` with [`Simulator::start`]; the CLI runs it
 //! with `kcr-housekeeper sim`; `endpoint = "sim:demo"` embeds it.

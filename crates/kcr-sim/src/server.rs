@@ -1,6 +1,8 @@
 //! The simulator's HTTP side: request decoding, signature check, fault
 //! injection, dispatch into the [`World`], and the request log.
 
+mod registry;
+
 use super::auth;
 use super::scenario::{self, GenerateSpec, Scenario, ScenarioError};
 use super::world::{ApiError, ParamMap, World, uuid_from};
@@ -9,8 +11,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use kcr::client::{Credentials, SERVICE};
 use kcr::signer::{self, PlusIs};
@@ -208,6 +208,8 @@ struct Shared {
     log_memory: Option<Mutex<Vec<LogEntry>>>,
     /// Simulated time = real time + this offset (ms). Signatures use real time.
     clock_offset_ms: AtomicI64,
+    /// The registry's Bearer tokens.
+    bearers: registry::Bearers,
 }
 
 impl Shared {
@@ -315,6 +317,7 @@ impl Simulator {
             log_file,
             log_memory: opts.log_in_memory.then(|| Mutex::new(Vec::new())),
             clock_offset_ms: AtomicI64::new(0),
+            bearers: registry::Bearers::default(),
         });
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
@@ -326,9 +329,7 @@ impl Simulator {
             addr: opts.listen,
             source,
         })?;
-        let app = Router::new()
-            .route("/v2/", get(registry))
-            .route("/v2", get(registry))
+        let app = registry::routes(Router::new())
             .fallback(api)
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -783,108 +784,4 @@ async fn api(
         }
         _ => json_response(status, &body),
     }
-}
-
-/// Docker registry API version check with Basic auth against live tokens.
-///
-/// Access control first, as KCR does: the instance the request is for (the
-/// one whose `RegistryHost` the `Host` header names; else the one whose token
-/// the Basic credentials are; else every instance) must have its external
-/// endpoint Opened with a policy entry containing the caller's address, or
-/// the answer is 403 whatever the credentials.
-async fn registry(
-    State(shared): State<Arc<Shared>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let started = Instant::now();
-    let creds = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok());
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let (allowed, ok) = {
-        let world = shared.world.lock().expect("world lock");
-        let now = shared.now_beijing();
-        let login = creds
-            .as_deref()
-            .and_then(|c| c.split_once(':'))
-            .and_then(|(user, secret)| world.login_instance(user, secret, now));
-        let allowed = match world.instance_for_host(host).or(login) {
-            Some(i) => i.external_endpoint.allows(peer.ip()),
-            None => world
-                .instances
-                .iter()
-                .all(|i| i.external_endpoint.allows(peer.ip())),
-        };
-        (allowed, login.is_some())
-    };
-    if !allowed {
-        shared.record(LogEntry {
-            ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            method: "GET".into(),
-            path: uri.path().to_owned(),
-            action: None,
-            params: BTreeMap::new(),
-            status: 403,
-            code: "DENIED".into(),
-            request_id: String::new(),
-            injected: false,
-            micros: started.elapsed().as_micros() as u64,
-        });
-        let mut r = json_response(
-            403,
-            &json!({"errors": [{"code": "DENIED", "message": "access denied by the instance's external endpoint access policy", "detail": null}]}),
-        );
-        r.headers_mut().insert(
-            "Docker-Distribution-API-Version",
-            HeaderValue::from_static("registry/2.0"),
-        );
-        return r;
-    }
-    let status = if ok { 200 } else { 401 };
-    shared.record(LogEntry {
-        ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        method: "GET".into(),
-        path: uri.path().to_owned(),
-        action: None,
-        params: BTreeMap::new(),
-        status,
-        code: if ok {
-            "OK".into()
-        } else {
-            "UNAUTHORIZED".into()
-        },
-        request_id: String::new(),
-        injected: false,
-        micros: started.elapsed().as_micros() as u64,
-    });
-    let mut r = if ok {
-        json_response(200, &json!({}))
-    } else {
-        let mut r = json_response(
-            401,
-            &json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required", "detail": null}]}),
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"kcr-housekeeper-sim\""),
-        );
-        r
-    };
-    r.headers_mut().insert(
-        "Docker-Distribution-API-Version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-    r
 }

@@ -662,15 +662,28 @@ impl World {
         secret: &str,
         now: NaiveDateTime,
     ) -> Option<&Instance> {
-        self.instances.iter().find(|i| {
-            i.tokens.iter().any(|t| {
-                t.enable
-                    && t.expire_time.is_none_or(|e| e > now)
-                    && t.username == username
-                    && t.secret
-                        .as_deref()
-                        .is_some_and(|s| constant_time_eq(s, secret))
-            })
+        self.login_token(username, secret, now).map(|(i, _)| i)
+    }
+
+    /// The live (enabled, unexpired) token these credentials are, and its instance.
+    pub fn login_token(
+        &self,
+        username: &str,
+        secret: &str,
+        now: NaiveDateTime,
+    ) -> Option<(&Instance, &Token)> {
+        self.instances.iter().find_map(|i| {
+            i.tokens
+                .iter()
+                .find(|t| {
+                    t.enable
+                        && t.expire_time.is_none_or(|e| e > now)
+                        && t.username == username
+                        && t.secret
+                            .as_deref()
+                            .is_some_and(|s| constant_time_eq(s, secret))
+                })
+                .map(|t| (i, t))
         })
     }
 
