@@ -193,24 +193,11 @@ async fn a_repository_filled_since_planning_is_not_deleted() {
 async fn plan_retention_lists_what_relief_would_delete() {
     let sim = sim(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}[retention]\ndelete_empty_namespaces = {{ older_than = \"30d\" }}\n",
-            demo_head(&sim, dir.path())
-        ),
-    )
-    .unwrap();
-    let mut plan = demo_bin(&sim, &["plan", "retention", "--format", "json", "--config"]);
-    plan.arg(&path);
-    let out = output(plan);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = demo_plan_json(
+        &sim,
+        dir.path(),
+        "[retention]\ndelete_empty_namespaces = { older_than = \"30d\" }\n",
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let relief: Vec<(String, String)> = report["relief"]
         .as_array()
         .unwrap()
@@ -411,25 +398,12 @@ async fn the_relief_json_names_each_action_and_the_cli_apply_carries_it_out() {
         apps.repos.insert("old-empty".into(), empty);
     });
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}[retention]\ndelete_empty_repositories = {{ older_than = \"30d\" }}\n\
-             delete_empty_namespaces = {{ older_than = \"30d\" }}\n",
-            demo_head(&sim, dir.path())
-        ),
-    )
-    .unwrap();
-    let mut plan = demo_bin(&sim, &["plan", "retention", "--format", "json", "--config"]);
-    plan.arg(&path);
-    let out = output(plan);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = demo_plan_json(
+        &sim,
+        dir.path(),
+        "[retention]\ndelete_empty_repositories = { older_than = \"30d\" }\n\
+         delete_empty_namespaces = { older_than = \"30d\" }\n",
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let relief = report["relief"].as_array().unwrap();
     let keys =
         |a: &serde_json::Value| -> Vec<String> { a.as_object().unwrap().keys().cloned().collect() };
@@ -462,7 +436,7 @@ async fn the_relief_json_names_each_action_and_the_cli_apply_carries_it_out() {
 
     // The one-shot apply (dry-run mode in the file: `apply` is the enforce).
     let mut apply = demo_bin(&sim, &["apply", "retention", "--yes", "--config"]);
-    apply.arg(&path);
+    apply.arg(dir.path().join("config.toml"));
     let out = output(apply);
     let text = format!(
         "{}{}",

@@ -127,14 +127,13 @@ async fn a_key_scoped_to_one_namespace_plans_there_and_skips_elsewhere_with_the_
     // the report written all the same and naming every refused repository.
     let cfg = write_config(&sim, dir.path(), "");
     let out = run(&["plan", "retention", "--config", &cfg, "--format", "json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = json_stdout(&out, 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("partial"), "{stderr}");
     assert!(
         stderr.contains("demo/ci/builder: access denied"),
         "{stderr}"
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let skipped: Vec<&str> = report["summary"]["skipped"]
         .as_array()
         .unwrap()
@@ -179,8 +178,7 @@ async fn a_key_scoped_to_one_namespace_plans_there_and_skips_elsewhere_with_the_
     // the report still lists them.
     let cfg = write_config(&sim, dir.path(), "scope = [\"apps/*\"]");
     let out = run(&["plan", "retention", "--config", &cfg, "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_stdout(&out, 0);
     let listed = report["summary"]["skipped"].to_string();
     assert!(
         listed.contains("ci/builder") && listed.contains("access denied"),
@@ -480,11 +478,10 @@ async fn a_full_key_plans_and_applies_only_inside_the_declared_scope() {
     // With it, only apps: nothing planned, shown or relieved elsewhere.
     let cfg = admin("scope = [\"apps/*\"]");
     let out = bin(&["plan", "retention", "--config", &cfg, "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = json_stdout(&out, 0);
     let scoped = planned_in(&out);
     assert!(!scoped.is_empty(), "apps has work");
     assert!(scoped.iter().all(|r| r.contains("apps/")), "{scoped:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         report["repositories"]
             .as_array()
@@ -598,10 +595,9 @@ async fn a_reviewed_plan_keeps_nothing_outside_the_declared_scope() {
     let bin = |args: &[&str]| run_bin(&sim, args);
     let cfg = admin("");
     let out = bin(&["plan", "retention", "--config", &cfg, "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = json_stdout(&out, 0);
     let file = dir.path().join("reviewed.json");
     std::fs::write(&file, &out.stdout).unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let outside = report["repositories"]
         .as_array()
         .unwrap()

@@ -370,3 +370,19 @@ pub fn assert_cancelled_cli_run(
     );
     records
 }
+
+/// `out` exited `code`; its stdout parsed as JSON.
+pub fn json_stdout(out: &std::process::Output, code: i32) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+/// Write `dir/config.toml` ([`demo_head`] + `body`), run `plan retention
+/// --format json` on it (must exit 0): the report.
+pub fn demo_plan_json(sim: &Simulator, dir: &std::path::Path, body: &str) -> serde_json::Value {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, format!("{}{body}", demo_head(sim, dir))).unwrap();
+    let mut plan = demo_bin(sim, &["plan", "retention", "--format", "json", "--config"]);
+    plan.arg(&path);
+    json_stdout(&output(plan), 0)
+}
