@@ -169,6 +169,19 @@ fn sample(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option
         .map(|(_, _, v)| *v)
 }
 
+/// GET `url` every 100 ms until it answers 200 or `within` has passed: the
+/// last answer.
+fn poll_200(url: &str, within: Duration) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = get(url);
+        if answer.0 == 200 || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(f).join().unwrap()
 }
@@ -490,16 +503,8 @@ async fn idle_connections_are_capped_and_timed_out_and_jobs_keep_running() {
         held_fds - baseline
     );
     // Once the idle clients are gone the server answers again at once.
-    let status = blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (status, _) = get(&format!("{base}/healthz"));
-            if status == 200 || Instant::now() > deadline {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let (status, _) =
+        blocking(move || poll_200(&format!("{base}/healthz"), Duration::from_secs(10)));
     assert_eq!(status, 200);
     drop(d);
 }
@@ -893,15 +898,11 @@ fn demo_serves_the_retention_report_and_stops_on_sigint() {
         }
     };
     let base = metrics.trim_end_matches("/metrics").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let report = loop {
-        let (status, body) = get(&format!("{base}/reports/retention/latest.json"));
-        if status == 200 {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "no retention report within 20 s");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, report) = poll_200(
+        &format!("{base}/reports/retention/latest.json"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(status, 200, "no retention report within 20 s");
     let v: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(v["schema"], "kcr-housekeeper/retention-report/v1");
     assert_eq!(v["mode"], "dry-run");

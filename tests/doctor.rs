@@ -80,6 +80,19 @@ fn failures(report: &Value) -> Vec<String> {
         .collect()
 }
 
+/// [`write_config`] with the state in `dir`, its text changed by `edit`.
+fn write_config_editing(
+    sim: &Simulator,
+    dir: &Path,
+    ak: &str,
+    edit: impl FnOnce(String) -> String,
+) -> String {
+    let cfg = write_config(sim, dir, ak, &dir.join("state.db"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, edit(text)).unwrap();
+    cfg
+}
+
 fn admin(sim: &Simulator) -> (String, String) {
     let c = sim.credentials();
     (
@@ -394,12 +407,11 @@ async fn the_quota_check_is_skipped_with_a_note_when_quota_is_off() {
     let sim = sim(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let (ak, sk) = admin(&sim);
-    let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[quota]\nstorage = \"namespace\"\n", "");
-    assert!(!text.contains("[quota]"));
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = write_config_editing(&sim, dir.path(), &ak, |t| {
+        let t = t.replace("[quota]\nstorage = \"namespace\"\n", "");
+        assert!(!t.contains("[quota]"));
+        t
+    });
     // Usage over the warning ratio: a quota check would fail.
     sim.world(|w| w.instances[0].repo_quota = 7);
     let (out, report) = doctor(&cfg, &sk);
@@ -572,11 +584,9 @@ async fn a_server_side_rule_fails_only_an_enforce_that_is_not_allowed() {
         ("mode = \"enforce\"\n", "fail", 1),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[retention]\n", &format!("[retention]\n{settings}"));
-        std::fs::write(&cfg, text).unwrap();
+        let cfg = write_config_editing(&sim, dir.path(), &ak, |t| {
+            t.replace("[retention]\n", &format!("[retention]\n{settings}"))
+        });
         let (out, report) = doctor(&cfg, &sk);
         let c = check(&report, "server-side retention");
         assert_eq!(c["status"], status, "{settings}: {c}");
@@ -605,11 +615,9 @@ async fn relief_lists_the_permissions_it_needs_and_their_policy() {
     let (ak, sk) = admin(&sim);
     let relief_needs = |settings: &str| {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(&sim, dir.path(), &ak, &dir.path().join("state.db"));
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[retention]\n", &format!("[retention]\n{settings}"));
-        std::fs::write(&cfg, text).unwrap();
+        let cfg = write_config_editing(&sim, dir.path(), &ak, |t| {
+            t.replace("[retention]\n", &format!("[retention]\n{settings}"))
+        });
         let (out, report) = doctor(&cfg, &sk);
         assert_eq!(out.status.code(), Some(0), "{settings}: {report}");
         report["instances"][0]["checks"]
