@@ -207,9 +207,9 @@ async fn token_rotation_under_every_fault() {
                 client: &c,
                 config: &cfg,
                 state: &state,
-                metrics: None,
+                metrics: &kcr_housekeeper::metrics::Metrics::new(),
                 run_id: None,
-                cancel: None,
+                cancel: &Default::default(),
                 clock: &clock,
                 settings: Settings {
                     attempts: 2,

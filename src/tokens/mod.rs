@@ -75,9 +75,9 @@ impl<'a> Engine<'a> {
             client: &ctx.client,
             config: &ctx.config,
             state: &ctx.state,
-            metrics: Some(&ctx.metrics),
+            metrics: &ctx.metrics,
             run_id: ctx.run_id,
-            cancel: Some(&ctx.cancel),
+            cancel: &ctx.cancel,
             clock: &*ctx.clock,
             settings: settings_for(&ctx.config, &ctx.client),
         }

@@ -210,9 +210,9 @@ pub struct Engine<'a> {
     pub client: &'a Client,
     pub config: &'a Config,
     pub state: &'a Store,
-    pub metrics: Option<&'a Metrics>,
+    pub metrics: &'a Metrics,
     pub run_id: Option<i64>,
-    pub cancel: Option<&'a CancellationToken>,
+    pub cancel: &'a CancellationToken,
     /// The time; injectable so tests can move it with the simulator's clock.
     pub clock: &'a (dyn Fn() -> DateTime<Utc> + Send + Sync),
     pub settings: Settings,
@@ -290,7 +290,7 @@ impl<'a> Engine<'a> {
     }
 
     fn cancelled(&self) -> bool {
-        self.cancel.is_some_and(|c| c.is_cancelled())
+        self.cancel.is_cancelled()
     }
 
     /// One rotation at a time per token across processes (the daemon and a
@@ -446,9 +446,9 @@ impl<'a> Engine<'a> {
                 now: self.now(),
             },
         );
-        if let Some(m) = self.metrics {
-            m.tokens.foreign(&mt.name, &mt.instance, plan.foreign.len());
-        }
+        self.metrics
+            .tokens
+            .foreign(&mt.name, &mt.instance, plan.foreign.len());
         for f in &plan.foreign {
             tracing::warn!(token = %mt.name, token_id = %f.token_id, why = %f.why, "a token of this name is not this installation's: left alone");
         }
@@ -638,16 +638,14 @@ impl<'a> Engine<'a> {
             }
             Planned::Rotate { reason } => {
                 let inst = self.instance(mt)?;
-                if let Some(m) = self.metrics {
-                    m.tokens.rotating(name, true);
-                }
+                self.metrics.tokens.rotating(name, true);
                 let result = self
                     .rotate(mt, inst, install_id, plan.current.as_ref(), reason)
                     .await;
-                if let Some(m) = self.metrics {
-                    m.tokens.rotating(name, false);
-                    m.tokens.rotated(name, result.is_ok(), self.now());
-                }
+                self.metrics.tokens.rotating(name, false);
+                self.metrics
+                    .tokens
+                    .rotated(name, result.is_ok(), self.now());
                 match &result {
                     Ok(_) => self.backoff_clear(mt),
                     Err(e) => self.backoff_fail(mt, e),
@@ -975,14 +973,12 @@ impl<'a> Engine<'a> {
             }
             other => other,
         };
-        if let Some(m) = self.metrics {
-            m.tokens.registry_reachable(
-                &mt.name,
-                probed
-                    .as_ref()
-                    .map_or_else(verify::VerifyError::reached, |()| true),
-            );
-        }
+        self.metrics.tokens.registry_reachable(
+            &mt.name,
+            probed
+                .as_ref()
+                .map_or_else(verify::VerifyError::reached, |()| true),
+        );
         let source = match probed {
             Ok(()) => return Ok(()),
             // Reachable, but a login there would prove nothing: refuse to
@@ -1210,10 +1206,10 @@ impl<'a> Engine<'a> {
                     tracing::error!(token = %mt.name, token_id = %token_id, error = %e, "delivered and verified but not yet marked current; the next cycle finishes it");
                     return Err(e);
                 }
-                if let Some(m) = self.metrics
-                    && let Some(e) = rec.expires_at
-                {
-                    m.tokens.expires(&inst.name, &token_id, true, true, e);
+                if let Some(e) = rec.expires_at {
+                    self.metrics
+                        .tokens
+                        .expires(&inst.name, &token_id, true, true, e);
                 }
                 tracing::info!(token = %mt.name, token_id = %token_id, "rotation complete: new token current");
                 Ok(token_id)
@@ -1305,7 +1301,7 @@ impl<'a> Engine<'a> {
     /// no credentials sent, nothing created. Tokens with `verify = false` are
     /// probed too: the gauge says what this host can reach.
     pub async fn export_registry_reachable(&self) {
-        let Some(m) = self.metrics else { return };
+        let m = self.metrics;
         let mut probed: HashMap<String, bool> = HashMap::new();
         for mt in self.config.tokens.iter().flat_map(|t| &t.managed) {
             let Some(inst) = self.config.instance_by_name(&mt.instance) else {
@@ -1338,7 +1334,7 @@ impl<'a> Engine<'a> {
 
     /// `kcr_token_expiry_timestamp_seconds` for every token of every instance.
     pub async fn export_expiry(&self) {
-        let Some(m) = self.metrics else { return };
+        let m = self.metrics;
         let managed: Vec<&str> = self
             .config
             .tokens
