@@ -4,7 +4,8 @@
 //! its prepaid expiry, a probe of every read each enabled job calls, the
 //! mutations each mode needs and the `deploy/iam/` policy that grants them,
 //! the registry's reachability from here for managed tokens (an anonymous
-//! `/v2/`), server-side retention rules, the state path, quota usage.
+//! `/v2/`), server-side retention rules, the state path, quota usage, and
+//! (information only) `docker-config` sinks docker would ignore.
 
 use crate::config::{Config, InstanceConfig, Mode, StorageGranularity};
 use crate::kcr::{
@@ -210,7 +211,11 @@ pub async fn diagnose(client: &Client, config: &Config, now: DateTime<Utc>) -> R
         crate::config::StateConfig::Sqlite { path } => state_writable(path),
         crate::config::StateConfig::Postgres { .. } => state_reachable(&config.state),
     };
-    Report::new(instances, vec![state])
+    // A warning, not a failure: the sink works, docker just does not read it.
+    let shadowed = crate::tokens::sinks::docker_config_warnings(config)
+        .into_iter()
+        .map(|w| Check::info("docker-config sink", w));
+    Report::new(instances, std::iter::once(state).chain(shadowed).collect())
 }
 
 /// One read probe's outcome, as a permission check.

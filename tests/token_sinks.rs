@@ -1003,6 +1003,14 @@ async fn containers_auth_sink_and_credential_helper_deliver_a_working_token() {
         (v["Username"].as_str(), v["Secret"].as_str()),
         (Some(user), Some(secret))
     );
+    // The json sink says when the rotation is due (expiry − rotate_before
+    // 10d): the credential provider caches until then.
+    let doc = sink_json(&json);
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(doc[k].as_str().unwrap()).unwrap();
+    assert_eq!(
+        at("expires_at") - at("rotates_at"),
+        chrono::Duration::days(10)
+    );
 }
 
 // ---------------------------------------------------------------- real clients

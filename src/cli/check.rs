@@ -59,43 +59,10 @@ pub(super) fn run(c: &Config, out: &mut dyn Write) -> Result<(), CliError> {
     for w in c.warnings(Utc::now()) {
         s.push_str(&format!("warning: {w}\n"));
     }
-    for w in docker_config_warnings(c) {
+    for w in crate::tokens::sinks::docker_config_warnings(c) {
         s.push_str(&format!("warning: {w}\n"));
     }
     out.write_all(s.as_bytes()).map_err(io)
-}
-
-/// `docker-config` sinks whose file makes docker ignore `auths` for the
-/// token's registry (`credsStore`, or a `credHelpers` entry for it).
-pub fn docker_config_warnings(c: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in c.tokens.iter().flat_map(|t| &t.managed) {
-        let Some(registry) = c
-            .instance_by_name(&m.instance)
-            .and_then(|i| i.registry.as_deref())
-        else {
-            continue;
-        };
-        for sink in &m.sinks {
-            let crate::config::Sink::DockerConfig { path } = sink else {
-                continue;
-            };
-            let doc = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-            if let Some(why) = doc
-                .as_ref()
-                .and_then(|d| crate::tokens::helper::docker_config_shadowed(d, registry))
-            {
-                out.push(format!(
-                    "token {:?}: docker-config sink {}: {why}",
-                    m.name,
-                    path.display()
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// Retention rules that can match nothing whatever the registry holds. (Rules

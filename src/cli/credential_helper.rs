@@ -44,12 +44,15 @@ fn read_doc(path: &Path) -> Result<Option<SinkDocument>, CliError> {
     }
 }
 
-pub(super) fn run(
+/// The `json` file sink documents to answer from: `files`, or without them
+/// every such sink of the config's `[tokens]`. A sink not written yet is
+/// skipped; `command` names the command in the error when there is none.
+pub(super) fn sink_documents(
     flag: Option<&Path>,
-    args: &CredentialHelperArgs,
-    out: &mut dyn Write,
-) -> Result<(), CliError> {
-    let paths: Vec<PathBuf> = if args.file.is_empty() {
+    files: &[PathBuf],
+    command: &str,
+) -> Result<Vec<SinkDocument>, CliError> {
+    let paths: Vec<PathBuf> = if files.is_empty() {
         let c = super::load_config(flag)?;
         c.tokens
             .iter()
@@ -64,27 +67,39 @@ pub(super) fn run(
             })
             .collect()
     } else {
-        args.file.clone()
+        files.to_vec()
     };
     if paths.is_empty() {
-        return Err(CliError::Usage(
-            "credential-helper: no `file` sink with format = \"json\" in [tokens]; give --file"
-                .into(),
-        ));
+        return Err(CliError::Usage(format!(
+            "{command}: no `file` sink with format = \"json\" in [tokens]; give --file"
+        )));
     }
     let mut docs = Vec::new();
     for p in &paths {
         docs.extend(read_doc(p)?);
     }
+    Ok(docs)
+}
+
+/// Read all of standard input.
+pub(super) fn stdin_text() -> Result<String, CliError> {
     let mut input = String::new();
-    if matches!(
-        args.action,
-        HelperAction::Get | HelperAction::Store | HelperAction::Erase
-    ) {
-        std::io::stdin()
-            .read_to_string(&mut input)
-            .map_err(|e| CliError::Failed(anyhow::anyhow!("reading standard input: {e}")))?;
-    }
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("reading standard input: {e}")))?;
+    Ok(input)
+}
+
+pub(super) fn run(
+    flag: Option<&Path>,
+    args: &CredentialHelperArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let docs = sink_documents(flag, &args.file, "credential-helper")?;
+    let input = match args.action {
+        HelperAction::Get | HelperAction::Store | HelperAction::Erase => stdin_text()?,
+        HelperAction::List => String::new(),
+    };
     let action = match args.action {
         HelperAction::Get => "get",
         HelperAction::Store => "store",

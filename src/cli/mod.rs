@@ -9,6 +9,7 @@ mod audit;
 mod check;
 mod common;
 mod credential_helper;
+mod credential_provider;
 mod demo;
 mod doctor;
 mod error;
@@ -34,6 +35,7 @@ pub use apply::{ApplyArgs, ApplyJob, ApplyRetentionArgs, ApplyYesArgs};
 pub use audit::AuditArgs;
 pub use check::rule_warnings;
 pub use credential_helper::CredentialHelperArgs;
+pub use credential_provider::CredentialProviderArgs;
 pub use demo::{DemoArgs, demo_config};
 pub use doctor::{CheckArgs, DoctorArgs};
 pub use error::{CliError, print_error};
@@ -112,6 +114,8 @@ pub enum Command {
     Man(ManArgs),
     /// Docker credential helper (get|store|erase|list) answering from the rotated token's json file sinks
     CredentialHelper(CredentialHelperArgs),
+    /// Kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1) answering from the same json file sinks
+    CredentialProvider(CredentialProviderArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -214,6 +218,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Completions(args) => man::completions(args, &mut Cli::command(), out),
         Command::Man(args) => man::run(args, Cli::command(), out),
         Command::CredentialHelper(args) => credential_helper::run(flag, &args, out),
+        Command::CredentialProvider(args) => credential_provider::run(flag, &args, out),
     }
 }
 

@@ -1116,6 +1116,11 @@ impl<'a> Engine<'a> {
             secret: &created.token,
             token_id: &token_id,
             expires_at: rec.expires_at,
+            rotates_at: rec.expires_at.and_then(|e| {
+                chrono::Duration::from_std(mt.rotate_before)
+                    .ok()
+                    .map(|b| e - b)
+            }),
         };
         // Verify before any sink sees it: a refused token is discarded while nothing depends on it.
         let prepared = async {

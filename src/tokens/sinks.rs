@@ -39,6 +39,9 @@ pub struct Delivery<'a> {
     pub secret: &'a SecretString,
     pub token_id: &'a str,
     pub expires_at: Option<DateTime<Utc>>,
+    /// When this token's rotation is due (`expires_at` − `rotate_before`):
+    /// how long a kubelet may cache it (`credential-provider`).
+    pub rotates_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +406,7 @@ fn json_document(d: &Delivery<'_>) -> serde_json::Value {
         "token": d.secret.expose_secret(),
         "token_id": d.token_id,
         "expires_at": d.expires_at.map(|t| t.to_rfc3339()),
+        "rotates_at": d.rotates_at.map(|t| t.to_rfc3339()),
     })
 }
 
@@ -670,6 +674,41 @@ async fn exec(
     }
 }
 
+/// `docker-config` sinks whose file makes docker ignore `auths` for the
+/// token's registry (`credsStore`, or a `credHelpers` entry for it): the
+/// warnings `check` prints and `doctor` reports. An unreadable file is not
+/// one (the sink reports it when it writes).
+pub fn docker_config_warnings(c: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in c.tokens.iter().flat_map(|t| &t.managed) {
+        let Some(registry) = c
+            .instance_by_name(&m.instance)
+            .and_then(|i| i.registry.as_deref())
+        else {
+            continue;
+        };
+        for sink in &m.sinks {
+            let Sink::DockerConfig { path } = sink else {
+                continue;
+            };
+            let doc = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            if let Some(why) = doc
+                .as_ref()
+                .and_then(|d| crate::tokens::helper::docker_config_shadowed(d, registry))
+            {
+                out.push(format!(
+                    "token {:?}: docker-config sink {}: {why}",
+                    m.name,
+                    path.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,6 +724,7 @@ mod tests {
                     .unwrap()
                     .with_timezone(&Utc),
             ),
+            rotates_at: None,
         }
     }
 
