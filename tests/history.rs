@@ -356,14 +356,7 @@ async fn history_and_audit_need_none_of_the_daemons_secrets() {
 /// is left `started`, and the namespaces not reached are untouched.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_during_apply_namespaces_leaves_a_cancelled_cli_run_in_history() {
-    let sim = sim(SimOptions {
-        faults: kcr_housekeeper::sim::Faults {
-            latency: Duration::from_millis(150),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let sim = common::sim_with_latency(std::time::Duration::from_millis(150)).await;
     let before = namespace_visibility(&sim);
     let private = before.values().filter(|p| !**p).count();
     assert!(
@@ -382,16 +375,8 @@ async fn ctrl_c_during_apply_namespaces_leaves_a_cancelled_cli_run_in_history() 
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let child = demo_bin(&sim, &["apply", "namespaces", "--yes", "--config", config])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_ok(&sim, "ModifyNamespaceType", 1).await;
-    signal(&child, "-INT");
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let apply = demo_bin(&sim, &["apply", "namespaces", "--yes", "--config", config]);
+    let o = ctrl_c_after(&sim, apply, "ModifyNamespaceType").await;
     assert_eq!(o.status.code(), Some(130), "{}", text(&o));
 
     let changed = sim

@@ -85,6 +85,29 @@ fn env_value(dir: &Path, key: &str) -> String {
         .to_string()
 }
 
+/// After a rotation was finished: the sinks' credential logs in, no
+/// enabled token is other than the delivered one or the seed, and at most
+/// one extra token exists. Returns the managed tokens.
+async fn assert_converged(sim: &Simulator, dir: &Path, when: &str) -> Vec<TokenInfo> {
+    let sink_id = env_value(dir, "KCR_TOKEN_ID");
+    let user = env_value(dir, "KCR_USERNAME");
+    let secret = env_value(dir, "KCR_TOKEN");
+    assert!(
+        sim.world(|w| w.login(&user, &secret, sim.now())),
+        "{when}: the sink's credential logs in"
+    );
+    let tokens = managed_tokens(sim).await;
+    for t in tokens.iter().filter(|t| t.enable) {
+        assert!(
+            t.token_id == sink_id || t.token_id == SEED,
+            "{when}: enabled token {} is neither delivered nor the previous one",
+            t.token_id
+        );
+    }
+    assert!(tokens.len() <= 3, "{when}: {tokens:?}");
+    tokens
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_rotation_leaves_the_secret_nowhere_but_the_sinks() {
     use std::time::{Duration, Instant};
@@ -264,22 +287,7 @@ async fn sigkill_at_random_points_during_rotation() {
             "round {round}: {}",
             String::from_utf8_lossy(&restarted.stderr)
         );
-        let sink_id = env_value(dir.path(), "KCR_TOKEN_ID");
-        let user = env_value(dir.path(), "KCR_USERNAME");
-        let secret = env_value(dir.path(), "KCR_TOKEN");
-        assert!(
-            sim.world(|w| w.login(&user, &secret, sim.now())),
-            "round {round}: the sink's credential logs in"
-        );
-        let tokens = managed_tokens(&sim).await;
-        for t in tokens.iter().filter(|t| t.enable) {
-            assert!(
-                t.token_id == sink_id || t.token_id == SEED,
-                "round {round}: enabled token {} is neither delivered nor the previous one",
-                t.token_id
-            );
-        }
-        assert!(tokens.len() <= 3, "round {round}: {tokens:?}");
+        assert_converged(&sim, dir.path(), &format!("round {round}")).await;
 
         // Every token mutation the registry applied is in the audit table.
         let audit = demo_bin(&sim, &["audit", "--format", "json", "--config"])
@@ -804,35 +812,14 @@ async fn a_token_whose_sinks_could_not_be_put_back_is_kept() {
 /// enabled.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_during_apply_tokens_is_a_cancelled_cli_run_the_next_apply_finishes() {
-    use common::{assert_cancelled_cli_run, output, signal, wait_for_ok};
-    let sim = sim(SimOptions {
-        faults: kcr_housekeeper::sim::Faults {
-            latency: std::time::Duration::from_millis(150),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    use common::{assert_cancelled_cli_run, ctrl_c_after, output};
+    let sim = common::sim_with_latency(std::time::Duration::from_millis(150)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path());
-    let child = demo_bin(&sim, &["apply", "tokens", "--yes", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_ok(&sim, "CreateInstanceToken", 1).await;
-    signal(&child, "-INT");
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let out = format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(o.status.code(), Some(130), "{out}");
+    let mut cmd = demo_bin(&sim, &["apply", "tokens", "--yes", "--config"]);
+    cmd.arg(&config);
+    let o = ctrl_c_after(&sim, cmd, "CreateInstanceToken").await;
+    assert_eq!(o.status.code(), Some(130), "{}", common::text(&o));
     let cfg = config.to_str().unwrap();
     let history = output(demo_bin(
         &sim,
@@ -860,20 +847,5 @@ async fn ctrl_c_during_apply_tokens_is_a_cancelled_cli_run_the_next_apply_finish
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let sink_id = env_value(dir.path(), "KCR_TOKEN_ID");
-    let user = env_value(dir.path(), "KCR_USERNAME");
-    let secret = env_value(dir.path(), "KCR_TOKEN");
-    assert!(
-        sim.world(|w| w.login(&user, &secret, sim.now())),
-        "the sinks' credential logs in"
-    );
-    let tokens = managed_tokens(&sim).await;
-    for t in tokens.iter().filter(|t| t.enable) {
-        assert!(
-            t.token_id == sink_id || t.token_id == SEED,
-            "enabled token {} is neither delivered nor the previous one",
-            t.token_id
-        );
-    }
-    assert!(tokens.len() <= 3, "{tokens:?}");
+    assert_converged(&sim, dir.path(), "after the Ctrl-C").await;
 }

@@ -386,3 +386,31 @@ pub fn demo_plan_json(sim: &Simulator, dir: &std::path::Path, body: &str) -> ser
     plan.arg(&path);
     json_stdout(&output(plan), 0)
 }
+
+/// The demo world answering every call after `latency` (room to interrupt a run).
+pub async fn sim_with_latency(latency: Duration) -> Simulator {
+    sim_with_faults(Faults {
+        latency,
+        ..Default::default()
+    })
+    .await
+}
+
+/// Start `cmd`, and once the simulator has answered `action` OK, send it
+/// SIGINT (a Ctrl-C): its output.
+pub async fn ctrl_c_after(
+    sim: &Simulator,
+    mut cmd: std::process::Command,
+    action: &str,
+) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_ok(sim, action, 1).await;
+    signal(&child, "-INT");
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
