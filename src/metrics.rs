@@ -327,6 +327,7 @@ pub struct TokenMetrics {
     in_progress: IntGaugeVec,
     last_rotation: GaugeVec,
     foreign: IntGaugeVec,
+    delivered: IntGaugeVec,
 }
 
 impl TokenMetrics {
@@ -361,6 +362,11 @@ impl TokenMetrics {
                 "kcr_housekeeper_token_foreign",
                 "Tokens with a managed token's name on its instance that another installation manages (never touched).",
                 &["token", "instance"],
+            ),
+            delivered: r.int_gauge_vec(
+                "kcr_housekeeper_token_delivered",
+                "1 if this replica's sinks (its [tokens] delivery_group) received the managed token's current token, 0 if another replica created and delivered it (only the creator knows the secret; a leader then rotates) or there is none.",
+                &["token"],
             ),
         }
     }
@@ -404,6 +410,13 @@ impl TokenMetrics {
         self.foreign
             .with_label_values(&[token, instance])
             .set(count as i64);
+    }
+
+    /// Did this replica's sinks receive `token`'s current token?
+    pub fn delivered(&self, token: &str, yes: bool) {
+        self.delivered
+            .with_label_values(&[token])
+            .set(i64::from(yes));
     }
 
     /// Replace every `kcr_token_expiry_timestamp_seconds` series with `tokens`:
@@ -896,6 +909,7 @@ mod tests {
         m.tokens.seed("t");
         m.tokens.rotated("t", true, at);
         m.tokens.foreign("t", "i", 0);
+        m.tokens.delivered("t", true);
         m.tokens.expiries([("i", "tok", true, true, at)]);
         m.namespaces.observed([("i", "ns", true, false)]);
         m.namespaces.changed("i", "private");

@@ -468,3 +468,34 @@ fn a_wrong_required_word_does_not_hide_the_rest() {
         "a refused word is not reported missing too: {e}"
     );
 }
+
+#[test]
+fn delivery_group_defaults_to_the_host_name_and_a_bad_one_names_the_key() {
+    let text = r#"
+        [kcr]
+        endpoint = "sim:demo"
+        [[instances]]
+        id = "i"
+        name = "prod"
+        registry = "r"
+        [tokens]
+        [[tokens.managed]]
+        name = "ci-pull"
+        instance = "prod"
+        sinks = [{ kind = "file", path = "/x" }]
+    "#;
+    let c = parse(text).unwrap();
+    assert_eq!(
+        c.tokens.unwrap().delivery_group,
+        kcr_housekeeper::tokens::config::host_name()
+    );
+    let shared = text.replace("[tokens]", "[tokens]\ndelivery_group = \"cluster\"");
+    assert_eq!(
+        parse(&shared).unwrap().tokens.unwrap().delivery_group,
+        "cluster"
+    );
+    let bad = text.replace("[tokens]", "[tokens]\ndelivery_group = \"a b\"");
+    let e = errors(&bad);
+    assert!(e.contains("tokens.delivery_group"), "{e}");
+    assert!(e.contains("invalid delivery group \"a b\""), "{e}");
+}

@@ -91,10 +91,21 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("config", Text),
         ],
     ),
+    (
+        "token_delivery",
+        &[
+            ("rotation_id", Text),
+            ("delivery_group", Text),
+            ("token_name", Text),
+            ("token_id", Text),
+            ("began_at", Text),
+            ("delivered_at", Text),
+        ],
+    ),
 ];
 
 /// The tables `state copy` copies, in order.
-pub const COPIED_TABLES: [&str; 7] = [
+pub const COPIED_TABLES: [&str; 8] = [
     "runs",
     "audit",
     "rotation_journal",
@@ -102,6 +113,7 @@ pub const COPIED_TABLES: [&str; 7] = [
     "reports",
     "meta",
     "token_backoff",
+    "token_delivery",
 ];
 
 /// Tables whose ids come from an identity sequence on PostgreSQL.

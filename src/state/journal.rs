@@ -3,7 +3,7 @@
 //! instance.
 
 use super::{StateError, Stmt, Store, args, ts};
-use crate::tokens::journal::RotationRecord;
+use crate::tokens::journal::{DeliveryRecord, RotationRecord};
 use chrono::{DateTime, Utc};
 
 /// Consecutive failed rotations of one managed token on one instance: the
@@ -23,7 +23,18 @@ impl Store {
     /// that moves two rotations, like marking one current and superseding the
     /// other, lands whole or not at all).
     pub fn journal_put(&self, records: &[RotationRecord]) -> Result<(), StateError> {
-        let stmts = records
+        self.journal_put_delivery(records, None)
+    }
+
+    /// [`Store::journal_put`] and, in the same transaction, a delivery
+    /// record (inserted or replaced): a step that reaches the sinks and the
+    /// record of who they are land together or not at all.
+    pub fn journal_put_delivery(
+        &self,
+        records: &[RotationRecord],
+        delivery: Option<&DeliveryRecord>,
+    ) -> Result<(), StateError> {
+        let mut stmts: Vec<Stmt> = records
             .iter()
             .map(|r| {
                 Stmt::new(
@@ -49,8 +60,43 @@ impl Store {
                 )
             })
             .collect();
+        if let Some(d) = delivery {
+            stmts.push(Stmt::new(
+                "INSERT INTO token_delivery (rotation_id, delivery_group, token_name, token_id, began_at, delivered_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (rotation_id, delivery_group) DO UPDATE SET token_name = excluded.token_name,
+                   token_id = excluded.token_id, began_at = excluded.began_at, delivered_at = excluded.delivered_at",
+                args![
+                    &d.rotation_id,
+                    &d.group,
+                    &d.token_name,
+                    &d.token_id,
+                    ts(d.began_at),
+                    d.delivered_at.map(ts)
+                ],
+            ));
+        }
         self.tx(stmts)?;
         Ok(())
+    }
+
+    /// Every delivery record of one managed token, oldest first.
+    pub fn deliveries_for(&self, token_name: &str) -> Result<Vec<DeliveryRecord>, StateError> {
+        self.query(
+            "SELECT rotation_id, token_name, delivery_group, token_id, began_at, delivered_at
+             FROM token_delivery WHERE token_name = $1 ORDER BY began_at, rotation_id, delivery_group",
+            args![token_name],
+            |r| {
+                Ok(DeliveryRecord {
+                    rotation_id: r.text(0, "token_delivery.rotation_id")?,
+                    token_name: r.text(1, "token_delivery.token_name")?,
+                    group: r.text(2, "token_delivery.delivery_group")?,
+                    token_id: r.text(3, "token_delivery.token_id")?,
+                    began_at: r.time(4, "token_delivery.began_at")?,
+                    delivered_at: r.opt_time(5, "token_delivery.delivered_at")?,
+                })
+            },
+        )
     }
 
     /// The journal of one managed token (every instance it lived on), oldest

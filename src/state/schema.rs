@@ -219,6 +219,31 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             valid_until TIMESTAMPTZ NOT NULL
         );",
     },
+    // 5: token deliveries per delivery group (Step 10 item 3): which group
+    // of replicas' sinks began receiving a rotation's token, and when every
+    // sink there held it. Never the secret.
+    Migration {
+        sqlite: "CREATE TABLE token_delivery (
+            rotation_id TEXT NOT NULL,
+            delivery_group TEXT NOT NULL,
+            token_name TEXT NOT NULL,
+            token_id TEXT NOT NULL,
+            began_at TEXT NOT NULL,
+            delivered_at TEXT,
+            PRIMARY KEY (rotation_id, delivery_group)
+        );
+        CREATE INDEX delivery_by_token ON token_delivery(token_name);",
+        postgres: "CREATE TABLE token_delivery (
+            rotation_id TEXT COLLATE \"C\" NOT NULL,
+            delivery_group TEXT NOT NULL,
+            token_name TEXT NOT NULL,
+            token_id TEXT NOT NULL,
+            began_at TEXT COLLATE \"C\" NOT NULL,
+            delivered_at TEXT COLLATE \"C\",
+            PRIMARY KEY (rotation_id, delivery_group)
+        );
+        CREATE INDEX delivery_by_token ON token_delivery(token_name);",
+    },
 ];
 
 /// The schema version this build writes and reads.

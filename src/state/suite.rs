@@ -10,7 +10,7 @@
 //! they fail.
 
 use super::*;
-use crate::tokens::journal::{RotationRecord, Step};
+use crate::tokens::journal::{DeliveryRecord, RotationRecord, Step};
 use secrecy::SecretString;
 use std::time::Duration;
 
@@ -186,6 +186,7 @@ suite!(
     an_unreadable_backoff_time_is_an_error,
     install_id_backoff_and_absence_survive_reopening,
     meta_values_round_trip,
+    deliveries_land_with_their_journal_step_and_read_back_per_group,
     copy_from_sqlite_moves_every_table_and_refuses_a_non_empty_target,
     one_holder_at_a_time_and_the_epoch_grows_on_every_change,
     a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied,
@@ -592,6 +593,56 @@ fn install_id_backoff_and_absence_survive_reopening(p: &Place) {
     assert_eq!(s.journal_for("t").unwrap()[1].step, Step::Superseded);
 }
 
+fn delivery(group: &str, done: bool) -> DeliveryRecord {
+    DeliveryRecord {
+        rotation_id: "r1".into(),
+        token_name: "t".into(),
+        group: group.into(),
+        token_id: "x".into(),
+        began_at: now(),
+        delivered_at: done.then(now),
+    }
+}
+
+fn deliveries_land_with_their_journal_step_and_read_back_per_group(p: &Place) {
+    let s = p.open();
+    assert_eq!(s.deliveries_for("t").unwrap(), vec![]);
+    let delivering = RotationRecord {
+        step: Step::Delivering,
+        ..record()
+    };
+    s.journal_put_delivery(&[delivering], Some(&delivery("host-a", false)))
+        .unwrap();
+    assert_eq!(s.journal_for("t").unwrap()[0].step, Step::Delivering);
+    assert_eq!(
+        s.deliveries_for("t").unwrap(),
+        vec![delivery("host-a", false)]
+    );
+    // Completed in the transaction of the next step; another group apart.
+    let verified = RotationRecord {
+        step: Step::Verified,
+        ..record()
+    };
+    s.journal_put_delivery(&[verified], Some(&delivery("host-a", true)))
+        .unwrap();
+    s.journal_put_delivery(&[], Some(&delivery("host-b", false)))
+        .unwrap();
+    assert_eq!(
+        s.deliveries_for("t").unwrap(),
+        vec![delivery("host-a", true), delivery("host-b", false)]
+    );
+    assert_eq!(s.journal_for("t").unwrap()[0].step, Step::Verified);
+    assert_eq!(s.deliveries_for("other").unwrap(), vec![]);
+    // An unreadable time is an error naming table and column.
+    s.exec(
+        "UPDATE token_delivery SET began_at = 'yesterday' WHERE delivery_group = 'host-b'",
+        vec![],
+    )
+    .unwrap();
+    let e = s.deliveries_for("t").unwrap_err();
+    assert!(e.to_string().contains("token_delivery.began_at"), "{e}");
+}
+
 fn meta_values_round_trip(p: &Place) {
     let s = p.open();
     assert_eq!(s.meta_get("k").unwrap(), None);
@@ -633,6 +684,8 @@ fn filled_sqlite(dir: &Path) -> Store {
     src.install_id().unwrap();
     src.token_backoff_fail("t", "prod", now(), "boom", "c1")
         .unwrap();
+    src.journal_put_delivery(&[], Some(&delivery("host-a", true)))
+        .unwrap();
     src
 }
 
@@ -666,6 +719,10 @@ fn copy_from_sqlite_moves_every_table_and_refuses_a_non_empty_target(p: &Place) 
     assert_eq!(
         target.token_backoff("t", "prod").unwrap(),
         src.token_backoff("t", "prod").unwrap()
+    );
+    assert_eq!(
+        target.deliveries_for("t").unwrap(),
+        src.deliveries_for("t").unwrap()
     );
     // New rows continue after the copied ids.
     let next = target.start_run("quota", "api", now()).unwrap();

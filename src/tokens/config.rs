@@ -96,7 +96,31 @@ pub struct TokensConfig {
     pub mode: Mode,
     /// How long a new token may take to appear in DescribeInstanceToken.
     pub list_lag: Duration,
+    /// The consumers this replica's sinks reach (default: the host name).
+    /// Replicas whose sinks reach the same consumers share a group; only the
+    /// replica that creates a token knows its secret, so a group that never
+    /// received the current token gets a new one when its replica leads.
+    pub delivery_group: String,
     pub managed: Vec<ManagedToken>,
+}
+
+/// The longest `delivery_group`.
+pub const MAX_GROUP_LEN: usize = 128;
+
+/// This host's name, the default `delivery_group` (`localhost` if it has none).
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| valid_group(h))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn valid_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= MAX_GROUP_LEN
+        && g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +129,7 @@ pub struct RawTokens {
     pub schedule: Option<String>,
     pub mode: Option<Mode>,
     pub list_lag: Option<String>,
+    pub delivery_group: Option<String>,
     #[serde(default)]
     pub managed: Vec<toml::Value>,
 }
@@ -150,6 +175,17 @@ pub(crate) fn validate(
         raw.list_lag.as_deref(),
         Duration::from_secs(120),
     );
+    let delivery_group = match raw.delivery_group {
+        None => host_name(),
+        Some(g) if valid_group(&g) => g,
+        Some(g) => {
+            v.err(
+                p.key("delivery_group"),
+                format!("invalid delivery group {g:?}: use 1 to {MAX_GROUP_LEN} letters, digits, '-', '_' or '.'"),
+            );
+            g
+        }
+    };
     let mut managed: Vec<ManagedToken> = Vec::new();
     for (i, item) in raw.managed.into_iter().enumerate() {
         let mp = p.key("managed").index(i);
@@ -299,6 +335,7 @@ pub(crate) fn validate(
         schedule: schedule?,
         mode,
         list_lag,
+        delivery_group,
         managed,
     })
 }

@@ -75,6 +75,24 @@ pub struct RotationRecord {
     pub absent_since: Option<DateTime<Utc>>,
 }
 
+/// Which delivery group's sinks received a rotation's token (Step 10: the
+/// replicas of one state deliver to their own sinks, and only the replica
+/// that created a token ever knows its secret). Written in the transaction
+/// that journals `delivering` (from then on those sinks may hold it) and
+/// completed in the one that journals `verified`. Never holds the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub rotation_id: String,
+    pub token_name: String,
+    /// `[tokens] delivery_group` of the replica that delivered it.
+    pub group: String,
+    pub token_id: String,
+    /// When the group's sinks began receiving it: from then on they may hold it.
+    pub began_at: DateTime<Utc>,
+    /// When every sink of the group held it; `None` while (or if never) done.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

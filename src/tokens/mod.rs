@@ -6,6 +6,34 @@
 //! `planner.rs` (pure), `rotate.rs` (the executor: the journaled engine),
 //! `sinks.rs`, `verify.rs`, `journal.rs` (the record and its typed step),
 //! `helper.rs` (the docker credential helper).
+//!
+//! Several replicas on one PostgreSQL state (Step 10): the journal is
+//! shared, so a new leader continues or recovers the previous leader's
+//! rotation as a restarted daemon does (the planner reads only the journal
+//! and the listing). The secret is never stored, the database included:
+//! only the replica that created a token holds it, for one cycle. Sinks are
+//! local, so delivery is per *delivery group* (`[tokens] delivery_group`,
+//! default the host name: the consumers a replica's sinks reach). The
+//! journal step `delivering` is written together with a
+//! [`journal::DeliveryRecord`] `(rotation, group, token id, began_at)`, and
+//! `verified` completes it (`delivered_at`). The planner then
+//! - rotates at once when this replica's group never received the current
+//!   token ([`planner::delivered_to`]): a new leader cannot know the secret
+//!   it would have to deliver, so it gets a token of its own; the replica
+//!   says so (log, `kcr_housekeeper_token_delivered{token} 0`, the plan's
+//!   reason);
+//! - never disables a token, past its overlap, while a group that received
+//!   it has not received a newer one in full ([`planner::stranded`]), unless
+//!   it has expired: "a credential that any consumer may hold is never
+//!   retired before its replacement is proven" holds per group;
+//! - treats a rotation with no delivery record (journaled before Step 10)
+//!   as delivered everywhere, so an upgrade changes nothing by itself.
+//!
+//! Replicas whose sinks reach the same consumers (a shared volume, an exec
+//! hook that writes one secret store) share a group, and then a failover
+//! never rotates. Chosen over "sinks only on the leader plus a hook" alone
+//! because a per-host file sink is common and its consumers must not be cut
+//! off silently; the hook is the shared-group case of the same design.
 
 pub mod config;
 pub mod helper;

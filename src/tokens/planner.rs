@@ -16,7 +16,7 @@
 //! token moved) are retired on that instance. Tokens of the same name from
 //! another installation (another install id in `Desc`) are never touched.
 
-pub use super::journal::{RotationRecord, Step};
+pub use super::journal::{DeliveryRecord, RotationRecord, Step};
 use crate::config::ManagedToken;
 use crate::state::TokenBackoff;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -232,6 +232,10 @@ pub struct TokenPlan {
     pub backoff_until: Option<DateTime<Utc>>,
     /// Things an operator should know that no step can fix.
     pub notes: Vec<String>,
+    /// Is there a current token and did this replica's delivery group
+    /// receive it (one journaled before deliveries were recorded counts as
+    /// received)? `kcr_housekeeper_token_delivered`.
+    pub delivered_here: bool,
 }
 
 /// Everything the planner looks at besides the config.
@@ -251,7 +255,68 @@ pub struct Inputs<'a> {
     pub retry_base: std::time::Duration,
     /// A token younger than this may be missing from the listing.
     pub list_lag: std::time::Duration,
+    /// This replica's `[tokens] delivery_group`.
+    pub group: &'a str,
+    /// Every delivery record of this token (any group).
+    pub deliveries: &'a [DeliveryRecord],
     pub now: DateTime<Utc>,
+}
+
+/// Where the groups that received rotation `rotation_id` stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Receivers {
+    /// Journaled before deliveries were recorded: who holds it is unknown,
+    /// and it is treated as delivered everywhere (an upgrade never rotates
+    /// or holds back by itself).
+    Unrecorded,
+    /// The groups whose sinks began receiving it, and whether every sink
+    /// there held it.
+    Groups(Vec<(String, bool)>),
+}
+
+/// The groups that received rotation `rotation_id`.
+pub fn receivers(deliveries: &[DeliveryRecord], rotation_id: &str) -> Receivers {
+    let groups: Vec<(String, bool)> = deliveries
+        .iter()
+        .filter(|d| d.rotation_id == rotation_id)
+        .map(|d| (d.group.clone(), d.delivered_at.is_some()))
+        .collect();
+    if groups.is_empty() {
+        Receivers::Unrecorded
+    } else {
+        Receivers::Groups(groups)
+    }
+}
+
+/// Did `group`'s sinks all receive rotation `rotation_id` (`None`: unrecorded)?
+pub fn delivered_to(deliveries: &[DeliveryRecord], rotation_id: &str, group: &str) -> Option<bool> {
+    match receivers(deliveries, rotation_id) {
+        Receivers::Unrecorded => None,
+        Receivers::Groups(g) => Some(g.iter().any(|(name, done)| name == group && *done)),
+    }
+}
+
+/// The groups whose sinks may still hold rotation `rotation_id`'s token: they
+/// began receiving it and have not since received every sink's worth of a
+/// newer token. Retiring it would cut their consumers off ("a credential any
+/// consumer may hold is never retired before its replacement is proven").
+pub fn stranded(deliveries: &[DeliveryRecord], rotation_id: &str) -> Vec<String> {
+    let mut out: Vec<String> = deliveries
+        .iter()
+        .filter(|d| d.rotation_id == rotation_id)
+        .filter(|d| {
+            !deliveries.iter().any(|n| {
+                n.group == d.group
+                    && n.rotation_id != d.rotation_id
+                    && n.delivered_at.is_some()
+                    && n.began_at > d.began_at
+            })
+        })
+        .map(|d| d.group.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn std_to_chrono(d: std::time::Duration) -> ChronoDuration {
@@ -405,6 +470,10 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                 .any(|t| Some(&t.token_id) == r.token_id.as_ref())
     });
 
+    let delivered_here = current
+        .as_ref()
+        .and_then(|c| delivered_to(input.deliveries, &c.rotation_id, input.group));
+
     // Interrupted rotations.
     let mut in_flight = false;
     let mut interrupted_delivery = false;
@@ -511,6 +580,19 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
             (Some(_), _) if interrupted_delivery => {
                 Some("an interrupted rotation left sinks with an unconfirmed token".to_string())
             }
+            (Some(c), _) if delivered_here == Some(false) => Some(format!(
+                "delivery group {:?} never received current token {} (delivered by {}); only the replica that creates a token knows its secret",
+                input.group,
+                c.token_id,
+                match receivers(input.deliveries, &c.rotation_id) {
+                    Receivers::Groups(g) => g
+                        .iter()
+                        .map(|(name, _)| format!("{name:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Receivers::Unrecorded => "?".into(),
+                }
+            )),
             (Some(c), _) => {
                 let before = std_to_chrono(cfg.rotate_before);
                 match c.expires_at {
@@ -693,7 +775,17 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
                     r.updated_at.max(crec.updated_at)
                 };
                 let at = since + std_to_chrono(cfg.overlap);
-                if at <= now {
+                let held = stranded(input.deliveries, &r.rotation_id);
+                let expired = t.expires_at.is_some_and(|e| e <= now);
+                if at <= now && !held.is_empty() && !expired {
+                    notes.push(format!(
+                        "token {id} stays enabled past its overlap: the sinks of delivery group(s) {} received it and no newer token since (only a replica of that group can deliver one, when it leads){}",
+                        held.join(", "),
+                        t.expires_at
+                            .map(|e| format!("; it expires at {}", e.to_rfc3339()))
+                            .unwrap_or_default()
+                    ));
+                } else if at <= now {
                     steps.push(Planned::Disable {
                         rotation_id,
                         instance,
@@ -709,6 +801,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
         }
     }
     upcoming.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.what.cmp(&b.what)));
+    let has_current = current.is_some();
     TokenPlan {
         name: cfg.name.clone(),
         instance: cfg.instance.clone(),
@@ -718,6 +811,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
         foreign,
         backoff_until: held_back,
         notes,
+        delivered_here: has_current && delivered_here != Some(false),
     }
 }
 
@@ -802,6 +896,8 @@ mod tests {
             backoff,
             retry_base: std::time::Duration::from_secs(3600),
             list_lag: LAG,
+            group: "a",
+            deliveries: &[],
             now: now(),
         }
     }
@@ -1408,5 +1504,186 @@ mod tests {
         let p = plan_token(&cfg(), &inputs(&journal, &listings, None));
         assert!(p.steps.is_empty(), "{:?}", p.steps);
         assert!(p.notes[0].contains("t-old"), "{:?}", p.notes);
+    }
+
+    /// A delivery record: `group` began receiving rotation `rid` `age` hours
+    /// ago and (if `done`) every sink there held it.
+    fn dlv(rid: &str, group: &str, age: i64, done: bool) -> DeliveryRecord {
+        DeliveryRecord {
+            rotation_id: rid.into(),
+            token_name: "ci-pull".into(),
+            group: group.into(),
+            token_id: format!("t{}", &rid[1..]),
+            began_at: now() - hours(age),
+            delivered_at: done.then(|| now() - hours(age)),
+        }
+    }
+
+    /// Step 10: replicas of one state deliver to their own sinks (delivery
+    /// groups); this replica is group "a". A current token another group
+    /// delivered makes a leader rotate, and a token a group received stays
+    /// enabled past its overlap until that group received a newer one.
+    #[test]
+    fn delivery_groups_rotate_early_and_hold_back_what_a_group_may_still_hold() {
+        let old = rec("r0", Some("t0"), Step::Superseded, 900, 25);
+        let cur = rec("r1", Some("t1"), Step::Current, 500, 25);
+        let listing = vec![listed("t0", "r0", true, 100), listed("t1", "r1", true, 480)];
+        type Case = (
+            &'static str,
+            Vec<DeliveryRecord>,
+            Vec<&'static str>,
+            bool,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no records (journaled before Step 10): as before",
+                vec![],
+                vec!["disable t0"],
+                true,
+                "",
+            ),
+            (
+                "one group delivered both: as before",
+                vec![dlv("r0", "a", 900, true), dlv("r1", "a", 500, true)],
+                vec!["disable t0"],
+                true,
+                "",
+            ),
+            (
+                "the current token is another group's: rotate; t0 (a's) is retired once a has a newer one",
+                vec![dlv("r0", "a", 900, true), dlv("r1", "b", 500, true)],
+                vec!["rotate"],
+                false,
+                "t0 stays enabled past its overlap: the sinks of delivery group(s) a",
+            ),
+            (
+                "b took over from a: b's sinks hold t1, a's still t0: t0 stays enabled",
+                vec![dlv("r0", "a", 900, true), dlv("r1", "b", 500, true)],
+                vec!["rotate"],
+                false,
+                "it expires at",
+            ),
+            (
+                "a began a newer delivery but never finished it: its sinks may still hold t0",
+                vec![
+                    dlv("r0", "a", 900, true),
+                    dlv("r1", "a", 500, false),
+                    dlv("r1", "b", 500, true),
+                ],
+                vec!["rotate"],
+                false,
+                "delivery group(s) a",
+            ),
+            (
+                "a and b both received t1 (a shared group would): t0 retired",
+                vec![
+                    dlv("r0", "a", 900, true),
+                    dlv("r0", "b", 900, true),
+                    dlv("r1", "a", 500, true),
+                    dlv("r1", "b", 500, true),
+                ],
+                vec!["disable t0"],
+                true,
+                "",
+            ),
+            (
+                "b received t0 and never a newer one: held for b although a is current",
+                vec![dlv("r0", "b", 900, true), dlv("r1", "a", 500, true)],
+                vec![],
+                true,
+                "delivery group(s) b",
+            ),
+        ];
+        for (label, deliveries, want, delivered, note) in cases {
+            let listings = HashMap::from([("prod".to_string(), listing.clone())]);
+            let journal = vec![old.clone(), cur.clone()];
+            let p = plan_token(
+                &cfg(),
+                &Inputs {
+                    deliveries: &deliveries,
+                    ..inputs(&journal, &listings, None)
+                },
+            );
+            let got: Vec<String> = p.steps.iter().map(short).collect();
+            assert_eq!(got, want, "{label}: {:?}", p.steps);
+            assert_eq!(p.delivered_here, delivered, "{label}");
+            if note.is_empty() {
+                assert!(p.notes.is_empty(), "{label}: {:?}", p.notes);
+            } else {
+                assert!(
+                    p.notes.iter().any(|n| n.contains(note)),
+                    "{label}: {:?}",
+                    p.notes
+                );
+            }
+            if let Some(Planned::Rotate { reason }) = p.steps.first() {
+                assert!(
+                    reason.contains("delivery group \"a\" never received current token t1"),
+                    "{label}: {reason}"
+                );
+            }
+        }
+        // An expired token holds nothing back: its consumers are cut off anyway.
+        let listings = HashMap::from([(
+            "prod".to_string(),
+            vec![listed("t0", "r0", true, -1), listed("t1", "r1", true, 480)],
+        )]);
+        let journal = vec![old.clone(), cur.clone()];
+        let deliveries = vec![dlv("r0", "b", 900, true), dlv("r1", "a", 500, true)];
+        let p = plan_token(
+            &cfg(),
+            &Inputs {
+                deliveries: &deliveries,
+                ..inputs(&journal, &listings, None)
+            },
+        );
+        assert_eq!(
+            p.steps.iter().map(short).collect::<Vec<_>>(),
+            ["disable t0"]
+        );
+        // No current token at all: nothing delivered here.
+        let p = plan(&[], &[]);
+        assert!(!p.delivered_here);
+        // Backing off after failed rotations holds the early rotation back too.
+        let backoff = TokenBackoff {
+            failures: 1,
+            last_failure_at: now() - ChronoDuration::minutes(10),
+            error: "boom".into(),
+            config: config_fingerprint(&cfg()),
+        };
+        let listings = HashMap::from([("prod".to_string(), listing.clone())]);
+        let deliveries = vec![dlv("r1", "b", 500, true)];
+        let p = plan_token(
+            &cfg(),
+            &Inputs {
+                deliveries: &deliveries,
+                ..inputs(&journal, &listings, Some(&backoff))
+            },
+        );
+        assert!(
+            p.steps.iter().all(|s| !matches!(s, Planned::Rotate { .. })),
+            "{:?}",
+            p.steps
+        );
+        assert!(p.backoff_until.is_some());
+    }
+
+    #[test]
+    fn stranded_groups_are_those_without_a_newer_complete_delivery() {
+        let d = vec![
+            dlv("r0", "a", 900, true),
+            dlv("r0", "b", 900, true),
+            dlv("r1", "a", 500, true),
+            dlv("r2", "b", 100, false),
+        ];
+        assert_eq!(stranded(&d, "r0"), ["b"]);
+        assert_eq!(stranded(&d, "r1"), ["a"]);
+        assert_eq!(stranded(&d, "r9"), Vec::<String>::new());
+        assert_eq!(receivers(&d, "r9"), Receivers::Unrecorded);
+        assert_eq!(delivered_to(&d, "r2", "b"), Some(false));
+        assert_eq!(delivered_to(&d, "r1", "a"), Some(true));
+        assert_eq!(delivered_to(&d, "r1", "b"), Some(false));
+        assert_eq!(delivered_to(&d, "r9", "b"), None);
     }
 }

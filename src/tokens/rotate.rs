@@ -22,7 +22,7 @@
 //! ([`crate::failpoint`], names in [`FAILPOINTS`]); `fp_sites_cover_every_question_mark`
 //! below checks that no `?` lacks one.
 
-use super::journal::RotationRecord;
+use super::journal::{DeliveryRecord, RotationRecord};
 use super::planner::{self, Current, Inputs, Listed, Planned, Step, TokenPlan};
 use super::sinks::{self, Delivery, SinkError};
 use super::verify;
@@ -128,6 +128,7 @@ pub const FAILPOINTS: &[&str] = &[
     "tokens.state.install_id",
     "tokens.api.list",
     "tokens.state.journal_read",
+    "tokens.state.deliveries_read",
     "tokens.state.backoff_read",
     "tokens.rotate.preflight",
     "tokens.rotate.registry_probe",
@@ -289,6 +290,31 @@ impl<'a> Engine<'a> {
             .map_or(Duration::from_secs(120), |t| t.list_lag)
     }
 
+    /// This replica's `[tokens] delivery_group`.
+    fn group(&self) -> &str {
+        self.config
+            .tokens
+            .as_ref()
+            .map_or("localhost", |t| t.delivery_group.as_str())
+    }
+
+    /// This group's delivery record of `rec`'s token: begun now, or done.
+    fn delivery(
+        &self,
+        rec: &RotationRecord,
+        began_at: DateTime<Utc>,
+        done: bool,
+    ) -> DeliveryRecord {
+        DeliveryRecord {
+            rotation_id: rec.rotation_id.clone(),
+            token_name: rec.token_name.clone(),
+            group: self.group().to_string(),
+            token_id: rec.token_id.clone().unwrap_or_default(),
+            began_at,
+            delivered_at: done.then(|| self.now()),
+        }
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
@@ -432,6 +458,8 @@ impl<'a> Engine<'a> {
                 slot.insert(self.list(inst).await?);
             }
         }
+        fp("tokens.state.deliveries_read")?;
+        let deliveries = self.state.deliveries_for(&mt.name)?;
         fp("tokens.state.backoff_read")?;
         let backoff = self.state.token_backoff(&mt.name, &mt.instance)?;
         let plan = planner::plan_token(
@@ -443,12 +471,18 @@ impl<'a> Engine<'a> {
                 backoff: backoff.as_ref(),
                 retry_base: self.settings.retry_base,
                 list_lag: self.list_lag(),
+                group: self.group(),
+                deliveries: &deliveries,
                 now: self.now(),
             },
         );
         self.metrics
             .tokens
             .foreign(&mt.name, &mt.instance, plan.foreign.len());
+        self.metrics.tokens.delivered(&mt.name, plan.delivered_here);
+        if let Some(c) = plan.current.as_ref().filter(|_| !plan.delivered_here) {
+            tracing::warn!(token = %mt.name, token_id = %c.token_id, delivery_group = %self.group(), "this replica's sinks never received the current token (kcr_housekeeper_token_delivered 0): another replica created and delivered it; a leader rotates to get one it can deliver");
+        }
         for f in &plan.foreign {
             tracing::warn!(token = %mt.name, token_id = %f.token_id, why = %f.why, "a token of this name is not this installation's: left alone");
         }
@@ -511,8 +545,13 @@ impl<'a> Engine<'a> {
         self.instance(mt)?;
         let mut rotated = false;
         let mut backing_off = None;
-        for _pass in 0..self.settings.max_passes.max(1) {
+        for pass in 0..self.settings.max_passes.max(1) {
             let plan = self.plan_one(mt, install_id, &mut HashMap::new()).await?;
+            if pass == 0 {
+                for n in &plan.notes {
+                    tracing::warn!(token = %mt.name, note = %n, "token note");
+                }
+            }
             backing_off = plan.backoff_until.map(|at| {
                 let what = plan.upcoming.iter().find(|u| u.at == at);
                 match what {
@@ -582,6 +621,22 @@ impl<'a> Engine<'a> {
         fp(point)?;
         self.state.journal_put(records)?;
         Ok(())
+    }
+
+    /// Journal `rec` at `step` together with this group's delivery record.
+    fn put_delivery(
+        &self,
+        point: &'static str,
+        mut rec: RotationRecord,
+        step: Step,
+        delivery: &DeliveryRecord,
+    ) -> Result<RotationRecord, TokenError> {
+        rec.step = step;
+        rec.updated_at = self.now();
+        fp(point)?;
+        self.state
+            .journal_put_delivery(std::slice::from_ref(&rec), Some(delivery))?;
+        Ok(rec)
     }
 
     fn set_step(
@@ -1147,16 +1202,18 @@ impl<'a> Engine<'a> {
                     source,
                 })?);
             }
-            let rec = self.set_step(
+            // From here this group's sinks may hold it: recorded with the step.
+            let began = self.now();
+            let rec = self.put_delivery(
                 "tokens.state.journal_delivering",
-                rec,
+                rec.clone(),
                 Step::Delivering,
-                None,
+                &self.delivery(&rec, began, false),
             )?;
-            Ok::<_, TokenError>((priors, rec))
+            Ok::<_, TokenError>((priors, rec, began))
         }
         .await;
-        let (priors, rec) = match prepared {
+        let (priors, rec, began) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let why = format!("rotation failed: {e}");
@@ -1192,11 +1249,11 @@ impl<'a> Engine<'a> {
         let result = match failure {
             Some(e) => Err(e),
             // Every sink holds it: from here on it is never discarded.
-            None => match self.set_step(
+            None => match self.put_delivery(
                 "tokens.state.journal_verified",
                 rec.clone(),
                 Step::Verified,
-                None,
+                &self.delivery(&rec, began, true),
             ) {
                 Err(e) => {
                     tracing::error!(token = %mt.name, token_id = %token_id, error = %e, "delivered everywhere but cannot journal it; the token is kept and retired once a newer one is current");
@@ -1436,6 +1493,7 @@ mod tests {
         "self.audit_start(",
         "self.put(",
         "self.set_step(",
+        "self.put_delivery(",
         "self.fresh_record(",
         "self.plan_one(",
         "self.execute(",

@@ -52,6 +52,19 @@ pub fn demo_head(sim: &Simulator, dir: &std::path::Path) -> String {
     )
 }
 
+/// [`demo_head`] with `[state]` on PostgreSQL: the URL from
+/// `$KCR_HOUSEKEEPER_DATABASE_URL` (set it on the command, e.g. to a
+/// [`pg::Db`]'s). Replicas of one state share it.
+pub fn demo_head_pg(sim: &Simulator, dir: &std::path::Path) -> String {
+    let path_line = format!("path = \"{}\"", dir.join("state.db").display());
+    let head = demo_head(sim, dir);
+    assert!(head.contains(&path_line));
+    head.replace(
+        &path_line,
+        "url = { env = \"KCR_HOUSEKEEPER_DATABASE_URL\" }",
+    )
+}
+
 /// Parse a config whose credentials are `$AK`/`$SK`, answered with the simulator's.
 pub fn parse_config(
     sim: &Simulator,
