@@ -510,6 +510,35 @@ pub fn execution_order(items: &mut [(Target, PlannedAction)]) {
     items.sort_by_key(|(t, a)| (first_seen[t], a.action != ActionKind::DeleteImage));
 }
 
+/// Why a run of actions stops before its next action.
+pub(super) enum Stop {
+    /// Cancelled (shutdown, timeout, Ctrl-C): a safe point.
+    Cancelled,
+    /// `[kcr] max_consecutive_failures` actions failed in a row: why.
+    Streak(String),
+}
+
+/// Checked before each action of a run of actions (deletions, relief).
+/// This run's own failures decide (`failures_in_row`): a failure streak the
+/// shared client carries from another job (the API since back) does not
+/// stop it. `who` and `what` word the reason ("stopped", "API calls").
+pub(super) fn stop_before(
+    env: &ExecEnv<'_>,
+    failures_in_row: u32,
+    who: &str,
+    what: &str,
+) -> Option<Stop> {
+    if env.cancel.is_cancelled() {
+        return Some(Stop::Cancelled);
+    }
+    let limit = env.client.max_consecutive_failures();
+    (failures_in_row >= limit).then(|| {
+        Stop::Streak(format!(
+            "{who} after {failures_in_row} failed {what} in a row ([kcr] max_consecutive_failures = {limit})"
+        ))
+    })
+}
+
 /// Apply `items` ([`execution_order`]). Stops between actions when
 /// cancelled, after `[kcr] max_consecutive_failures` failed calls in a
 /// row, and at the first call IAM refuses.
@@ -521,18 +550,11 @@ pub async fn execute(env: &ExecEnv<'_>, mut items: Vec<(Target, PlannedAction)>)
     let mut failures_in_row = 0u32;
     let total = items.len();
     for (i, (t, a)) in items.into_iter().enumerate() {
-        if env.cancel.is_cancelled() {
-            out.cancelled = true;
-            out.not_attempted = total - i;
-            break;
-        }
-        let limit = env.client.max_consecutive_failures();
-        // This run's own calls decide: a failure streak the shared client
-        // carries from another job (the API since back) does not stop it.
-        if failures_in_row >= limit {
-            out.stopped = Some(format!(
-                "stopped after {failures_in_row} failed API calls in a row ([kcr] max_consecutive_failures = {limit})"
-            ));
+        if let Some(stop) = stop_before(env, failures_in_row, "stopped", "API calls") {
+            match stop {
+                Stop::Cancelled => out.cancelled = true,
+                Stop::Streak(why) => out.stopped = Some(why),
+            }
             out.not_attempted = total - i;
             break;
         }

@@ -7,7 +7,7 @@
 //! caps and grace, audited before each call, and re-checked right before it
 //! (DescribeImages / DescribeRepository must answer 0).
 
-use super::executor::{ExecEnv, Outcome};
+use super::executor::{ExecEnv, Outcome, Stop, stop_before};
 use crate::config::{Config, InstanceConfig, RetentionConfig};
 use crate::failpoint;
 use crate::inventory::Inventory;
@@ -215,16 +215,11 @@ pub async fn execute(env: &ExecEnv<'_>, config: &Config, actions: Vec<ReliefActi
     let total = actions.len();
     let mut failures_in_row = 0u32;
     for (i, a) in actions.into_iter().enumerate() {
-        if env.cancel.is_cancelled() {
-            out.cancelled = true;
-            out.not_attempted = total - i;
-            break;
-        }
-        let limit = env.client.max_consecutive_failures();
-        if failures_in_row >= limit {
-            out.stopped = Some(format!(
-                "quota relief stopped after {failures_in_row} failed actions in a row ([kcr] max_consecutive_failures = {limit})"
-            ));
+        if let Some(stop) = stop_before(env, failures_in_row, "quota relief stopped", "actions") {
+            match stop {
+                Stop::Cancelled => out.cancelled = true,
+                Stop::Streak(why) => out.stopped = Some(why),
+            }
             out.not_attempted = total - i;
             break;
         }
