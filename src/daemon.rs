@@ -6,6 +6,7 @@
 use crate::app::{self, Connection};
 use crate::config::{self, Config, ProcessEnv};
 use crate::jobs::{RunEnv, Runner};
+use crate::leader::{self, Leadership, OnLead};
 use crate::metrics::Metrics;
 use crate::scheduler::{Heartbeat, Scheduler};
 use crate::server::{self, AppState};
@@ -45,24 +46,20 @@ pub async fn run(
     let mut signals =
         Signals::install().map_err(|e| DaemonError::Setup(format!("signal handlers: {e}")))?;
     let state = Store::open_config(&config.state).map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let abandoned = state
-        .close_abandoned_runs(chrono::Utc::now())
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    if abandoned > 0 {
-        tracing::warn!(
-            runs = abandoned,
-            "runs interrupted by the previous process were recorded as failed"
-        );
+    let shared = state.backend_name() == "postgresql";
+    // One replica (SQLite) leads from the start: close what the previous
+    // process left open now. Replicas (PostgreSQL) do it when they take
+    // the lease, behind its fence: a follower must not touch the leader's
+    // runs.
+    if !shared {
+        close_previous(&state).map_err(|e| DaemonError::Setup(e.to_string()))?;
     }
-    let interrupted = state
-        .close_interrupted_audit()
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    if interrupted > 0 {
-        tracing::warn!(
-            mutations = interrupted,
-            "mutations in flight when the previous process stopped are audited as interrupted; their next run re-checks them"
-        );
-    }
+    // The lease is renewed on a connection of its own.
+    let lease_store = if shared {
+        Store::open_config(&config.state).map_err(|e| DaemonError::Setup(e.to_string()))?
+    } else {
+        state.clone()
+    };
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -83,9 +80,33 @@ pub async fn run(
             config: config.clone(),
             client,
         },
-        state,
+        state.clone(),
         metrics.clone(),
     );
+    let holder = config.leader.id.clone().unwrap_or_else(leader::default_id);
+    let leadership = Leadership::new(
+        lease_store,
+        state,
+        &config.leader,
+        config.kcr.timeout,
+        holder.clone(),
+        metrics.clone(),
+    );
+    runner.set_leadership(leadership.clone());
+    let on_lead: OnLead = Arc::new(close_previous);
+    // Try once before scheduling, so a replica that can lead at once runs
+    // its `run_on_start` jobs.
+    let first = leadership.step(&on_lead).await;
+    let stop_leader = CancellationToken::new();
+    let leader_loop = tokio::spawn({
+        let (l, stop) = (leadership.clone(), stop_leader.clone());
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep_until(first.into()) => l.run(stop, on_lead).await,
+            }
+        }
+    });
     let heartbeat = Arc::new(Heartbeat::default());
     let app_state = Arc::new(AppState {
         runner: runner.clone(),
@@ -107,7 +128,8 @@ pub async fn run(
     let mut current = config;
     app_state.ready.store(true, Ordering::Release);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!(listen = %listen, jobs = ?runner.job_names(), "kcr-housekeeper ready");
+    let st = leadership.status();
+    tracing::info!(listen = %listen, jobs = ?runner.job_names(), holder = %holder, leader = st.leader, epoch = ?st.epoch, "kcr-housekeeper ready");
     on_ready(&Started { listen });
 
     loop {
@@ -154,10 +176,34 @@ pub async fn run(
             "jobs still running at the shutdown deadline; they are recorded as interrupted"
         );
     }
+    // Give the lease back only once no job of this replica runs.
+    stop_leader.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), leader_loop).await;
+    leadership.release().await;
     stop_server.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     drop(simulators);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Close what a previous process (or leader) left open: runs as failed,
+/// mutations in flight as interrupted.
+fn close_previous(state: &Store) -> Result<(), crate::state::StateError> {
+    let abandoned = state.close_abandoned_runs(chrono::Utc::now())?;
+    if abandoned > 0 {
+        tracing::warn!(
+            runs = abandoned,
+            "runs interrupted by the previous process were recorded as failed"
+        );
+    }
+    let interrupted = state.close_interrupted_audit()?;
+    if interrupted > 0 {
+        tracing::warn!(
+            mutations = interrupted,
+            "mutations in flight when the previous process stopped are audited as interrupted; their next run re-checks them"
+        );
+    }
     Ok(())
 }
 

@@ -5,12 +5,13 @@
 
 use crate::config::Config;
 use crate::kcr::Client;
+use crate::leader::{Leadership, NotLeader, Term};
 use crate::metrics::Metrics;
 use crate::state::{RunResult, StateError, Store};
 use chrono::Utc;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -134,6 +135,14 @@ pub enum JobError {
     Abandoned,
     #[error("timed out after {}", crate::duration::format(*.0))]
     TimedOut(Duration),
+    /// This replica lost the leader lease during the run: every running job
+    /// was cancelled and stopped at its next safe point (no KCR mutation
+    /// and no state write after it); the new leader closes the run.
+    #[error(
+        "the leader lease was lost (epoch {epoch}); stopped at a safe point{}",
+        .detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    LeaseLost { epoch: i64, detail: Option<String> },
 }
 
 impl JobError {
@@ -146,6 +155,7 @@ impl JobError {
         "state",
         "cancelled",
         "timeout",
+        "lease_lost",
         "sink",
         "verify",
         "locked",
@@ -166,6 +176,7 @@ impl JobError {
             JobError::State(_) => "state",
             JobError::Cancelled | JobError::Stopped(_) | JobError::Abandoned => "cancelled",
             JobError::TimedOut(_) => "timeout",
+            JobError::LeaseLost { .. } => "lease_lost",
         }
     }
 }
@@ -274,6 +285,8 @@ pub enum Started {
     AlreadyRunning,
     /// The runner is stopping; no new runs.
     ShuttingDown,
+    /// Another replica leads (or none yet): only the leader runs jobs.
+    NotLeader(NotLeader),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +382,10 @@ pub struct Runner {
     inventory: Arc<crate::inventory::InventoryCache>,
     /// Abandon the change in flight (a second Ctrl-C of a one-shot apply).
     abandon: CancellationToken,
+    /// Set: runs start only while this replica leads, each in the current
+    /// term (its fenced store; cancelled when the lease is lost). Unset:
+    /// every run uses `state` (one-shot commands and tests).
+    leadership: OnceLock<Arc<Leadership>>,
 }
 
 /// Removes a job from the running set however its task ends.
@@ -405,7 +422,33 @@ impl Runner {
             tracker: TaskTracker::new(),
             inventory: Default::default(),
             abandon: CancellationToken::new(),
+            leadership: OnceLock::new(),
         })
+    }
+
+    /// Runs start only while `leadership` leads (set once, before the
+    /// first run).
+    pub fn set_leadership(&self, leadership: Arc<Leadership>) {
+        if self.leadership.set(leadership).is_err() {
+            tracing::error!("the runner's leadership was set twice; the first stays");
+        }
+    }
+
+    pub fn leadership(&self) -> Option<&Arc<Leadership>> {
+        self.leadership.get()
+    }
+
+    /// The term a run starts in: the leader's current one, or (without a
+    /// leadership) the unfenced state for good.
+    pub fn term(&self) -> Result<Term, NotLeader> {
+        match self.leadership.get() {
+            Some(l) => l.term(),
+            None => Ok(Term {
+                epoch: None,
+                store: self.state.clone(),
+                lost: CancellationToken::new(),
+            }),
+        }
     }
 
     /// The context a run gets, outside a run (no row yet): what the CLI
@@ -491,13 +534,20 @@ impl Runner {
         if self.cancel.is_cancelled() {
             return Ok((Started::ShuttingDown, None));
         }
+        let term = match self.term() {
+            Ok(t) => t,
+            Err(not) => {
+                tracing::debug!(job = name, trigger = trigger.as_str(), %not, "not started");
+                return Ok((Started::NotLeader(not), None));
+            }
+        };
         {
             let mut running = self.running.lock().expect("running lock");
             if !running.insert(name) {
                 drop(running);
                 self.metrics.jobs.skipped(name);
                 if let Err(e) =
-                    self.state
+                    term.store
                         .record_skipped(name, trigger.as_str(), Utc::now(), "already running")
                 {
                     tracing::error!(job = name, error = %e, "cannot record skipped run");
@@ -512,7 +562,7 @@ impl Runner {
             }
         }
         self.metrics.jobs.started(name);
-        let log = RunLog::start(&self.state, self.metrics.clone(), name, trigger);
+        let log = RunLog::start(&term.store, self.metrics.clone(), name, trigger);
         let run_id = log.as_ref().ok().map(RunLog::run_id);
         let me = self.clone();
         let body: Body = Box::new(move |ctx| Box::pin(async move { j.run(ctx).await }));
@@ -520,7 +570,7 @@ impl Runner {
         Ok((
             Started::Running(
                 self.tracker
-                    .spawn(async move { me.execute(name, trigger, watch, body, log).await }),
+                    .spawn(async move { me.execute(name, trigger, watch, body, log, term).await }),
             ),
             run_id,
         ))
@@ -538,13 +588,14 @@ impl Runner {
         watch: Arc<dyn Watch>,
     ) -> Option<RunSummary> {
         let name = J::NAME;
+        let term = self.term().ok()?;
         if self.tracker.is_closed() || !self.running.lock().expect("running lock").insert(name) {
             return None;
         }
         self.metrics.jobs.started(name);
-        let log = RunLog::start(&self.state, self.metrics.clone(), name, trigger);
+        let log = RunLog::start(&term.store, self.metrics.clone(), name, trigger);
         let body: Body = Box::new(move |ctx| Box::pin(async move { job.apply(ctx, plan).await }));
-        Some(self.execute(name, trigger, watch, body, log).await)
+        Some(self.execute(name, trigger, watch, body, log, term).await)
     }
 
     /// Run `job` and wait for it (one-shot commands, tests).
@@ -555,7 +606,7 @@ impl Runner {
     ) -> Result<Option<RunSummary>, UnknownJob> {
         match self.try_start(job, trigger)? {
             Started::Running(h) => Ok(h.await.ok()),
-            Started::AlreadyRunning | Started::ShuttingDown => Ok(None),
+            Started::AlreadyRunning | Started::ShuttingDown | Started::NotLeader(_) => Ok(None),
         }
     }
 
@@ -566,6 +617,7 @@ impl Runner {
         watch: Arc<dyn Watch>,
         body: Body,
         log: Result<RunLog, StateError>,
+        term: Term,
     ) -> RunSummary {
         let _guard = RunningGuard {
             runner: self,
@@ -593,7 +645,7 @@ impl Runner {
         let ctx = JobContext {
             client: env.client.clone(),
             config: env.config.clone(),
-            state: self.state.clone(),
+            state: term.store.clone(),
             metrics: self.metrics.clone(),
             cancel: cancel.clone(),
             run_id: Some(run_id),
@@ -610,10 +662,25 @@ impl Runner {
                 // Dropped mid-change: the change in flight stays unknown,
                 // its audit record is closed as such (never left `started`).
                 drop(fut);
-                if let Err(e) = self.state.close_interrupted_audit_of_run(run_id) {
+                if let Err(e) = term.store.close_interrupted_audit_of_run(run_id) {
                     tracing::error!(job = name, run_id, error = %e, "cannot close the run's audit records");
                 }
                 return self.finish(name, log, Err(JobError::Abandoned));
+            }
+            _ = term.lost.cancelled() => {
+                // The lease is lost: stop at the next safe point. Every
+                // state write is refused from now on (the fence), so the
+                // job cannot get far; the new leader closes the run.
+                cancel.cancel();
+                let detail = match tokio::time::timeout(STOP_GRACE, &mut fut).await {
+                    Ok(Ok(_)) | Ok(Err(JobError::Cancelled)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("still running when given up".into()),
+                };
+                Err(JobError::LeaseLost {
+                    epoch: term.epoch.unwrap_or_default(),
+                    detail,
+                })
             }
             r = &mut fut => r,
             _ = tokio::time::sleep(timeout) => {
@@ -630,6 +697,17 @@ impl Runner {
             }
         };
         drop(fut);
+        // A run that failed as the lease ran out (a fenced write refused)
+        // failed because of it.
+        let outcome = match outcome {
+            Err(e) if term.lost.is_cancelled() && !matches!(e, JobError::LeaseLost { .. }) => {
+                Err(JobError::LeaseLost {
+                    epoch: term.epoch.unwrap_or_default(),
+                    detail: Some(e.to_string()),
+                })
+            }
+            o => o,
+        };
         self.finish(name, log, outcome)
     }
 

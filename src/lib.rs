@@ -51,6 +51,8 @@ pub mod quota;
 pub mod doctor;
 
 // Running the jobs.
+// The leader lease: only one replica per database runs jobs; followers serve.
+pub mod leader;
 // The `Job` trait and the `Runner`: the one path for scheduled, HTTP and CLI runs.
 pub mod jobs;
 // A client for the configured endpoint (or the embedded simulator).

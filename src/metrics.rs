@@ -689,6 +689,9 @@ pub struct DaemonMetrics {
     reload_failures: IntCounter,
     tasks: IntGauge,
     state_up: IntGaugeVec,
+    leader: IntGauge,
+    leader_epoch: IntGauge,
+    leader_transitions: IntCounter,
 }
 
 impl DaemonMetrics {
@@ -721,7 +724,44 @@ impl DaemonMetrics {
                 "Whether the state database answers (1) or not (0), at the last scrape; backend = sqlite or postgresql.",
                 &["backend"],
             ),
+            leader: r.register(
+                IntGauge::new(
+                    "kcr_housekeeper_leader",
+                    "1 while this replica holds the leader lease (runs jobs), else 0; exactly one replica per database should report 1.",
+                )
+                .expect("valid metric"),
+            ),
+            leader_epoch: r.register(
+                IntGauge::new(
+                    "kcr_housekeeper_leader_epoch",
+                    "The lease epoch (fencing token) this replica last saw: its own while leading, else the leader's (0: none seen).",
+                )
+                .expect("valid metric"),
+            ),
+            leader_transitions: r.register(
+                IntCounter::new(
+                    "kcr_housekeeper_leader_transitions_total",
+                    "Times this replica became leader or stopped leading.",
+                )
+                .expect("valid metric"),
+            ),
         }
+    }
+
+    /// This replica leads (`true`) or follows, at `epoch` (0: none seen).
+    pub fn leadership(&self, leader: bool, epoch: i64) {
+        self.leader.set(i64::from(leader));
+        self.leader_epoch.set(epoch);
+    }
+
+    /// This replica became leader or stopped leading.
+    pub fn leader_transition(&self) {
+        self.leader_transitions.inc();
+    }
+
+    /// Whether this replica leads (for tests).
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
     }
 
     /// Whether the state database answers (set at each scrape).

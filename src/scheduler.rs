@@ -40,7 +40,10 @@ pub struct Scheduler {
 
 fn fire(runner: &Arc<Runner>, job: &'static str, trigger: Trigger) {
     match runner.try_start(job, trigger) {
-        Ok(Started::Running(_)) | Ok(Started::AlreadyRunning) | Ok(Started::ShuttingDown) => {}
+        Ok(Started::Running(_))
+        | Ok(Started::AlreadyRunning)
+        | Ok(Started::ShuttingDown)
+        | Ok(Started::NotLeader(_)) => {}
         Err(e) => tracing::error!(error = %e, "scheduled an unknown job"),
     }
 }

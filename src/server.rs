@@ -4,9 +4,9 @@
 //! |---|---|---|
 //! | GET  | `/metrics` | Prometheus text exposition of every metric |
 //! | GET  | `/healthz` | 200 while the process and the scheduler loop are alive, else 503 |
-//! | GET  | `/readyz` | 200 once config, state and scheduler are up (a latch), else 503 |
-//! | GET  | `/jobs` | JSON: per job its schedule, mode, next run, last run and result |
-//! | POST | `/jobs/{job}/run` | start a run now; `Authorization: Bearer <admin_token>`; 202 started, 409 already running, 401 bad token, 403 when no admin token is configured, 404 unknown job; the 202 body names the `run_id` |
+//! | GET  | `/readyz` | 200 once config, state and scheduler are up (a latch) and the state database answers (PostgreSQL: the lease's connection is up), else 503 |
+//! | GET  | `/jobs` | JSON: per job its schedule, mode, next run, last run and result; `leader` (whether this replica leads and runs jobs), `holder` (this replica's id), `leader_holder` and `epoch` (who leads, as the database last said) |
+//! | POST | `/jobs/{job}/run` | start a run now; `Authorization: Bearer <admin_token>`; 202 started, 409 already running, 401 bad token, 403 when no admin token is configured, 404 unknown job, 503 on a follower (the body names the leader and its epoch); the 202 body names the `run_id` |
 //! | GET  | `/jobs/{job}/runs/{id}` | JSON: that run's row (trigger, times, result, summary, error) and `status` running or finished; 404 unknown |
 //! | GET  | `/reports/retention/latest` | the latest retention report as HTML (`.json` and `.md` variants); 404 until one exists |
 //!
@@ -70,10 +70,16 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !s.ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    } else if s.runner.leadership().is_some_and(|l| !l.connected()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state database unreachable\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
@@ -116,7 +122,15 @@ async fn jobs(State(s): State<Arc<AppState>>) -> Response {
             "last_success_at": last_success,
         }));
     }
-    json_response(StatusCode::OK, json!({ "jobs": out }))
+    let mut body = json!({ "jobs": out, "leader": true });
+    if let Some(l) = s.runner.leadership() {
+        let st = l.status();
+        body["leader"] = json!(st.leader);
+        body["holder"] = json!(st.id);
+        body["leader_holder"] = json!(st.holder);
+        body["epoch"] = json!(st.epoch);
+    }
+    json_response(StatusCode::OK, body)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -168,6 +182,16 @@ async fn run_job(
         Ok((Started::ShuttingDown, _)) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"job": job, "status": "skipped", "reason": "shutting down"}),
+        ),
+        Ok((Started::NotLeader(not), _)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "job": job,
+                "status": "skipped",
+                "reason": not.to_string(),
+                "leader_holder": not.leader.as_ref().map(|l| &l.0),
+                "epoch": not.leader.as_ref().map(|l| l.1),
+            }),
         ),
     }
 }

@@ -92,6 +92,7 @@ fn every_documented_default_equals_the_built_in_default() {
     assert_eq!(format!("{:?}", m.server), format!("{:?}", e.server));
     assert_eq!(format!("{:?}", m.state), format!("{:?}", e.state));
     assert_eq!(format!("{:?}", m.scheduler), format!("{:?}", e.scheduler));
+    assert_eq!(format!("{:?}", m.leader), format!("{:?}", e.leader));
     assert_eq!(format!("{:?}", m.log), format!("{:?}", e.log));
     assert_eq!(format!("{:?}", m.inventory), format!("{:?}", e.inventory));
     let (mr, er) = (m.retention.unwrap(), e.retention.unwrap());
@@ -498,4 +499,42 @@ fn delivery_group_defaults_to_the_host_name_and_a_bad_one_names_the_key() {
     let e = errors(&bad);
     assert!(e.contains("tokens.delivery_group"), "{e}");
     assert!(e.contains("invalid delivery group \"a b\""), "{e}");
+}
+
+#[test]
+fn the_leader_lease_must_outlast_a_renewal_and_a_kcr_call() {
+    let base = "[kcr]\nendpoint = \"sim:demo\"\ntimeout = \"5s\"\n[[instances]]\nid = \"i\"\nname = \"p\"\n";
+    // The default lease (15s) suffices for a 5s call and a 5s renewal.
+    let c = parse(base).unwrap();
+    assert_eq!(
+        (c.leader.renew, c.leader.lease, c.leader.id.as_deref()),
+        (
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(15),
+            None
+        )
+    );
+    // An explicit short lease for short tests.
+    let c = parse(&format!(
+        "{}[leader]\nrenew = \"500ms\"\nlease = \"4s\"\nid = \"replica-a\"\n",
+        base.replace("5s", "1s")
+    ))
+    .unwrap();
+    assert_eq!(c.leader.lease, std::time::Duration::from_secs(4));
+    assert_eq!(c.leader.id.as_deref(), Some("replica-a"));
+    // A lease shorter than twice the renewal period.
+    let e = errors(&format!("{base}[leader]\nrenew = \"5s\"\nlease = \"9s\"\n"));
+    assert!(
+        e.contains("leader.lease") && e.contains("at least twice leader.renew"),
+        "{e}"
+    );
+    // A lease a KCR call could outlast.
+    let e = errors(&format!("{base}[leader]\nlease = \"10s\"\n"));
+    assert!(
+        e.contains("leader.lease") && e.contains("kcr.timeout (5s)"),
+        "{e}"
+    );
+    // An id with a space; a zero renewal.
+    let e = errors(&format!("{base}[leader]\nid = \"a b\"\nrenew = \"0s\"\n"));
+    assert!(e.contains("leader.id") && e.contains("leader.renew"), "{e}");
 }

@@ -9,6 +9,7 @@ use super::{CliError, failed, io};
 use crate::app;
 use crate::config::Config;
 use crate::jobs::{JobContext, RunEnv, RunSummary, Runner, Steps, Trigger, Watch};
+use crate::leader::{self, Leadership, OnLead};
 use crate::metrics::Metrics;
 use crate::state::{RunResult, Store};
 use std::io::Write;
@@ -73,18 +74,71 @@ impl Session {
         if !confirmed(yes, prompt, out)? {
             return Ok(false);
         }
+        let lease = self.take_lease(J::NAME).await?;
         let signals =
             StopSignals::install(&self.runner.stop_token(), &self.runner.abandon_token())?;
         let summary = self
             .runner
             .apply_now(Arc::new(job), plan, Trigger::Cli, self.watch.clone())
-            .await
-            .ok_or_else(|| failed(anyhow::anyhow!("the job is already running"), J::NAME))?;
+            .await;
+        if let Some((l, stop, renewing)) = lease {
+            stop.cancel();
+            let _ = renewing.await;
+            l.release().await;
+        }
+        let summary = summary.ok_or_else(|| {
+            failed(
+                anyhow::anyhow!("the job is already running, or the leader lease was lost"),
+                J::NAME,
+            )
+        })?;
         self.watch.finish();
         for line in self.watch.take_notes() {
             writeln!(out, "{line}").map_err(io)?;
         }
         outcome(&summary, &signals, out).map(|()| true)
+    }
+}
+
+type CliLease = (
+    Arc<Leadership>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+);
+
+impl Session {
+    /// With a PostgreSQL state shared by daemon replicas, a one-shot apply
+    /// mutates only as the leader: it takes the lease under a holder id of
+    /// its own (`cli-…`) and renews it while it applies, so no daemon runs
+    /// a job meanwhile, and its writes are fenced like a daemon's. When a
+    /// daemon leads, it refuses (exit 3) naming the leader. SQLite: nothing
+    /// to take (one host; the job's lock file still guards the tokens).
+    async fn take_lease(&self, job: &str) -> Result<Option<CliLease>, CliError> {
+        let state = self.runner.state();
+        if state.backend_name() != "postgresql" {
+            return Ok(None);
+        }
+        let c = self.runner.env().config.clone();
+        let lease_store = Store::open_config(&c.state).map_err(|e| failed(e, job))?;
+        let l = Leadership::new(
+            lease_store,
+            state.clone(),
+            &c.leader,
+            c.kcr.timeout,
+            format!("cli-{}", leader::default_id()),
+            Arc::new(Metrics::new()),
+        );
+        let nothing_to_close: OnLead = Arc::new(|_: &Store| Ok(()));
+        l.step(&nothing_to_close).await;
+        if let Err(not) = l.term() {
+            return Err(CliError::Blocked(format!(
+                "{job}: not applied: {not}; trigger the job on the leading daemon (POST /jobs/{job}/run) or stop the daemons first"
+            )));
+        }
+        self.runner.set_leadership(l.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let renewing = tokio::spawn(l.clone().run(stop.clone(), nothing_to_close));
+        Ok(Some((l, stop, renewing)))
     }
 }
 

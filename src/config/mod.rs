@@ -211,6 +211,31 @@ pub struct SchedulerConfig {
     pub job_timeout: Duration,
 }
 
+/// `[leader]`: the leader lease replicas sharing a PostgreSQL state elect
+/// one leader with (DESIGN §11). With SQLite the one replica simply holds it.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    /// How often the leader renews its lease (and a follower tries to take it).
+    pub renew: Duration,
+    /// How long a renewed lease lasts, on the database's clock.
+    pub lease: Duration,
+    /// This replica's holder id (not a secret: shown in `/jobs` and logs);
+    /// `None`: hostname, process id and a random suffix, chosen at start.
+    pub id: Option<String>,
+}
+
+impl LeaderConfig {
+    /// What a state write or a KCR mutation needs left of the lease, beyond
+    /// the call's own timeout: database round trips and clock-rate drift.
+    pub const MARGIN: Duration = Duration::from_secs(1);
+
+    /// The lease a write of a job must still see left before it is made:
+    /// the KCR call that may follow it has to end before the lease does.
+    pub fn needed(&self, call_timeout: Duration) -> Duration {
+        call_timeout + Self::MARGIN
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, strum::EnumString, strum::VariantNames)]
 #[strum(serialize_all = "kebab-case")]
 pub enum LogFormat {
@@ -259,6 +284,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub state: StateConfig,
     pub scheduler: SchedulerConfig,
+    pub leader: LeaderConfig,
     pub log: LogConfig,
     pub inventory: InventoryConfig,
     pub retention: Option<RetentionConfig>,

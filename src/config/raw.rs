@@ -106,6 +106,14 @@ pub struct RawScheduler {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawLeader {
+    pub renew: Option<String>,
+    pub lease: Option<String>,
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<super::LogFormat>,
     pub level: Option<String>,

@@ -9,12 +9,13 @@ use super::*;
 use crate::duration;
 use serde::de::DeserializeOwned;
 
-const KNOWN_SECTIONS: [&str; 11] = [
+const KNOWN_SECTIONS: [&str; 12] = [
     "kcr",
     "instances",
     "server",
     "state",
     "scheduler",
+    "leader",
     "log",
     "inventory",
     "retention",
@@ -405,6 +406,7 @@ impl Validator<'_> {
         let server_raw = take("server");
         let state_raw = take("state");
         let scheduler_raw = take("scheduler");
+        let leader_raw = take("leader");
         let log_raw = take("log");
         let inventory_raw = take("inventory");
         let retention_raw = take("retention");
@@ -417,6 +419,7 @@ impl Validator<'_> {
         let server = self.server(server_raw);
         let state = self.state(state_raw);
         let scheduler = self.scheduler(scheduler_raw);
+        let leader = self.leader(leader_raw, kcr.as_ref().map(|k| k.timeout));
         let log = self.log(log_raw);
         let inventory = self
             .section::<RawInventory>("inventory", inventory_raw)
@@ -439,6 +442,7 @@ impl Validator<'_> {
             server: server?,
             state: state?,
             scheduler: scheduler?,
+            leader: leader?,
             log: log?,
             inventory: inventory?,
             retention: retention.transpose_none()?,
@@ -735,6 +739,69 @@ impl Validator<'_> {
                 Duration::from_secs(3600),
             ),
         })
+    }
+
+    /// `[leader]`. The lease must outlast a renewal period plus a KCR call
+    /// and two margins: a leader renews every `renew`, and a mutation (and
+    /// every state write of a job) is made only with more than `[kcr]
+    /// timeout` + margin of lease left — which must still hold just before
+    /// the next renewal, with a margin for that renewal's round trip. When
+    /// `lease` is not set it defaults to 15s, raised to that minimum if
+    /// `[kcr] timeout` needs more.
+    fn leader(
+        &mut self,
+        value: Option<toml::Value>,
+        call_timeout: Option<Duration>,
+    ) -> Option<LeaderConfig> {
+        let p = KeyPath::root().key("leader");
+        let raw: RawLeader = self.section("leader", value)?;
+        let renew =
+            self.positive_duration(p.key("renew"), raw.renew.as_deref(), Duration::from_secs(5));
+        let call = call_timeout.unwrap_or(Duration::from_secs(30));
+        let least = call + renew + 2 * LeaderConfig::MARGIN;
+        let lease = match raw.lease.as_deref() {
+            None => least.max(Duration::from_secs(15)),
+            Some(text) => {
+                let lease =
+                    self.positive_duration(p.key("lease"), Some(text), Duration::from_secs(15));
+                if !lease.is_zero() && lease < 2 * renew {
+                    self.err(
+                        p.key("lease"),
+                        format!(
+                            "lease ({}) must be at least twice leader.renew ({}): a leader renews several times per lease",
+                            duration::format(lease),
+                            duration::format(renew)
+                        ),
+                    );
+                } else if !lease.is_zero() && lease < least {
+                    self.err(
+                        p.key("lease"),
+                        format!(
+                            "lease ({}) must be at least kcr.timeout ({}) + leader.renew ({}) + {} ({}): a mutation is sent only while more than its call's timeout + {} of the lease is left, and that must hold until the next renewal; shorten kcr.timeout or lengthen the lease",
+                            duration::format(lease),
+                            duration::format(call),
+                            duration::format(renew),
+                            duration::format(2 * LeaderConfig::MARGIN),
+                            duration::format(least),
+                            duration::format(LeaderConfig::MARGIN)
+                        ),
+                    );
+                }
+                lease
+            }
+        };
+        let id = raw.id.map(|id| id.trim().to_owned());
+        if let Some(id) = &id
+            && (id.is_empty()
+                || id.len() > 200
+                || id.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            self.err(
+                p.key("id"),
+                "must be 1 to 200 characters without spaces or control characters",
+            );
+        }
+        Some(LeaderConfig { renew, lease, id })
     }
 
     fn log(&mut self, value: Option<toml::Value>) -> Option<LogConfig> {

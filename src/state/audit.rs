@@ -95,6 +95,11 @@ pub struct AuditRecord {
     pub outcome: AuditStatus,
     /// Why it failed, was stale or was interrupted.
     pub error: Option<String>,
+    /// The leader epoch it was written under (PostgreSQL; `None` with
+    /// SQLite, where one replica simply leads): a deposed leader's epoch
+    /// never appears after its successor's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// A mutation about to be sent (or decided without sending one).
@@ -219,8 +224,8 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<i64, StateError> {
         self.query(
-            "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            args![ts(at), m.job, m.run_id, m.instance, m.action, m.target, m.detail, status.as_str(), error],
+            "INSERT INTO audit (at, job, run_id, instance, action, target, detail, outcome, error, epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            args![ts(at), m.job, m.run_id, m.instance, m.action, m.target, m.detail, status.as_str(), error, self.epoch()],
             |r| r.int(0, "audit.id"),
         )?
         .pop()
@@ -265,7 +270,7 @@ impl Store {
         let since = since.map(ts).unwrap_or_default();
         let limit = limit.map_or(i64::MAX, i64::from);
         let mut records = self.query(
-            "SELECT id, at, job, run_id, instance, action, target, detail, outcome, error FROM audit
+            "SELECT id, at, job, run_id, instance, action, target, detail, outcome, error, epoch FROM audit
              WHERE at >= $1 AND ($2 IS NULL OR job = $2) ORDER BY id DESC LIMIT $3",
             args![since, job, limit],
             |r| {
@@ -280,6 +285,7 @@ impl Store {
                     detail: r.text(7, "audit.detail")?,
                     outcome: r.parse(8, "audit.outcome")?,
                     error: r.opt_text(9, "audit.error")?,
+                    epoch: r.opt_int(10, "audit.epoch")?,
                 })
             },
         )?;

@@ -42,6 +42,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("detail", Text),
             ("outcome", Text),
             ("error", Text),
+            ("epoch", Int),
         ],
     ),
     (

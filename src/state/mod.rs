@@ -60,7 +60,7 @@ mod suite;
 pub use audit::{AUDIT_INTERRUPTED_WHY, AuditGuard, AuditRecord, AuditStatus, Mutation, Settled};
 pub use copy::{COPIED_TABLES, CopyError};
 pub use journal::TokenBackoff;
-pub use lease::{Fence, LeaseState};
+pub use lease::{Fence, LeaseState, LocalDeadline};
 pub use reports::StoredReport;
 pub use runs::{RunRecord, RunResult};
 pub use schema::SCHEMA_VERSION;
@@ -367,6 +367,8 @@ pub struct Store {
     /// Set: every statement runs in a transaction that first checks this
     /// lease ([`Store::fenced`]; PostgreSQL only).
     fence: Option<Arc<Fence>>,
+    /// With `fence`: this host's deadline of the lease ([`Store::fenced_until`]).
+    deadline: Option<Arc<LocalDeadline>>,
 }
 
 #[derive(Clone)]
@@ -509,6 +511,7 @@ impl Store {
             at: pg.location().into(),
             file: None,
             fence: None,
+            deadline: None,
             backend: Backend::Postgres(Arc::new(pg)),
         })
     }
@@ -597,6 +600,7 @@ impl Store {
             at: path.display().to_string().into(),
             file: (path != Path::new(":memory:")).then(|| Arc::from(path)),
             fence: None,
+            deadline: None,
         })
     }
 
@@ -660,7 +664,10 @@ impl Store {
                 };
                 run(&mut conn).map_err(StateError::Sql)
             }
-            Backend::Postgres(pg) => pg.run(stmts, true, self.fence.as_deref().cloned()),
+            Backend::Postgres(pg) => {
+                self.check_local_deadline()?;
+                pg.run(stmts, true, self.fence.as_deref().cloned())
+            }
         }
     }
 
@@ -674,7 +681,10 @@ impl Store {
                     .map(|o| vec![o])
                     .map_err(StateError::Sql)
             }
-            Backend::Postgres(pg) => pg.run(stmts, false, self.fence.as_deref().cloned()),
+            Backend::Postgres(pg) => {
+                self.check_local_deadline()?;
+                pg.run(stmts, false, self.fence.as_deref().cloned())
+            }
         }?;
         Ok(out.pop().unwrap_or_default())
     }

@@ -244,6 +244,12 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX delivery_by_token ON token_delivery(token_name);",
     },
+    // 6: the leader epoch each audit record was written under (Step 10):
+    // a deposed leader's records never interleave with its successor's.
+    Migration {
+        sqlite: "ALTER TABLE audit ADD COLUMN epoch INTEGER;",
+        postgres: "ALTER TABLE audit ADD COLUMN epoch BIGINT;",
+    },
 ];
 
 /// The schema version this build writes and reads.

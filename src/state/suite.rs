@@ -190,6 +190,8 @@ suite!(
     copy_from_sqlite_moves_every_table_and_refuses_a_non_empty_target,
     one_holder_at_a_time_and_the_epoch_grows_on_every_change,
     a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied,
+    a_new_term_always_has_a_new_epoch_and_a_renewal_renews_only_its_own,
+    a_store_fenced_until_a_local_deadline_refuses_without_asking,
 );
 
 fn schema_is_current_and_reopening_migrates_nothing(p: &Place) {
@@ -1054,4 +1056,109 @@ mod postgres_only {
         assert!(!format!("{s:?}").contains("postgresql://kcr:"));
         assert_eq!(s.backend_name(), "postgresql");
     }
+}
+
+fn a_new_term_always_has_a_new_epoch_and_a_renewal_renews_only_its_own(p: &Place) {
+    let (a, b) = (p.open(), p.open());
+    let ttl = Duration::from_secs(30);
+    let epoch = |st: LeaseState| match st {
+        LeaseState::Held { epoch, .. } => Ok(epoch),
+        LeaseState::HeldBy { holder, epoch, .. } => Err((holder, epoch)),
+    };
+    if let Place::Sqlite(_) = p {
+        assert_eq!(
+            epoch(a.lease_take("leader", "a", ttl, None).unwrap()),
+            Ok(1)
+        );
+        assert_eq!(a.lease_holder("leader").unwrap(), None);
+        return;
+    }
+    assert_eq!(
+        epoch(a.lease_take("leader", "a", ttl, None).unwrap()),
+        Ok(1)
+    );
+    assert_eq!(
+        epoch(a.lease_take("leader", "a", ttl, Some(1)).unwrap()),
+        Ok(1)
+    );
+    // Another holder can neither take nor renew it.
+    assert_eq!(
+        epoch(b.lease_take("leader", "b", ttl, None).unwrap()),
+        Err(("a".into(), 1))
+    );
+    assert_eq!(
+        epoch(b.lease_take("leader", "b", ttl, Some(1)).unwrap()),
+        Err(("a".into(), 1))
+    );
+    // The holder starting a new term (it lost its lease locally) gets a new
+    // epoch at once; the old term can no longer renew.
+    assert_eq!(
+        epoch(a.lease_take("leader", "a", ttl, None).unwrap()),
+        Ok(2)
+    );
+    assert_eq!(
+        epoch(a.lease_take("leader", "a", ttl, Some(1)).unwrap()),
+        Err(("a".into(), 2)),
+        "a renewal of an old term is refused"
+    );
+    assert_eq!(b.lease_holder("leader").unwrap(), Some(("a".into(), 2)));
+    // Expired: a renewal fails, a new holder takes it with the next epoch.
+    assert_eq!(
+        epoch(
+            a.lease_take("leader", "a", Duration::from_millis(1), Some(2))
+                .unwrap()
+        ),
+        Ok(2)
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(b.lease_holder("leader").unwrap(), None, "expired");
+    assert!(epoch(a.lease_take("leader", "a", ttl, Some(2)).unwrap()).is_err());
+    assert_eq!(
+        epoch(b.lease_take("leader", "b", ttl, None).unwrap()),
+        Ok(3)
+    );
+}
+
+fn a_store_fenced_until_a_local_deadline_refuses_without_asking(p: &Place) {
+    let a = p.open();
+    let LeaseState::Held { epoch, .. } = a
+        .lease_take("leader", "a", Duration::from_secs(30), None)
+        .unwrap()
+    else {
+        panic!("free lease")
+    };
+    let fence = Fence {
+        name: "leader".into(),
+        holder: "a".into(),
+        epoch,
+        margin: Duration::from_secs(1),
+    };
+    let deadline = std::sync::Arc::new(crate::state::LocalDeadline::new(
+        std::time::Instant::now() + Duration::from_secs(20),
+    ));
+    let fa = a.fenced_until(fence, deadline.clone());
+    let run = fa.start_run("retention", "schedule", now()).unwrap();
+    if let Place::Sqlite(_) = p {
+        assert_eq!(fa.epoch(), None, "SQLite is not fenced");
+        return;
+    }
+    assert_eq!(fa.epoch(), Some(epoch));
+    let id = fa
+        .audit_unsent(
+            &mutation("retention", "delete_tag"),
+            AuditStatus::Applied,
+            None,
+            now(),
+        )
+        .unwrap();
+    assert_eq!(a.audit_since(None).unwrap()[0].epoch, Some(epoch));
+    assert!(id > 0);
+    // This host's clock says the lease is (almost) over: refused, though
+    // the database would still accept it.
+    deadline.set(std::time::Instant::now() + Duration::from_millis(500));
+    let e = fa
+        .finish_run(run, now(), RunResult::Success, "late", None)
+        .unwrap_err();
+    assert!(matches!(e, StateError::Fenced { .. }), "{e}");
+    assert_eq!(a.run(run).unwrap().unwrap().result, None, "nothing written");
 }
