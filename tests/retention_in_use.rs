@@ -186,6 +186,25 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
     );
     assert_eq!(registry_snapshot(&sim), before);
     assert_eq!(deletes(&sim), n);
+    // `plan` says so too: not 0 (an input could not be used), 1 (a plan blocks nothing).
+    let o = run_bin(&sim, &["plan", "retention", "--config", &config]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("allow_empty = true"), "{}", text(&o));
+
+    // The cluster really runs none of them now: allow_empty for one run
+    // accepts the empty answer (the vetoes go, the images are deleted) ...
+    let allowed = write_config(
+        &sim,
+        dir.path(),
+        &format!("file = \"{}\"\nallow_empty = true", list.display()),
+    );
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &allowed]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!present(&sim, &condemned[0]) && !present(&sim, &condemned[1]));
+    // ... and is remembered: without it, the same empty answer now passes.
+    let config = write_config(&sim, dir.path(), &format!("file = \"{}\"", list.display()));
+    let o = run_bin(&sim, &["apply", "retention", "--yes", "--config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,9 +241,10 @@ async fn a_failing_file_or_program_blocks_enforce_and_dry_run_reports_it() {
         assert!(text(&o).contains("in-use source failed"), "{}", text(&o));
         assert!(text(&o).contains(why), "{source}: {}", text(&o));
         assert!(started.elapsed() < Duration::from_secs(20));
-        // Dry-run reports it and still plans.
+        // Dry-run reports it and still plans, and exits 1 (not 0: a source
+        // could not be read; not 3: a plan blocks nothing).
         let o = run_bin(&sim, &["plan", "retention", "--config", &config]);
-        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(
             out.contains("BLOCKED run: in-use source failed") && out.contains(why),

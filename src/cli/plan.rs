@@ -84,7 +84,14 @@ async fn plan_retention_cmd(
         ReportFormat::Html => retention::report::render_html(report),
     };
     emit(args.output.as_deref(), &text, out)?;
-    partial_result(&plan.plan)
+    partial_result(&plan.plan)?;
+    // A source of what runs could not be read: the plan may name images in
+    // use, and apply would be blocked. Not 0 (DESIGN §4: an input that could
+    // not be read is a partial run); 1 rather than 3, as a plan blocks nothing.
+    match &plan.in_use_blocked {
+        Some(why) => Err(CliError::Failed(anyhow::anyhow!("retention: {why}"))),
+        None => Ok(()),
+    }
 }
 
 /// The state a plan reads (the in-use sources' last counts): without it a

@@ -96,6 +96,10 @@ pub struct InUseConfig {
     pub exec: Option<Vec<String>>,
     /// For the Prometheus query and the program.
     pub timeout: Duration,
+    /// Accept a source answering nothing where it named images last time
+    /// (the cluster really runs nothing from these registries) instead of
+    /// failing closed; the remembered count is then reset to 0.
+    pub allow_empty: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +140,7 @@ pub struct RawInUse {
     pub file: Option<String>,
     pub exec: Option<Vec<String>>,
     pub timeout: Option<String>,
+    pub allow_empty: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +344,7 @@ fn in_use(v: &mut Validator, p: &KeyPath, raw: RawInUse) -> Option<InUseConfig> 
         file,
         exec,
         timeout,
+        allow_empty: raw.allow_empty.unwrap_or(false),
     })
 }
 

@@ -18,7 +18,9 @@
 //! Fail closed: a source that cannot be read, answers something that is not
 //! a list of references, or answers nothing where it answered something
 //! before (the last non-empty count is remembered in the state) is a failure;
-//! the plan is then blocked (enforce deletes nothing, exit 3).
+//! the plan is then blocked (enforce deletes nothing, exit 3; `plan` exits 1).
+//! `allow_empty = true` accepts an empty answer (a cluster drained on
+//! purpose) and resets the remembered count, so it is needed for one run.
 
 use crate::config::{InUseConfig, InstanceConfig, PrometheusSource};
 use crate::inventory::ImageInfo;
@@ -435,13 +437,24 @@ pub async fn fetch(
             .and_then(|s| s.meta_get(&key).ok().flatten())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if refs.is_empty() && last > 0 {
+        let accepted_empty = refs.is_empty() && last > 0 && cfg.allow_empty;
+        if refs.is_empty() && last > 0 && !cfg.allow_empty {
             out.failures.push(format!(
-                "{source}: no image in use, where it named {last} last time"
+                "{source}: no image in use, where it named {last} last time \
+                 (if that is true, set [retention.in_use] allow_empty = true for one run)"
             ));
             continue;
         }
-        if !refs.is_empty()
+        if accepted_empty {
+            tracing::warn!(
+                source,
+                last,
+                "in-use source answered no image where it named some last time; accepted (allow_empty)"
+            );
+        }
+        // Remember a non-empty count, and an accepted empty one (0), so that
+        // allow_empty is needed for one run only.
+        if (!refs.is_empty() || accepted_empty)
             && let Some(s) = state
             && let Err(e) = s.meta_put(&key, &refs.len().to_string())
         {
