@@ -231,9 +231,19 @@ pub fn parse_lines(text: &str) -> Result<Vec<Reference>, InUseError> {
 /// container or init container of any pod ran it within `lookback`. A
 /// subquery over `timestamp()` gives the sample times, so a Deployment
 /// scaled to zero last night still counts until the lookback has passed.
+///
+/// Its weight: the subquery keeps every step's inner result for the range
+/// function, so the inner expression is aggregated to one series per
+/// (`image`, `image_id`) *before* the range (`timestamp` first, on the raw
+/// samples, so the times stay the samples' own): what is held is images ×
+/// steps rather than every pod's container series × steps, and the answer
+/// is one sample per image. The step stays 5m, Prometheus's default
+/// lookback delta, so a pod that ran briefly between two steps is not
+/// missed (a coarser step would save work by forgetting such pods — the
+/// wrong way to fail for a veto).
 pub fn default_query(lookback: std::time::Duration) -> String {
     format!(
-        "max by (image, image_id) (max_over_time(timestamp({{__name__=~\"kube_pod_container_info|kube_pod_init_container_info\"}})[{}:5m]))",
+        "max_over_time((max by (image, image_id) (timestamp({{__name__=~\"kube_pod_container_info|kube_pod_init_container_info\"}})))[{}:5m])",
         prom_duration(lookback)
     )
 }
