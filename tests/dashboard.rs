@@ -123,7 +123,7 @@ fn every_alert_rule_names_an_exported_metric() {
         }
         rules += 1;
     }
-    assert_eq!(rules, 14);
+    assert_eq!(rules, 15);
 }
 
 #[test]
