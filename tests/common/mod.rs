@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod replica;
 
 use kcr_housekeeper::kcr::{Client, ClientConfig, RetryPolicy};
 use kcr_housekeeper::sim::{Faults, SimOptions, Simulator};

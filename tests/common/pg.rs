@@ -98,3 +98,20 @@ impl Drop for Db {
         );
     }
 }
+
+pub const PGBOUNCER_ENV: &str = "KCR_TEST_PGBOUNCER_URL";
+
+/// The PgBouncer (transaction pooling) in front of the server of
+/// [`url`], or `None` (skip) locally without one; under `CI` it must be set.
+pub fn bouncer_url() -> Option<String> {
+    match std::env::var(PGBOUNCER_ENV) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{PGBOUNCER_ENV} is not set but CI is: .ci/run starts PgBouncer and sets it")
+        }
+        _ => {
+            eprintln!("skipped: {PGBOUNCER_ENV} is not set (no PgBouncer to test through)");
+            None
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Replicas on one PostgreSQL state (Step 10): the real binary, two or
+//! three at once, each with its admin server and a simulator on 127.0.0.1:0.
+//! Exactly one leads at every sampled moment; a killed leader is replaced
+//! within lease + renew; a paused leader that resumes past its lease sends
+//! no mutation and writes nothing; terminated database connections end a
+//! term and a new one (a new epoch) follows; the same through PgBouncer.
+//! Short leases (renew 500ms, lease 4s, [kcr] timeout 1s) keep them quick.
+//! They need `KCR_TEST_PG_URL` (see tests/common/pg.rs).
+
+mod common;
+
+use common::replica::Replica;
+use common::*;
+use kcr_housekeeper::sim::{Faults, Simulator};
+use kcr_housekeeper::state::Store;
+use std::time::{Duration, Instant};
+
+const URL_ENV: &str = "KCR_HOUSEKEEPER_DATABASE_URL";
+const ADMIN: &str = "ha-test-admin-token-0123456789";
+const RENEW: Duration = Duration::from_millis(500);
+const LEASE: Duration = Duration::from_secs(4);
+/// Polling and a loaded machine: the bound on a failover is lease + renew
+/// plus this.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// A replica's config: `body` adds the jobs (quota every 2s by default).
+fn config(sim: &Simulator, instance: &str, id: &str, body: &str) -> String {
+    format!(
+        "[kcr]\nendpoint = \"{endpoint}\"\naccess_key_id = \"{ak}\"\nsecret_access_key = {{ env = \"TEST_SK\" }}\n\
+         timeout = \"1s\"\nrequests_per_second = 500\n\
+         [[instances]]\nid = \"{instance}\"\nname = \"demo\"\nregistry = \"{registry}\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nadmin_token = {{ env = \"ADMIN_TOKEN\" }}\n\
+         [state]\nurl = {{ env = \"{URL_ENV}\" }}\n\
+         [leader]\nrenew = \"500ms\"\nlease = \"4s\"\nid = \"{id}\"\n\
+         [scheduler]\njitter = \"0s\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{body}",
+        endpoint = sim.endpoint(),
+        ak = sim.credentials().access_key_id,
+        registry = sim.endpoint().trim_start_matches("http://"),
+    )
+}
+
+const QUOTA_EVERY_2S: &str = "[quota]\nschedule = \"*/2 * * * * *\"\n";
+
+fn start(sim: &Simulator, url: &str, id: &str, body: &str) -> Replica {
+    let text = config(sim, DEMO_INSTANCE, id, body);
+    Replica::start(
+        &text,
+        &[
+            ("TEST_SK", &sim_secret(sim)),
+            (URL_ENV, url),
+            ("ADMIN_TOKEN", ADMIN),
+        ],
+    )
+}
+
+/// Which replicas say they lead (`None`: no answer), asked one after the
+/// other.
+fn sample(replicas: &[&Replica]) -> Vec<Option<bool>> {
+    replicas.iter().map(|r| r.leads()).collect()
+}
+
+fn leaders(s: &[Option<bool>]) -> usize {
+    s.iter().filter(|l| **l == Some(true)).count()
+}
+
+/// Poll until exactly one of `replicas` leads (within `within`): its index.
+/// Never more than one at any sample on the way.
+fn one_leader(replicas: &[&Replica], within: Duration) -> usize {
+    let end = Instant::now() + within;
+    loop {
+        let s = sample(replicas);
+        assert!(leaders(&s) <= 1, "two leaders at once: {s:?}");
+        if let Some(i) = s.iter().position(|l| *l == Some(true)) {
+            return i;
+        }
+        assert!(
+            Instant::now() < end,
+            "no leader within {within:?}: {s:?}\n{}",
+            replicas
+                .iter()
+                .map(|r| r.logs())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sample for `how_long`: exactly one leader every time, and always the
+/// same one (steady state).
+fn steady(replicas: &[&Replica], how_long: Duration) -> usize {
+    let end = Instant::now() + how_long;
+    let mut who = None;
+    let mut samples = 0;
+    while Instant::now() < end {
+        let s = sample(replicas);
+        assert_eq!(leaders(&s), 1, "exactly one leader at every sample: {s:?}");
+        let i = s.iter().position(|l| *l == Some(true)).unwrap();
+        assert_eq!(
+            *who.get_or_insert(i),
+            i,
+            "the leader changed in steady state"
+        );
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(samples >= 5, "sampled {samples} times");
+    who.unwrap()
+}
+
+fn epoch_of(r: &Replica) -> i64 {
+    r.jobs().unwrap()["epoch"].as_i64().unwrap()
+}
+
+/// `n` replicas: one leader; the followers name it; a follower refuses a
+/// trigger naming it; kill -9 the leader → another leads within lease +
+/// renew, in a higher epoch, and stays the only one.
+async fn elect_and_fail_over(n: usize, url: String) {
+    let sim = sim(Default::default()).await;
+    let sim = std::sync::Arc::new(sim);
+    tokio::task::spawn_blocking({
+        let sim = sim.clone();
+        move || {
+            let mut replicas: Vec<Replica> = (0..n)
+                .map(|i| start(&sim, &url, &format!("replica-{i}"), QUOTA_EVERY_2S))
+                .collect();
+            let all: Vec<&Replica> = replicas.iter().collect();
+            one_leader(&all, LEASE + RENEW + SLACK);
+            let l = steady(&all, Duration::from_secs(2));
+            let leader_id = format!("replica-{l}");
+            let epoch = epoch_of(&replicas[l]);
+            assert!(epoch >= 1);
+            for (i, r) in replicas.iter().enumerate().filter(|(i, _)| *i != l) {
+                let j = r.jobs().unwrap();
+                assert_eq!(j["leader"], false, "{j}");
+                assert_eq!(j["holder"], format!("replica-{i}"), "{j}");
+                assert_eq!(j["leader_holder"], leader_id.as_str(), "{j}");
+                assert_eq!(j["epoch"], epoch, "{j}");
+                // A follower runs nothing and says who does.
+                let (status, body) = r.post("/jobs/quota/run", ADMIN);
+                assert_eq!(status, 503, "{body}");
+                assert!(
+                    body["reason"].as_str().unwrap().contains(&leader_id),
+                    "{body}"
+                );
+                assert_eq!(body["leader_holder"], leader_id.as_str(), "{body}");
+                // Ready (it reaches the database), serving metrics.
+                assert_eq!(r.get("/readyz").unwrap().0, 200);
+                assert_eq!(r.metric("kcr_housekeeper_leader"), Some(0.0));
+                assert_eq!(r.metric("kcr_housekeeper_leader_epoch"), Some(epoch as f64));
+            }
+            assert_eq!(replicas[l].metric("kcr_housekeeper_leader"), Some(1.0));
+            assert!(
+                replicas[l]
+                    .metric("kcr_housekeeper_leader_transitions_total")
+                    .unwrap()
+                    >= 1.0
+            );
+            // The leader runs jobs: a trigger there starts.
+            assert_eq!(replicas[l].post("/jobs/quota/run", ADMIN).0, 202);
+
+            // kill -9 the leader.
+            replicas[l].kill();
+            let killed = Instant::now();
+            let rest: Vec<&Replica> = replicas
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != l)
+                .map(|(_, r)| r)
+                .collect();
+            let m = one_leader(&rest, LEASE + RENEW + SLACK + Duration::from_secs(1));
+            let took = killed.elapsed();
+            assert!(
+                took <= LEASE + RENEW + SLACK,
+                "failover took {took:?} (lease {LEASE:?} + renew {RENEW:?})"
+            );
+            let new_epoch = epoch_of(rest[m]);
+            assert!(new_epoch > epoch, "{new_epoch} after {epoch}");
+            steady(&rest, Duration::from_secs(2));
+            // The new leader runs the jobs: its quota runs succeed.
+            let store = Store::connect(&url.clone().into()).unwrap();
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let ok = store
+                    .runs(Some("quota"), 50)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.started_at > chrono::Utc::now() - chrono::Duration::seconds(3))
+                    .any(|r| r.result == Some(kcr_housekeeper::state::RunResult::Success));
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < end, "no quota run after the failover");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            for r in replicas.iter_mut().filter(|r| r.leads().is_some()) {
+                assert_eq!(r.stop(Duration::from_secs(15)), Some(0), "{}", r.logs());
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_a_killed_leader_is_replaced() {
+    let Some(db) = pg::Db::create() else { return };
+    elect_and_fail_over(2, db.url.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_elect_one_leader_and_a_killed_leader_is_replaced() {
+    let Some(db) = pg::Db::create() else { return };
+    elect_and_fail_over(3, db.url.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_elect_one_leader_through_pgbouncer_in_transaction_mode() {
+    let Some(db) = pg::Db::create() else { return };
+    let Some(bouncer) = pg::bouncer_url() else {
+        return;
+    };
+    // Create the schema directly first (migrations take a table lock).
+    drop(Store::connect(&db.url.clone().into()).unwrap());
+    elect_and_fail_over(2, pg::with_database(&bouncer, &db.name)).await;
+}
+
+/// Whether a simulator request is a mutation.
+fn is_mutation(action: Option<&str>) -> bool {
+    matches!(
+        action,
+        Some(
+            "DeleteImages"
+                | "DeleteRepoTag"
+                | "DeleteRepository"
+                | "ModifyNamespaceType"
+                | "CreateInstanceToken"
+                | "ModifyInstanceTokenStatus"
+                | "DeleteInstanceToken"
+        )
+    )
+}
+
+fn mutations_after(sim: &Simulator, t: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    sim.requests()
+        .into_iter()
+        .filter(|e| is_mutation(e.action.as_deref()))
+        .filter(|e| chrono::DateTime::parse_from_rfc3339(&e.ts).unwrap() > t.fixed_offset())
+        .map(|e| format!("{} {} {:?}", e.ts, e.action.unwrap_or_default(), e.params))
+        .collect()
+}
+
+const RETENTION: &str = "[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\nschedule = \"0 0 0 1 1 *\"\n\
+    max_deletions_per_run = 10000\nmax_deletion_ratio = 1.0\n\
+    [retention.protect]\nnewest_images_per_repository = 1\n\
+    [[retention.rules]]\nname = \"all\"\ntags = [\"*\"]\nkeep_latest = 1\n\
+    [[retention.rules]]\nname = \"untagged\"\nuntagged = true\nolder_than = \"1d\"\n";
+
+/// SIGSTOP the leader in the middle of a retention run, past its lease;
+/// another replica takes over; SIGCONT: the old leader sends no mutation
+/// and writes no state (its audit epoch never follows the new one), and
+/// says it no longer leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_mutates_and_writes_nothing_after_it_resumes() {
+    let Some(db) = pg::Db::create() else { return };
+    let spec = "namespaces=2,repos=3,images=40,seed=7";
+    // Each replica has a simulator of its own, so each one's requests are
+    // told apart; the old leader's is slow, so it is caught mid-run.
+    let sim_a = std::sync::Arc::new(
+        sim(generated_world(
+            spec,
+            Faults {
+                latency: Duration::from_millis(60),
+                ..Default::default()
+            },
+        ))
+        .await,
+    );
+    let sim_b = std::sync::Arc::new(sim(generated_world(spec, Faults::default())).await);
+    let url = db.url.clone();
+    let (a_, b_) = (sim_a.clone(), sim_b.clone());
+    tokio::task::spawn_blocking(move || {
+        let instance = a_.world(|w| w.instances[0].id.clone());
+        let start_on = |sim: &Simulator, id: &str, body: &str| {
+            Replica::start(
+                &config(sim, &instance, id, body),
+                &[
+                    ("TEST_SK", &sim_secret(sim)),
+                    (URL_ENV, url.as_str()),
+                    ("ADMIN_TOKEN", ADMIN),
+                ],
+            )
+        };
+        let a = start_on(&a_, "replica-a", RETENTION);
+        assert_eq!(one_leader(&[&a], LEASE), 0);
+        let b = start_on(&b_, "replica-b", RETENTION);
+        steady(&[&a, &b], Duration::from_secs(1));
+        let epoch_a = epoch_of(&a);
+        // A runs retention; pause it once it has deleted a few.
+        assert_eq!(a.post("/jobs/retention/run", ADMIN).0, 202);
+        let end = Instant::now() + Duration::from_secs(60);
+        while deletes_in_log(&a_).len() < 3 {
+            assert!(Instant::now() < end, "no deletions:\n{}", a.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        a.signal("STOP");
+        let stopped = Instant::now();
+        // B takes over once A's lease ran out.
+        assert_eq!(
+            one_leader(&[&b], LEASE + RENEW + SLACK + Duration::from_secs(1)),
+            0
+        );
+        assert!(
+            stopped.elapsed() <= LEASE + RENEW + SLACK,
+            "{:?}",
+            stopped.elapsed()
+        );
+        let epoch_b = epoch_of(&b);
+        assert!(epoch_b > epoch_a);
+        // B works: its own retention run, audited in its epoch.
+        assert_eq!(b.post("/jobs/retention/run", ADMIN).0, 202);
+        std::thread::sleep(LEASE + RENEW);
+        let deleted_before = deletes_in_log(&a_).len();
+        let resumed = chrono::Utc::now();
+        a.signal("CONT");
+        // A notices at once, from its own clock, and stops.
+        std::thread::sleep(Duration::from_secs(3));
+        let late = mutations_after(&a_, resumed);
+        assert!(
+            late.is_empty(),
+            "mutations after resuming: {late:#?}\n{}",
+            a.logs()
+        );
+        assert_eq!(deletes_in_log(&a_).len(), deleted_before);
+        assert_eq!(a.leads(), Some(false), "{}", a.logs());
+        let logs = a.logs();
+        assert!(logs.contains("leader lease lost"), "{logs}");
+        assert!(
+            logs.contains("lease_lost"),
+            "the run failed as lease_lost: {logs}"
+        );
+        assert!(
+            a.metric("kcr_housekeeper_leader_transitions_total")
+                .unwrap()
+                >= 2.0,
+            "led, then lost"
+        );
+        // Still one leader: B.
+        steady(&[&a, &b], Duration::from_secs(1));
+        // Wait for B's run to finish, then read the audit trail.
+        let end = Instant::now() + Duration::from_secs(60);
+        while b.jobs().unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job"] == "retention" && j["running"] == true)
+        {
+            assert!(Instant::now() < end, "B's run did not finish");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let store = Store::connect(&url.clone().into()).unwrap();
+        let audit = store.audit_since(None).unwrap();
+        let epochs: Vec<i64> = audit.iter().map(|r| r.epoch.unwrap()).collect();
+        assert!(
+            epochs.contains(&epoch_a) && epochs.contains(&epoch_b),
+            "{epochs:?}"
+        );
+        assert!(
+            epochs.windows(2).all(|w| w[0] <= w[1]),
+            "epochs overlap: {epochs:?}"
+        );
+        for r in audit.iter().filter(|r| r.epoch == Some(epoch_a)) {
+            assert!(r.at < resumed, "A wrote after resuming: {r:?}");
+            assert_ne!(r.outcome.as_str(), "started", "left open: {r:?}");
+        }
+        // A's run was closed by B when it took over, not by A.
+        let a_run = store
+            .runs(Some("retention"), 10)
+            .unwrap()
+            .into_iter()
+            .min_by_key(|r| r.id)
+            .unwrap();
+        assert_eq!(
+            a_run.result,
+            Some(kcr_housekeeper::state::RunResult::Failure),
+            "{a_run:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// Terminate every connection of the replicas (the leader's lease and job
+/// connections among them): each reconnects on its next statement. A
+/// renewal that was in flight fails and ends the term (a new epoch
+/// follows); one that was not simply goes on. Either way never two
+/// leaders, soon one again, and jobs run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_database_connections_leave_one_leader_and_jobs_resume() {
+    let Some(db) = pg::Db::create() else { return };
+    let sim = std::sync::Arc::new(sim(Default::default()).await);
+    let url = db.url.clone();
+    let db_name = db.name.clone();
+    let admin = pg::url().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let replicas: Vec<Replica> = (0..2)
+            .map(|i| start(&sim, &url, &format!("replica-{i}"), QUOTA_EVERY_2S))
+            .collect();
+        let all: Vec<&Replica> = replicas.iter().collect();
+        one_leader(&all, LEASE + RENEW + SLACK);
+        let l = steady(&all, Duration::from_secs(1));
+        let epoch = epoch_of(&replicas[l]);
+        let terminate = || {
+            pg::scalar(
+                &admin,
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = '{db_name}' AND pid <> pg_backend_pid()"
+                ),
+            )
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+        };
+        // Every connection of both replicas: a lease and a job connection each.
+        assert!(terminate() >= 4);
+        let at = chrono::Utc::now();
+        // Again and again for a while: some renewal is caught in flight.
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let s = sample(&all);
+            assert!(leaders(&s) <= 1, "two leaders: {s:?}");
+            terminate();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let m = one_leader(&all, LEASE + RENEW + SLACK);
+        let now_epoch = epoch_of(&replicas[m]);
+        assert!(now_epoch >= epoch);
+        if now_epoch == epoch {
+            assert_eq!(m, l, "the same epoch is the same leader");
+        }
+        steady(&all, Duration::from_secs(2));
+        for r in &replicas {
+            assert_eq!(r.get("/readyz").unwrap().0, 200, "reconnected");
+        }
+        // Jobs run again.
+        let store = Store::connect(&url.clone().into()).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while !store.runs(Some("quota"), 50).unwrap().iter().any(|r| {
+            r.started_at > at && r.result == Some(kcr_housekeeper::state::RunResult::Success)
+        }) {
+            assert!(Instant::now() < end, "no quota run after the reconnect");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+}
