@@ -46,12 +46,52 @@ impl Replica {
     }
 
     fn run(&self, sim: &Simulator, db: &pg::Db, args: &[&str], failpoint: Option<&str>) -> Output {
+        self.run_traced(sim, db, args, failpoint, None)
+    }
+
+    /// With `trace`, every failpoint passed is appended to that file.
+    fn run_traced(
+        &self,
+        sim: &Simulator,
+        db: &pg::Db,
+        args: &[&str],
+        failpoint: Option<&str>,
+        trace: Option<&std::path::Path>,
+    ) -> Output {
         let mut cmd = demo_bin(sim, args);
         cmd.arg("--config").arg(&self.config).env(URL_ENV, &db.url);
         if let Some(fp) = failpoint {
             cmd.env("KCR_HOUSEKEEPER_FAILPOINT", fp);
         }
+        if let Some(t) = trace {
+            cmd.env("KCR_HOUSEKEEPER_FAILPOINT_TRACE", t);
+        }
         output(cmd)
+    }
+
+    /// Every (username, secret) its sinks hold: the env file and the docker
+    /// config (after a crash mid-delivery they may differ).
+    fn credentials(&self, registry: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some((u, s, _)) = self.sink() {
+            out.push((u, s));
+        }
+        if let Ok(text) = std::fs::read_to_string(self.dir.path().join("config.json")) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if let Some(auth) = v["auths"][registry]["auth"].as_str() {
+                use base64::Engine as _;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(auth)
+                    .unwrap();
+                let (u, s) = String::from_utf8(raw)
+                    .unwrap()
+                    .split_once(':')
+                    .map(|(u, s)| (u.to_string(), s.to_string()))
+                    .unwrap();
+                out.push((u, s));
+            }
+        }
+        out
     }
 
     fn apply(&self, sim: &Simulator, db: &pg::Db) -> Output {
@@ -236,4 +276,178 @@ async fn a_new_leader_that_never_received_the_current_token_says_so_rotates_and_
         );
         assert!(!format!("{dump:?}").contains(&secret), "{table}");
     }
+}
+
+/// The rotation path's failpoints a replica passes, in order, over `runs`
+/// clean runs 600 ms apart (rotate, then retire the seed token).
+fn traced_points(path: &std::path::Path) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for l in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        if !seen.iter().any(|s| s == l) {
+            seen.push(l.to_string());
+        }
+    }
+    seen
+}
+
+/// One crash scenario: replica A runs the tokens job (up to four runs 600 ms
+/// apart) with `point` armed to abort the process, then replica B takes over
+/// for four runs. Returns whether the point fired on A.
+async fn crash_on_a_recover_on_b(point: &str) -> bool {
+    let Some(db) = pg::Db::create() else {
+        return true;
+    };
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
+    let a = Replica::new(&sim, "host-a");
+    let b = Replica::new(&sim, "host-b");
+    let spec = format!("{point}=abort");
+    let mut fired = false;
+    for _ in 0..4 {
+        let out = a.run(&sim, &db, &["apply", "tokens", "--yes"], Some(&spec));
+        if stderr(&out).contains(&format!("failpoint {point}:")) {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(out.status.signal(), Some(6), "{point}: {}", text(&out));
+            fired = true;
+            break;
+        }
+        assert!(out.status.success(), "{point}: {}", text(&out));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // B leads from here on; A's process is gone mid-step.
+    for run in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let out = b.apply(&sim, &db);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{point}: B's run {run} crashed: {}",
+            text(&out)
+        );
+    }
+    let out = b.apply(&sim, &db);
+    assert!(out.status.success(), "{point}: B converges: {}", text(&out));
+    let label = format!("A killed at {point}, B recovered");
+    // Step 4: every credential any sink of either replica holds logs in.
+    let registry = sim.endpoint().trim_start_matches("http://").to_string();
+    for r in [&a, &b] {
+        for (user, secret) in r.credentials(&registry) {
+            assert!(
+                sim.world(|w| w.login(&user, &secret, sim.now())),
+                "{label}: a credential in {}'s sinks no longer logs in: {:?}",
+                r.group,
+                managed_tokens(&sim).await
+            );
+        }
+    }
+    assert!(
+        b.sink().is_some(),
+        "{label}: B delivered a token of its own"
+    );
+    // No undelivered token is left enabled; every applied mutation is audited.
+    let state =
+        kcr_housekeeper::state::Store::connect(&secrecy::SecretString::from(db.url.clone()))
+            .unwrap();
+    let journal = state.journal_for("ci-pull").unwrap();
+    let in_sinks: Vec<String> = [&a, &b]
+        .iter()
+        .filter_map(|r| r.sink().map(|s| s.2))
+        .collect();
+    for t in managed_tokens(&sim).await.iter().filter(|t| t.enable) {
+        let delivered = journal.iter().any(|r| {
+            r.token_id.as_deref() == Some(t.token_id.as_str())
+                && ["delivering", "verified", "current", "superseded"].contains(&r.step.as_str())
+        });
+        assert!(
+            in_sinks.contains(&t.token_id) || delivered,
+            "{label}: enabled token {} was never delivered: {journal:?}",
+            t.token_id
+        );
+    }
+    let audit = state.audit_since(None).unwrap();
+    for e in sim.requests().into_iter().filter(|e| e.code == "OK") {
+        let audited = match e.action.as_deref() {
+            Some("CreateInstanceToken") => {
+                let rid = parse_desc(&e.params["Desc"])
+                    .unwrap()
+                    .rotation_id
+                    .to_owned();
+                audit.iter().any(|r| {
+                    r.action == "create_token" && r.detail.contains(&format!("rotation {rid}:"))
+                })
+            }
+            Some("ModifyInstanceTokenStatus") => audit
+                .iter()
+                .any(|r| r.action == "disable_token" && r.target == e.params["TokenId"]),
+            Some("DeleteInstanceToken") => audit
+                .iter()
+                .any(|r| r.action == "delete_token" && r.target == e.params["TokenId"]),
+            _ => continue,
+        };
+        assert!(audited, "{label}: {e:?} applied but not audited");
+    }
+    fired
+}
+
+/// Step 10: a token rotation killed (abort, like kill -9) at every step
+/// boundary on replica A — every failpoint a clean rotation and retirement
+/// pass, the journal steps among them — is recovered by replica B sharing
+/// the PostgreSQL state, with the Step 4 invariants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_killed_at_every_step_on_one_replica_is_recovered_by_another() {
+    use futures::StreamExt;
+    let Some(db) = pg::Db::create() else { return };
+    let started = std::time::Instant::now();
+    // A clean run of A enumerates the points.
+    let sim0 = sim(SimOptions::default()).await;
+    let a = Replica::new(&sim0, "host-a");
+    let trace = a.dir.path().join("trace");
+    for _ in 0..4 {
+        let out = a.run_traced(
+            &sim0,
+            &db,
+            &["apply", "tokens", "--yes"],
+            None,
+            Some(&trace),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let points = traced_points(&trace);
+    for must in [
+        "tokens.state.journal_creating",
+        "tokens.api.create",
+        "tokens.state.journal_created",
+        "tokens.state.journal_delivering",
+        "tokens.rotate.deliver",
+        "tokens.state.journal_verified",
+        "tokens.state.mark_current",
+        "tokens.api.disable",
+        "tokens.api.delete",
+    ] {
+        assert!(
+            points.iter().any(|p| p == must),
+            "{must} not passed: {points:?}"
+        );
+    }
+    let results: Vec<(String, bool)> = futures::stream::iter(points.clone())
+        .map(|p| async move {
+            let fired = crash_on_a_recover_on_b(&p).await;
+            (p, fired)
+        })
+        .buffer_unordered(3)
+        .collect()
+        .await;
+    let not_fired: Vec<&String> = results.iter().filter(|r| !r.1).map(|r| &r.0).collect();
+    assert!(
+        not_fired.is_empty(),
+        "points never reached on A: {not_fired:?}"
+    );
+    eprintln!(
+        "{} step boundaries killed on A and recovered by B in {:?}",
+        results.len(),
+        started.elapsed()
+    );
 }
