@@ -34,11 +34,14 @@ impl Replica {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let text = format!(
-            "{head}[log]\nlevel = \"info\"\n[tokens]\nlist_lag = \"500ms\"\ndelivery_group = \"{group}\"\n\
+            "{head}[leader]\nrenew = \"500ms\"\nlease = \"4s\"\n[log]\nlevel = \"info\"\n[tokens]\nlist_lag = \"500ms\"\ndelivery_group = \"{group}\"\n\
              [[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"demo\"\nlifetime = \"30d\"\nrotate_before = \"10d\"\n\
              overlap = \"500ms\"\ndelete_after = \"500ms\"\nsinks = [\n  {{ kind = \"docker-config\", path = \"{d}/config.json\" }},\n  \
              {{ kind = \"file\", path = \"{d}/ci-pull.env\", format = \"env\" }},\n]\n",
-            head = demo_head_pg(sim, dir.path()),
+            // A short KCR timeout allows a short lease: a replica that died
+            // holding it (a one-shot apply takes it) blocks the other only briefly.
+            head =
+                demo_head_pg(sim, dir.path()).replacen("[kcr]\n", "[kcr]\ntimeout = \"1s\"\n", 1),
         );
         let config = dir.path().join("config.toml");
         std::fs::write(&config, text).unwrap();
@@ -96,6 +99,21 @@ impl Replica {
 
     fn apply(&self, sim: &Simulator, db: &pg::Db) -> Output {
         self.run(sim, db, &["apply", "tokens", "--yes"], None)
+    }
+
+    /// [`Replica::apply`] once the lease is free: a replica killed while it
+    /// held the lease blocks the others (exit 3, naming it) until the lease
+    /// runs out.
+    async fn apply_when_free(&self, sim: &Simulator, db: &pg::Db) -> Output {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.apply(sim, db);
+            if out.status.code() != Some(3) || std::time::Instant::now() > deadline {
+                return out;
+            }
+            assert!(stderr(&out).contains("cli-"), "{}", text(&out));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// (username, secret, token id) its env sink holds, if any.
@@ -320,7 +338,7 @@ async fn crash_on_a_recover_on_b(point: &str) -> bool {
     // B leads from here on; A's process is gone mid-step.
     for run in 0..4 {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let out = b.apply(&sim, &db);
+        let out = b.apply_when_free(&sim, &db).await;
         assert!(
             matches!(out.status.code(), Some(0 | 1)),
             "{point}: B's run {run} crashed: {}",
