@@ -219,6 +219,11 @@ async fn reload(
     if new.server.listen != current.server.listen || !new.state.same_place(&current.state) {
         tracing::warn!("server.listen and [state] take effect only after a restart");
     }
+    if new.leader != current.leader || new.kcr.timeout != current.kcr.timeout {
+        tracing::warn!(
+            "[leader] (and [kcr] timeout for the lease's margin) take effect only after a restart"
+        );
+    }
     let conn = app::connect_observed(&new, Some(metrics.clone()))
         .await
         .map_err(|e| e.to_string())?;

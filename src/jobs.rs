@@ -846,6 +846,10 @@ mod tests {
             JobError::State(StateError::Injected("x".into())),
             JobError::Cancelled,
             JobError::TimedOut(Duration::from_secs(1)),
+            JobError::LeaseLost {
+                epoch: 3,
+                detail: None,
+            },
             TokenError::Invariant("x".into()).into(),
             TokenError::Locked { path: "p".into() }.into(),
         ];
@@ -859,6 +863,7 @@ mod tests {
                 "state",
                 "cancelled",
                 "timeout",
+                "lease_lost",
                 "invariant",
                 "locked"
             ]
@@ -919,6 +924,46 @@ mod tests {
         assert_eq!(runs[0].trigger, "cli");
         assert!(runs[0].finished_at.is_some(), "the run is closed");
         assert!(!r.is_running("hangs"));
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_cancels_running_jobs_at_once_and_starts_nothing_more() {
+        let (r, _, metrics) = runner(Duration::from_secs(30), "1h");
+        let leadership = Leadership::new(
+            r.state().clone(),
+            r.state().clone(),
+            &r.env().config.leader,
+            Duration::from_secs(1),
+            "solo".into(),
+            metrics.clone(),
+        );
+        r.set_leadership(leadership.clone());
+        let Started::Running(h) = r.try_start("slow", Trigger::Api).unwrap() else {
+            panic!("the leader runs jobs")
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        // The term ends (as when a renewal fails).
+        leadership.release().await;
+        let s = h.await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "cancelled at once");
+        assert_eq!(s.result, RunResult::Failure);
+        assert_eq!(s.code, Some("lease_lost"));
+        assert!(
+            s.error
+                .as_deref()
+                .unwrap()
+                .contains("leader lease was lost (epoch 1)"),
+            "{s:?}"
+        );
+        assert_eq!(metrics.jobs.failures("slow", "lease_lost"), 1);
+        // Nothing more starts here, and the refusal writes nothing.
+        assert!(matches!(
+            r.try_start("slow", Trigger::Schedule).unwrap(),
+            Started::NotLeader(NotLeader { leader: None })
+        ));
+        assert_eq!(r.state().runs(Some("slow"), 10).unwrap().len(), 1);
+        assert!(!metrics.daemon.is_leader());
     }
 
     #[tokio::test]

@@ -456,3 +456,75 @@ async fn terminated_database_connections_leave_one_leader_and_jobs_resume() {
     .await
     .unwrap();
 }
+
+/// A one-shot `apply` against the shared state mutates only as the leader:
+/// while a daemon leads it refuses with exit 3 naming it, sending nothing;
+/// with no daemon it takes the lease under its own holder id (a new
+/// epoch, in its audit records) and gives it back when done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_apply_refuses_while_a_daemon_leads_and_otherwise_takes_the_lease() {
+    let Some(db) = pg::Db::create() else { return };
+    let sim = std::sync::Arc::new(
+        sim(generated_world(
+            "namespaces=1,repos=2,images=12,seed=5",
+            Faults::default(),
+        ))
+        .await,
+    );
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let instance = sim.world(|w| w.instances[0].id.clone());
+        let cfg_text = config(&sim, &instance, "replica-0", RETENTION);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &cfg_text).unwrap();
+        let secret = sim_secret(&sim);
+        let apply = || {
+            let mut c = bin(
+                &secret,
+                &[
+                    "apply",
+                    "retention",
+                    "--yes",
+                    "--config",
+                    path.to_str().unwrap(),
+                ],
+            );
+            c.env(URL_ENV, &url).env("ADMIN_TOKEN", ADMIN);
+            c.output().unwrap()
+        };
+        let mut daemon = Replica::start(
+            &cfg_text,
+            &[
+                ("TEST_SK", secret.as_str()),
+                (URL_ENV, url.as_str()),
+                ("ADMIN_TOKEN", ADMIN),
+            ],
+        );
+        one_leader(&[&daemon], LEASE);
+        let daemon_epoch = epoch_of(&daemon);
+        let o = apply();
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("not the leader") && err.contains("replica-0"),
+            "{err}"
+        );
+        assert!(deletes_in_log(&sim).is_empty(), "nothing sent");
+        // The daemon stops and gives the lease back; the CLI takes it.
+        assert_eq!(daemon.stop(Duration::from_secs(15)), Some(0));
+        let o = apply();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!deletes_in_log(&sim).is_empty(), "applied");
+        let store = Store::connect(&url.clone().into()).unwrap();
+        let audit = store.audit_since(None).unwrap();
+        assert!(!audit.is_empty());
+        assert!(
+            audit.iter().all(|r| r.epoch > Some(daemon_epoch)),
+            "the CLI's own term: {audit:?}"
+        );
+        assert_eq!(store.lease_holder("leader").unwrap(), None, "given back");
+    })
+    .await
+    .unwrap();
+}

@@ -213,7 +213,7 @@ pub struct SchedulerConfig {
 
 /// `[leader]`: the leader lease replicas sharing a PostgreSQL state elect
 /// one leader with (DESIGN §11). With SQLite the one replica simply holds it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderConfig {
     /// How often the leader renews its lease (and a follower tries to take it).
     pub renew: Duration,
