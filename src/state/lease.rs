@@ -100,19 +100,32 @@ impl Store {
                 remaining: ttl,
             });
         }
+        let upsert = Stmt::new(
+            "INSERT INTO leader_lease (name, holder, epoch, valid_until)
+             VALUES ($1, $2, 1, clock_timestamp() + ($3::float8 * interval '1 millisecond'))
+             ON CONFLICT (name) DO UPDATE SET
+               epoch = CASE WHEN leader_lease.holder = excluded.holder
+                       THEN leader_lease.epoch ELSE leader_lease.epoch + 1 END,
+               holder = excluded.holder,
+               valid_until = excluded.valid_until
+             WHERE leader_lease.holder = excluded.holder
+                OR leader_lease.valid_until <= clock_timestamp()",
+            args![name, holder, ms(ttl)],
+        );
+        self.lease_upsert(name, holder, upsert, |_| true)
+    }
+
+    /// Run `upsert` and read who holds `name` afterwards: `Held` when it is
+    /// `holder`'s, unexpired, at an epoch `epoch_ok` accepts.
+    fn lease_upsert(
+        &self,
+        name: &str,
+        holder: &str,
+        upsert: Stmt,
+        epoch_ok: impl Fn(i64) -> bool,
+    ) -> Result<LeaseState, StateError> {
         let out = self.tx(vec![
-            Stmt::new(
-                "INSERT INTO leader_lease (name, holder, epoch, valid_until)
-                 VALUES ($1, $2, 1, clock_timestamp() + ($3::float8 * interval '1 millisecond'))
-                 ON CONFLICT (name) DO UPDATE SET
-                   epoch = CASE WHEN leader_lease.holder = excluded.holder
-                           THEN leader_lease.epoch ELSE leader_lease.epoch + 1 END,
-                   holder = excluded.holder,
-                   valid_until = excluded.valid_until
-                 WHERE leader_lease.holder = excluded.holder
-                    OR leader_lease.valid_until <= clock_timestamp()",
-                args![name, holder, ms(ttl)],
-            ),
+            upsert,
             Stmt::new(
                 "SELECT holder, epoch,
                    (extract(epoch FROM (valid_until - clock_timestamp())) * 1000)::bigint
@@ -131,7 +144,7 @@ impl Store {
             .into_iter()
             .next()
             .ok_or_else(|| self.unreadable("leader_lease (no row after the upsert)".into()))?;
-        Ok(if who == holder && left > 0 {
+        Ok(if who == holder && left > 0 && epoch_ok(epoch) {
             LeaseState::Held {
                 epoch,
                 remaining: remaining(left),
@@ -165,52 +178,23 @@ impl Store {
                 remaining: ttl,
             });
         }
-        let out = self.tx(vec![
-            Stmt::new(
-                "INSERT INTO leader_lease (name, holder, epoch, valid_until)
-                 VALUES ($1, $2, 1, clock_timestamp() + ($3::float8 * interval '1 millisecond'))
-                 ON CONFLICT (name) DO UPDATE SET
-                   epoch = CASE WHEN $4::bigint IS NULL THEN leader_lease.epoch + 1
-                           ELSE leader_lease.epoch END,
-                   holder = excluded.holder,
-                   valid_until = excluded.valid_until
-                 WHERE CASE WHEN $4::bigint IS NULL
-                   THEN leader_lease.holder = excluded.holder
-                     OR leader_lease.valid_until <= clock_timestamp()
-                   ELSE leader_lease.holder = excluded.holder AND leader_lease.epoch = $4::bigint
-                     AND leader_lease.valid_until > clock_timestamp() END",
-                args![name, holder, ms(ttl), renewing],
-            ),
-            Stmt::new(
-                "SELECT holder, epoch,
-                   (extract(epoch FROM (valid_until - clock_timestamp())) * 1000)::bigint
-                 FROM leader_lease WHERE name = $1",
-                args![name],
-            ),
-        ])?;
-        let rows = self.read(&out[1].rows, |r| {
-            Ok((
-                r.text(0, "leader_lease.holder")?,
-                r.int(1, "leader_lease.epoch")?,
-                r.int(2, "leader_lease.valid_until")?,
-            ))
-        })?;
-        let (who, epoch, left) = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| self.unreadable("leader_lease (no row after the upsert)".into()))?;
-        let ours = who == holder && left > 0 && renewing.is_none_or(|e| e == epoch);
-        Ok(if ours {
-            LeaseState::Held {
-                epoch,
-                remaining: remaining(left),
-            }
-        } else {
-            LeaseState::HeldBy {
-                holder: who,
-                epoch,
-                remaining: remaining(left),
-            }
+        let upsert = Stmt::new(
+            "INSERT INTO leader_lease (name, holder, epoch, valid_until)
+             VALUES ($1, $2, 1, clock_timestamp() + ($3::float8 * interval '1 millisecond'))
+             ON CONFLICT (name) DO UPDATE SET
+               epoch = CASE WHEN $4::bigint IS NULL THEN leader_lease.epoch + 1
+                       ELSE leader_lease.epoch END,
+               holder = excluded.holder,
+               valid_until = excluded.valid_until
+             WHERE CASE WHEN $4::bigint IS NULL
+               THEN leader_lease.holder = excluded.holder
+                 OR leader_lease.valid_until <= clock_timestamp()
+               ELSE leader_lease.holder = excluded.holder AND leader_lease.epoch = $4::bigint
+                 AND leader_lease.valid_until > clock_timestamp() END",
+            args![name, holder, ms(ttl), renewing],
+        );
+        self.lease_upsert(name, holder, upsert, |epoch| {
+            renewing.is_none_or(|e| e == epoch)
         })
     }
 
