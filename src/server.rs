@@ -53,6 +53,10 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     s.metrics
         .daemon
         .state_backend(state.backend_name(), state.is_up());
+    // Every replica, followers too: did its sinks receive the current token?
+    if state.is_up() {
+        crate::tokens::delivery_status(&s.runner.env().config, state, &s.metrics);
+    }
     let mut r = s.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -123,6 +127,12 @@ async fn jobs(State(s): State<Arc<AppState>>) -> Response {
         }));
     }
     let mut body = json!({ "jobs": out, "leader": true });
+    if let Some(tc) = &cfg.tokens {
+        body["token_delivery"] = json!({
+            "delivery_group": tc.delivery_group,
+            "tokens": crate::tokens::delivery_status(cfg, state, &s.metrics),
+        });
+    }
     if let Some(l) = s.runner.leadership() {
         let st = l.status();
         body["leader"] = json!(st.leader);

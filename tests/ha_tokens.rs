@@ -31,10 +31,26 @@ struct Replica {
 
 impl Replica {
     fn new(sim: &Simulator, group: &'static str) -> Replica {
+        Replica::with(sim, group, "[log]\nlevel = \"info\"\n[tokens]\n")
+    }
+
+    /// A daemon replica's config: its admin server, leader id, JSON logs and
+    /// the tokens job every 2 s.
+    fn daemon(sim: &Simulator, group: &'static str) -> Replica {
+        Replica::with(
+            sim,
+            group,
+            "[server]\nlisten = \"127.0.0.1:0\"\n[scheduler]\njitter = \"0s\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n\
+             [tokens]\nschedule = \"*/2 * * * * *\"\n",
+        )
+    }
+
+    /// `middle` ends with the `[tokens]` header.
+    fn with(sim: &Simulator, group: &'static str, middle: &str) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let text = format!(
-            "{head}[leader]\nrenew = \"500ms\"\nlease = \"4s\"\n[log]\nlevel = \"info\"\n[tokens]\nlist_lag = \"500ms\"\ndelivery_group = \"{group}\"\n\
+            "{head}[leader]\nrenew = \"500ms\"\nlease = \"4s\"\nid = \"{group}\"\n{middle}list_lag = \"500ms\"\ndelivery_group = \"{group}\"\n\
              [[tokens.managed]]\nname = \"ci-pull\"\ninstance = \"demo\"\nlifetime = \"30d\"\nrotate_before = \"10d\"\n\
              overlap = \"500ms\"\ndelete_after = \"500ms\"\nsinks = [\n  {{ kind = \"docker-config\", path = \"{d}/config.json\" }},\n  \
              {{ kind = \"file\", path = \"{d}/ci-pull.env\", format = \"env\" }},\n]\n",
@@ -468,4 +484,105 @@ async fn a_rotation_killed_at_every_step_on_one_replica_is_recovered_by_another(
         results.len(),
         started.elapsed()
     );
+}
+
+/// The value of `kcr_housekeeper_token_delivered{token="ci-pull"}` a daemon serves.
+fn delivered_gauge(d: &common::replica::Replica) -> Option<f64> {
+    let (_, text) = d.get("/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("kcr_housekeeper_token_delivered{token=\"ci-pull\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Poll `f` every 100 ms until it is true (within `within`).
+fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "not within {within:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Daemons: A leads and delivers; B, a follower, says on /metrics and /jobs
+/// that its sinks never received the current token; A is killed (-9); B
+/// leads within lease + renew, says so in its log, rotates to a token of its
+/// own, and A's token stays enabled past its overlap (A's sinks hold it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_says_it_lacks_the_current_token_and_rotates_once_it_leads() {
+    use common::replica::Replica as Daemon;
+    let Some(db) = pg::Db::create() else { return };
+    let sim = std::sync::Arc::new(sim(SimOptions::default()).await);
+    let a = Replica::daemon(&sim, "host-a");
+    let b = Replica::daemon(&sim, "host-b");
+    let envs = [
+        ("AK", sim.credentials().access_key_id.to_string()),
+        ("SK", common::sim_secret(&sim)),
+        (URL_ENV, db.url.clone()),
+    ];
+    // Off the runtime: the daemons are polled with blocking calls while the
+    // simulator answers on the runtime.
+    let (a, b, t1, t2, daemons) = tokio::task::spawn_blocking(move || {
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let start =
+            |r: &Replica| Daemon::start(&std::fs::read_to_string(&r.config).unwrap(), &envs);
+        let mut da = start(&a);
+        eventually(Duration::from_secs(20), "A delivers", || a.sink().is_some());
+        let t1 = a.sink_id();
+        eventually(Duration::from_secs(10), "A's gauge", || {
+            delivered_gauge(&da) == Some(1.0)
+        });
+        let db_ = start(&b);
+        let jobs = db_.jobs().unwrap();
+        assert_eq!(jobs["leader"], false, "{jobs}");
+        assert_eq!(jobs["token_delivery"]["delivery_group"], "host-b", "{jobs}");
+        assert_eq!(
+            jobs["token_delivery"]["tokens"][0]["token_id"],
+            t1.as_str(),
+            "{jobs}"
+        );
+        assert_eq!(
+            jobs["token_delivery"]["tokens"][0]["delivered"], false,
+            "{jobs}"
+        );
+        assert_eq!(delivered_gauge(&db_), Some(0.0));
+        assert!(b.sink().is_none(), "a follower writes no sink");
+
+        da.kill();
+        let killed = std::time::Instant::now();
+        // lease + renew, and a second for polling on a loaded machine.
+        let bound = Duration::from_millis(4500) + Duration::from_secs(1);
+        eventually(bound, "B leads within lease + renew", || {
+            db_.leads() == Some(true)
+        });
+        eprintln!("failover in {:?}", killed.elapsed());
+        eventually(
+            Duration::from_secs(20),
+            "B delivers a token of its own",
+            || b.sink().is_some(),
+        );
+        let t2 = b.sink_id();
+        assert_ne!(t1, t2);
+        assert!(
+            db_.logs()
+                .contains("this replica's sinks never received the current token"),
+            "{}",
+            db_.logs()
+        );
+        eventually(Duration::from_secs(10), "B's gauge", || {
+            delivered_gauge(&db_) == Some(1.0)
+        });
+        // Past the overlap, a few cycles of B.
+        std::thread::sleep(Duration::from_secs(5));
+        (a, b, t1, t2, db_)
+    })
+    .await
+    .unwrap();
+    let tokens = managed_tokens(&sim).await;
+    assert!(enabled(&tokens, &t1), "t1 kept for A's sinks: {tokens:?}");
+    assert!(enabled(&tokens, &t2), "{tokens:?}");
+    check(&sim, &[&a, &b], "after the failover").await;
+    drop(daemons);
 }

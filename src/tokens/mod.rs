@@ -74,6 +74,47 @@ pub fn outcome_summary(outcomes: &[TokenOutcome]) -> String {
         .join(" | ")
 }
 
+/// One managed token's delivery as this replica sees it from the shared
+/// state (`/jobs`, `kcr_housekeeper_token_delivered` on every replica,
+/// followers included): the current token's id and whether this replica's
+/// delivery group received it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Delivered {
+    pub token: String,
+    pub token_id: Option<String>,
+    pub delivered: bool,
+}
+
+/// [`Delivered`] for every managed token, read from the journal and the
+/// delivery records (no KCR call), and exported to `metrics`. A token whose
+/// state cannot be read is left out (and its gauge as it was).
+pub fn delivery_status(
+    config: &Config,
+    state: &crate::state::Store,
+    metrics: &crate::metrics::Metrics,
+) -> Vec<Delivered> {
+    let Some(tc) = &config.tokens else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for mt in &tc.managed {
+        let (Ok(journal), Ok(deliveries)) =
+            (state.journal_for(&mt.name), state.deliveries_for(&mt.name))
+        else {
+            continue;
+        };
+        let (token_id, delivered) =
+            planner::delivery_status(mt, &journal, &deliveries, &tc.delivery_group);
+        metrics.tokens.delivered(&mt.name, delivered);
+        out.push(Delivered {
+            token: mt.name.clone(),
+            token_id,
+            delivered,
+        });
+    }
+    out
+}
+
 /// What the token job plans: each managed token's steps due now and
 /// upcoming (the rotation re-plans each token right before acting, from
 /// the journal and a fresh listing).

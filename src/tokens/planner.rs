@@ -360,6 +360,37 @@ enum Presence<'l> {
     Unknown,
 }
 
+/// The newest `current` record of `instance`: the token sinks were last given there.
+pub fn newest_current<'j>(
+    journal: &'j [RotationRecord],
+    instance: &str,
+) -> Option<&'j RotationRecord> {
+    journal
+        .iter()
+        .filter(|r| r.step == Step::Current && r.instance == instance)
+        .max_by_key(|r| (r.updated_at, r.created_at))
+}
+
+/// What a replica that runs no job (a follower) can tell from the shared
+/// state alone: the current token's id per the journal, and whether
+/// `group`'s sinks received it (one journaled before deliveries were
+/// recorded counts as received). No listing: whether KCR still lists it is
+/// the leader's plan's business.
+pub fn delivery_status(
+    cfg: &ManagedToken,
+    journal: &[RotationRecord],
+    deliveries: &[DeliveryRecord],
+    group: &str,
+) -> (Option<String>, bool) {
+    match newest_current(journal, &cfg.instance) {
+        None => (None, false),
+        Some(r) => (
+            r.token_id.clone(),
+            delivered_to(deliveries, &r.rotation_id, group) != Some(false),
+        ),
+    }
+}
+
 /// Plan one managed token.
 pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     let now = input.now;
@@ -424,10 +455,7 @@ pub fn plan_token(cfg: &ManagedToken, input: &Inputs<'_>) -> TokenPlan {
     }
 
     // The current token: the newest `current` record of this instance whose token is usable.
-    let current_rec = journal
-        .iter()
-        .filter(|r| r.step == Step::Current && r.instance == cfg.instance)
-        .max_by_key(|r| (r.updated_at, r.created_at));
+    let current_rec = newest_current(journal, &cfg.instance);
     let mut rotate_reason: Option<String> = None;
     let current = current_rec.and_then(|r| {
         let id = r.token_id.clone()?;
@@ -1667,6 +1695,32 @@ mod tests {
             p.steps
         );
         assert!(p.backoff_until.is_some());
+    }
+
+    #[test]
+    fn a_follower_reads_its_delivery_status_from_the_journal_alone() {
+        let journal = vec![
+            rec("r0", Some("t0"), Step::Superseded, 900, 25),
+            rec("r1", Some("t1"), Step::Current, 500, 25),
+        ];
+        let d = vec![dlv("r0", "a", 900, true), dlv("r1", "b", 500, true)];
+        assert_eq!(
+            delivery_status(&cfg(), &journal, &d, "a"),
+            (Some("t1".into()), false)
+        );
+        assert_eq!(
+            delivery_status(&cfg(), &journal, &d, "b"),
+            (Some("t1".into()), true)
+        );
+        assert_eq!(
+            delivery_status(&cfg(), &journal, &[], "a"),
+            (Some("t1".into()), true),
+            "unrecorded: delivered everywhere"
+        );
+        assert_eq!(
+            delivery_status(&cfg(), &journal[..1], &d, "a"),
+            (None, false)
+        );
     }
 
     #[test]
