@@ -943,6 +943,15 @@ async fn a_failing_exec_sink_echoing_the_token_past_64_kib_leaks_no_piece_of_it(
     }
 }
 
+/// The sinks list of a `containers-auth` sink at `auth` and a `json` file sink at `json`.
+fn auth_and_json_sinks(auth: &Path, json: &Path) -> String {
+    format!(
+        "{{ kind = \"containers-auth\", path = \"{}\" }},\n{{ kind = \"file\", path = \"{}\", format = \"json\" }}",
+        auth.display(),
+        json.display()
+    )
+}
+
 /// A `containers-auth` sink (podman/skopeo/buildah `auth.json`) is merged like
 /// a docker config: other registries kept, this registry's `auth` the new
 /// token, which logs in; and the credential helper answers the same token
@@ -959,16 +968,7 @@ async fn containers_auth_sink_and_credential_helper_deliver_a_working_token() {
     )
     .unwrap();
     let json = dir.path().join("ci.json");
-    let config = write_config(
-        &sim,
-        dir.path(),
-        "",
-        &format!(
-            "{{ kind = \"containers-auth\", path = \"{}\" }},\n{{ kind = \"file\", path = \"{}\", format = \"json\" }}",
-            auth.display(),
-            json.display()
-        ),
-    );
+    let config = write_config(&sim, dir.path(), "", &auth_and_json_sinks(&auth, &json));
     let o = apply(&sim, &config, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let host = sim.endpoint().trim_start_matches("http://").to_owned();
@@ -1073,16 +1073,7 @@ async fn skopeo_inspects_with_the_delivered_token_and_not_with_the_retired_one()
     std::fs::create_dir_all(home.join("bin")).unwrap();
     let auth = dir.path().join("auth.json");
     let json = dir.path().join("ci.json");
-    let config = write_config(
-        &sim,
-        dir.path(),
-        "",
-        &format!(
-            "{{ kind = \"containers-auth\", path = \"{}\" }},\n{{ kind = \"file\", path = \"{}\", format = \"json\" }}",
-            auth.display(),
-            json.display()
-        ),
-    );
+    let config = write_config(&sim, dir.path(), "", &auth_and_json_sinks(&auth, &json));
     // The old token is retired 1s after the new one is delivered.
     let text_of = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

@@ -218,16 +218,21 @@ fn host(headers: &HeaderMap) -> &str {
         .unwrap_or_default()
 }
 
-fn registry_error(status: u16, code: &str, message: &str, detail: Value) -> Response {
-    let mut r = json_response(
-        status,
-        &json!({"errors": [{"code": code, "message": message, "detail": detail}]}),
-    );
+/// A JSON answer as the registry API gives it (with its version header).
+fn registry_json(status: u16, body: &Value) -> Response {
+    let mut r = json_response(status, body);
     r.headers_mut().insert(
         "Docker-Distribution-API-Version",
         HeaderValue::from_static("registry/2.0"),
     );
     r
+}
+
+fn registry_error(status: u16, code: &str, message: &str, detail: Value) -> Response {
+    registry_json(
+        status,
+        &json!({"errors": [{"code": code, "message": message, "detail": detail}]}),
+    )
 }
 
 fn log(shared: &Shared, method: &Method, uri: &Uri, started: Instant, status: u16, code: &str) {
@@ -314,14 +319,7 @@ async fn version_check(
     let (r, code) = match access {
         Access::Denied => (denied(), "DENIED"),
         Access::Unauthenticated => (challenge(&headers, None), "UNAUTHORIZED"),
-        Access::Granted(_) => {
-            let mut r = json_response(200, &json!({}));
-            r.headers_mut().insert(
-                "Docker-Distribution-API-Version",
-                HeaderValue::from_static("registry/2.0"),
-            );
-            (r, "OK")
-        }
+        Access::Granted(_) => (registry_json(200, &json!({})), "OK"),
     };
     log(&shared, &method, &uri, started, r.status().as_u16(), code);
     r
@@ -467,12 +465,7 @@ fn serve(
             .flat_map(|im| im.tags.iter().map(String::as_str))
             .collect();
         tags.sort_unstable();
-        let mut r = json_response(200, &json!({"name": name, "tags": tags}));
-        r.headers_mut().insert(
-            "Docker-Distribution-API-Version",
-            HeaderValue::from_static("registry/2.0"),
-        );
-        return Ok(r);
+        return Ok(registry_json(200, &json!({"name": name, "tags": tags})));
     }
     if kind == "blobs" {
         let found = images
