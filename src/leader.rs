@@ -142,7 +142,15 @@ pub struct Leadership {
     metrics: Arc<Metrics>,
     view: Mutex<View>,
     sqlite: bool,
+    /// A lease call still in flight: when it was sent, for which term, and its answer.
+    pending: Mutex<Option<Pending>>,
 }
+
+type Pending = (
+    Instant,
+    Option<i64>,
+    tokio::task::JoinHandle<Result<LeaseState, StateError>>,
+);
 
 impl Leadership {
     /// `lease_store` should be a connection of its own (the same store
@@ -166,6 +174,7 @@ impl Leadership {
             metrics,
             view: Mutex::new(View::default()),
             sqlite,
+            pending: Mutex::new(None),
         });
         if sqlite {
             // One host, one replica: it simply leads, for good.
@@ -269,15 +278,37 @@ impl Leadership {
             let view = self.view.lock().expect("leader lock");
             view.held.as_ref().map(|h| (h.epoch, h.deadline.clone()))
         };
-        let (store, id, ttl) = (self.lease_store.clone(), self.id.clone(), self.lease);
         let renewing = held.as_ref().map(|h| h.0);
-        let call = tokio::task::spawn_blocking(move || store.lease_take(LEASE, &id, ttl, renewing));
+        // At most one call in flight: one that outlived the last step (the
+        // database is slow or unreachable) is waited for again rather than
+        // queueing another behind it, its send time kept.
+        let pending = self.pending.lock().expect("pending lock").take();
+        let (sent, asked, mut call) = match pending {
+            Some(p) => p,
+            None => {
+                let (store, id, ttl) = (self.lease_store.clone(), self.id.clone(), self.lease);
+                let call = tokio::task::spawn_blocking(move || {
+                    store.lease_take(LEASE, &id, ttl, renewing)
+                });
+                (sent, renewing, call)
+            }
+        };
         // A leader waits for the answer only while its term may last.
         let limit = match &held {
             Some((_, d)) => d.get().checked_sub(self.needed).unwrap_or(sent),
-            None => sent + self.renew,
+            None => Instant::now().max(sent) + self.renew,
         };
-        let answer = tokio::time::timeout_at(limit.into(), call).await;
+        let answer = tokio::time::timeout_at(limit.into(), &mut call).await;
+        let answer = match answer {
+            Err(elapsed) => {
+                *self.pending.lock().expect("pending lock") = Some((sent, asked, call));
+                Err(elapsed)
+            }
+            // Asked for another term than the current one (it ended
+            // meanwhile): not an answer to act on; ask again.
+            Ok(_) if asked != renewing => return Instant::now(),
+            Ok(a) => Ok(a),
+        };
         match answer {
             Ok(Ok(Ok(LeaseState::Held { epoch, remaining }))) => match held {
                 Some((_, d)) => d.set(deadline(sent, remaining)),
