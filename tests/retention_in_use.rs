@@ -282,18 +282,6 @@ async fn an_exec_source_keeps_what_it_prints_and_gets_a_cleared_environment() {
 
 // ---------------------------------------------------------------- Prometheus
 
-fn tool_installed(name: &str) -> bool {
-    if Command::new(name).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install Debian's prometheus package ({name})"
-    );
-    eprintln!("{name} is not installed; skipping (CI installs it)");
-    false
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -367,7 +355,7 @@ fn start_prometheus(dir: &Path, data: &Path, port: u16) -> KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_keeps_an_image_run_3_days_ago_not_one_last_seen_10_days_ago() {
-    if !tool_installed("prometheus") || !tool_installed("promtool") {
+    if !common::ci_tool("prometheus") || !common::ci_tool("promtool") {
         return;
     }
     let (sim, condemned) = world().await;

@@ -1015,23 +1015,6 @@ async fn containers_auth_sink_and_credential_helper_deliver_a_working_token() {
 
 // ---------------------------------------------------------------- real clients
 
-/// Is Debian's `skopeo` here? Locally its absence skips the test; under CI
-/// (`CI` set, where `.ci/run` installs it) it fails it.
-fn skopeo_present() -> bool {
-    let found = Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "skopeo is not installed; CI must run the real-client tests (.ci/run installs it)"
-        );
-        eprintln!("skipping: skopeo is not installed");
-    }
-    found
-}
-
 /// `skopeo inspect docker://<host>/apps/web:v1.4.2` over plain HTTP with
 /// `args` (the credential source), in an environment of its own: no user
 /// auth files, `bin` first on `PATH` (for a credential helper), `sink` as
@@ -1064,7 +1047,7 @@ fn skopeo_inspect(sim: &Simulator, home: &Path, args: &[&std::ffi::OsStr], sink:
 /// the old token is retired, the same two sources holding the old token fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_inspects_with_the_delivered_token_and_not_with_the_retired_one() {
-    if !skopeo_present() {
+    if !common::ci_tool("skopeo") {
         return;
     }
     let sim = sim(SimOptions::default()).await;

@@ -428,3 +428,21 @@ pub async fn ctrl_c_after(
         .await
         .unwrap()
 }
+
+/// Is the program `name` (a Debian package CI installs in `.ci/run`) here?
+/// Locally its absence skips the test (with a message); under CI (`CI`
+/// set) it fails it.
+pub fn ci_tool(name: &str) -> bool {
+    let found = std::process::Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed; CI must install it (.ci/run)"
+        );
+        eprintln!("{name} is not installed; skipping (CI installs it)");
+    }
+    found
+}
