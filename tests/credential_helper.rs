@@ -102,6 +102,13 @@ fn get_list_store_erase_follow_the_docker_protocol() {
     );
     let o = helper(&["erase", "--file", f], "prod.ksyunkcr.com\n");
     assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "erase: the credentials for \"prod.ksyunkcr.com\" are rotated by kcr-housekeeper"
+        ),
+        "{o:?}"
+    );
     assert!(
         std::fs::read_to_string(&file).unwrap().contains(SECRET),
         "untouched"
