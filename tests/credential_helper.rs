@@ -172,6 +172,15 @@ fn without_file_the_configs_json_sinks_answer() {
     assert!(o.status.success(), "{o:?}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Secret"], SECRET);
+    // The kubelet credential provider reads the same sinks.
+    let o = run(
+        "credential-provider",
+        &["--config", config.to_str().unwrap()],
+        &fixture("request.json"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["auth"]["prod.ksyunkcr.com"]["password"], SECRET);
 }
 
 /// A docker config that names a credential store (or a helper for the
