@@ -694,14 +694,7 @@ async fn state_transitions_follow_the_reference() {
 async fn registry_login_accepts_live_tokens_only() {
     let sim = sim(SimOptions::default()).await;
     let client = client_for(&sim);
-    let created = client
-        .call(&CreateInstanceToken {
-            instance_id: DEMO_INSTANCE.into(),
-            lifetime: TokenLifetime::Hours(1),
-            desc: None,
-        })
-        .await
-        .unwrap();
+    let created = demo_hour_token(&client).await;
     let http = reqwest::Client::new();
     let v2 = format!("{}/v2/", sim.endpoint());
     let login = |user: String, pass: String| {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{DEMO_INSTANCE, client_for, sim};
-use kcr_housekeeper::kcr::{CreateInstanceToken, ModifyInstanceTokenStatus, TokenLifetime};
+use kcr_housekeeper::kcr::ModifyInstanceTokenStatus;
 use kcr_housekeeper::sim::SimOptions;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
@@ -36,14 +36,7 @@ fn challenge(r: &reqwest::Response) -> std::collections::BTreeMap<String, String
 async fn the_bearer_protocol_serves_manifests_and_blobs_under_their_real_digests() {
     let sim = sim(SimOptions::default()).await;
     let client = client_for(&sim);
-    let created = client
-        .call(&CreateInstanceToken {
-            instance_id: DEMO_INSTANCE.into(),
-            lifetime: TokenLifetime::Hours(1),
-            desc: None,
-        })
-        .await
-        .unwrap();
+    let created = common::demo_hour_token(&client).await;
     let (user, secret) = (
         created.username.clone(),
         created.token.expose_secret().to_owned(),

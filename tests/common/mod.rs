@@ -446,3 +446,16 @@ pub fn ci_tool(name: &str) -> bool {
     }
     found
 }
+
+/// A new one-hour token of the demo instance (its username and secret log in
+/// to the simulator's registry).
+pub async fn demo_hour_token(client: &Client) -> kcr_housekeeper::kcr::CreatedToken {
+    client
+        .call(&kcr_housekeeper::kcr::CreateInstanceToken {
+            instance_id: DEMO_INSTANCE.into(),
+            lifetime: kcr_housekeeper::kcr::TokenLifetime::Hours(1),
+            desc: None,
+        })
+        .await
+        .expect("CreateInstanceToken")
+}
