@@ -311,7 +311,12 @@ impl Leadership {
         };
         match answer {
             Ok(Ok(Ok(LeaseState::Held { epoch, remaining }))) => match held {
-                Some((_, d)) => d.set(deadline(sent, remaining)),
+                Some((_, d)) => {
+                    d.set(deadline(sent, remaining));
+                    if !may_act(Instant::now(), d.get(), self.needed) {
+                        self.end("the renewal was answered too late to act on", None);
+                    }
+                }
                 None => {
                     let d = Arc::new(LocalDeadline::new(deadline(sent, remaining)));
                     let fence = Fence {
