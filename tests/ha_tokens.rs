@@ -12,8 +12,8 @@
 
 mod common;
 
-use common::{DEMO_INSTANCE, client_for, demo_bin, demo_head_pg, output, pg, sim, text};
-use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
+use common::{demo_bin, demo_head_pg, output, pg, sim, text};
+use kcr_housekeeper::kcr::TokenInfo;
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::tokens::planner::parse_desc;
 use std::path::PathBuf;
@@ -152,23 +152,33 @@ impl Replica {
     }
 }
 
+/// This installation's tokens of `ci-pull` (not the demo's seed, an
+/// earlier version's `Desc`).
 async fn managed_tokens(sim: &Simulator) -> Vec<TokenInfo> {
-    client_for(sim)
-        .list_all(DescribeInstanceToken {
-            instance_id: DEMO_INSTANCE.into(),
-            marker: None,
-            max_results: None,
-        })
+    common::tokens_named(sim, "ci-pull")
         .await
-        .unwrap()
         .into_iter()
         .filter(|t| {
             t.desc
                 .as_deref()
                 .and_then(parse_desc)
-                .is_some_and(|d| d.name == "ci-pull" && d.install_id.is_some())
+                .is_some_and(|d| d.install_id.is_some())
         })
         .collect()
+}
+
+/// A fresh database and simulator (its request log kept) and two CLI
+/// replicas, `host-a` and `host-b`; `None` without PostgreSQL.
+async fn two_replicas() -> Option<(pg::Db, Simulator, Replica, Replica)> {
+    let db = pg::Db::create()?;
+    let sim = sim(SimOptions {
+        log_in_memory: true,
+        ..Default::default()
+    })
+    .await;
+    let a = Replica::new(&sim, "host-a");
+    let b = Replica::new(&sim, "host-b");
+    Some((db, sim, a, b))
 }
 
 fn enabled(all: &[TokenInfo], id: &str) -> bool {
@@ -217,14 +227,9 @@ fn deliveries(db: &pg::Db) -> Vec<(String, String, bool)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_that_never_received_the_current_token_says_so_rotates_and_keeps_the_old_one_for_its_holder()
  {
-    let Some(db) = pg::Db::create() else { return };
-    let sim = sim(SimOptions {
-        log_in_memory: true,
-        ..Default::default()
-    })
-    .await;
-    let a = Replica::new(&sim, "host-a");
-    let b = Replica::new(&sim, "host-b");
+    let Some((db, sim, a, b)) = two_replicas().await else {
+        return;
+    };
 
     // A rotates and delivers to its own sinks.
     let out = a.apply(&sim, &db);
@@ -328,16 +333,9 @@ fn traced_points(path: &std::path::Path) -> Vec<String> {
 /// apart) with `point` armed to abort the process, then replica B takes over
 /// for four runs. Returns whether the point fired on A.
 async fn crash_on_a_recover_on_b(point: &str) -> bool {
-    let Some(db) = pg::Db::create() else {
+    let Some((db, sim, a, b)) = two_replicas().await else {
         return true;
     };
-    let sim = sim(SimOptions {
-        log_in_memory: true,
-        ..Default::default()
-    })
-    .await;
-    let a = Replica::new(&sim, "host-a");
-    let b = Replica::new(&sim, "host-b");
     let spec = format!("{point}=abort");
     let mut fired = false;
     for _ in 0..4 {

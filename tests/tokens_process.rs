@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{DEMO_INSTANCE, client_for, demo_bin, demo_head, sim};
-use kcr_housekeeper::kcr::{DescribeInstanceToken, TokenInfo};
+use common::{demo_bin, demo_head, sim};
+use kcr_housekeeper::kcr::TokenInfo;
 use kcr_housekeeper::sim::{SimOptions, Simulator};
 use kcr_housekeeper::tokens::planner::parse_desc;
 use kcr_housekeeper::tokens::rotate::FAILPOINTS;
@@ -59,22 +59,7 @@ fn apply(sim: &Simulator, config: &Path, failpoint: Option<&str>) -> Output {
 }
 
 async fn managed_tokens(sim: &Simulator) -> Vec<TokenInfo> {
-    client_for(sim)
-        .list_all(DescribeInstanceToken {
-            instance_id: DEMO_INSTANCE.into(),
-            marker: None,
-            max_results: None,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|t| {
-            t.desc
-                .as_deref()
-                .and_then(parse_desc)
-                .is_some_and(|d| d.name == "ci-pull")
-        })
-        .collect()
+    common::tokens_named(sim, "ci-pull").await
 }
 
 fn env_value(dir: &Path, key: &str) -> String {

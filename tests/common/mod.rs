@@ -66,6 +66,33 @@ pub fn demo_head_pg(sim: &Simulator, dir: &std::path::Path) -> String {
     )
 }
 
+/// Every token of the demo instance, as the client lists them.
+pub async fn demo_tokens(sim: &Simulator) -> Vec<kcr_housekeeper::kcr::TokenInfo> {
+    client_for(sim)
+        .list_all(kcr_housekeeper::kcr::DescribeInstanceToken {
+            instance_id: DEMO_INSTANCE.into(),
+            marker: None,
+            max_results: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// The demo instance's tokens whose `Desc` names the managed token `name`
+/// (any installation, any `Desc` format).
+pub async fn tokens_named(sim: &Simulator, name: &str) -> Vec<kcr_housekeeper::kcr::TokenInfo> {
+    demo_tokens(sim)
+        .await
+        .into_iter()
+        .filter(|t| {
+            t.desc
+                .as_deref()
+                .and_then(kcr_housekeeper::tokens::planner::parse_desc)
+                .is_some_and(|d| d.name == name)
+        })
+        .collect()
+}
+
 /// Parse a config whose credentials are `$AK`/`$SK`, answered with the simulator's.
 pub fn parse_config(
     sim: &Simulator,
