@@ -170,6 +170,7 @@ async fn elect_and_fail_over(n: usize, url: String) {
                 .collect();
             let m = one_leader(&rest, LEASE + RENEW + SLACK + Duration::from_secs(1));
             let took = killed.elapsed();
+            eprintln!("{n} replicas: failover after kill -9 took {took:?}");
             assert!(
                 took <= LEASE + RENEW + SLACK,
                 "failover took {took:?} (lease {LEASE:?} + renew {RENEW:?})"
