@@ -116,7 +116,8 @@ fn epoch_of(r: &Replica) -> i64 {
 /// trigger naming it; kill -9 the leader → another leads within lease +
 /// renew, in a higher epoch, and stays the only one.
 async fn elect_and_fail_over(n: usize, url: String) {
-    let sim = sim(Default::default()).await;
+    // Slow answers, so the leader is killed in the middle of a run.
+    let sim = sim_with_latency(Duration::from_millis(150)).await;
     let sim = std::sync::Arc::new(sim);
     tokio::task::spawn_blocking({
         let sim = sim.clone();
@@ -156,12 +157,16 @@ async fn elect_and_fail_over(n: usize, url: String) {
                     .unwrap()
                     >= 1.0
             );
-            // The leader runs jobs: a trigger there starts.
-            assert_eq!(replicas[l].post("/jobs/quota/run", ADMIN).0, 202);
+            // The leader runs jobs: a trigger there starts (or finds the
+            // scheduled run going).
+            let (status, body) = replicas[l].post("/jobs/quota/run", ADMIN);
+            assert!(status == 202 || status == 409, "{status} {body}");
+            std::thread::sleep(Duration::from_millis(100));
 
             // kill -9 the leader.
             replicas[l].kill();
             let killed = Instant::now();
+            let killed_at = chrono::Utc::now();
             let rest: Vec<&Replica> = replicas
                 .iter()
                 .enumerate()
@@ -194,6 +199,21 @@ async fn elect_and_fail_over(n: usize, url: String) {
                 assert!(Instant::now() < end, "no quota run after the failover");
                 std::thread::sleep(Duration::from_millis(200));
             }
+            // The killed leader's run was left open; the new leader closed
+            // it when it took over, and nothing of the old term is open.
+            let before: Vec<_> = store
+                .runs(None, 500)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.started_at < killed_at)
+                .collect();
+            assert!(
+                before
+                    .iter()
+                    .any(|r| r.result == Some(kcr_housekeeper::state::RunResult::Failure)),
+                "the run cut off by the kill is closed as failed: {before:?}"
+            );
+            assert!(before.iter().all(|r| r.result.is_some()), "{before:?}");
             for r in replicas.iter_mut().filter(|r| r.leads().is_some()) {
                 assert_eq!(r.stop(Duration::from_secs(15)), Some(0), "{}", r.logs());
             }

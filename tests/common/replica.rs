@@ -148,6 +148,7 @@ impl Drop for Replica {
         // A paused one must be resumed to die promptly.
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         self.kill();
     }
