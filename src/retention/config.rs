@@ -102,13 +102,24 @@ pub struct InUseConfig {
     pub allow_empty: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PrometheusSource {
-    /// Base URL (`http://prometheus:9090`).
+    /// Base URL (`http://prometheus:9090`); it may carry a basic-auth user
+    /// and password, so messages and `Debug` show it without them.
     pub url: String,
     /// `None`: the kube-state-metrics default.
     pub query: Option<String>,
     pub lookback: Duration,
+}
+
+impl std::fmt::Debug for PrometheusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrometheusSource")
+            .field("url", &super::in_use::shown_url(&self.url))
+            .field("query", &self.query)
+            .field("lookback", &self.lookback)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

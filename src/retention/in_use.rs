@@ -316,11 +316,26 @@ pub fn parse_prometheus(
     Ok(out)
 }
 
+/// The Prometheus URL as messages show it: without the user name and
+/// password a URL may carry for basic auth (`http://user:secret@prom:9090`).
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.as_str().trim_end_matches('/').to_owned()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "the configured URL".to_owned(),
+    }
+}
+
 async fn query_prometheus(
     p: &PrometheusSource,
     timeout: std::time::Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<(Reference, DateTime<Utc>)>, String> {
+    let shown = shown_url(&p.url);
     let query = match &p.query {
         Some(q) => q.replace("$lookback", &prom_duration(p.lookback)),
         None => default_query(p.lookback),
@@ -337,11 +352,15 @@ async fn query_prometheus(
         ])
         .send()
         .await
-        .map_err(|e| format!("{}: {e}", p.url))?;
+        // reqwest's message names the URL, with its password: drop it.
+        .map_err(|e| format!("{shown}: {}", e.without_url()))?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| format!("{}: {e}", p.url))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("{shown}: {}", e.without_url()))?;
     if !status.is_success() && status.as_u16() != 400 && status.as_u16() != 422 {
-        return Err(format!("{}: HTTP {status}", p.url));
+        return Err(format!("{shown}: HTTP {status}"));
     }
     parse_prometheus(&body, now)
 }
@@ -443,10 +462,26 @@ pub async fn fetch(
             }
         };
         let key = count_key(source);
-        let last: usize = state
-            .and_then(|s| s.meta_get(&key).ok().flatten())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        // A remembered count that cannot be read fails closed: read as 0 it
+        // would let an empty answer (a broken exporter) through.
+        let last: usize = match state.map(|s| s.meta_get(&key)).transpose() {
+            Ok(v) => match v.flatten().map(|v| v.parse()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    out.failures.push(format!(
+                        "{source}: the remembered count of images in use ({key}) is unreadable"
+                    ));
+                    continue;
+                }
+            },
+            Err(e) => {
+                out.failures.push(format!(
+                    "{source}: cannot read the remembered count of images in use: {e}"
+                ));
+                continue;
+            }
+        };
         let accepted_empty = refs.is_empty() && last > 0 && cfg.allow_empty;
         if refs.is_empty() && last > 0 && !cfg.allow_empty {
             out.failures.push(format!(
@@ -463,12 +498,16 @@ pub async fn fetch(
             );
         }
         // Remember a non-empty count, and an accepted empty one (0), so that
-        // allow_empty is needed for one run only.
+        // allow_empty is needed for one run only. Not remembered, a later
+        // empty answer would pass as "nothing runs": fail closed now.
         if (!refs.is_empty() || accepted_empty)
             && let Some(s) = state
             && let Err(e) = s.meta_put(&key, &refs.len().to_string())
         {
-            tracing::warn!(source, error = %e, "cannot remember the in-use count");
+            out.failures.push(format!(
+                "{source}: cannot remember the count of images in use: {e}"
+            ));
+            continue;
         }
         out.counts.push((source, refs.len()));
         for (r, at) in refs {
@@ -521,6 +560,65 @@ mod tests {
         assert_eq!(refs.len(), 1);
         let e = parse_lines("h.io/ns/r:t\nnot a reference\n").unwrap_err();
         assert!(e.to_string().starts_with("line 2:"), "{e}");
+    }
+
+    fn file_config(path: &std::path::Path) -> InUseConfig {
+        InUseConfig {
+            prometheus: None,
+            file: Some(path.to_owned()),
+            exec: None,
+            timeout: std::time::Duration::from_secs(5),
+            allow_empty: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_remembered_count_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("images.txt");
+        std::fs::write(&list, "# nothing runs\n").unwrap();
+        let cfg = file_config(&list);
+        let now = Utc::now();
+        let state = crate::state::Store::in_memory().unwrap();
+        // Nothing remembered: an empty first answer is accepted.
+        let u = fetch(&cfg, &[], Some(&state), now).await;
+        assert!(u.failures.is_empty(), "{:?}", u.failures);
+        // A remembered count that is not a number must not read as 0.
+        state.meta_put(&count_key("file"), "12x").unwrap();
+        let u = fetch(&cfg, &[], Some(&state), now).await;
+        assert!(
+            u.blocked().is_some_and(|b| b.contains("unreadable")),
+            "{:?}",
+            u.failures
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_prometheus_is_named_without_its_password() {
+        // A port nothing listens on: bind, then drop the listener.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = InUseConfig {
+            prometheus: Some(PrometheusSource {
+                url: format!("http://watcher:s3cr3t-pw@127.0.0.1:{port}"),
+                query: None,
+                lookback: std::time::Duration::from_secs(86_400),
+            }),
+            file: None,
+            exec: None,
+            timeout: std::time::Duration::from_secs(5),
+            allow_empty: false,
+        };
+        let u = fetch(&cfg, &[], None, Utc::now()).await;
+        let b = u.blocked().expect("an unreachable source blocks");
+        assert!(b.contains(&format!("http://127.0.0.1:{port}")), "{b}");
+        assert!(!b.contains("s3cr3t-pw") && !b.contains("watcher"), "{b}");
+        assert_eq!(shown_url("http://prom:9090/x"), "http://prom:9090/x");
+        let debug = format!("{:?}", cfg.prometheus);
+        assert!(!debug.contains("s3cr3t-pw"), "{debug}");
     }
 
     #[test]
