@@ -194,18 +194,20 @@ pub fn parse_reference(s: &str) -> Result<Reference, String> {
     // A tag is after the last ':' of the last path component.
     let last = rest.rsplit('/').next().unwrap_or(rest);
     let (path, tag) = match last.rsplit_once(':') {
-        Some((_, t)) => (
-            &rest[..rest.len() - t.len() - 1],
-            Some(t.to_owned()).filter(|t| !t.is_empty()),
-        ),
+        Some((_, "")) => return Err(format!("{s:?} has an empty tag")),
+        Some((_, t)) => (&rest[..rest.len() - t.len() - 1], Some(t.to_owned())),
         None => (rest, None),
     };
     if path.is_empty() || path.split('/').any(str::is_empty) {
         return Err(format!("{s:?} has no repository"));
     }
-    if tag.is_none() && digest.is_none() {
-        return Err(format!("{s:?} names neither a tag nor a digest"));
-    }
+    // Neither tag nor digest: `latest`, as docker and the kubelet pull it
+    // (a pod spec's `image: h.io/ns/repo`, reported as is by
+    // kube-state-metrics while the container has no image_id yet).
+    let tag = match (tag, &digest) {
+        (None, None) => Some("latest".to_owned()),
+        (tag, _) => tag,
+    };
     Ok(Reference {
         host: first,
         path: path.to_owned(),
@@ -549,7 +551,25 @@ mod tests {
         );
         assert_eq!(parse_reference(D).unwrap().digest.as_deref(), Some(D));
         assert_eq!(parse_reference("nginx:1.25").unwrap().host, None);
-        for bad in ["", "h.io/ns/r", "h.io/ns/r@sha256:12", "a b:c", "h.io//r:t"] {
+        // No tag and no digest: `latest`, as docker and the kubelet read it.
+        let r = parse_reference("h.io/ns/r").unwrap();
+        assert_eq!(
+            (r.host.as_deref(), r.path.as_str(), r.tag.as_deref()),
+            (Some("h.io"), "ns/r", Some("latest"))
+        );
+        assert_eq!(
+            parse_reference("nginx").unwrap().tag.as_deref(),
+            Some("latest")
+        );
+        let r = parse_reference(&format!("h.io/ns/r@{D}")).unwrap();
+        assert_eq!(r.tag, None, "a digest alone names no tag");
+        for bad in [
+            "",
+            "h.io/ns/r@sha256:12",
+            "a b:c",
+            "h.io//r:t",
+            "h.io/ns/r:",
+        ] {
             assert!(parse_reference(bad).is_err(), "{bad:?}");
         }
     }
@@ -634,6 +654,12 @@ mod tests {
         assert_eq!(refs[0].0.digest.as_deref(), Some(D));
         assert_eq!(refs[0].1.timestamp(), 1_795_000_000);
         assert_eq!(refs[2].1, now, "a value that is no time: seen now");
+        // A pending pod anywhere in the cluster: `image` as its spec says
+        // (no tag), no `image_id` yet. Not a bad answer that blocks every run.
+        let pending = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"image":"busybox","image_id":""},"value":[1,"1795000000"]}]}}"#;
+        let refs = parse_prometheus(pending.as_bytes(), now).unwrap();
+        assert_eq!(refs[0].0.tag.as_deref(), Some("latest"));
         for bad in [
             "nonsense",
             r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
