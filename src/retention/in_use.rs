@@ -165,6 +165,26 @@ fn valid_digest(d: &str) -> bool {
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+struct Grammar {
+    host: regex::Regex,
+    component: regex::Regex,
+    tag: regex::Regex,
+}
+
+fn grammar() -> &'static Grammar {
+    static G: std::sync::LazyLock<Grammar> = std::sync::LazyLock::new(|| {
+        let re = |r: &str| regex::Regex::new(r).expect("a valid pattern");
+        Grammar {
+            host: re(
+                r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$",
+            ),
+            component: re(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$"),
+            tag: re(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"),
+        }
+    });
+    &G
+}
+
 /// Parse one reference; `Err` says what is wrong with it.
 pub fn parse_reference(s: &str) -> Result<Reference, String> {
     let s = s.trim();
@@ -200,6 +220,25 @@ pub fn parse_reference(s: &str) -> Result<Reference, String> {
     };
     if path.is_empty() || path.split('/').any(str::is_empty) {
         return Err(format!("{s:?} has no repository"));
+    }
+    // The grammar of docker's references (distribution/reference): without
+    // it a source printing something else (`PATH=/usr/bin:/bin`, an HTML
+    // page) would pass as a list of images that protects nothing.
+    let g = grammar();
+    if let Some(h) = &first
+        && !g.host.is_match(h)
+    {
+        return Err(format!("{s:?}: {h:?} is not a registry host"));
+    }
+    if let Some(c) = path.split('/').find(|c| !g.component.is_match(c)) {
+        return Err(format!(
+            "{s:?}: {c:?} is not a repository name component (lowercase letters, digits, separators)"
+        ));
+    }
+    if let Some(t) = &tag
+        && !g.tag.is_match(t)
+    {
+        return Err(format!("{s:?}: {t:?} is not a tag"));
     }
     // Neither tag nor digest: `latest`, as docker and the kubelet pull it
     // (a pod spec's `image: h.io/ns/repo`, reported as is by
@@ -569,6 +608,13 @@ mod tests {
             "a b:c",
             "h.io//r:t",
             "h.io/ns/r:",
+            // What a broken program or page prints is no list of images.
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "HOME=/root",
+            "<html><body>",
+            "h.io/NS/r:t",
+            "h_io:80/ns/r:t",
+            "h.io/ns/r:-t",
         ] {
             assert!(parse_reference(bad).is_err(), "{bad:?}");
         }
