@@ -643,7 +643,8 @@ impl Runner {
         let run_id = log.run_id();
         let cancel = self.cancel.child_token();
         let ctx = JobContext {
-            client: env.client.clone(),
+            // Every mutating request of the run asks the term first.
+            client: env.client.gated(term.gate(&cancel)),
             config: env.config.clone(),
             state: term.store.clone(),
             metrics: self.metrics.clone(),
@@ -697,10 +698,10 @@ impl Runner {
             }
         };
         drop(fut);
-        // A run that failed as the lease ran out (a fenced write refused)
-        // failed because of it.
+        // A run that failed as the lease ran out (a fenced write refused, a
+        // mutation withheld by the term's gate) failed because of it.
         let outcome = match outcome {
-            Err(e) if term.lost.is_cancelled() && !matches!(e, JobError::LeaseLost { .. }) => {
+            Err(e) if term.over() && !matches!(e, JobError::LeaseLost { .. }) => {
                 Err(JobError::LeaseLost {
                     epoch: term.epoch.unwrap_or_default(),
                     detail: Some(e.to_string()),

@@ -83,6 +83,52 @@ pub struct Term {
     pub lost: CancellationToken,
 }
 
+impl Term {
+    /// The gate a run's KCR client asks right before every mutating request
+    /// (each attempt, after any rate-limiter wait): shut once `cancel` (the
+    /// run's cancellation) or this term's `lost` fired, or when this host's
+    /// clock leaves no more of the lease than a call may take
+    /// ([`may_act`] with the fence's margin, `[kcr] timeout` + margin). An
+    /// unfenced term (SQLite, one replica) never ends: only `cancel` shuts it.
+    pub fn gate(&self, cancel: &CancellationToken) -> Arc<dyn crate::kcr::MutationGate> {
+        Arc::new(TermGate {
+            cancel: cancel.clone(),
+            term: self.clone(),
+        })
+    }
+
+    /// The term is over, or too close to its end for a KCR call: its
+    /// `lost` fired, or [`may_act`] says no on this host's clock.
+    pub fn over(&self) -> bool {
+        self.lost.is_cancelled()
+            || self
+                .store
+                .lease_deadline()
+                .is_some_and(|(deadline, needed)| !may_act(Instant::now(), deadline, needed))
+    }
+}
+
+/// [`Term::gate`].
+struct TermGate {
+    cancel: CancellationToken,
+    term: Term,
+}
+
+/// Why [`TermGate`] withholds a request when the lease is the reason.
+pub const LEASE_LOST: &str = "the leader lease is lost or about to end";
+
+impl crate::kcr::MutationGate for TermGate {
+    fn check(&self, _action: &'static str) -> Result<(), String> {
+        if self.term.over() {
+            return Err(LEASE_LOST.into());
+        }
+        if self.cancel.is_cancelled() {
+            return Err("the run is cancelled".into());
+        }
+        Ok(())
+    }
+}
+
 /// Why no run may start here: another replica leads (or none yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotLeader {
@@ -507,5 +553,32 @@ mod tests {
         l.release().await;
         assert!(term.lost.is_cancelled());
         assert_eq!(l.term().unwrap_err(), NotLeader { leader: None }, "stopped");
+    }
+
+    /// Review findings 1 and 2: the gate a run's client asks before each
+    /// mutating request is open while the term lasts and the run runs,
+    /// and shut — naming the lease — once the term is lost.
+    #[test]
+    fn the_mutation_gate_shuts_when_the_run_is_cancelled_or_the_lease_lost() {
+        let term = Term {
+            epoch: Some(3),
+            store: Store::in_memory().unwrap(),
+            lost: CancellationToken::new(),
+        };
+        let cancel = CancellationToken::new();
+        let gate = term.gate(&cancel);
+        assert_eq!(gate.check("DeleteImages"), Ok(()));
+        assert!(!term.over(), "an unfenced term never runs out");
+        cancel.cancel();
+        assert_eq!(
+            gate.check("DeleteImages"),
+            Err("the run is cancelled".into())
+        );
+        let (term2, cancel2) = (term.clone(), CancellationToken::new());
+        let gate2 = term2.gate(&cancel2);
+        term.lost.cancel();
+        assert!(term2.over());
+        let why = gate2.check("DeleteImages").unwrap_err();
+        assert_eq!(why, LEASE_LOST);
     }
 }

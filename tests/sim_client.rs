@@ -1150,3 +1150,82 @@ async fn server_side_retention_reads_and_unknown_actions() {
         other => panic!("expected not supported, got {other:?}"),
     }
 }
+
+/// A gate open for its first `open` checks, then closed (a lease that ran out).
+struct CountingGate {
+    open: u32,
+    asked: std::sync::atomic::AtomicU32,
+}
+
+impl MutationGate for CountingGate {
+    fn check(&self, _action: &'static str) -> Result<(), String> {
+        let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.open {
+            Ok(())
+        } else {
+            Err("lease lost".into())
+        }
+    }
+}
+
+/// Review finding 2 (Step 10): a retried mutation asks the gate before every
+/// attempt, so a retry after a backoff that outlived the lease is never
+/// sent; reads never ask; `call_once` asks too.
+#[tokio::test]
+async fn the_mutation_gate_is_asked_before_every_attempt_and_only_for_mutations() {
+    let faults = Faults {
+        fault_rate: 1.0,
+        kinds: vec![FaultKind::LimitExceeded],
+        seed: Some(1),
+        ..Default::default()
+    };
+    let sim = sim_with_faults(faults).await;
+    let mut cfg = config_for(&sim);
+    cfg.retry.max_attempts = 5;
+    let gate = std::sync::Arc::new(CountingGate {
+        open: 2,
+        asked: Default::default(),
+    });
+    let client = Client::new(cfg).unwrap().gated(gate.clone());
+    let create = CreateInstanceToken {
+        instance_id: DEMO_INSTANCE.into(),
+        lifetime: TokenLifetime::Days(1),
+        desc: None,
+    };
+    let err = client.call(&create).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Withheld { .. }),
+        "the third attempt is withheld: {err}"
+    );
+    assert_eq!(err.code(), "Withheld");
+    assert_eq!(
+        sim.count("CreateInstanceToken"),
+        2,
+        "only the attempts the gate let through reached the API"
+    );
+    assert_eq!(gate.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // Reads pass a closed gate (and never ask it).
+    let _ = client
+        .call(&DescribeInstanceUsage {
+            instance_id: DEMO_INSTANCE.into(),
+        })
+        .await;
+    assert!(sim.count("DescribeInstanceUsage") > 0);
+    assert_eq!(gate.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // A single send with a reservation asks as well.
+    let mut r = client.reserve(1).await;
+    let err = client
+        .call_once(
+            &mut r,
+            &DeleteImages {
+                instance_id: DEMO_INSTANCE.into(),
+                namespace: "ns".into(),
+                repo_name: "repo".into(),
+                image_id: "sha256:00".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "Withheld");
+    assert_eq!(sim.count("DeleteImages"), 0, "nothing sent");
+}

@@ -13,7 +13,7 @@ use super::planner::{ActionKind, PlannedAction};
 use crate::failpoint;
 use crate::kcr::{Client, DeleteImages, DeleteRepoTag, DescribeImages, Error};
 use crate::metrics::Metrics;
-use crate::state::{Mutation, StateError, Store};
+use crate::state::{AuditStatus, Mutation, StateError, Store};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -185,6 +185,9 @@ struct Attempt<'e, 'a> {
     failures_in_row: &'e mut u32,
     /// The first call IAM refused, if any: the run stops after this action.
     denied: Option<String>,
+    /// The client's mutation gate withheld the delete (the lease ended,
+    /// the run was cancelled): nothing was sent, the run stops here.
+    withheld: Option<String>,
 }
 
 impl Attempt<'_, '_> {
@@ -337,6 +340,16 @@ impl Attempt<'_, '_> {
                 self.ok_call();
                 Ok(())
             }
+            // Withheld by the gate: nothing sent, not a failure of the API.
+            Err(e @ Error::Withheld { .. }) => {
+                let text = format!("delete: {e}");
+                self.withheld = Some(text.clone());
+                Err(CallError {
+                    text,
+                    retryable: false,
+                    denied: false,
+                })
+            }
             Err(e) => Err(self.failed_call(CallError::api("delete", &e))),
         }
     }
@@ -364,6 +377,13 @@ impl Attempt<'_, '_> {
                 }
                 Err(e) => e,
             };
+            if self.withheld.is_some() {
+                // Not sent: an earlier attempt's delete may still be unknown.
+                return match &sent_unanswered {
+                    Some(delete) => Outcome::Unknown(format!("outcome unknown: {delete}")),
+                    None => Outcome::Failed(error.text),
+                };
+            }
             if from_delete {
                 sent_unanswered = error.retryable.then(|| error.text.clone());
             }
@@ -566,6 +586,7 @@ pub async fn execute(env: &ExecEnv<'_>, mut items: Vec<(Target, PlannedAction)>)
                     .audited(&mutation(env, &t, &a, &target), Utc::now())
             });
         let mut denied = None;
+        let mut withheld = None;
         let outcome = match (&begun, malformed(&a)) {
             (Err(e), _) => Outcome::Failed(format!("cannot write the audit record: {e}")),
             (Ok(_), Some(why)) => Outcome::Failed(why),
@@ -577,12 +598,31 @@ pub async fn execute(env: &ExecEnv<'_>, mut items: Vec<(Target, PlannedAction)>)
                     expected: effects.expected(&t, &a),
                     failures_in_row: &mut failures_in_row,
                     denied: None,
+                    withheld: None,
                 };
                 let outcome = attempt.run().await;
                 denied = attempt.denied;
+                withheld = attempt.withheld;
                 outcome
             }
         };
+        // The delete was withheld (lease lost, run cancelled) and nothing of
+        // it was sent: the action counts as not attempted, the run stops.
+        if let (Some(why), Outcome::Failed(_)) = (&withheld, &outcome) {
+            let recorded = begun.and_then(|audit| {
+                failpoint::hit("retention.state.audit_finish", StateError::Injected)
+                    .and_then(|()| audit.finish(AuditStatus::Failed, Some(why)))
+            });
+            if let Err(e) = recorded {
+                // Expected once the lease is gone (the fence refuses): the
+                // next leader closes the record.
+                tracing::warn!(error = %e, target = %target, "cannot close the audit record of a withheld delete");
+            }
+            tracing::warn!(instance = %t.instance, action = a.action.as_str(), target = %target, why = %why, "retention action withheld: nothing sent; stopping");
+            out.cancelled = true;
+            out.not_attempted = total - i;
+            break;
+        }
         let (status, error) = outcome.audit();
         let recorded = begun.and_then(|audit| {
             failpoint::hit("retention.state.audit_finish", StateError::Injected)
@@ -617,6 +657,13 @@ pub async fn execute(env: &ExecEnv<'_>, mut items: Vec<(Target, PlannedAction)>)
         (env.tick)();
         // A missing permission refuses every later action alike: stop
         // rather than send them, and name the permission.
+        // Withheld after an earlier attempt's delete went unanswered: that
+        // one is recorded unknown above; nothing more may be sent.
+        if withheld.is_some() {
+            out.cancelled = true;
+            out.not_attempted = total - i - 1;
+            break;
+        }
         if let Some(why) = denied {
             out.stopped = Some(format!(
                 "stopped: a permission is missing ({why}); grant it (deploy/iam/) and run again"

@@ -248,6 +248,15 @@ impl Store {
         s
     }
 
+    /// This host's deadline of the lease the store is fenced with, and the
+    /// fence's margin (`None`: unfenced, SQLite — no lease ends).
+    pub fn lease_deadline(&self) -> Option<(Instant, Duration)> {
+        match (&self.fence, &self.deadline) {
+            (Some(f), Some(d)) => Some((d.get(), f.margin)),
+            _ => None,
+        }
+    }
+
     /// The epoch this store's writes are fenced with (`None`: unfenced).
     pub fn epoch(&self) -> Option<i64> {
         self.fence.as_ref().map(|f| f.epoch)

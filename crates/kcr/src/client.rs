@@ -91,6 +91,15 @@ pub trait ApiObserver: Send + Sync {
     fn observe(&self, action: &'static str, code: &str, elapsed: Duration);
 }
 
+/// Asked right before every attempt to send a mutating action (after any
+/// rate-limiter wait, on every retry): a caller that may lose its right to
+/// change things (a leader whose lease runs out, a cancelled run) refuses
+/// here, and nothing is sent. Read-only actions never ask.
+pub trait MutationGate: Send + Sync {
+    /// `Err(why)`: withhold `action` ([`Error::Withheld`]).
+    fn check(&self, action: &'static str) -> Result<(), String>;
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// `https://kcrs.api.ksyun.com` or, for the simulator, `http://127.0.0.1:PORT`.
@@ -129,6 +138,8 @@ impl ClientConfig {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Asked before each mutating request ([`Client::gated`]).
+    gate: Option<Arc<dyn MutationGate>>,
 }
 
 struct Inner {
@@ -241,7 +252,31 @@ impl Client {
                 max_consecutive_failures: config.max_consecutive_failures.max(1),
                 consecutive_failures: AtomicU32::new(0),
             }),
+            gate: None,
         })
+    }
+
+    /// This client (sharing its limits) with `gate` asked before every
+    /// attempt to send a mutating action.
+    pub fn gated(&self, gate: Arc<dyn MutationGate>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            gate: Some(gate),
+        }
+    }
+
+    /// The gate's verdict for action `A`, right before it is sent.
+    fn may_send<A: Action>(&self) -> Result<(), Error> {
+        match &self.gate {
+            Some(gate) if !A::READ_ONLY => gate.check(A::NAME).map_err(|why| {
+                tracing::info!(action = A::NAME, %why, "mutating request withheld");
+                Error::Withheld {
+                    action: A::NAME,
+                    why,
+                }
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The API endpoint (base URL) this client talks to.
@@ -334,6 +369,7 @@ impl Client {
         } else {
             self.inner.limiter.acquire().await;
         }
+        self.may_send::<A>()?;
         let started = Instant::now();
         let r = self.send_once::<A>(&params).await;
         self.note_outcome(A::NAME, &r, started);
@@ -355,6 +391,9 @@ impl Client {
                     .await
                     .expect("semaphore never closed");
                 self.inner.limiter.acquire().await;
+                // Asked on every attempt: a retry after a long backoff may
+                // find the right to change things gone.
+                self.may_send::<A>()?;
                 let started = Instant::now();
                 let r = self.send_once::<A>(&params).await;
                 self.note_outcome(A::NAME, &r, started);

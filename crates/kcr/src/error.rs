@@ -56,6 +56,10 @@ pub enum Error {
     },
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// The client's mutation gate ([`crate::MutationGate`]) refused to let
+    /// a mutating request go: nothing was sent.
+    #[error("{action}: not sent: {why}")]
+    Withheld { action: &'static str, why: String },
 }
 
 impl Error {
@@ -81,6 +85,7 @@ impl Error {
             Error::ListingChanged { .. } => "ListingChanged",
             Error::ListingShort { .. } => "ListingShort",
             Error::Config(_) => "ClientConfig",
+            Error::Withheld { .. } => "Withheld",
         }
     }
 
@@ -92,7 +97,8 @@ impl Error {
             | Error::Transport { action, .. }
             | Error::Decode { action, .. }
             | Error::ListingChanged { action, .. }
-            | Error::ListingShort { action, .. } => Some(action),
+            | Error::ListingShort { action, .. }
+            | Error::Withheld { action, .. } => Some(action),
             Error::Config(_) => None,
         }
     }
@@ -123,7 +129,10 @@ impl Error {
             Error::Transport { .. } => true,
             // A truncated or garbled body is a transient fault of the path, not of the request.
             Error::Decode { .. } => true,
-            Error::ListingChanged { .. } | Error::ListingShort { .. } | Error::Config(_) => false,
+            Error::ListingChanged { .. }
+            | Error::ListingShort { .. }
+            | Error::Config(_)
+            | Error::Withheld { .. } => false,
         }
     }
 
@@ -139,6 +148,7 @@ impl Error {
                 }
             )
             || matches!(self, Error::Api { status, .. } if (400..500).contains(status))
+            || matches!(self, Error::Withheld { .. })
     }
 
     /// The endpoint does not know the action (KCR's `NoSuchEntity` "InnerApi

@@ -10,7 +10,9 @@ pub mod ratelimit;
 pub mod signer;
 pub mod types;
 
-pub use client::{ApiObserver, Client, ClientConfig, Credentials, Reservation, RetryPolicy};
+pub use client::{
+    ApiObserver, Client, ClientConfig, Credentials, MutationGate, Reservation, RetryPolicy,
+};
 pub use decode::KcrTime;
 pub use error::{Error, TransportKind};
 pub use types::*;
