@@ -317,6 +317,18 @@ pub fn parse_prometheus(
             v["error"].as_str().unwrap_or("")
         ));
     }
+    // Thanos, Cortex and Prometheus's remote read answer `success` with
+    // `warnings` when a store did not answer: a partial list of the images
+    // in use, which would let deletes through. Fail closed.
+    if let Some(w) = v["warnings"].as_array().filter(|w| !w.is_empty()) {
+        return Err(format!(
+            "a partial answer (warnings: {})",
+            w.iter()
+                .map(|w| w.as_str().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
     if v["data"]["resultType"] != "vector" {
         return Err(format!(
             "the query must return an instant vector, not {}",
@@ -710,6 +722,8 @@ mod tests {
             "nonsense",
             r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
             r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+            // A store that did not answer (Thanos partial response).
+            r#"{"status":"success","warnings":["No StoreAPIs matched for this query"],"data":{"resultType":"vector","result":[]}}"#,
             r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"x"},"value":[1,"1"]}]}}"#,
         ] {
             assert!(parse_prometheus(bad.as_bytes(), now).is_err(), "{bad}");
