@@ -83,7 +83,10 @@ pub async fn run(
         state.clone(),
         metrics.clone(),
     );
-    let holder = config.leader.id.clone().unwrap_or_else(leader::default_id);
+    let holder = match &config.leader.id {
+        Some(id) => leader::with_nonce(id),
+        None => leader::default_id(),
+    };
     let leadership = Leadership::new(
         lease_store,
         state,

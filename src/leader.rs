@@ -69,6 +69,14 @@ pub fn default_id() -> String {
     )
 }
 
+/// A configured `[leader] id` as the lease holder: the id and a random
+/// suffix chosen at start (review finding 3). Two replicas given the same
+/// id by mistake are still two holders: one leads, the other follows,
+/// instead of both taking the lease from each other in turn.
+pub fn with_nonce(id: &str) -> String {
+    format!("{id}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
 /// Run with a new term's store before the term is published.
 pub type OnLead = Arc<dyn Fn(&Store) -> Result<(), StateError> + Send + Sync>;
 
@@ -302,7 +310,12 @@ impl Leadership {
             h.deadline.set(Instant::now());
             h.term.lost.cancel();
             self.metrics.daemon.leader_transition();
-            tracing::warn!(holder = %self.id, epoch = h.epoch, why, "leader lease lost: running jobs cancelled, nothing more runs here until it leads again");
+            if why == STOPPING {
+                // A clean shutdown is no loss (review finding 7).
+                tracing::info!(holder = %self.id, epoch = h.epoch, "stopping: giving the lease back; running jobs cancelled");
+            } else {
+                tracing::warn!(holder = %self.id, epoch = h.epoch, why, "leader lease lost: running jobs cancelled, nothing more runs here until it leads again");
+            }
         }
         if other.is_some() {
             view.other = other;
@@ -434,7 +447,7 @@ impl Leadership {
             let view = self.view.lock().expect("leader lock");
             view.held.as_ref().map(|h| h.epoch)
         };
-        self.end("stopping", None);
+        self.end(STOPPING, None);
         if let (Some(epoch), false) = (epoch, self.sqlite) {
             let (store, id) = (self.lease_store.clone(), self.id.clone());
             match tokio::task::spawn_blocking(move || store.lease_release(LEASE, &id, epoch)).await
@@ -451,6 +464,9 @@ impl Leadership {
         }
     }
 }
+
+/// Why a term ends when this replica stops ([`Leadership::release`]).
+const STOPPING: &str = "stopping";
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
