@@ -249,3 +249,39 @@ async fn the_daemon_keeps_its_runs_in_postgresql() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("quota") && out.contains("success"), "{out}");
 }
+
+/// Review finding 6 (Step 10): `history` and `apply` on an unreachable
+/// PostgreSQL state fail with exit 1 (a runtime dependency failed, not
+/// usage) and say why (the refused connection), never the password.
+#[tokio::test]
+async fn history_and_apply_on_an_unreachable_database_exit_1_with_the_cause() {
+    let sim = sim(Default::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[retention]\nmode = \"enforce\"\nmin_age = \"1h\"\n\
+             [[retention.rules]]\nname = \"all\"\ntags = [\"*\"]\nkeep_latest = 1\n",
+            demo_head_pg(&sim, dir.path())
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        vec!["history", "--config", cfg],
+        vec!["apply", "retention", "--yes", "--config", cfg],
+    ] {
+        let mut cmd = demo_bin(&sim, &args);
+        cmd.env(
+            URL_ENV,
+            "postgresql://u:hunter2pass@127.0.0.1:1/kcr?connect_timeout=2",
+        );
+        let o = output(cmd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("postgresql://127.0.0.1:1/kcr"), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{args:?}: {err}");
+        assert!(!err.contains("hunter2pass"), "{err}");
+    }
+}

@@ -105,5 +105,5 @@ pub(super) async fn apply_tokens_cmd(
 
 /// The state database, which a job that keeps a journal needs.
 pub(super) fn open_state(c: &Config) -> Result<crate::state::Store, CliError> {
-    crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))
+    crate::state::Store::open_config(&c.state).map_err(super::state_failed)
 }

@@ -24,7 +24,7 @@ pub(super) async fn apply_retention_cmd(
     };
     let state = crate::failpoint::hit("retention.state.open", crate::state::StateError::Injected)
         .and_then(|()| crate::state::Store::open_config(&c.state))
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+        .map_err(super::state_failed)?;
     let session = Session::open(c, state).await?;
     let mut plan = session.plan(&RetentionJob, "planning").await?;
     super::plan::warn_unlisted(&plan.inventory);

@@ -45,8 +45,7 @@ pub(super) fn run(c: &Config, args: &AuditArgs, out: &mut dyn Write) -> Result<(
             path.display()
         )));
     }
-    let store =
-        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
+    let store = crate::state::Store::open_config(&c.state).map_err(super::state_failed)?;
     let records = store
         .audit_query(since, args.job.as_deref(), args.limit)
         .map_err(|e| CliError::Failed(e.into()))?;

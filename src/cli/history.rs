@@ -49,8 +49,7 @@ pub(super) fn run(c: &Config, args: &HistoryArgs, out: &mut dyn Write) -> Result
             path.display()
         )));
     }
-    let store =
-        crate::state::Store::open_config(&c.state).map_err(|e| CliError::Usage(e.to_string()))?;
+    let store = crate::state::Store::open_config(&c.state).map_err(super::state_failed)?;
     let runs = store
         .runs(args.job.map(HistoryJob::as_str), args.limit)
         .map_err(|e| CliError::Failed(e.into()))?;

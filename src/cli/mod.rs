@@ -230,6 +230,20 @@ pub(crate) fn io(e: std::io::Error) -> CliError {
     CliError::Failed(anyhow::Error::new(e).context("writing output"))
 }
 
+/// Opening the state failed: a database that cannot be reached (refused,
+/// timed out, authentication failed) is a runtime dependency failing, exit 1,
+/// with its cause (review finding 6; the URL's password never appears);
+/// anything else (a bad URL, an unusable SQLite path) is the config's, exit 2.
+pub(crate) fn state_failed(e: crate::state::StateError) -> CliError {
+    use crate::state::StateError;
+    match e {
+        StateError::Postgres { .. }
+        | StateError::Timeout { .. }
+        | StateError::WorkerGone { .. } => CliError::Failed(anyhow::Error::new(e)),
+        e => CliError::Usage(e.to_string()),
+    }
+}
+
 pub(crate) fn failed(e: impl Into<anyhow::Error>, what: &str) -> CliError {
     CliError::Failed(e.into().context(what.to_owned()))
 }
