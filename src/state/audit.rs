@@ -232,11 +232,14 @@ impl Store {
         .ok_or_else(|| self.unreadable("audit.id (no id returned)".into()))
     }
 
-    /// Records left `started` by a process that died mid-call: their outcome is unknown.
+    /// Records left `started` by a process that died mid-call: their outcome
+    /// is unknown. A store fenced at an epoch (a new leader) closes only the
+    /// records of earlier epochs (and of none): never its own term's.
     pub fn close_interrupted_audit(&self) -> Result<usize, StateError> {
         let n = self.exec(
-            "UPDATE audit SET outcome = 'interrupted', error = $1 WHERE outcome = 'started'",
-            args![AUDIT_INTERRUPTED_WHY],
+            "UPDATE audit SET outcome = 'interrupted', error = $1 WHERE outcome = 'started'
+             AND ($2 IS NULL OR epoch IS NULL OR epoch < $2)",
+            args![AUDIT_INTERRUPTED_WHY, self.epoch()],
         )?;
         Ok(n as usize)
     }

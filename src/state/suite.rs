@@ -192,6 +192,7 @@ suite!(
     a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied,
     a_new_term_always_has_a_new_epoch_and_a_renewal_renews_only_its_own,
     a_store_fenced_until_a_local_deadline_refuses_without_asking,
+    a_new_leader_closes_only_the_audit_records_of_earlier_epochs,
 );
 
 fn schema_is_current_and_reopening_migrates_nothing(p: &Place) {
@@ -1161,4 +1162,49 @@ fn a_store_fenced_until_a_local_deadline_refuses_without_asking(p: &Place) {
         .unwrap_err();
     assert!(matches!(e, StateError::Fenced { .. }), "{e}");
     assert_eq!(a.run(run).unwrap().unwrap().result, None, "nothing written");
+}
+
+/// Review finding 5 (Step 10): the new leader closes the `started` audit
+/// records of earlier epochs (a dead leader's), never those of its own
+/// epoch (SQLite, unfenced: all of them, one process).
+fn a_new_leader_closes_only_the_audit_records_of_earlier_epochs(p: &Place) {
+    let s = p.open();
+    let fenced = |holder: &str| {
+        let LeaseState::Held { epoch, .. } = s
+            .lease_take("leader", holder, Duration::from_secs(30), None)
+            .unwrap()
+        else {
+            panic!("free lease")
+        };
+        let fence = Fence {
+            name: "leader".into(),
+            holder: holder.into(),
+            epoch,
+            margin: Duration::from_secs(1),
+        };
+        let deadline = std::sync::Arc::new(crate::state::LocalDeadline::new(
+            std::time::Instant::now() + Duration::from_secs(20),
+        ));
+        (epoch, s.fenced_until(fence, deadline))
+    };
+    let (old, fa) = fenced("a");
+    std::mem::forget(
+        fa.audited(&mutation("retention", "delete_image"), now())
+            .unwrap(),
+    );
+    assert!(s.lease_release("leader", "a", old).unwrap());
+    let (_, fb) = fenced("b");
+    let mine = fb
+        .audited(&mutation("retention", "delete_tag"), now())
+        .unwrap();
+    let closed = fb.close_interrupted_audit().unwrap();
+    let all = s.audit_since(None).unwrap();
+    let started = all.iter().filter(|r| r.outcome == "started").count();
+    if let Place::Sqlite(_) = p {
+        assert_eq!((closed, started), (2, 0), "one process: all of them");
+        return;
+    }
+    assert_eq!((closed, started), (1, 1), "{all:?}");
+    assert_eq!(all[0].outcome, "interrupted", "epoch {old}'s");
+    drop(mine);
 }
