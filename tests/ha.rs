@@ -3,7 +3,8 @@
 //! Exactly one leads at every sampled moment; a killed leader is replaced
 //! within lease + renew; a paused leader that resumes past its lease sends
 //! no mutation and writes nothing; terminated database connections end a
-//! term and a new one (a new epoch) follows; the same through PgBouncer.
+//! term and a new one (a new epoch) follows; the same through PgBouncer; a
+//! PostgreSQL restart mid-run (a cluster of the test's own) leaves one leader.
 //! Short leases (renew 500ms, lease 4s, [kcr] timeout 1s) keep them quick.
 //! They need `KCR_TEST_PG_URL` (see tests/common/pg.rs).
 
@@ -676,4 +677,71 @@ async fn two_replicas_with_the_same_leader_id_elect_one_leader_and_stay_put() {
             b.logs()
         );
     });
+}
+
+/// PostgreSQL restarted (fast shutdown: every connection cut, the server
+/// gone for a moment) while the leader runs jobs against a slow
+/// simulator. Never two leaders on the way; afterwards exactly one leads,
+/// both replicas are ready again, and quota runs succeed again. The
+/// cluster is this test's own: restarting the shared one would cut every
+/// other test's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_mid_run_leaves_one_leader_and_jobs_resume() {
+    let Some(cluster) = pg::Cluster::start() else {
+        return;
+    };
+    let sim = std::sync::Arc::new(sim_with_latency(Duration::from_millis(150)).await);
+    tokio::task::spawn_blocking(move || {
+        let url = cluster.url.clone();
+        let replicas: Vec<Replica> = (0..2)
+            .map(|i| start(&sim, &url, &format!("replica-{i}"), QUOTA_EVERY_2S))
+            .collect();
+        let all: Vec<&Replica> = replicas.iter().collect();
+        one_leader(&all, LEASE + RENEW + SLACK);
+        steady(&all, Duration::from_secs(1));
+        let at = chrono::Utc::now();
+        let restarting = std::thread::spawn(move || {
+            cluster.pg_ctl("restart");
+            cluster
+        });
+        let mut samples = 0;
+        while !restarting.is_finished() {
+            let s = sample(&all);
+            assert!(leaders(&s) <= 1, "two leaders during the restart: {s:?}");
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let cluster = restarting.join().unwrap();
+        eprintln!("sampled {samples} times during the restart");
+        one_leader(&all, LEASE + RENEW + SLACK);
+        steady(&all, Duration::from_secs(2));
+        for r in &replicas {
+            assert_eq!(
+                r.get("/readyz").unwrap().0,
+                200,
+                "reconnected after the restart"
+            );
+        }
+        let store = Store::connect(&url.clone().into()).unwrap();
+        let end = Instant::now() + Duration::from_secs(15);
+        while !store.runs(Some("quota"), 50).unwrap().iter().any(|r| {
+            r.started_at > at && r.result == Some(kcr_housekeeper::state::RunResult::Success)
+        }) {
+            assert!(
+                Instant::now() < end,
+                "no successful quota run after the restart\n{}",
+                replicas
+                    .iter()
+                    .map(|r| r.logs())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(store);
+        drop(replicas);
+        drop(cluster);
+    })
+    .await
+    .unwrap();
 }

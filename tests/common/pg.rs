@@ -115,3 +115,133 @@ pub fn bouncer_url() -> Option<String> {
         }
     }
 }
+
+/// A PostgreSQL cluster of its own (Debian's binaries, `initdb` in a
+/// temporary directory, run as the `postgres` user as `.ci/postgres.sh`
+/// does), for a test that restarts the server: restarting the shared one
+/// would cut every other test's connections. Stopped when dropped. `None`
+/// (skip) locally without the binaries or root; under `CI` it must work.
+pub struct Cluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    /// `postgresql://kcr@127.0.0.1:PORT/postgres` (trust on loopback: a
+    /// throw-away cluster).
+    pub url: String,
+}
+
+impl Cluster {
+    pub fn start() -> Option<Cluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            let mut v: Vec<_> = d
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect();
+            v.sort();
+            v.pop()
+        });
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.trim_ascii() == b"0")
+            .unwrap_or(false);
+        let Some(bin) = bin.filter(|_| root) else {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but PostgreSQL's binaries or root are missing");
+            }
+            eprintln!("skipped: no PostgreSQL binaries under /usr/lib/postgresql, or not root");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("chown")
+            .args(["postgres", dir.path().to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown postgres {:?}", dir.path());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Cluster {
+            url: format!("postgresql://kcr@127.0.0.1:{port}/postgres"),
+            bin,
+            dir,
+            port,
+        };
+        let data = c.dir.path().join("data");
+        c.as_postgres(&[
+            "initdb",
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "kcr",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ]);
+        c.pg_ctl("start");
+        Some(c)
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .args(["runuser", "-u", "postgres", "--"])
+            .arg(self.bin.join(args[0]))
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_ctl start|stop|restart`, waiting for it (fast shutdown: open
+    /// connections are cut, as in a real restart).
+    pub fn pg_ctl(&self, what: &str) {
+        let d = self.dir.path();
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            d.display()
+        );
+        self.as_postgres(&[
+            "pg_ctl",
+            "-D",
+            d.join("data").to_str().unwrap(),
+            "-l",
+            d.join("postgres.log").to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            &opts,
+            what,
+        ]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let d = self.dir.path();
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                d.join("data").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+    }
+}
