@@ -33,7 +33,13 @@ pub struct AppState {
     pub heartbeat: Arc<Heartbeat>,
     /// Set once config, state and scheduler are up; never cleared.
     pub ready: AtomicBool,
+    /// A refresh of the tokens' delivery status is running (one at a time).
+    pub refreshing: Arc<AtomicBool>,
 }
+
+/// How long a scrape waits for the delivery status from the database
+/// before it serves the last values (a slow database never holds it).
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -54,8 +60,21 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .daemon
         .state_backend(state.backend_name(), state.is_up());
     // Every replica, followers too: did its sinks receive the current token?
-    if state.is_up() {
-        crate::tokens::delivery_status(&s.runner.env().config, state, &s.metrics);
+    // Read on a blocking thread, never on the async worker (review finding
+    // 4): the scrape waits a little for it, else serves the last values
+    // while the one refresh in flight finishes.
+    if state.is_up() && !s.refreshing.swap(true, Ordering::AcqRel) {
+        let (config, state, metrics) = (
+            s.runner.env().config.clone(),
+            state.clone(),
+            s.metrics.clone(),
+        );
+        let refreshing = s.refreshing.clone();
+        let refresh = tokio::task::spawn_blocking(move || {
+            let _done = Cleared(refreshing);
+            crate::tokens::delivery_status(&config, &state, &metrics);
+        });
+        let _ = tokio::time::timeout(DELIVERY_WAIT, refresh).await;
     }
     let mut r = s.metrics.render().into_response();
     r.headers_mut().insert(
@@ -63,6 +82,15 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Clears its flag when dropped (even by a panic).
+struct Cleared(Arc<AtomicBool>);
+
+impl Drop for Cleared {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
