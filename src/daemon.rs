@@ -193,7 +193,7 @@ pub async fn run(
 
 /// Close what a previous process (or leader) left open: runs as failed,
 /// mutations in flight as interrupted.
-fn close_previous(state: &Store) -> Result<(), crate::state::StateError> {
+pub(crate) fn close_previous(state: &Store) -> Result<(), crate::state::StateError> {
     let abandoned = state.close_abandoned_runs(chrono::Utc::now())?;
     if abandoned > 0 {
         tracing::warn!(

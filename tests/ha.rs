@@ -745,3 +745,76 @@ async fn a_postgresql_restart_mid_run_leaves_one_leader_and_jobs_resume() {
     .await
     .unwrap();
 }
+
+/// Review finding 8 (Step 10): a one-shot `apply` that takes the lease from a
+/// daemon killed mid-run closes what that daemon left open (its run as
+/// failed, its audit records in flight as interrupted), as a daemon taking
+/// over does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_apply_after_a_crashed_daemon_closes_its_run_and_audit() {
+    let Some(db) = pg::Db::create() else { return };
+    let sim = std::sync::Arc::new(
+        sim(generated_world(
+            "namespaces=1,repos=3,images=40,seed=5",
+            Faults {
+                latency: Duration::from_millis(60),
+                ..Default::default()
+            },
+        ))
+        .await,
+    );
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let instance = sim.world(|w| w.instances[0].id.clone());
+        let cfg_text = config(&sim, &instance, "replica-0", RETENTION);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &cfg_text).unwrap();
+        let secret = sim_secret(&sim);
+        let mut daemon = Replica::start(
+            &cfg_text,
+            &[
+                ("TEST_SK", secret.as_str()),
+                (URL_ENV, url.as_str()),
+                ("ADMIN_TOKEN", ADMIN),
+            ],
+        );
+        one_leader(&[&daemon], LEASE);
+        assert_eq!(daemon.post("/jobs/retention/run", ADMIN).0, 202);
+        let end = Instant::now() + Duration::from_secs(60);
+        while deletes_in_log(&sim).len() < 2 {
+            assert!(Instant::now() < end, "no deletions:\n{}", daemon.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon.kill();
+        let store = Store::connect(&url.clone().into()).unwrap();
+        assert!(
+            store
+                .runs(None, 50)
+                .unwrap()
+                .iter()
+                .any(|r| r.result.is_none()),
+            "the killed daemon's run is left open"
+        );
+        std::thread::sleep(LEASE + RENEW + SLACK);
+        let mut c = bin(
+            &secret,
+            &[
+                "apply",
+                "retention",
+                "--yes",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+        );
+        c.env(URL_ENV, &url).env("ADMIN_TOKEN", ADMIN);
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let runs = store.runs(None, 50).unwrap();
+        assert!(runs.iter().all(|r| r.result.is_some()), "{runs:?}");
+        let audit = store.audit_since(None).unwrap();
+        assert!(audit.iter().all(|r| r.outcome != "started"), "{audit:?}");
+    })
+    .await
+    .unwrap();
+}

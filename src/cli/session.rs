@@ -128,16 +128,27 @@ impl Session {
             format!("cli-{}", leader::default_id()),
             Arc::new(Metrics::new()),
         );
-        let nothing_to_close: OnLead = Arc::new(|_: &Store| Ok(()));
-        l.step(&nothing_to_close).await;
-        if let Err(not) = l.term() {
-            return Err(CliError::Blocked(format!(
-                "{job}: not applied: {not}; trigger the job on the leading daemon (POST /jobs/{job}/run) or stop the daemons first"
-            )));
+        // Taking over from a daemon that died: its runs and audit records
+        // are closed as a daemon taking over closes them (review finding 8).
+        let close_previous: OnLead = Arc::new(crate::daemon::close_previous);
+        // A slow database may not answer the first attempt: keep asking
+        // for up to a lease while nobody is known to hold it.
+        let until = std::time::Instant::now() + c.leader.lease;
+        loop {
+            let next = l.step(&close_previous).await;
+            match l.term() {
+                Ok(_) => break,
+                Err(not) if not.leader.is_some() || std::time::Instant::now() >= until => {
+                    return Err(CliError::Blocked(format!(
+                        "{job}: not applied: {not}; trigger the job on the leading daemon (POST /jobs/{job}/run) or stop the daemons first"
+                    )));
+                }
+                Err(_) => tokio::time::sleep_until(next.min(until).into()).await,
+            }
         }
         self.runner.set_leadership(l.clone());
         let stop = tokio_util::sync::CancellationToken::new();
-        let renewing = tokio::spawn(l.clone().run(stop.clone(), nothing_to_close));
+        let renewing = tokio::spawn(l.clone().run(stop.clone(), close_previous));
         Ok(Some((l, stop, renewing)))
     }
 }
