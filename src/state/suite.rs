@@ -1106,12 +1106,14 @@ fn a_new_term_always_has_a_new_epoch_and_a_renewal_renews_only_its_own(p: &Place
     // Expired: a renewal fails, a new holder takes it with the next epoch.
     assert_eq!(
         epoch(
-            a.lease_take("leader", "a", Duration::from_millis(1), Some(2))
+            a.lease_take("leader", "a", Duration::from_millis(300), Some(2))
                 .unwrap()
         ),
         Ok(2)
     );
-    std::thread::sleep(Duration::from_millis(20));
+    // 300ms, not 1ms: the answer itself must find the lease still valid
+    // on a loaded machine (a 1ms lease failed once under load).
+    std::thread::sleep(Duration::from_millis(400));
     assert_eq!(b.lease_holder("leader").unwrap(), None, "expired");
     assert!(epoch(a.lease_take("leader", "a", ttl, Some(2)).unwrap()).is_err());
     assert_eq!(
