@@ -122,7 +122,7 @@ struct TermGate {
     term: Term,
 }
 
-/// Why [`TermGate`] withholds a request when the lease is the reason.
+/// Why a term's mutation gate withholds a request when the lease is the reason.
 pub const LEASE_LOST: &str = "the leader lease is lost or about to end";
 
 impl crate::kcr::MutationGate for TermGate {
