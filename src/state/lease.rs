@@ -58,7 +58,7 @@ pub struct Fence {
     pub margin: Duration,
 }
 
-/// The answer of [`Store::lease_acquire`].
+/// The answer of [`Store::lease_take`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseState {
     /// Ours, at `epoch`, for `remaining` (by the database's clock, from when
@@ -83,36 +83,6 @@ fn remaining(v: i64) -> Duration {
 impl Store {
     fn is_postgres(&self) -> bool {
         self.backend_name() == "postgresql"
-    }
-
-    /// Acquire the lease `name` for `holder` for `ttl` if it is free or
-    /// expired, or renew it if `holder` holds it. The epoch grows when the
-    /// holder changes.
-    pub fn lease_acquire(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<LeaseState, StateError> {
-        if !self.is_postgres() {
-            return Ok(LeaseState::Held {
-                epoch: 1,
-                remaining: ttl,
-            });
-        }
-        let upsert = Stmt::new(
-            "INSERT INTO leader_lease (name, holder, epoch, valid_until)
-             VALUES ($1, $2, 1, clock_timestamp() + ($3::float8 * interval '1 millisecond'))
-             ON CONFLICT (name) DO UPDATE SET
-               epoch = CASE WHEN leader_lease.holder = excluded.holder
-                       THEN leader_lease.epoch ELSE leader_lease.epoch + 1 END,
-               holder = excluded.holder,
-               valid_until = excluded.valid_until
-             WHERE leader_lease.holder = excluded.holder
-                OR leader_lease.valid_until <= clock_timestamp()",
-            args![name, holder, ms(ttl)],
-        );
-        self.lease_upsert(name, holder, upsert, |_| true)
     }
 
     /// Run `upsert` and read who holds `name` afterwards: `Held` when it is

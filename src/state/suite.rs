@@ -746,7 +746,7 @@ fn one_holder_at_a_time_and_the_epoch_grows_on_every_change(p: &Place) {
     if let Place::Sqlite(_) = p {
         // One host, one replica: the lease is simply held.
         assert_eq!(
-            a.lease_acquire("leader", "a", short).unwrap(),
+            a.lease_take("leader", "a", short, None).unwrap(),
             LeaseState::Held {
                 epoch: 1,
                 remaining: short
@@ -754,7 +754,10 @@ fn one_holder_at_a_time_and_the_epoch_grows_on_every_change(p: &Place) {
         );
         return;
     }
-    let held = |s: &Store, who: &str, ttl: Duration| match s.lease_acquire("leader", who, ttl) {
+    // `renewing`: the epoch of the term being renewed (`None` starts one).
+    let held = |s: &Store, who: &str, ttl: Duration, renewing: Option<i64>| match s
+        .lease_take("leader", who, ttl, renewing)
+    {
         Ok(LeaseState::Held { epoch, remaining }) => {
             assert!(
                 remaining <= ttl && remaining > Duration::ZERO,
@@ -765,30 +768,38 @@ fn one_holder_at_a_time_and_the_epoch_grows_on_every_change(p: &Place) {
         Ok(LeaseState::HeldBy { .. }) => None,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(held(&a, "a", short), Some(1));
-    match b.lease_acquire("leader", "b", short).unwrap() {
+    assert_eq!(held(&a, "a", short, None), Some(1));
+    match b.lease_take("leader", "b", short, None).unwrap() {
         LeaseState::HeldBy { holder, epoch, .. } => assert_eq!((holder.as_str(), epoch), ("a", 1)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(held(&a, "a", short), Some(1), "renewed: same epoch");
+    assert_eq!(
+        held(&a, "a", short, Some(1)),
+        Some(1),
+        "renewed: same epoch"
+    );
     std::thread::sleep(Duration::from_millis(450));
     assert_eq!(
-        held(&b, "b", Duration::from_secs(30)),
+        held(&b, "b", Duration::from_secs(30), None),
         Some(2),
         "expired: taken over"
     );
-    assert_eq!(held(&a, "a", short), None, "a may not renew b's lease");
+    assert_eq!(
+        held(&a, "a", short, Some(1)),
+        None,
+        "a may not renew b's lease"
+    );
     // A clean release hands over at once, with a new epoch.
     assert!(
         !a.lease_release("leader", "a", 1).unwrap(),
         "not a's any more"
     );
     assert!(b.lease_release("leader", "b", 2).unwrap());
-    assert_eq!(held(&a, "a", short), Some(3));
+    assert_eq!(held(&a, "a", short, None), Some(3));
     // Another lease is independent.
-    assert_eq!(held(&b, "b", short), None, "a holds it");
+    assert_eq!(held(&b, "b", short, None), None, "a holds it");
     assert!(matches!(
-        b.lease_acquire("other", "b", short).unwrap(),
+        b.lease_take("other", "b", short, None).unwrap(),
         LeaseState::Held { epoch: 1, .. }
     ));
 }
@@ -797,7 +808,7 @@ fn a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied(p: &Place) {
     let a = p.open();
     let b = p.open();
     let LeaseState::Held { epoch, .. } = a
-        .lease_acquire("leader", "a", Duration::from_millis(400))
+        .lease_take("leader", "a", Duration::from_millis(400), None)
         .unwrap()
     else {
         panic!("free lease")
@@ -821,7 +832,7 @@ fn a_fenced_write_behind_a_lost_lease_is_refused_and_not_applied(p: &Place) {
     assert!(matches!(e, StateError::Fenced { .. }), "{e}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(matches!(
-        b.lease_acquire("leader", "b", Duration::from_secs(30))
+        b.lease_take("leader", "b", Duration::from_secs(30), None)
             .unwrap(),
         LeaseState::Held { epoch: 2, .. }
     ));

@@ -686,7 +686,7 @@ pub fn decode_response<A: Action>(status: u16, body: &[u8]) -> Result<A::Output,
                         err.code
                     },
                     message: err.message,
-                    request_id,
+                    request_id: shown_request_id(request_id),
                 });
             }
             _ if status != 200 => {
@@ -702,9 +702,25 @@ pub fn decode_response<A: Action>(status: u16, body: &[u8]) -> Result<A::Output,
         action: A::NAME,
         detail: json_defect(&e),
         request_id: serde_json::from_slice::<RequestIdOnly>(body)
-            .map(|r| r.request_id)
+            .map(|r| shown_request_id(r.request_id))
             .unwrap_or_default(),
     })
+}
+
+/// The request id as errors show it. It is quoted on purpose (support asks
+/// for it), but it comes from a body that may be garbage: only something
+/// shaped like an id (bounded, `[A-Za-z0-9._-]`) is shown, so an odd body
+/// cannot spill text into logs through this field.
+fn shown_request_id(id: String) -> String {
+    let id_like = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if id_like {
+        id
+    } else {
+        "(not shown: not shaped like an id)".into()
+    }
 }
 
 #[cfg(test)]
@@ -771,6 +787,28 @@ mod tests {
         let e =
             decode_response::<DescribeImages>(200, br#"{"ImageSet":[{"ImageId":"sha"#).unwrap_err();
         assert!(e.to_string().contains("truncated JSON"), "{e}");
+    }
+
+    #[test]
+    fn request_ids_are_shown_only_when_shaped_like_ids() {
+        // An undecodable answer's id is quoted for support...
+        let e =
+            decode_response::<DescribeImages>(200, br#"{"RequestId":"4f1c-9a_b.2","ImageSet":7}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("(request id 4f1c-9a_b.2)"), "{e}");
+        // ...but free text in that field (here, a whole secret-bearing
+        // sentence, or an over-long blob) is not, in either error kind.
+        let odd = br#"{"RequestId":"token is s3cr3t value","ImageSet":7}"#;
+        let e = decode_response::<DescribeImages>(200, odd).unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(e.to_string().contains("not shaped like an id"), "{e}");
+        let long = format!(
+            r#"{{"RequestId":"{}","Error":{{"Code":"X","Message":"m"}}}}"#,
+            "a".repeat(65)
+        );
+        let e = decode_response::<DescribeImages>(400, long.as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "X");
+        assert!(!e.to_string().contains(&"a".repeat(65)), "{e}");
     }
 
     #[test]
