@@ -116,7 +116,7 @@ pub async fn run(
         metrics: metrics.clone(),
         heartbeat: heartbeat.clone(),
         ready: Default::default(),
-        refreshing: Default::default(),
+        delivery: Default::default(),
     });
     let stop_server = CancellationToken::new();
     let server = tokio::spawn({

@@ -16,6 +16,7 @@ use crate::jobs::{Runner, Started, Trigger};
 use crate::kcr::signer::constant_time_eq;
 use crate::metrics::Metrics;
 use crate::scheduler::{HEARTBEAT, Heartbeat};
+use crate::tokens::Delivered;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -26,6 +27,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 pub struct AppState {
     pub runner: Arc<Runner>,
@@ -33,13 +35,58 @@ pub struct AppState {
     pub heartbeat: Arc<Heartbeat>,
     /// Set once config, state and scheduler are up; never cleared.
     pub ready: AtomicBool,
-    /// A refresh of the tokens' delivery status is running (one at a time).
-    pub refreshing: Arc<AtomicBool>,
+    /// The tokens' delivery status, as `/metrics` and `/jobs` show it.
+    pub delivery: DeliveryCache,
 }
 
 /// How long a scrape waits for the delivery status from the database
 /// before it serves the last values (a slow database never holds it).
-const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const DELIVERY_WAIT: Duration = Duration::from_millis(500);
+/// The delivery status is read from the state at most this often, however
+/// many scrapers and `/jobs` readers there are.
+const DELIVERY_FRESH: Duration = Duration::from_secs(2);
+
+/// The tokens' delivery status ([`crate::tokens::delivery_status`]), read
+/// on a blocking thread (never on an async worker), one read at a time, and
+/// kept for [`DELIVERY_FRESH`].
+#[derive(Default)]
+pub struct DeliveryCache(Arc<tokio::sync::Mutex<Option<ReadAt>>>);
+
+/// A delivery status and when it was read.
+type ReadAt = (Instant, Vec<Delivered>);
+
+impl DeliveryCache {
+    /// The status, refreshed first when older than [`DELIVERY_FRESH`]
+    /// (which also sets the `token_delivered` gauges). `wait`: how long to
+    /// wait for a refresh; `None` when it is not known in time or the state
+    /// is down and nothing was ever read. A refresh that outlives the wait
+    /// still finishes and fills the cache; no second one starts meanwhile.
+    async fn get(&self, s: &AppState, wait: Option<Duration>) -> Option<Vec<Delivered>> {
+        let cell = self.0.clone();
+        let config = s.runner.env().config.clone();
+        let state = s.runner.state().clone();
+        let metrics = s.metrics.clone();
+        let task = tokio::spawn(async move {
+            let mut cached = cell.lock().await;
+            let stale = cached
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= DELIVERY_FRESH);
+            if stale && state.is_up() {
+                let read = tokio::task::spawn_blocking(move || {
+                    crate::tokens::delivery_status(&config, &state, &metrics)
+                });
+                if let Ok(now) = read.await {
+                    *cached = Some((Instant::now(), now));
+                }
+            }
+            cached.as_ref().map(|(_, v)| v.clone())
+        });
+        match wait {
+            Some(w) => tokio::time::timeout(w, task).await.ok()?.ok()?,
+            None => task.await.ok()?,
+        }
+    }
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -60,37 +107,14 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .daemon
         .state_backend(state.backend_name(), state.is_up());
     // Every replica, followers too: did its sinks receive the current token?
-    // Read on a blocking thread, never on the async worker (review finding
-    // 4): the scrape waits a little for it, else serves the last values
-    // while the one refresh in flight finishes.
-    if state.is_up() && !s.refreshing.swap(true, Ordering::AcqRel) {
-        let (config, state, metrics) = (
-            s.runner.env().config.clone(),
-            state.clone(),
-            s.metrics.clone(),
-        );
-        let refreshing = s.refreshing.clone();
-        let refresh = tokio::task::spawn_blocking(move || {
-            let _done = Cleared(refreshing);
-            crate::tokens::delivery_status(&config, &state, &metrics);
-        });
-        let _ = tokio::time::timeout(DELIVERY_WAIT, refresh).await;
-    }
+    // The scrape waits a little for it, else serves the last values.
+    s.delivery.get(&s, Some(DELIVERY_WAIT)).await;
     let mut r = s.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
-}
-
-/// Clears its flag when dropped (even by a panic).
-struct Cleared(Arc<AtomicBool>);
-
-impl Drop for Cleared {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
@@ -125,6 +149,16 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response {
 }
 
 async fn jobs(State(s): State<Arc<AppState>>) -> Response {
+    let tokens = s.delivery.get(&s, None).await.unwrap_or_default();
+    // The runs are read from the state: on a blocking thread.
+    let body = tokio::task::spawn_blocking(move || jobs_body(&s, tokens)).await;
+    match body {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not list jobs\n").into_response(),
+    }
+}
+
+fn jobs_body(s: &AppState, tokens: Vec<Delivered>) -> serde_json::Value {
     let env = s.runner.env();
     let cfg = &env.config;
     let tz = cfg.scheduler.timezone;
@@ -158,7 +192,7 @@ async fn jobs(State(s): State<Arc<AppState>>) -> Response {
     if let Some(tc) = &cfg.tokens {
         body["token_delivery"] = json!({
             "delivery_group": tc.delivery_group,
-            "tokens": crate::tokens::delivery_status(cfg, state, &s.metrics),
+            "tokens": tokens,
         });
     }
     if let Some(l) = s.runner.leadership() {
@@ -168,7 +202,7 @@ async fn jobs(State(s): State<Arc<AppState>>) -> Response {
         body["leader_holder"] = json!(st.holder);
         body["epoch"] = json!(st.epoch);
     }
-    json_response(StatusCode::OK, body)
+    body
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
