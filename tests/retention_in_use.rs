@@ -190,6 +190,36 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
     let o = run_bin(&sim, &["plan", "retention", "--config", &config]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("allow_empty = true"), "{}", text(&o));
+    // `explain` applies the same check (it reads the remembered count too)
+    // and, like `plan`, does not exit 0 on an explanation that may be wrong.
+    let o = run_bin(&sim, &["explain", &condemned[1].repo, "--config", &config]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(
+            "BLOCKED: in-use source failed (file: no image in use, where it named 3 last time"
+        ),
+        "{}",
+        text(&o)
+    );
+    let o = run_bin(
+        &sim,
+        &[
+            "explain",
+            &condemned[1].repo,
+            "--format",
+            "json",
+            "--config",
+            &config,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        doc["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("no image in use, where it named 3 last time")),
+        "{doc}"
+    );
 
     // The cluster really runs none of them now: allow_empty for one run
     // accepts the empty answer (the vetoes go, the images are deleted) ...

@@ -108,11 +108,14 @@ pub(super) async fn run(
             error: None,
         });
     }
+    // The state holds each in-use source's last count (as `plan` reads it).
     let state = rc
         .in_use
         .as_ref()
-        .and_then(|_| crate::state::Store::open_config(&c.state).ok());
+        .map(|_| super::plan::plan_state(c, true))
+        .transpose()?;
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
+    let in_use_blocked = in_use.blocked();
     // As the job plans: only what the instance's declared scope manages.
     let inventory = std::sync::Arc::new(crate::inventory::Inventory {
         taken_at: now,
@@ -146,12 +149,14 @@ pub(super) async fn run(
         let doc = serde_json::json!({
             "schema": "kcr-housekeeper/explain/v1",
             "generated_at": now,
+            "blocked": plan.blocked,
             "server_side": plan.server_side.iter().map(|s| s.line()).collect::<Vec<_>>(),
             "repositories": repositories,
             "relief": relief,
         });
         let text = serde_json::to_string_pretty(&doc).expect("serialises") + "\n";
-        return out.write_all(text.as_bytes()).map_err(io);
+        out.write_all(text.as_bytes()).map_err(io)?;
+        return in_use_result(in_use_blocked);
     }
     let verdict_text = |v: &Verdict| match v {
         Verdict::Unmatched => "kept: no rule matches".to_owned(),
@@ -217,5 +222,15 @@ pub(super) async fn run(
             }
         }
     }
-    out.write_all(text.as_bytes()).map_err(io)
+    out.write_all(text.as_bytes()).map_err(io)?;
+    in_use_result(in_use_blocked)
+}
+
+/// As `plan`: a source of what runs that could not be read makes the
+/// explanation incomplete (an image in use may show as DELETE), so not 0.
+fn in_use_result(blocked: Option<String>) -> Result<(), CliError> {
+    match blocked {
+        Some(why) => Err(CliError::Failed(anyhow::anyhow!("retention: {why}"))),
+        None => Ok(()),
+    }
 }

@@ -68,8 +68,8 @@ async fn plan_retention_cmd(
     args: &PlanRetentionArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    retention_config(c)?;
-    let session = Session::open(c, plan_state(c)?).await?;
+    let rc = retention_config(c)?;
+    let session = Session::open(c, plan_state(c, rc.in_use.is_some())?).await?;
     // As `apply retention` would see it: server-side rules block there.
     let plan = session.plan(&RetentionJob, "planning").await?;
     warn_unlisted(&plan.inventory);
@@ -95,10 +95,19 @@ async fn plan_retention_cmd(
 }
 
 /// The state a plan reads (the in-use sources' last counts): without it a
-/// plan is still made (an empty in-use answer is then not compared).
-fn plan_state(c: &Config) -> Result<crate::state::Store, CliError> {
+/// plan is still made (it deletes nothing; `apply` reads the real state),
+/// but an empty in-use answer is then not compared, and the operator is told.
+/// `in_use`: whether in-use sources are configured (only then is it said).
+pub(super) fn plan_state(c: &Config, in_use: bool) -> Result<crate::state::Store, CliError> {
     crate::state::Store::open_config(&c.state)
-        .or_else(|_| crate::state::Store::in_memory())
+        .or_else(|e| {
+            if in_use {
+                super::term::warn(&format!(
+                "cannot open the state ({e}): an in-use source's empty answer is not compared with its last count"
+            ));
+            }
+            crate::state::Store::in_memory()
+        })
         .map_err(|e| CliError::Usage(e.to_string()))
 }
 
@@ -128,7 +137,7 @@ pub(super) async fn plan_namespaces_cmd(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     namespaces_config(c)?;
-    let session = Session::open(c, plan_state(c)?).await?;
+    let session = Session::open(c, plan_state(c, false)?).await?;
     let plan = session
         .plan(&NamespacesJob, "listing namespaces")
         .await?
