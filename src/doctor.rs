@@ -864,6 +864,19 @@ fn state_writable(path: &std::path::Path) -> Check {
         tempfile::NamedTempFile::new_in(dir).map(|_| ())
     };
     let Err(e) = result else {
+        // Writable is not enough: a damaged file (or one of a newer
+        // schema) stops every job and apply, so doctor must not pass it.
+        if path.exists()
+            && let Err(e) = crate::state::Store::probe_file(path)
+        {
+            return Check::fail(
+                name,
+                e.to_string(),
+                format!(
+                    "restore {shown} from a backup, or move it away (a new state is created; the audit history and token journal in it are lost)"
+                ),
+            );
+        }
         return Check::ok(name, format!("{shown}"));
     };
     let d = dir.display();

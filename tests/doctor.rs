@@ -304,6 +304,26 @@ async fn bad_credentials_expiry_and_an_unwritable_state_path_each_fail() {
     assert!(fix.contains("is a file, not a directory"), "{fix}");
 }
 
+/// Review 7: a state file that is writable but damaged passed ("state path
+/// writable", exit 0) while every apply and the daemon refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_fails_the_state_check() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let state = dir.path().join("state.db");
+    std::fs::write(&state, vec![0x5a_u8; 8192]).unwrap();
+    let cfg = write_config(&sim, dir.path(), &ak, &state);
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = &report["local"][0];
+    assert_eq!(c["status"], "fail", "{report}");
+    assert!(c["detail"].as_str().unwrap().contains("damaged"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("backup"), "{c}");
+    // The check reads only: the file is as it was.
+    assert_eq!(std::fs::read(&state).unwrap(), vec![0x5a_u8; 8192]);
+}
+
 /// Review finding: on the shipped demo config doctor probed the demo's
 /// made-up registry host on the internet and failed; the embedded simulator
 /// serves the registry, as the rotation knows.

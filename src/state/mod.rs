@@ -417,6 +417,23 @@ fn ensure_private_file(path: &Path) -> std::io::Result<()> {
         .map(|_| ())
 }
 
+/// An open's error at `path`: damaged (`Corrupt`) or not (`Open`).
+fn corrupt_at(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + Copy + '_ {
+    move |e| {
+        if is_corruption(&e) {
+            StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }
+        } else {
+            StateError::Open {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    }
+}
+
 fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -542,20 +559,23 @@ impl Store {
         Self::init(Connection::open_in_memory()?, Path::new(":memory:"))
     }
 
-    fn init(conn: Connection, path: &Path) -> Result<Store, StateError> {
-        let corrupt = |e: rusqlite::Error| {
-            if is_corruption(&e) {
-                StateError::Corrupt {
-                    path: path.to_path_buf(),
-                    detail: e.to_string(),
-                }
-            } else {
-                StateError::Open {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        };
+    /// Check, without changing it, that the existing SQLite file at `path`
+    /// is a sound database this build can use (what [`Store::open`] would
+    /// refuse: a damaged file, a newer schema). For `doctor`: a file that is
+    /// writable but damaged stops every job, so "writable" alone is not OK.
+    pub fn probe_file(path: &Path) -> Result<(), StateError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StateError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::verify(&conn, path).map(|_| ())
+    }
+
+    /// What every open checks first: the file is a sound database
+    /// (`quick_check`) of a schema version this build knows (returned).
+    fn verify(conn: &Connection, path: &Path) -> Result<i64, StateError> {
+        let corrupt = corrupt_at(path);
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(corrupt)?;
         let check: String = conn
@@ -567,16 +587,6 @@ impl Store {
                 detail: check,
             });
         }
-        if path != Path::new(":memory:") {
-            let mode: String = conn
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(corrupt)?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                tracing::warn!(path = %path.display(), mode, "WAL mode unavailable; using the default journal");
-            }
-        }
-        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
-            .map_err(corrupt)?;
         let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(corrupt)?;
@@ -587,6 +597,22 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        Ok(found)
+    }
+
+    fn init(conn: Connection, path: &Path) -> Result<Store, StateError> {
+        let found = Self::verify(&conn, path)?;
+        let corrupt = corrupt_at(path);
+        if path != Path::new(":memory:") {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(corrupt)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(path = %path.display(), mode, "WAL mode unavailable; using the default journal");
+            }
+        }
+        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
+            .map_err(corrupt)?;
         for (i, m) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i as i64 + 1;
             let tx = conn.unchecked_transaction()?;
