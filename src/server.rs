@@ -48,38 +48,71 @@ const DELIVERY_FRESH: Duration = Duration::from_secs(2);
 
 /// The tokens' delivery status ([`crate::tokens::delivery_status`]), read
 /// on a blocking thread (never on an async worker), one read at a time, and
-/// kept for [`DELIVERY_FRESH`].
+/// kept for [`DELIVERY_FRESH`] — and only for the config it was read with:
+/// after a reload (other tokens, another delivery group) it is read again,
+/// never shown under the new config.
 #[derive(Default)]
 pub struct DeliveryCache(Arc<tokio::sync::Mutex<Option<ReadAt>>>);
 
-/// A delivery status and when it was read.
-type ReadAt = (Instant, Vec<Delivered>);
+/// A delivery status, the config it was read for, and when it was read.
+struct ReadAt {
+    at: Instant,
+    /// When it was read, as `/jobs` shows it (`read_at`): while the state
+    /// is down the last status is served, and this says how old it is.
+    wall: chrono::DateTime<Utc>,
+    config: Arc<crate::config::Config>,
+    status: Vec<Delivered>,
+}
+
+/// The delivery status as served: the tokens and when they were read.
+#[derive(Clone, Default)]
+struct DeliverySnapshot {
+    tokens: Vec<Delivered>,
+    read_at: Option<chrono::DateTime<Utc>>,
+}
 
 impl DeliveryCache {
-    /// The status, refreshed first when older than [`DELIVERY_FRESH`]
-    /// (which also sets the `token_delivered` gauges). `wait`: how long to
-    /// wait for a refresh; `None` when it is not known in time or the state
-    /// is down and nothing was ever read. A refresh that outlives the wait
-    /// still finishes and fills the cache; no second one starts meanwhile.
-    async fn get(&self, s: &AppState, wait: Option<Duration>) -> Option<Vec<Delivered>> {
+    /// The status, refreshed first when older than [`DELIVERY_FRESH`] or
+    /// read for another config (which also sets the `token_delivered`
+    /// gauges). `wait`: how long to wait for a refresh; `None` when it is
+    /// not known in time, or the state is down and nothing was read for
+    /// the config in force. A refresh that outlives the wait still finishes
+    /// and fills the cache; no second one starts meanwhile.
+    async fn get(&self, s: &AppState, wait: Option<Duration>) -> Option<DeliverySnapshot> {
         let cell = self.0.clone();
         let config = s.runner.env().config.clone();
         let state = s.runner.state().clone();
         let metrics = s.metrics.clone();
         let task = tokio::spawn(async move {
             let mut cached = cell.lock().await;
+            if cached
+                .as_ref()
+                .is_some_and(|c| !Arc::ptr_eq(&c.config, &config))
+            {
+                // Read for the config before a reload: never served under this one.
+                *cached = None;
+            }
             let stale = cached
                 .as_ref()
-                .is_none_or(|(at, _)| at.elapsed() >= DELIVERY_FRESH);
+                .is_none_or(|c| c.at.elapsed() >= DELIVERY_FRESH);
             if stale && state.is_up() {
+                let for_config = config.clone();
                 let read = tokio::task::spawn_blocking(move || {
-                    crate::tokens::delivery_status(&config, &state, &metrics)
+                    crate::tokens::delivery_status(&for_config, &state, &metrics)
                 });
-                if let Ok(now) = read.await {
-                    *cached = Some((Instant::now(), now));
+                if let Ok(status) = read.await {
+                    *cached = Some(ReadAt {
+                        at: Instant::now(),
+                        wall: Utc::now(),
+                        config,
+                        status,
+                    });
                 }
             }
-            cached.as_ref().map(|(_, v)| v.clone())
+            cached.as_ref().map(|c| DeliverySnapshot {
+                tokens: c.status.clone(),
+                read_at: Some(c.wall),
+            })
         });
         match wait {
             Some(w) => tokio::time::timeout(w, task).await.ok()?.ok()?,
@@ -149,16 +182,16 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response {
 }
 
 async fn jobs(State(s): State<Arc<AppState>>) -> Response {
-    let tokens = s.delivery.get(&s, None).await.unwrap_or_default();
+    let delivery = s.delivery.get(&s, None).await.unwrap_or_default();
     // The runs are read from the state: on a blocking thread.
-    let body = tokio::task::spawn_blocking(move || jobs_body(&s, tokens)).await;
+    let body = tokio::task::spawn_blocking(move || jobs_body(&s, delivery)).await;
     match body {
         Ok(body) => json_response(StatusCode::OK, body),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not list jobs\n").into_response(),
     }
 }
 
-fn jobs_body(s: &AppState, tokens: Vec<Delivered>) -> serde_json::Value {
+fn jobs_body(s: &AppState, delivery: DeliverySnapshot) -> serde_json::Value {
     let env = s.runner.env();
     let cfg = &env.config;
     let tz = cfg.scheduler.timezone;
@@ -192,7 +225,8 @@ fn jobs_body(s: &AppState, tokens: Vec<Delivered>) -> serde_json::Value {
     if let Some(tc) = &cfg.tokens {
         body["token_delivery"] = json!({
             "delivery_group": tc.delivery_group,
-            "tokens": tokens,
+            "tokens": delivery.tokens,
+            "read_at": delivery.read_at,
         });
     }
     if let Some(l) = s.runner.leadership() {

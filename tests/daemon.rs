@@ -390,6 +390,43 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
     assert!(jobs.contains("\"schedule\":\"0 0 12 * * *\""), "{jobs}");
 }
 
+/// Review 7: the tokens' delivery status is cached for 2 s; a reload inside
+/// that window showed the old config's tokens under the new config in
+/// `/jobs` (and kept their gauges). It is read again for the new config,
+/// and says when it was read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_is_not_answered_from_the_old_configs_delivery_status() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = format!(
+        "[tokens]\nschedule = \"0 0 0 1 1 *\"\n[[tokens.managed]]\nname = \"ci-old\"\ninstance = \"demo\"\nlifetime = \"30d\"\n\
+         sinks = [ {{ kind = \"file\", path = \"{}\", format = \"env\" }} ]\n",
+        dir.path().join("ci.env").display()
+    );
+    let d = start(&sim, &tokens);
+    let base = d.base.clone();
+    let jobs = |base: String| -> serde_json::Value {
+        let body = blocking(move || get(&format!("{base}/jobs")).1);
+        serde_json::from_str(&body).unwrap()
+    };
+    let before = jobs(base.clone());
+    let delivery = &before["token_delivery"];
+    assert_eq!(delivery["tokens"][0]["token"], "ci-old", "{before}");
+    assert!(delivery["read_at"].is_string(), "{before}");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace("ci-old", "ci-new")).unwrap();
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", Duration::from_secs(10));
+    let after = jobs(base.clone());
+    let names: Vec<&str> = after["token_delivery"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ci-new"], "{after}");
+}
+
 /// A SIGTERM that arrives while a SIGHUP reload runs stops the daemon once
 /// the reload is done: the signal streams outlive each wait.
 #[tokio::test(flavor = "multi_thread")]
