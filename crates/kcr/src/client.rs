@@ -680,10 +680,13 @@ pub fn decode_response<A: Action>(status: u16, body: &[u8]) -> Result<A::Output,
                 return Err(Error::Api {
                     action: A::NAME,
                     status,
-                    code: if err.code.is_empty() {
-                        "Unknown".into()
-                    } else {
+                    // The code is a metric label (`api_requests_total{code}`)
+                    // and drives retries: only a code-shaped one is kept, so
+                    // an odd body cannot mint label values or spill text.
+                    code: if id_shaped(&err.code) && !err.code.is_empty() {
                         err.code
+                    } else {
+                        "Unknown".into()
                     },
                     message: err.message,
                     request_id: shown_request_id(request_id),
@@ -712,15 +715,19 @@ pub fn decode_response<A: Action>(status: u16, body: &[u8]) -> Result<A::Output,
 /// shaped like an id (bounded, `[A-Za-z0-9._-]`) is shown, so an odd body
 /// cannot spill text into logs through this field.
 fn shown_request_id(id: String) -> String {
-    let id_like = id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if id_like {
+    if id_shaped(&id) {
         id
     } else {
         "(not shown: not shaped like an id)".into()
     }
+}
+
+/// Bounded and `[A-Za-z0-9._-]` only: what a request id or an error code
+/// looks like (the empty string passes).
+fn id_shaped(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -809,6 +816,26 @@ mod tests {
         let e = decode_response::<DescribeImages>(400, long.as_bytes()).unwrap_err();
         assert_eq!(e.code(), "X");
         assert!(!e.to_string().contains(&"a".repeat(65)), "{e}");
+    }
+
+    /// Review 7: the request id was shaped, the code beside it (a metric
+    /// label and a log field) was not.
+    #[test]
+    fn error_codes_are_kept_only_when_shaped_like_codes() {
+        let doc = |code: &str| {
+            format!(r#"{{"RequestId":"r-1","Error":{{"Code":{code:?},"Message":"m"}}}}"#)
+        };
+        let e =
+            decode_response::<DescribeImages>(409, doc("LimitExceeded").as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "LimitExceeded");
+        assert!(e.is_retryable(), "{e}");
+        for odd in ["token is s3cr3t value", "a\nb", &"C".repeat(65), ""] {
+            let e = decode_response::<DescribeImages>(400, doc(odd).as_bytes()).unwrap_err();
+            assert_eq!(e.code(), "Unknown", "{odd:?}");
+            if !odd.is_empty() {
+                assert!(!e.to_string().contains(odd), "{e}");
+            }
+        }
     }
 
     #[test]
