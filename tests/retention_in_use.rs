@@ -261,6 +261,15 @@ async fn a_failing_file_or_program_blocks_enforce_and_dry_run_reports_it() {
             "exec = [\"/bin/sh\", \"-c\", \"sleep 30\"]\ntimeout = \"1s\"".to_owned(),
             "did not finish within 1s",
         ),
+        // Review 7: a closed Prometheus said only "error sending request";
+        // now its cause, and still not the URL's password.
+        (
+            format!(
+                "prometheus = {{ url = \"http://scraper:pr0m-pass@127.0.0.1:{}\", lookback = \"7d\" }}",
+                free_port()
+            ),
+            "Connection refused",
+        ),
     ];
     let before = registry_snapshot(&sim);
     for (source, why) in cases {
@@ -270,6 +279,7 @@ async fn a_failing_file_or_program_blocks_enforce_and_dry_run_reports_it() {
         assert_eq!(o.status.code(), Some(3), "{source}: {}", text(&o));
         assert!(text(&o).contains("in-use source failed"), "{}", text(&o));
         assert!(text(&o).contains(why), "{source}: {}", text(&o));
+        assert!(!text(&o).contains("pr0m-pass"), "{}", text(&o));
         assert!(started.elapsed() < Duration::from_secs(20));
         // Dry-run reports it and still plans, and exits 1 (not 0: a source
         // could not be read; not 3: a plan blocks nothing).
