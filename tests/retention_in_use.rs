@@ -237,6 +237,42 @@ async fn a_file_source_keeps_what_it_names_by_digest_and_by_tag() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// Review 7: with a state that cannot be opened, `plan` and `explain` fell
+/// back to an empty in-memory one and exited 0 — an empty in-use answer
+/// (a broken exporter) then passed unchecked. They still report, and exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_and_explain_exit_1_when_the_state_to_compare_in_use_answers_cannot_be_opened() {
+    let (sim, condemned) = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, "# nothing\n").unwrap();
+    let config = write_config(&sim, dir.path(), &format!("file = \"{}\"", list.display()));
+    std::fs::write(dir.path().join("state.db"), vec![0x5a_u8; 8192]).unwrap();
+    let o = run_bin(&sim, &["plan", "retention", "--config", &config]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("cannot open the state"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("retention-report"),
+        "the report is still written: {}",
+        text(&o)
+    );
+    for format in ["table", "json"] {
+        let o = run_bin(
+            &sim,
+            &[
+                "explain",
+                &condemned[0].repo,
+                "--format",
+                format,
+                "--config",
+                &config,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{format}: {}", text(&o));
+        assert!(text(&o).contains("cannot open the state"), "{}", text(&o));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_file_or_program_blocks_enforce_and_dry_run_reports_it() {
     let (sim, condemned) = world().await;

@@ -109,11 +109,13 @@ pub(super) async fn run(
         });
     }
     // The state holds each in-use source's last count (as `plan` reads it).
-    let state = rc
-        .in_use
-        .as_ref()
-        .map(|_| super::plan::plan_state(c, true))
-        .transpose()?;
+    let (state, uncompared) = match rc.in_use {
+        Some(_) => {
+            let (s, u) = super::plan::plan_state(c, true)?;
+            (Some(s), u)
+        }
+        None => (None, None),
+    };
     let in_use = retention::read_in_use(rc, c, state.as_ref(), now).await;
     let in_use_blocked = in_use.blocked();
     // As the job plans: only what the instance's declared scope manages.
@@ -156,7 +158,7 @@ pub(super) async fn run(
         });
         let text = serde_json::to_string_pretty(&doc).expect("serialises") + "\n";
         out.write_all(text.as_bytes()).map_err(io)?;
-        return in_use_result(in_use_blocked);
+        return in_use_result(in_use_blocked, uncompared);
     }
     let verdict_text = |v: &Verdict| match v {
         Verdict::Unmatched => "kept: no rule matches".to_owned(),
@@ -223,14 +225,18 @@ pub(super) async fn run(
         }
     }
     out.write_all(text.as_bytes()).map_err(io)?;
-    in_use_result(in_use_blocked)
+    in_use_result(in_use_blocked, uncompared)
 }
 
 /// As `plan`: a source of what runs that could not be read makes the
 /// explanation incomplete (an image in use may show as DELETE), so not 0.
-fn in_use_result(blocked: Option<String>) -> Result<(), CliError> {
+/// Likewise when the state could not be opened to compare their answers.
+fn in_use_result(
+    blocked: Option<String>,
+    uncompared: Option<super::plan::Uncompared>,
+) -> Result<(), CliError> {
     match blocked {
         Some(why) => Err(CliError::Failed(anyhow::anyhow!("retention: {why}"))),
-        None => Ok(()),
+        None => super::plan::Uncompared::result(uncompared),
     }
 }

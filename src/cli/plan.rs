@@ -69,7 +69,8 @@ async fn plan_retention_cmd(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let rc = retention_config(c)?;
-    let session = Session::open(c, plan_state(c, rc.in_use.is_some())?).await?;
+    let (state, uncompared) = plan_state(c, rc.in_use.is_some())?;
+    let session = Session::open(c, state).await?;
     // As `apply retention` would see it: server-side rules block there.
     let plan = session.plan(&RetentionJob, "planning").await?;
     warn_unlisted(&plan.inventory);
@@ -90,25 +91,58 @@ async fn plan_retention_cmd(
     // not be read is a partial run); 1 rather than 3, as a plan blocks nothing.
     match &plan.in_use_blocked {
         Some(why) => Err(CliError::Failed(anyhow::anyhow!("retention: {why}"))),
-        None => Ok(()),
+        None => Uncompared::result(uncompared),
     }
 }
 
 /// The state a plan reads (the in-use sources' last counts): without it a
 /// plan is still made (it deletes nothing; `apply` reads the real state),
-/// but an empty in-use answer is then not compared, and the operator is told.
-/// `in_use`: whether in-use sources are configured (only then is it said).
-pub(super) fn plan_state(c: &Config, in_use: bool) -> Result<crate::state::Store, CliError> {
-    crate::state::Store::open_config(&c.state)
-        .or_else(|e| {
-            if in_use {
-                super::term::warn(&format!(
-                "cannot open the state ({e}): an in-use source's empty answer is not compared with its last count"
-            ));
+/// but an empty in-use answer is then not compared with the last count.
+/// `in_use`: whether in-use sources are configured; only then does a state
+/// that cannot be opened matter, and it is returned as [`Uncompared`]: the
+/// command still writes its report, then exits 1 (a check was skipped).
+pub(super) fn plan_state(
+    c: &Config,
+    in_use: bool,
+) -> Result<(crate::state::Store, Option<Uncompared>), CliError> {
+    match crate::state::Store::open_config(&c.state) {
+        Ok(s) => Ok((s, None)),
+        Err(e) => {
+            let skipped = in_use.then(|| Uncompared(e.to_string()));
+            if let Some(u) = &skipped {
+                super::term::warn(&u.to_string());
             }
-            crate::state::Store::in_memory()
-        })
-        .map_err(|e| CliError::Usage(e.to_string()))
+            let memory =
+                crate::state::Store::in_memory().map_err(|e| CliError::Usage(e.to_string()))?;
+            Ok((memory, skipped))
+        }
+    }
+}
+
+/// The state could not be opened while in-use sources are configured: their
+/// answers were not compared with their last counts (an empty answer from a
+/// broken exporter would pass), so the plan or explanation is incomplete.
+#[derive(Debug)]
+pub(super) struct Uncompared(String);
+
+impl std::fmt::Display for Uncompared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot open the state ({}): an in-use source's empty answer is not compared with its last count",
+            self.0
+        )
+    }
+}
+
+impl Uncompared {
+    /// Exit 1 (DESIGN §4: never 0 when a check was skipped).
+    pub(super) fn result(skipped: Option<Uncompared>) -> Result<(), CliError> {
+        match skipped {
+            Some(u) => Err(CliError::Failed(anyhow::anyhow!("retention: {u}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Warn about every instance that could not be listed.
@@ -137,7 +171,7 @@ pub(super) async fn plan_namespaces_cmd(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     namespaces_config(c)?;
-    let session = Session::open(c, plan_state(c, false)?).await?;
+    let session = Session::open(c, plan_state(c, false)?.0).await?;
     let plan = session
         .plan(&NamespacesJob, "listing namespaces")
         .await?
