@@ -211,11 +211,46 @@ pub async fn diagnose(client: &Client, config: &Config, now: DateTime<Utc>) -> R
         crate::config::StateConfig::Sqlite { path } => state_writable(path),
         crate::config::StateConfig::Postgres { .. } => state_reachable(&config.state),
     };
+    let in_use = in_use_check(config, now).await;
     // A warning, not a failure: the sink works, docker just does not read it.
     let shadowed = crate::tokens::sinks::docker_config_warnings(config)
         .into_iter()
         .map(|w| Check::info("docker-config sink", w));
-    Report::new(instances, std::iter::once(state).chain(shadowed).collect())
+    Report::new(
+        instances,
+        std::iter::once(state)
+            .chain(in_use)
+            .chain(shadowed)
+            .collect(),
+    )
+}
+
+/// The `[retention.in_use]` sources answer (review 7: Prometheus down, a
+/// missing file or a failing program passed doctor, while every enforce
+/// retention run is blocked by it). Read as a run reads them, without the
+/// state (nothing is remembered, so doctor changes nothing).
+async fn in_use_check(config: &Config, now: DateTime<Utc>) -> Option<Check> {
+    let rc = config.retention.as_ref()?;
+    rc.in_use.as_ref()?;
+    let name = "in-use sources";
+    let got = crate::retention::read_in_use(rc, config, None, now).await;
+    Some(if got.failures.is_empty() {
+        let counts: Vec<String> = got
+            .counts
+            .iter()
+            .map(|(source, n)| {
+                let s = if *n == 1 { "" } else { "s" };
+                format!("{source}: {n} image reference{s}")
+            })
+            .collect();
+        Check::ok(name, counts.join(", "))
+    } else {
+        Check::fail(
+            name,
+            got.failures.join("; "),
+            "fix the source or [retention.in_use]: while it fails, every retention run is blocked (nothing deleted; apply exits 3)",
+        )
+    })
 }
 
 /// One read probe's outcome, as a permission check.

@@ -324,6 +324,44 @@ async fn a_damaged_state_file_fails_the_state_check() {
     assert_eq!(std::fs::read(&state).unwrap(), vec![0x5a_u8; 8192]);
 }
 
+/// Review 7: a `[retention.in_use]` source that fails blocks every retention
+/// run, but doctor did not read it and said all checks passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_in_use_source_fails_doctor_and_a_working_one_passes() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = admin(&sim);
+    let list = dir.path().join("images.txt");
+    let with_source = |path: &Path| {
+        let source = format!("\n[retention.in_use]\nfile = \"{}\"\n", path.display());
+        move |text: String| text + &source
+    };
+    let cfg = write_config_editing(&sim, dir.path(), &ak, with_source(&list));
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let c = report["local"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "in-use sources")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("images.txt"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("blocked"), "{c}");
+    // The file now names one image: the check passes, and doctor with it.
+    std::fs::write(&list, "demo.ksyunkcr.com/apps/web:1.0\n").unwrap();
+    let (out, report) = doctor(&cfg, &sk);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let c = report["local"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "in-use sources")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(c["status"], "ok", "{c}");
+    assert_eq!(c["detail"], "file: 1 image reference", "{c}");
+}
+
 /// Review finding: on the shipped demo config doctor probed the demo's
 /// made-up registry host on the internet and failed; the embedded simulator
 /// serves the registry, as the rotation knows.
