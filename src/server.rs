@@ -48,7 +48,7 @@ const DELIVERY_FRESH: Duration = Duration::from_secs(2);
 
 /// The tokens' delivery status ([`crate::tokens::delivery_status`]), read
 /// on a blocking thread (never on an async worker), one read at a time, and
-/// kept for [`DELIVERY_FRESH`] — and only for the config it was read with:
+/// kept for `DELIVERY_FRESH` — and only for the config it was read with:
 /// after a reload (other tokens, another delivery group) it is read again,
 /// never shown under the new config.
 #[derive(Default)]
@@ -72,7 +72,7 @@ struct DeliverySnapshot {
 }
 
 impl DeliveryCache {
-    /// The status, refreshed first when older than [`DELIVERY_FRESH`] or
+    /// The status, refreshed first when older than `DELIVERY_FRESH` or
     /// read for another config (which also sets the `token_delivered`
     /// gauges). `wait`: how long to wait for a refresh; `None` when it is
     /// not known in time, or the state is down and nothing was read for
