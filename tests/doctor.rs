@@ -69,6 +69,16 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no check {name}: {report}"))
 }
 
+/// The check of this host named `name`.
+fn local_check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["local"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report}"))
+}
+
 fn failures(report: &Value) -> Vec<String> {
     report["instances"][0]["checks"]
         .as_array()
@@ -339,12 +349,7 @@ async fn a_failing_in_use_source_fails_doctor_and_a_working_one_passes() {
     let cfg = write_config_editing(&sim, dir.path(), &ak, with_source(&list));
     let (out, report) = doctor(&cfg, &sk);
     assert_eq!(out.status.code(), Some(1), "{report}");
-    let c = report["local"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "in-use sources")
-        .unwrap_or_else(|| panic!("{report}"));
+    let c = local_check(&report, "in-use sources");
     assert_eq!(c["status"], "fail", "{c}");
     assert!(c["detail"].as_str().unwrap().contains("images.txt"), "{c}");
     assert!(c["fix"].as_str().unwrap().contains("blocked"), "{c}");
@@ -352,12 +357,7 @@ async fn a_failing_in_use_source_fails_doctor_and_a_working_one_passes() {
     std::fs::write(&list, "demo.ksyunkcr.com/apps/web:1.0\n").unwrap();
     let (out, report) = doctor(&cfg, &sk);
     assert_eq!(out.status.code(), Some(0), "{report}");
-    let c = report["local"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "in-use sources")
-        .unwrap_or_else(|| panic!("{report}"));
+    let c = local_check(&report, "in-use sources");
     assert_eq!(c["status"], "ok", "{c}");
     assert_eq!(c["detail"], "file: 1 image reference", "{c}");
 }
