@@ -197,18 +197,27 @@ fn jobs_body(s: &AppState, delivery: DeliverySnapshot) -> serde_json::Value {
     let tz = cfg.scheduler.timezone;
     let state = s.runner.state();
     let mut out = Vec::new();
+    // A run history that cannot be read is said (`state_error`), never shown
+    // as "never ran" (review 7: a read error was a silent null).
+    let mut state_error: Option<String> = None;
+    let mut read = |r: Result<_, crate::state::StateError>| {
+        r.inspect_err(|e| {
+            state_error.get_or_insert_with(|| e.to_string());
+        })
+        .ok()
+        .flatten()
+    };
     for j in cfg.jobs() {
         let next = j
             .schedule
             .next_times(Utc::now(), &tz, 1)
             .first()
             .map(|t| t.with_timezone(&Utc).to_rfc3339());
-        let last = state.last_run(j.job).ok().flatten();
-        let last_success = state
-            .last_success(j.job)
-            .ok()
-            .flatten()
-            .and_then(|r| r.finished_at);
+        let last = read(
+            crate::failpoint::hit("server.jobs.runs", crate::state::StateError::Injected)
+                .and_then(|()| state.last_run(j.job)),
+        );
+        let last_success = read(state.last_success(j.job)).and_then(|r| r.finished_at);
         out.push(json!({
             "job": j.job,
             "available": s.runner.has_job(j.job),
@@ -222,6 +231,9 @@ fn jobs_body(s: &AppState, delivery: DeliverySnapshot) -> serde_json::Value {
         }));
     }
     let mut body = json!({ "jobs": out, "leader": true });
+    if let Some(e) = state_error {
+        body["state_error"] = json!(e);
+    }
     if let Some(tc) = &cfg.tokens {
         body["token_delivery"] = json!({
             "delivery_group": tc.delivery_group,

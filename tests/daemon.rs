@@ -78,6 +78,11 @@ fn config_text(sim: &Simulator, state: &Path, extra: &str) -> String {
 }
 
 fn start(sim: &Simulator, extra: &str) -> Daemon {
+    start_with(sim, extra, &[])
+}
+
+/// [`start`] with more environment variables (e.g. a failpoint).
+fn start_with(sim: &Simulator, extra: &str, envs: &[(&str, &str)]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(
@@ -93,6 +98,7 @@ fn start(sim: &Simulator, extra: &str) -> Daemon {
         )
         .env("ADMIN_TOKEN", ADMIN)
         .env_remove("KCR_HOUSEKEEPER_LOG")
+        .envs(envs.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -425,6 +431,34 @@ async fn a_reload_is_not_answered_from_the_old_configs_delivery_status() {
         .map(|t| t["token"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["ci-new"], "{after}");
+}
+
+/// Review 7: a run history that could not be read showed in `/jobs` as
+/// `last_run: null` — "never ran" — with nothing to say it was an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_says_when_the_run_history_cannot_be_read() {
+    let sim = sim(SimOptions::default()).await;
+    let d = start(&sim, "");
+    let b = d.base.clone();
+    let jobs: serde_json::Value =
+        serde_json::from_str(&blocking(move || get(&format!("{b}/jobs")).1)).unwrap();
+    assert!(jobs.get("state_error").is_none(), "{jobs}");
+    drop(d);
+    let d = start_with(
+        &sim,
+        "",
+        &[("KCR_HOUSEKEEPER_FAILPOINT", "server.jobs.runs=error")],
+    );
+    let b = d.base.clone();
+    let (status, body) = blocking(move || get(&format!("{b}/jobs")));
+    assert_eq!(status, 200, "{body}");
+    let jobs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        jobs["state_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("server.jobs.runs")),
+        "{jobs}"
+    );
 }
 
 /// A SIGTERM that arrives while a SIGHUP reload runs stops the daemon once
