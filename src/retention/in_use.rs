@@ -24,6 +24,7 @@
 
 use crate::config::{InUseConfig, InstanceConfig, PrometheusSource};
 use crate::inventory::ImageInfo;
+use crate::kcr::client::reqwest_error_text;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use std::collections::HashMap;
 
@@ -405,30 +406,16 @@ async fn query_prometheus(
         ])
         .send()
         .await
-        .map_err(|e| format!("{shown}: {}", without_url(e)))?;
+        .map_err(|e| format!("{shown}: {}", reqwest_error_text(&e)))?;
     let status = resp.status();
     let body = resp
         .bytes()
         .await
-        .map_err(|e| format!("{shown}: {}", without_url(e)))?;
+        .map_err(|e| format!("{shown}: {}", reqwest_error_text(&e)))?;
     if !status.is_success() && status.as_u16() != 400 && status.as_u16() != 422 {
         return Err(format!("{shown}: HTTP {status}"));
     }
     parse_prometheus(&body, now)
-}
-
-/// A request's error with its causes (`error sending request: client
-/// error (Connect): tcp connect error: Connection refused`): reqwest's own
-/// message alone says only "error sending request". The URL, with its
-/// password, is dropped: only reqwest's message names it, not the causes.
-fn without_url(e: reqwest::Error) -> String {
-    let mut causes = String::new();
-    let mut source = std::error::Error::source(&e);
-    while let Some(c) = source {
-        causes.push_str(&format!(": {c}"));
-        source = c.source();
-    }
-    format!("{}{causes}", e.without_url())
 }
 
 async fn run_exec(

@@ -10,6 +10,7 @@
 //! plain-HTTP realm is accepted only for a plain-HTTP (loopback) registry and
 //! only on a loopback host.
 
+use crate::kcr::client::reqwest_error_text;
 use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -178,7 +179,7 @@ pub async fn login_with(
         .header(AUTHORIZATION, basic(username, secret))
         .send()
         .await
-        .map_err(|e| unreachable(format!("GET /v2/: {}", e.without_url())))?;
+        .map_err(|e| unreachable(format!("GET /v2/: {}", reqwest_error_text(&e))))?;
     let status = resp.status().as_u16();
     if resp.status().is_success() {
         return Ok(());
@@ -217,7 +218,7 @@ pub async fn login_with(
         .header(AUTHORIZATION, basic(username, secret))
         .send()
         .await
-        .map_err(|e| unreachable(format!("token realm: {}", e.without_url())))?;
+        .map_err(|e| unreachable(format!("token realm: {}", reqwest_error_text(&e))))?;
     match resp.status().as_u16() {
         200..=299 => Ok(()),
         s @ (401 | 403) => Err(VerifyError::Refused {
@@ -258,7 +259,7 @@ pub async fn probe_with(http: &reqwest::Client, base: &str) -> Result<(), Verify
         } else {
             VerifyError::Unreachable {
                 registry: base.to_string(),
-                why: format!("GET /v2/: {}", e.without_url()),
+                why: format!("GET /v2/: {}", reqwest_error_text(&e)),
             }
         }
     })?;
@@ -292,6 +293,26 @@ pub async fn probe_with(http: &reqwest::Client, base: &str) -> Result<(), Verify
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_named_with_the_cause() {
+        // A port nothing listens on (bound, then freed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let e = probe(&base, Duration::from_secs(5)).await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, VerifyError::Unreachable { .. }), "{text}");
+        // Not only reqwest's "error sending request": the cause, and no URL.
+        assert!(text.contains("Connection refused"), "{text}");
+        assert!(
+            !text.contains(&format!("{base}/v2")),
+            "the request URL is not quoted: {text}"
+        );
+    }
 
     #[test]
     fn loopback_registries_use_plain_http_and_others_https() {

@@ -629,7 +629,7 @@ fn transport<A: Action>(e: &reqwest::Error) -> Error {
     };
     // reqwest errors name the URL; ours carries only query parameters that are not secret,
     // but strip it anyway to keep messages short.
-    let detail = e.without_url_ref().to_string();
+    let detail = reqwest_error_text(e);
     Error::Transport {
         action: A::NAME,
         kind,
@@ -637,24 +637,22 @@ fn transport<A: Action>(e: &reqwest::Error) -> Error {
     }
 }
 
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let mut s = self.to_string();
-        if let Some(url) = self.url() {
-            s = s.replace(url.as_str(), "<endpoint>");
-        }
-        let mut source = std::error::Error::source(self);
-        while let Some(inner) = source {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        s
+/// A reqwest error as a message: its URL (which may carry a password or a
+/// signed query) replaced by `<endpoint>`, and its causes appended, since
+/// reqwest's own message says only "error sending request" where the cause
+/// (`tcp connect error: Connection refused`) is what an operator needs.
+pub fn reqwest_error_text(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<endpoint>");
     }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 /// Describe a JSON error without quoting the input (which may hold a secret).
