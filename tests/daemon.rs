@@ -396,6 +396,16 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
     assert!(jobs.contains("\"schedule\":\"0 0 12 * * *\""), "{jobs}");
 }
 
+/// A `[tokens]` section managing one token `name` (its schedule never
+/// fires within a test), its sink an env file in `dir`.
+fn one_token(dir: &std::path::Path, name: &str) -> String {
+    format!(
+        "[tokens]\nschedule = \"0 0 0 1 1 *\"\n[[tokens.managed]]\nname = \"{name}\"\ninstance = \"demo\"\nlifetime = \"30d\"\n\
+         sinks = [ {{ kind = \"file\", path = \"{}\", format = \"env\" }} ]\n",
+        dir.join("ci.env").display()
+    )
+}
+
 /// Review 7: the tokens' delivery status is cached for 2 s; a reload inside
 /// that window showed the old config's tokens under the new config in
 /// `/jobs` (and kept their gauges). It is read again for the new config,
@@ -404,11 +414,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
 async fn a_reload_is_not_answered_from_the_old_configs_delivery_status() {
     let sim = sim(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let tokens = format!(
-        "[tokens]\nschedule = \"0 0 0 1 1 *\"\n[[tokens.managed]]\nname = \"ci-old\"\ninstance = \"demo\"\nlifetime = \"30d\"\n\
-         sinks = [ {{ kind = \"file\", path = \"{}\", format = \"env\" }} ]\n",
-        dir.path().join("ci.env").display()
-    );
+    let tokens = one_token(dir.path(), "ci-old");
     let d = start(&sim, &tokens);
     let base = d.base.clone();
     let jobs = |base: String| -> serde_json::Value {
@@ -457,6 +463,33 @@ async fn jobs_says_when_the_run_history_cannot_be_read() {
         jobs["state_error"]
             .as_str()
             .is_some_and(|e| e.contains("server.jobs.runs")),
+        "{jobs}"
+    );
+}
+
+/// A token whose delivery state cannot be read is listed in `/jobs` with the
+/// error and `delivered: null` (unknown), not left out as if not managed.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_lists_a_token_whose_delivery_cannot_be_read_with_the_error() {
+    let sim = sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = one_token(dir.path(), "ci-pull");
+    let d = start_with(
+        &sim,
+        &tokens,
+        &[("KCR_HOUSEKEEPER_FAILPOINT", "tokens.delivery_status=error")],
+    );
+    let b = d.base.clone();
+    let (status, body) = blocking(move || get(&format!("{b}/jobs")));
+    assert_eq!(status, 200, "{body}");
+    let jobs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t = &jobs["token_delivery"]["tokens"][0];
+    assert_eq!(t["token"], "ci-pull", "{jobs}");
+    assert!(t["delivered"].is_null(), "unknown, not false: {jobs}");
+    assert!(
+        t["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("tokens.delivery_status")),
         "{jobs}"
     );
 }

@@ -77,17 +77,23 @@ pub fn outcome_summary(outcomes: &[TokenOutcome]) -> String {
 /// One managed token's delivery as this replica sees it from the shared
 /// state (`/jobs`, `kcr_housekeeper_token_delivered` on every replica,
 /// followers included): the current token's id and whether this replica's
-/// delivery group received it.
+/// delivery group received it — or why that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Delivered {
     pub token: String,
     pub token_id: Option<String>,
-    pub delivered: bool,
+    /// `None` (JSON `null`) when the state could not be read: unknown.
+    pub delivered: Option<bool>,
+    /// Why the state could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// [`Delivered`] for every managed token, read from the journal and the
 /// delivery records (no KCR call), and exported to `metrics`. A token whose
-/// state cannot be read is left out (and its gauge as it was).
+/// state cannot be read is listed with its error, `delivered` unknown; its
+/// gauge keeps its last value (an unreadable state is
+/// `kcr_housekeeper_state_backend_up`'s to say, not a delivery's).
 pub fn delivery_status(
     config: &Config,
     state: &crate::state::Store,
@@ -98,10 +104,25 @@ pub fn delivery_status(
     };
     let mut out = Vec::new();
     for mt in &tc.managed {
-        let (Ok(journal), Ok(deliveries)) =
-            (state.journal_for(&mt.name), state.deliveries_for(&mt.name))
-        else {
-            continue;
+        let read =
+            crate::failpoint::hit("tokens.delivery_status", crate::state::StateError::Injected)
+                .and_then(|()| {
+                    Ok((
+                        state.journal_for(&mt.name)?,
+                        state.deliveries_for(&mt.name)?,
+                    ))
+                });
+        let (journal, deliveries) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Delivered {
+                    token: mt.name.clone(),
+                    token_id: None,
+                    delivered: None,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
         };
         let (token_id, delivered) =
             planner::delivery_status(mt, &journal, &deliveries, &tc.delivery_group);
@@ -109,7 +130,8 @@ pub fn delivery_status(
         out.push(Delivered {
             token: mt.name.clone(),
             token_id,
-            delivered,
+            delivered: Some(delivered),
+            error: None,
         });
     }
     out
